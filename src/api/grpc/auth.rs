@@ -1,0 +1,117 @@
+//! `keel.auth.v1.AuthService`.
+
+use super::{client_info, principal, user_to_proto};
+use crate::api::pb::keel::auth::v1::auth_service_server::AuthService;
+use crate::api::pb::keel::auth::v1::*;
+use crate::api::status::to_status;
+use crate::domain::auth::{self, Registration, TokenPair};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AuthApi {
+    auth: Arc<auth::AuthService>,
+}
+
+impl AuthApi {
+    pub fn new(auth: Arc<auth::AuthService>) -> Self {
+        Self { auth }
+    }
+}
+
+const TOKEN_TYPE: &str = "bearer";
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let body = request.into_inner();
+        let user = self
+            .auth
+            .register(Registration {
+                email: &body.email,
+                password: &body.password,
+                full_name: &body.full_name,
+            })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RegisterResponse {
+            user: Some(user_to_proto(user)),
+        }))
+    }
+
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
+        let client = client_info(&request);
+        let body = request.into_inner();
+        let email = if body.email.is_empty() {
+            &body.username
+        } else {
+            &body.email
+        };
+        let TokenPair {
+            access_token,
+            refresh_token,
+            expires_in,
+        } = self
+            .auth
+            .login(email, &body.password, client)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(LoginResponse {
+            access_token,
+            refresh_token,
+            token_type: TOKEN_TYPE.to_owned(),
+            expires_in: i32::try_from(expires_in.num_seconds()).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
+        let TokenPair {
+            access_token,
+            refresh_token,
+            expires_in,
+        } = self
+            .auth
+            .refresh(&request.into_inner().refresh_token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RefreshResponse {
+            access_token,
+            refresh_token,
+            token_type: TOKEN_TYPE.to_owned(),
+            expires_in: i32::try_from(expires_in.num_seconds()).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        self.auth
+            .logout(principal(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn get_me(
+        &self,
+        request: Request<GetMeRequest>,
+    ) -> Result<Response<GetMeResponse>, Status> {
+        let user = self
+            .auth
+            .user(principal(&request)?.user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(GetMeResponse {
+            user: Some(user_to_proto(user)),
+        }))
+    }
+}

@@ -1,0 +1,58 @@
+//! tonic implementations of the Keel services: each converts proto to domain at the edge, calls
+//! the use case and converts back. No logic lives here.
+
+mod auth;
+
+pub use auth::AuthApi;
+
+use crate::api::pb::keel::user::v1 as user_pb;
+use crate::domain::auth::{ClientInfo, Principal};
+use crate::domain::user::User;
+use axum::extract::ConnectInfo;
+use chrono::{DateTime, Utc};
+use std::net::SocketAddr;
+
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+pub fn user_to_proto(user: User) -> user_pb::User {
+    user_pb::User {
+        id: user.id.to_string(),
+        email: user.email,
+        full_name: user.full_name,
+        email_verified: user.email_verified,
+        is_superuser: user.is_superuser,
+        is_active: user.is_active,
+        created_at: Some(timestamp(user.created_at)),
+        updated_at: Some(timestamp(user.updated_at)),
+    }
+}
+
+/// The caller the authorization layer admitted; present on every non-public RPC.
+pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .copied()
+        .ok_or_else(|| tonic::Status::unauthenticated("missing credentials"))
+}
+
+/// Where the request came from: the peer address (the REST door forwards its own) and the
+/// user agent.
+pub fn client_info<T>(request: &tonic::Request<T>) -> ClientInfo {
+    ClientInfo {
+        ip_address: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip().to_string()),
+        user_agent: request
+            .metadata()
+            .get("user-agent")
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| agent.chars().take(512).collect()),
+    }
+}

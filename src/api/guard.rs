@@ -1,0 +1,128 @@
+//! The authorization layer: enforces each RPC's `(keel.options.v1.auth)` rule in front of the
+//! tonic services. gRPC, gRPC-web and REST (which dispatches in-process through this same
+//! stack) all pass here, so the three doors cannot differ.
+
+use super::contract::{AuthRule, Contract};
+use super::status::to_status;
+use crate::domain::Error;
+use crate::domain::auth::{AuthService, Principal};
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::body::Body;
+
+pub struct Guard {
+    rules: HashMap<String, AuthRule>,
+    auth: Arc<AuthService>,
+}
+
+impl Guard {
+    pub fn new(contract: &Contract, auth: Arc<AuthService>) -> Self {
+        let rules = contract
+            .rpcs
+            .iter()
+            .map(|rpc| (rpc.grpc_path.clone(), rpc.auth.clone()))
+            .collect();
+        Self { rules, auth }
+    }
+
+    /// Admits or refuses a request, attaching the `Principal` for non-public RPCs. Paths that are
+    /// not Keel RPCs (reflection, health, unknown methods) pass through to tonic.
+    async fn admit(&self, request: &mut Request<Body>) -> Result<(), Error> {
+        let Some(rule) = self.rules.get(request.uri().path()) else {
+            return Ok(());
+        };
+        if *rule == AuthRule::Public {
+            return Ok(());
+        }
+        let token = bearer_token(request.headers()).ok_or_else(|| {
+            Error::unauthenticated(
+                "MISSING_CREDENTIALS",
+                "this call needs credentials: send authorization: Bearer <access token>",
+            )
+        })?;
+        let principal = self.auth.authenticate(token).await?;
+        if let AuthRule::Permission(permission) = rule {
+            // Until organization roles exist, a permission is held by platform superusers only.
+            let user = self.auth.user(principal.user_id).await?;
+            if !user.is_superuser {
+                return Err(Error::permission_denied(
+                    "PERMISSION_DENIED",
+                    format!("this call needs the {permission} permission"),
+                ));
+            }
+        }
+        request.extensions_mut().insert::<Principal>(principal);
+        Ok(())
+    }
+}
+
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[derive(Clone)]
+pub struct GuardLayer {
+    guard: Arc<Guard>,
+}
+
+impl GuardLayer {
+    pub fn new(guard: Guard) -> Self {
+        Self {
+            guard: Arc::new(guard),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guarded {
+            inner,
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
+
+impl<S> tower::Service<Request<Body>> for Guarded<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // The clone is not ready; keep the ready service for this call (tower's usual swap).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            match guard.admit(&mut request).await {
+                Ok(()) => inner.call(request).await,
+                Err(error) => Ok(to_status(error).into_http()),
+            }
+        })
+    }
+}

@@ -1,0 +1,257 @@
+//! REST/JSON transcoded from the `google.api.http` rules. A REST call becomes the protobuf
+//! request of its RPC (path variables, query parameters and body merged by the proto3 JSON
+//! rules), is dispatched in-process through the same tonic stack as gRPC (so authorization
+//! and everything else applies identically), and its reply is rendered as proto3 JSON with
+//! proto field names. Every failure answers the one error shape of `status::RestError`.
+
+pub mod path_template;
+mod request;
+
+use super::contract::{Contract, HttpBinding, Rpc};
+use super::status::RestError;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use prost::Message;
+use prost_reflect::{DynamicMessage, SerializeOptions};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tonic::Code;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+
+/// The tonic stack REST calls are dispatched into (authorization layer + services).
+pub type GrpcStack = BoxCloneSyncService<
+    http::Request<tonic::body::Body>,
+    http::Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// Request headers a REST call passes on to its RPC as metadata.
+const FORWARDED_HEADERS: [header::HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::USER_AGENT,
+    header::ACCEPT_LANGUAGE,
+];
+const FORWARDED_CUSTOM_HEADERS: [&str; 4] = [
+    "x-api-key",
+    "x-request-id",
+    "x-organization-id",
+    "traceparent",
+];
+
+pub struct Transcoder {
+    contract: Arc<Contract>,
+    grpc: GrpcStack,
+    max_body_bytes: usize,
+}
+
+struct Matched<'a> {
+    rpc: &'a Rpc,
+    binding: &'a HttpBinding,
+    captures: path_template::Captures,
+}
+
+impl Transcoder {
+    pub fn new(contract: Arc<Contract>, grpc: GrpcStack, max_body_bytes: usize) -> Self {
+        Self {
+            contract,
+            grpc,
+            max_body_bytes,
+        }
+    }
+
+    /// Finds the binding for a method and path: the best-scoring template among those whose
+    /// shape matches, 405 when only other methods match, 404 when nothing does.
+    fn route(&self, method: &http::Method, path: &str) -> Result<Matched<'_>, RestError> {
+        let mut best: Option<(Vec<bool>, Matched<'_>)> = None;
+        let mut allowed: Vec<&str> = Vec::new();
+        for rpc in &self.contract.rpcs {
+            for binding in &rpc.bindings {
+                let Some((score, captures)) = binding.template.matches(path) else {
+                    continue;
+                };
+                if binding.method != *method {
+                    allowed.push(binding.method.as_str());
+                    continue;
+                }
+                if best
+                    .as_ref()
+                    .is_none_or(|(best_score, _)| score > *best_score)
+                {
+                    best = Some((
+                        score,
+                        Matched {
+                            rpc,
+                            binding,
+                            captures,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some((_, matched)) = best {
+            return Ok(matched);
+        }
+        if allowed.is_empty() {
+            return Err(RestError::not_found_route(path));
+        }
+        allowed.sort_unstable();
+        allowed.dedup();
+        Err(RestError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Code::Unimplemented,
+            "METHOD_NOT_ALLOWED",
+            format!(
+                "{method} is not allowed on {path}; use {}",
+                allowed.join(", ")
+            ),
+        ))
+    }
+
+    async fn handle(&self, request: axum::extract::Request) -> Result<Response, RestError> {
+        let (parts, body) = request.into_parts();
+        let matched = self.route(&parts.method, parts.uri.path())?;
+        let body = self.read_body(body).await?;
+        let message = request::build_message(
+            &matched.rpc.descriptor.input(),
+            matched.binding,
+            &matched.captures,
+            parts.uri.query().unwrap_or(""),
+            parts.headers.get(header::CONTENT_TYPE),
+            &body,
+        )?;
+        let reply = self.dispatch(matched.rpc, &parts, message).await?;
+        self.render(matched.rpc, matched.binding, &reply)
+    }
+
+    async fn read_body(&self, body: axum::body::Body) -> Result<Bytes, RestError> {
+        match Limited::new(body, self.max_body_bytes).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(RestError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Code::InvalidArgument,
+                    "BODY_TOO_LARGE",
+                    format!("the request body exceeds {} bytes", self.max_body_bytes),
+                ))
+            }
+            Err(error) => Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                Code::InvalidArgument,
+                "BODY_UNREADABLE",
+                format!("the request body could not be read: {error}"),
+            )),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        rpc: &Rpc,
+        parts: &http::request::Parts,
+        message: DynamicMessage,
+    ) -> Result<Bytes, RestError> {
+        let encoded = message.encode_to_vec();
+        let mut framed = BytesMut::with_capacity(encoded.len() + 5);
+        framed.put_u8(0);
+        framed.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
+        framed.put_slice(&encoded);
+
+        let mut inner = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(rpc.grpc_path.as_str())
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header(header::TE, "trailers");
+        for name in FORWARDED_HEADERS {
+            if let Some(value) = parts.headers.get(&name) {
+                inner = inner.header(name, value);
+            }
+        }
+        for name in FORWARDED_CUSTOM_HEADERS {
+            if let Some(value) = parts.headers.get(name) {
+                inner = inner.header(name, value);
+            }
+        }
+        if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            inner = inner.extension(*peer);
+        }
+        let inner = inner
+            .body(tonic::body::Body::new(Full::new(framed.freeze())))
+            .map_err(|error| internal(format!("building the inner request: {error}")))?;
+
+        let Ok(response) = self.grpc.clone().oneshot(inner).await;
+        let (response_parts, body) = response.into_parts();
+        let collected = body
+            .collect()
+            .await
+            .map_err(|status| RestError::from_status(&status, &self.contract.pool))?;
+        let status = tonic::Status::from_header_map(&response_parts.headers)
+            .or_else(|| {
+                collected
+                    .trailers()
+                    .and_then(tonic::Status::from_header_map)
+            })
+            .ok_or_else(|| internal("the RPC answered without a grpc-status"))?;
+        if status.code() != Code::Ok {
+            return Err(RestError::from_status(&status, &self.contract.pool));
+        }
+        let data = collected.to_bytes();
+        let payload = data
+            .get(5..)
+            .ok_or_else(|| internal("the RPC answered without a message"))?;
+        Ok(Bytes::copy_from_slice(payload))
+    }
+
+    fn render(
+        &self,
+        rpc: &Rpc,
+        binding: &HttpBinding,
+        reply: &[u8],
+    ) -> Result<Response, RestError> {
+        let message = DynamicMessage::decode(rpc.descriptor.output(), reply)
+            .map_err(|error| internal(format!("decoding the reply: {error}")))?;
+        let options = SerializeOptions::new()
+            .use_proto_field_name(true)
+            .skip_default_fields(false);
+        let serialized = match &binding.response_body {
+            Some(field) => match message.get_field(field).as_message() {
+                Some(inner) => {
+                    inner.serialize_with_options(serde_json::value::Serializer, &options)
+                }
+                None => Ok(serde_json::Value::Null),
+            },
+            None => message.serialize_with_options(serde_json::value::Serializer, &options),
+        }
+        .map_err(|error| internal(format!("rendering the reply: {error}")))?;
+        let mut response = (rpc.success_status, axum::Json(serialized)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
+    }
+}
+
+fn internal(message: impl Into<String>) -> RestError {
+    let message = message.into();
+    tracing::error!(%message, "REST transcoding failed");
+    RestError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Internal,
+        "INTERNAL",
+        "internal error",
+    )
+}
+
+/// The axum handler for every `/api/...` request.
+pub async fn handle(
+    State(transcoder): State<Arc<Transcoder>>,
+    request: axum::extract::Request,
+) -> Response {
+    match transcoder.handle(request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,121 @@
+//! `google.api.http` path templates: literal segments and `{field}` / `{field.sub}` /
+//! `{field=*}` variables, one path segment each.
+
+use anyhow::{bail, ensure};
+use prost_reflect::{Kind, MessageDescriptor};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    /// A variable bound to a (possibly nested) field of the request, by proto field names.
+    Variable(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    pub text: String,
+    pub segments: Vec<Segment>,
+}
+
+/// The variables a request path bound, as (field path, percent-decoded value).
+pub type Captures = Vec<(Vec<String>, String)>;
+
+impl PathTemplate {
+    /// Parses `text`, checking every variable names a scalar field of `input`.
+    pub fn parse(text: &str, input: &MessageDescriptor) -> anyhow::Result<Self> {
+        let Some(rest) = text.strip_prefix('/') else {
+            bail!("path template {text} must start with /");
+        };
+        let mut segments = Vec::new();
+        for raw in rest.split('/') {
+            ensure!(!raw.is_empty(), "path template {text} has an empty segment");
+            let segment = match raw.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(variable) => {
+                    let field_path = match variable.split_once('=') {
+                        Some((field, "*")) => field,
+                        Some(_) => bail!(
+                            "path template {text}: only {{field}} and {{field=*}} are supported"
+                        ),
+                        None => variable,
+                    };
+                    let names: Vec<String> = field_path.split('.').map(str::to_owned).collect();
+                    check_scalar_field(input, &names)
+                        .map_err(|error| anyhow::anyhow!("path template {text}: {error}"))?;
+                    Segment::Variable(names)
+                }
+                None => {
+                    ensure!(
+                        !raw.contains(['{', '}', ':', '*']),
+                        "path template {text}: unsupported segment {raw}"
+                    );
+                    Segment::Literal(raw.to_owned())
+                }
+            };
+            segments.push(segment);
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            segments,
+        })
+    }
+
+    /// Matches a request path. The score ranks matches: literal segments win over variables,
+    /// earlier segments first, so `/sessions/all` beats `/sessions/{id}`.
+    pub fn matches(&self, path: &str) -> Option<(Vec<bool>, Captures)> {
+        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut score = Vec::with_capacity(parts.len());
+        let mut captures = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            match segment {
+                Segment::Literal(literal) => {
+                    if literal != part {
+                        return None;
+                    }
+                    score.push(true);
+                }
+                Segment::Variable(field) => {
+                    if part.is_empty() {
+                        return None;
+                    }
+                    let value = percent_encoding::percent_decode_str(part)
+                        .decode_utf8()
+                        .ok()?
+                        .into_owned();
+                    captures.push((field.clone(), value));
+                    score.push(false);
+                }
+            }
+        }
+        Some((score, captures))
+    }
+
+    /// The field paths bound by variables, dotted (`organization_id`).
+    pub fn variables(&self) -> impl Iterator<Item = String> + '_ {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Variable(names) => Some(names.join(".")),
+            Segment::Literal(_) => None,
+        })
+    }
+}
+
+fn check_scalar_field(input: &MessageDescriptor, names: &[String]) -> anyhow::Result<()> {
+    let mut message = input.clone();
+    for (index, name) in names.iter().enumerate() {
+        let Some(field) = message.get_field_by_name(name) else {
+            bail!("{name} is not a field of {}", message.full_name());
+        };
+        ensure!(!field.is_list() && !field.is_map(), "{name} is repeated");
+        match field.kind() {
+            Kind::Message(inner) if index + 1 < names.len() => message = inner,
+            Kind::Message(_) => bail!("{name} is a message, not a scalar"),
+            _ if index + 1 < names.len() => {
+                bail!("{name} is a scalar with no field {}", names[index + 1])
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The composition root: builds the store, cache, crypto adapters and domain services from the
+//! configuration, and serves the API on one listener.
+
+use crate::api::{self, ApiDependencies};
+use crate::cache::{MemoryCache, RedisCache};
+use crate::config::Config;
+use crate::domain::auth::{AuthService, AuthSettings};
+use crate::domain::cache::Cache;
+use crate::domain::clock::Clock;
+use crate::domain::health::HealthProbe;
+use crate::security::jwt::{JwtCodec, SigningKeys};
+use crate::security::password::Argon2Hasher;
+use crate::store::SqlStore;
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The domain services and the adapters behind them.
+pub struct Services {
+    pub auth: Arc<AuthService>,
+    store: SqlStore,
+    redis: Option<Arc<RedisCache>>,
+    jwt: Arc<JwtCodec>,
+    probes: Vec<Arc<dyn HealthProbe>>,
+}
+
+impl Services {
+    pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // One TLS backend for the process (sqlx, fred): aws-lc-rs. Installing twice is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+        if config.database_url.starts_with("sqlite:") || config.jwt_private_key_file.is_none() {
+            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+                format!("KEEL_DATA_DIR: creating {}", config.data_dir.display())
+            })?;
+        }
+        let store = SqlStore::connect(&config.database_url)
+            .await
+            .context("KEEL_DATABASE_URL: connecting to the database")?;
+        if config.migrate_on_start {
+            store
+                .migrate()
+                .await
+                .context("applying database migrations")?;
+        }
+
+        let mut probes: Vec<Arc<dyn HealthProbe>> = vec![Arc::new(store.clone())];
+        let (cache, redis): (Arc<dyn Cache>, Option<Arc<RedisCache>>) = match &config.redis_url {
+            Some(url) => {
+                let redis = Arc::new(
+                    RedisCache::connect(url, &config.redis_prefix)
+                        .await
+                        .context("KEEL_REDIS_URL: connecting to Redis")?,
+                );
+                probes.push(redis.clone());
+                (redis.clone(), Some(redis))
+            }
+            None => (Arc::new(MemoryCache::default()), None),
+        };
+
+        let keys = match (&config.jwt_hs256_secret, &config.jwt_private_key_file) {
+            (Some(secret), _) => SigningKeys::Hs256Secret(secret.clone()),
+            (None, Some(file)) => SigningKeys::Ed25519File(file.clone()),
+            (None, None) => SigningKeys::Ed25519Directory(config.data_dir.join("keys")),
+        };
+        let jwt = Arc::new(
+            JwtCodec::load(keys, &config.public_url, &config.jwt_audience)
+                .context("loading the token signing keys")?,
+        );
+        let hasher = Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?);
+        let auth = Arc::new(
+            AuthService::new(
+                Arc::new(store.clone()),
+                Arc::new(store.clone()),
+                hasher,
+                jwt.clone(),
+                cache,
+                clock,
+                AuthSettings {
+                    access_token_ttl: chrono::Duration::seconds(
+                        config.access_token_ttl_seconds.into(),
+                    ),
+                    refresh_token_ttl: chrono::Duration::seconds(
+                        config.refresh_token_ttl_seconds.into(),
+                    ),
+                    password_policy: config.password_policy.clone(),
+                },
+            )
+            .await?,
+        );
+        Ok(Self {
+            auth,
+            store,
+            redis,
+            jwt,
+            probes,
+        })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        self.store.migrate().await
+    }
+
+    pub async fn close(&self) {
+        if let Some(redis) = &self.redis {
+            redis.close().await;
+        }
+        self.store.close().await;
+    }
+}
+
+/// A bound, ready-to-serve Keel.
+pub struct Keel {
+    services: Services,
+    router: axum::Router,
+    listener: TcpListener,
+}
+
+impl Keel {
+    pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let services = Services::build(config, clock).await?;
+        let router = api::router(ApiDependencies {
+            auth: services.auth.clone(),
+            jwks: services.jwt.jwks().clone(),
+            probes: services.probes.clone(),
+            public_url: config.public_url.clone(),
+            max_body_bytes: config.max_body_bytes,
+        })
+        .await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("KEEL_LISTEN: binding {}", config.listen))?;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            database = services.store.backend_name(),
+            cache = if services.redis.is_some() { "redis" } else { "memory" },
+            "keel listening (gRPC, gRPC-web, REST, docs at /docs)"
+        );
+        Ok(Self {
+            services,
+            router,
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.services.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Adapters of the cache port: in-process memory (default, one replica) and Redis (shared by
+//! every replica).
+
+mod memory;
+mod redis;
+
+pub use memory::MemoryCache;
+pub use redis::RedisCache;

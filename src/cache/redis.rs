@@ -1,0 +1,88 @@
+//! The Redis cache (fred): shared by every replica, so a revocation seen by one is seen by all.
+
+use crate::domain::Error;
+use crate::domain::cache::Cache;
+use crate::domain::error::Result;
+use crate::domain::health::HealthProbe;
+use fred::prelude::{Builder, Client, ClientLike, Config, Expiration, KeysInterface};
+use std::time::Duration;
+
+pub struct RedisCache {
+    client: Client,
+    /// Prepended to every key, so several deployments (or test runs) can share one Redis.
+    prefix: String,
+}
+
+impl RedisCache {
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let config = Config::from_url(url)
+            .map_err(|error| anyhow::anyhow!("KEEL_REDIS_URL is not a Redis URL: {error}"))?;
+        let client = Builder::from_config(config).build()?;
+        client.init().await?;
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    pub async fn close(&self) {
+        if let Err(error) = self.client.quit().await {
+            tracing::debug!(%error, "closing the Redis connection");
+        }
+    }
+}
+
+fn redis_error(error: fred::error::Error) -> Error {
+    Error::unavailable("CACHE_UNAVAILABLE", error)
+}
+
+#[async_trait::async_trait]
+impl Cache for RedisCache {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.client
+            .get::<Option<Vec<u8>>, _>(self.key(key))
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.client
+            .set::<(), _, _>(
+                self.key(key),
+                value,
+                Some(Expiration::PX(millis)),
+                None,
+                false,
+            )
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .del::<i64, _>(self.key(key))
+            .await
+            .map(|_| ())
+            .map_err(redis_error)
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for RedisCache {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    async fn check(&self) -> Result<()> {
+        self.client
+            .ping::<String>(None)
+            .await
+            .map(|_| ())
+            .map_err(redis_error)
+    }
+}

@@ -1,0 +1,385 @@
+//! Sign-up, sign-in, sessions and the tokens that carry them.
+
+mod session;
+mod token;
+
+pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
+pub use token::{AccessClaims, AccessTokenCodec};
+
+use crate::domain::cache::Cache;
+use crate::domain::clock::{Clock, truncate_to_micros};
+use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
+use crate::domain::secret;
+use crate::domain::user::{EmailAddress, User, UserStore, parse_full_name};
+use chrono::Duration;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub access_token_ttl: Duration,
+    /// How long a session lives without a refresh; each refresh extends it by this much.
+    pub refresh_token_ttl: Duration,
+    pub password_policy: PasswordPolicy,
+}
+
+/// The signed-in caller of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: Duration,
+}
+
+pub struct Registration<'a> {
+    pub email: &'a str,
+    pub password: &'a str,
+    pub full_name: &'a str,
+}
+
+pub struct AuthService {
+    users: Arc<dyn UserStore>,
+    sessions: Arc<dyn SessionStore>,
+    hasher: Arc<dyn PasswordHasher>,
+    tokens: Arc<dyn AccessTokenCodec>,
+    cache: Arc<dyn Cache>,
+    clock: Arc<dyn Clock>,
+    settings: AuthSettings,
+    /// A hash of a random password, verified when the email is unknown so that an unknown
+    /// account costs the same time as a wrong password.
+    decoy_hash: String,
+}
+
+const SESSION_LIVE: &[u8] = b"live";
+const SESSION_REVOKED: &[u8] = b"revoked";
+const USER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn invalid_credentials() -> Error {
+    Error::unauthenticated("INVALID_CREDENTIALS", "invalid email or password")
+}
+
+fn session_key(session_id: Uuid) -> String {
+    format!("session:{session_id}")
+}
+
+fn user_key(user_id: Uuid) -> String {
+    format!("user:{user_id}")
+}
+
+impl AuthService {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        users: Arc<dyn UserStore>,
+        sessions: Arc<dyn SessionStore>,
+        hasher: Arc<dyn PasswordHasher>,
+        tokens: Arc<dyn AccessTokenCodec>,
+        cache: Arc<dyn Cache>,
+        clock: Arc<dyn Clock>,
+        settings: AuthSettings,
+    ) -> Result<Self> {
+        let decoy_hash = hasher.hash(&secret::generate()).await?;
+        Ok(Self {
+            users,
+            sessions,
+            hasher,
+            tokens,
+            cache,
+            clock,
+            settings,
+            decoy_hash,
+        })
+    }
+
+    pub async fn register(&self, registration: Registration<'_>) -> Result<User> {
+        self.create_user(registration, false).await
+    }
+
+    /// Creates a platform superuser, for the operator's CLI; the email counts as verified.
+    pub async fn create_superuser(&self, registration: Registration<'_>) -> Result<User> {
+        self.create_user(registration, true).await
+    }
+
+    async fn create_user(&self, registration: Registration<'_>, superuser: bool) -> Result<User> {
+        let mut violations: Vec<FieldViolation> = Vec::new();
+        let email = EmailAddress::parse(registration.email)
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        violations.extend(
+            self.settings
+                .password_policy
+                .check("password", registration.password),
+        );
+        let full_name = parse_full_name(registration.full_name)
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        let (Some(email), Some(full_name), true) = (email, full_name, violations.is_empty()) else {
+            return Err(Error::invalid_fields(violations));
+        };
+
+        let password_hash = self.hasher.hash(registration.password).await?;
+        let now = truncate_to_micros(self.clock.now());
+        let user = User {
+            id: Uuid::now_v7(),
+            email: email.as_str().to_owned(),
+            full_name,
+            email_verified: superuser,
+            is_superuser: superuser,
+            is_active: true,
+            created_at: now,
+            updated_at: now,
+        };
+        self.users.insert_user(&user, &password_hash).await?;
+        tracing::info!(user_id = %user.id, superuser, "user registered");
+        Ok(user)
+    }
+
+    /// Checks an email and password and opens a session. Unknown emails, wrong passwords and
+    /// malformed emails all answer `INVALID_CREDENTIALS` after the same amount of hashing.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: ClientInfo,
+    ) -> Result<TokenPair> {
+        let credentials = match EmailAddress::parse(email) {
+            Ok(email) => self.users.find_credentials_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let Some(credentials) = credentials else {
+            self.hasher.verify(password, &self.decoy_hash).await?;
+            return Err(invalid_credentials());
+        };
+        let check = self
+            .hasher
+            .verify(password, &credentials.password_hash)
+            .await?;
+        if check == PasswordCheck::Mismatch {
+            return Err(invalid_credentials());
+        }
+        let user = credentials.user;
+        if !user.is_active {
+            return Err(Error::unauthenticated(
+                "ACCOUNT_DISABLED",
+                "this account is disabled",
+            ));
+        }
+        if check == PasswordCheck::MatchNeedsRehash {
+            self.rehash(&user, password).await;
+        }
+        self.open_session(&user, client).await
+    }
+
+    /// Upgrades a legacy or outdated password hash; a failure only delays the upgrade.
+    async fn rehash(&self, user: &User, password: &str) {
+        let upgraded = match self.hasher.hash(password).await {
+            Ok(hash) => {
+                self.users
+                    .update_password_hash(user.id, &hash, truncate_to_micros(self.clock.now()))
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        match upgraded {
+            Ok(()) => tracing::info!(user_id = %user.id, "password hash upgraded"),
+            Err(error) => tracing::warn!(user_id = %user.id, %error, "password rehash failed"),
+        }
+    }
+
+    async fn open_session(&self, user: &User, client: ClientInfo) -> Result<TokenPair> {
+        let now = truncate_to_micros(self.clock.now());
+        let session = Session {
+            id: Uuid::now_v7(),
+            user_id: user.id,
+            user_agent: client.user_agent,
+            ip_address: client.ip_address,
+            created_at: now,
+            last_used_at: now,
+            expires_at: now + self.settings.refresh_token_ttl,
+            revoked_at: None,
+        };
+        let refresh_token = secret::generate();
+        self.sessions
+            .insert_session(&session, &secret::digest(&refresh_token))
+            .await?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "session opened");
+        self.token_pair(&session, refresh_token)
+    }
+
+    fn token_pair(&self, session: &Session, refresh_token: String) -> Result<TokenPair> {
+        let now = self.clock.now();
+        let claims = AccessClaims {
+            user_id: session.user_id,
+            session_id: session.id,
+            token_id: Uuid::now_v7(),
+            issued_at: now,
+            expires_at: now + self.settings.access_token_ttl,
+        };
+        Ok(TokenPair {
+            access_token: self.tokens.sign(&claims)?,
+            refresh_token,
+            expires_in: self.settings.access_token_ttl,
+        })
+    }
+
+    /// Spends a refresh token for a new pair. A spent token presented again means it leaked:
+    /// the whole session is revoked.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair> {
+        let old_digest = secret::digest(refresh_token);
+        let Some(record) = self.sessions.find_refresh_token(&old_digest).await? else {
+            return Err(Error::unauthenticated(
+                "INVALID_REFRESH_TOKEN",
+                "the refresh token is not valid",
+            ));
+        };
+        if record.spent {
+            return Err(self.revoke_for_reuse(record.session_id).await);
+        }
+        let now = truncate_to_micros(self.clock.now());
+        let session = self
+            .sessions
+            .find_session(record.session_id)
+            .await?
+            .ok_or_else(|| Error::internal("refresh token without a session"))?;
+        if session.revoked_at.is_some() {
+            return Err(Error::unauthenticated(
+                "SESSION_REVOKED",
+                "the session was revoked, sign in again",
+            ));
+        }
+        if session.expires_at <= now {
+            return Err(Error::unauthenticated(
+                "SESSION_EXPIRED",
+                "the session expired, sign in again",
+            ));
+        }
+        let user = self.user(session.user_id).await?;
+        if !user.is_active {
+            return Err(Error::unauthenticated(
+                "ACCOUNT_DISABLED",
+                "this account is disabled",
+            ));
+        }
+        let new_token = secret::generate();
+        let expires_at = now + self.settings.refresh_token_ttl;
+        let rotated = self
+            .sessions
+            .rotate_refresh_token(
+                session.id,
+                &old_digest,
+                &secret::digest(&new_token),
+                now,
+                expires_at,
+            )
+            .await?;
+        if !rotated {
+            return Err(self.revoke_for_reuse(session.id).await);
+        }
+        self.token_pair(&session, new_token)
+    }
+
+    async fn revoke_for_reuse(&self, session_id: Uuid) -> Error {
+        tracing::warn!(session_id = %session_id, "refresh token reused, revoking the session");
+        if let Err(error) = self.revoke_session(session_id).await {
+            return error;
+        }
+        Error::unauthenticated(
+            "REFRESH_TOKEN_REUSED",
+            "the refresh token was already used; the session is revoked, sign in again",
+        )
+    }
+
+    /// Revokes a session: its tokens stop working on the next request, on every replica that
+    /// shares the cache.
+    pub async fn revoke_session(&self, session_id: Uuid) -> Result<()> {
+        self.sessions
+            .revoke_session(session_id, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.cache
+            .set(
+                &session_key(session_id),
+                SESSION_REVOKED,
+                self.status_cache_ttl(),
+            )
+            .await
+    }
+
+    pub async fn logout(&self, principal: Principal) -> Result<()> {
+        self.revoke_session(principal.session_id).await?;
+        tracing::info!(user_id = %principal.user_id, session_id = %principal.session_id, "signed out");
+        Ok(())
+    }
+
+    /// Resolves an access token to its caller: signature (cached by the codec), expiry against
+    /// the clock, then the session's status from the cache port. No database round trip on
+    /// the hot path once the session status is cached.
+    pub async fn authenticate(&self, access_token: &str) -> Result<Principal> {
+        let claims = self.tokens.verify(access_token)?;
+        if claims.expires_at <= self.clock.now() {
+            return Err(Error::unauthenticated(
+                "TOKEN_EXPIRED",
+                "the access token expired, refresh it",
+            ));
+        }
+        if !self.session_is_live(claims.session_id).await? {
+            return Err(Error::unauthenticated(
+                "SESSION_REVOKED",
+                "the session was revoked, sign in again",
+            ));
+        }
+        Ok(Principal {
+            user_id: claims.user_id,
+            session_id: claims.session_id,
+        })
+    }
+
+    async fn session_is_live(&self, session_id: Uuid) -> Result<bool> {
+        let key = session_key(session_id);
+        if let Some(status) = self.cache.get(&key).await? {
+            return Ok(status == SESSION_LIVE);
+        }
+        let now = self.clock.now();
+        let live = self
+            .sessions
+            .find_session(session_id)
+            .await?
+            .is_some_and(|session| session.is_live(now));
+        let status = if live { SESSION_LIVE } else { SESSION_REVOKED };
+        self.cache
+            .set(&key, status, self.status_cache_ttl())
+            .await?;
+        Ok(live)
+    }
+
+    /// A cached status outlives every access token issued before it was written, so a
+    /// revocation cannot expire from the cache while a token of that session still verifies.
+    fn status_cache_ttl(&self) -> std::time::Duration {
+        self.settings
+            .access_token_ttl
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(900))
+    }
+
+    /// The user record, from the cache port when it is there.
+    pub async fn user(&self, user_id: Uuid) -> Result<User> {
+        let key = user_key(user_id);
+        if let Some(cached) = self.cache.get(&key).await?
+            && let Ok(user) = serde_json::from_slice::<User>(&cached)
+        {
+            return Ok(user);
+        }
+        let user =
+            self.users.find_user(user_id).await?.ok_or_else(|| {
+                Error::unauthenticated("USER_NOT_FOUND", "the user no longer exists")
+            })?;
+        let encoded = serde_json::to_vec(&user).map_err(Error::internal)?;
+        self.cache.set(&key, &encoded, USER_CACHE_TTL).await?;
+        Ok(user)
+    }
+}

@@ -1,0 +1,58 @@
+//! Sessions: one per sign-in, carried by an access token (`sid`) and a chain of single-use
+//! refresh tokens.
+
+use crate::domain::error::Result;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl Session {
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at > now
+    }
+}
+
+/// A stored refresh token, found by the digest of its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenRecord {
+    pub session_id: Uuid,
+    pub spent: bool,
+}
+
+/// Where the client signed in from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session with its first refresh token.
+    async fn insert_session(&self, session: &Session, refresh_digest: &[u8; 32]) -> Result<()>;
+    async fn find_session(&self, id: Uuid) -> Result<Option<Session>>;
+    async fn find_refresh_token(&self, digest: &[u8; 32]) -> Result<Option<RefreshTokenRecord>>;
+    /// Spends `old_digest` and stores `new_digest` for the same session, extending its expiry.
+    /// Answers false, changing nothing, when `old_digest` was already spent (a concurrent
+    /// refresh won the race).
+    async fn rotate_refresh_token(
+        &self,
+        session_id: Uuid,
+        old_digest: &[u8; 32],
+        new_digest: &[u8; 32],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool>;
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+}

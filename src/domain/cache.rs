@@ -1,0 +1,12 @@
+//! The cache port: short-lived shared state (session status, user records, later rate-limit
+//! buckets). In memory by default; Redis when configured, so replicas share it.
+
+use super::error::Result;
+use std::time::Duration;
+
+#[async_trait::async_trait]
+pub trait Cache: Send + Sync {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
+    async fn delete(&self, key: &str) -> Result<()>;
+}

@@ -1,0 +1,136 @@
+//! The one error type of every use case: a closed set of kinds, a stable machine-readable reason
+//! and optional field violations. `api::status` maps it to gRPC and HTTP in one place.
+
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    Unauthenticated,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    Internal,
+}
+
+/// One invalid input field, named by its proto (snake_case) path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub reason: &'static str,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: &str, reason: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            reason,
+            description: description.into(),
+        }
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug)]
+pub struct Error {
+    pub kind: ErrorKind,
+    /// Stable, upper snake case (`EMAIL_TAKEN`); clients branch on it, never on the message.
+    pub reason: &'static str,
+    /// Lower case, no trailing punctuation, safe to show to the caller.
+    pub message: String,
+    pub violations: Vec<FieldViolation>,
+    pub retry_after: Option<Duration>,
+    /// The cause of an internal error: logged, never sent to the caller.
+    pub source: Option<Source>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            reason,
+            message: message.into(),
+            violations: Vec::new(),
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    pub fn invalid_argument(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidArgument, reason, message)
+    }
+
+    /// An invalid request with one violation per bad field.
+    pub fn invalid_fields(violations: Vec<FieldViolation>) -> Self {
+        let message = violations
+            .iter()
+            .map(|violation| format!("{}: {}", violation.field, violation.description))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            violations,
+            ..Self::invalid_argument("INVALID_FIELDS", message)
+        }
+    }
+
+    pub fn not_found(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, reason, message)
+    }
+
+    pub fn already_exists(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AlreadyExists, reason, message)
+    }
+
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, reason, message)
+    }
+
+    pub fn permission_denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, reason, message)
+    }
+
+    pub fn unavailable(reason: &'static str, source: impl Into<Source>) -> Self {
+        Self {
+            source: Some(source.into()),
+            ..Self::new(
+                ErrorKind::Unavailable,
+                reason,
+                "a backing service is unavailable, try again",
+            )
+        }
+    }
+
+    /// An unexpected failure; `source` is logged and the caller sees a generic message.
+    pub fn internal(source: impl Into<Source>) -> Self {
+        Self {
+            source: Some(source.into()),
+            ..Self::new(ErrorKind::Internal, "INTERNAL", "internal error")
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{} ({})", self.message, self.reason)?;
+        if let Some(source) = &self.source {
+            write!(formatter, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

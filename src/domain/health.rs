@@ -1,0 +1,10 @@
+//! Readiness of a backing service, for `/health` and `grpc.health.v1`.
+
+use super::error::Result;
+
+#[async_trait::async_trait]
+pub trait HealthProbe: Send + Sync {
+    /// A short name for reports (`database`, `cache`).
+    fn name(&self) -> &'static str;
+    async fn check(&self) -> Result<()>;
+}

@@ -1,0 +1,20 @@
+//! High-entropy opaque secrets (refresh tokens, later API keys and one-time links) and the
+//! digests they are stored as. A fast hash is right here: the secrets are random 256-bit
+//! values, so there is nothing to brute-force; passwords use `password::PasswordHasher`.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+/// A fresh random secret, URL-safe.
+pub fn generate() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The SHA-256 digest a secret is stored and looked up by.
+pub fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}

@@ -1,0 +1,132 @@
+//! Users: the account record, its parsed inputs and its store port.
+
+use super::error::{Error, FieldViolation, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A syntactically valid email address, trimmed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EmailAddress(String);
+
+impl EmailAddress {
+    pub const MAX_LENGTH: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Self, FieldViolation> {
+        let normalized = raw.trim().to_lowercase();
+        let invalid = |description: &str| {
+            FieldViolation::new("email", "INVALID_EMAIL", description.to_owned())
+        };
+        if normalized.is_empty() {
+            return Err(invalid("is required"));
+        }
+        if normalized.len() > Self::MAX_LENGTH {
+            return Err(invalid("must be at most 254 characters"));
+        }
+        let Some((local, domain)) = normalized.rsplit_once('@') else {
+            return Err(invalid("must look like name@example.com"));
+        };
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..");
+        let no_bad_chars = !normalized
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'));
+        if local.is_empty() || local.contains('@') || !domain_ok || !no_bad_chars {
+            return Err(invalid("must look like name@example.com"));
+        }
+        Ok(Self(normalized))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A display name: trimmed, at most 200 characters, no control characters.
+pub fn parse_full_name(raw: &str) -> Result<String, FieldViolation> {
+    let trimmed = raw.trim();
+    if trimmed.chars().count() > 200 {
+        return Err(FieldViolation::new(
+            "full_name",
+            "INVALID_FULL_NAME",
+            "must be at most 200 characters",
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(FieldViolation::new(
+            "full_name",
+            "INVALID_FULL_NAME",
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub email_verified: bool,
+    pub is_superuser: bool,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A user together with the hash of their password, for sign-in only.
+#[derive(Debug, Clone)]
+pub struct UserCredentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+#[async_trait::async_trait]
+pub trait UserStore: Send + Sync {
+    /// Fails with `AlreadyExists`/`EMAIL_TAKEN` when the email is taken.
+    async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()>;
+    async fn find_user(&self, id: Uuid) -> Result<Option<User>>;
+    async fn find_credentials_by_email(
+        &self,
+        email: &EmailAddress,
+    ) -> Result<Option<UserCredentials>>;
+    async fn update_password_hash(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+}
+
+pub fn email_taken() -> Error {
+    Error::already_exists("EMAIL_TAKEN", "an account with this email already exists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized() {
+        let email = EmailAddress::parse("  Ada@Example.COM ").map(|email| email.0);
+        assert_eq!(email, Ok("ada@example.com".to_owned()));
+    }
+
+    #[test]
+    fn malformed_emails_are_rejected() {
+        for raw in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            "ada@example",
+            "a b@example.com",
+            "ada@.com",
+            "ada@example..com",
+        ] {
+            assert!(EmailAddress::parse(raw).is_err(), "{raw:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Keel: a gRPC-first SaaS backend. See `README.md` for use and `docs/` for architecture.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod api;
+pub mod app;
+pub mod cache;
+pub mod config;
+pub mod domain;
+pub mod security;
+pub mod store;

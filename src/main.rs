@@ -1,0 +1,140 @@
+//! The `keel` command: serve (the default), migrate, and operator tasks.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use keel::app::{Keel, Services};
+use keel::config::{Config, LogFormat, Settings};
+use keel::domain::auth::Registration;
+use keel::domain::clock::SystemClock;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: accounts, tenants and permissions over gRPC, gRPC-web and REST"
+)]
+struct Cli {
+    /// TOML config file; its keys are the long flag names with underscores
+    #[arg(long, env = "KEEL_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default)
+    Serve,
+    /// Apply pending database migrations and exit
+    Migrate,
+    /// Operator tasks
+    Admin {
+        #[command(subcommand)]
+        task: AdminTask,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminTask {
+    /// Create a platform superuser
+    CreateSuperuser {
+        #[arg(long)]
+        email: String,
+        /// The password; prefer KEEL_SUPERUSER_PASSWORD to keep it out of the shell history
+        #[arg(long, env = "KEEL_SUPERUSER_PASSWORD", hide_env_values = true)]
+        password: String,
+        #[arg(long, default_value = "")]
+        full_name: String,
+    },
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return interrupt.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    interrupt.await.unwrap_or(());
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file_settings = match &cli.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let config = Config::from_settings(&cli.settings.over(file_settings))?;
+    init_tracing(config.log_format);
+
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            Keel::build(&config, Arc::new(SystemClock))
+                .await?
+                .serve(shutdown_signal())
+                .await
+        }
+        Command::Migrate => {
+            let services = Services::build(
+                &Config {
+                    migrate_on_start: false,
+                    ..config
+                },
+                Arc::new(SystemClock),
+            )
+            .await?;
+            services.migrate().await?;
+            services.close().await;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Admin {
+            task:
+                AdminTask::CreateSuperuser {
+                    email,
+                    password,
+                    full_name,
+                },
+        } => {
+            let services = Services::build(&config, Arc::new(SystemClock)).await?;
+            let created = services
+                .auth
+                .create_superuser(Registration {
+                    email: &email,
+                    password: &password,
+                    full_name: &full_name,
+                })
+                .await;
+            services.close().await;
+            let user = created.context("creating the superuser")?;
+            println!("created superuser {} ({})", user.email, user.id);
+            Ok(())
+        }
+    }
+}

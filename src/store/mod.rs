@@ -1,0 +1,123 @@
+//! SQL adapters of the store ports, one implementation for SQLite (embedded default) and
+//! PostgreSQL (production). The SQL is shared where it is portable: `with_pool!` stamps the same
+//! body out for each backend, so each query is type-checked against both drivers.
+
+mod sessions;
+mod users;
+
+use crate::domain::Error;
+use crate::domain::error::Result;
+use crate::domain::health::HealthProbe;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool of either backend.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            crate::store::Pool::Sqlite($pool) => $body,
+            crate::store::Pool::Postgres($pool) => $body,
+        }
+    };
+}
+use with_pool;
+
+#[derive(Clone)]
+pub struct SqlStore {
+    pool: Pool,
+}
+
+impl SqlStore {
+    /// Connects to `sqlite:…` (the file is created when missing) or `postgres://…`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10));
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .test_before_acquire(false)
+                    .connect_with(options)
+                    .await?,
+            )
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = PgConnectOptions::from_str(url)?;
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .test_before_acquire(false)
+                    .connect_with(options)
+                    .await?,
+            )
+        } else {
+            anyhow::bail!("KEEL_DATABASE_URL must start with sqlite: or postgres://");
+        };
+        Ok(Self { pool })
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.pool {
+            Pool::Sqlite(_) => "sqlite",
+            Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Applies pending migrations of the connected backend.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match &self.pool {
+            Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for SqlStore {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+
+    async fn check(&self) -> Result<()> {
+        with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
+            .map(|_| ())
+            .map_err(database_error)
+    }
+}
+
+/// Connection trouble is `Unavailable` (worth a retry); anything else is a bug.
+fn database_error(error: sqlx::Error) -> Error {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            Error::unavailable("DATABASE_UNAVAILABLE", error)
+        }
+        other => Error::internal(other),
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
+}

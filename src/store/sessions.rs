@@ -1,0 +1,153 @@
+//! `SessionStore` on SQL.
+
+use super::{SqlStore, database_error, with_pool};
+use crate::domain::auth::{RefreshTokenRecord, Session, SessionStore};
+use crate::domain::error::Result;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: Uuid,
+    user_id: Uuid,
+    user_agent: Option<String>,
+    ip_address: Option<String>,
+    created_at: DateTime<Utc>,
+    last_used_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<SessionRow> for Session {
+    fn from(row: SessionRow) -> Self {
+        Session {
+            id: row.id,
+            user_id: row.user_id,
+            user_agent: row.user_agent,
+            ip_address: row.ip_address,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SessionStore for SqlStore {
+    async fn insert_session(&self, session: &Session, refresh_digest: &[u8; 32]) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO sessions (id, user_id, user_agent, ip_address, created_at, \
+                 last_used_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(session.id)
+            .bind(session.user_id)
+            .bind(&session.user_agent)
+            .bind(&session.ip_address)
+            .bind(session.created_at)
+            .bind(session.last_used_at)
+            .bind(session.expires_at)
+            .bind(session.revoked_at)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_digest, session_id, created_at) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(&refresh_digest[..])
+            .bind(session.id)
+            .bind(session.created_at)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn find_session(&self, id: Uuid) -> Result<Option<Session>> {
+        let row: Option<SessionRow> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, user_id, user_agent, ip_address, created_at, last_used_at, \
+                 expires_at, revoked_at FROM sessions WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(Session::from))
+    }
+
+    async fn find_refresh_token(&self, digest: &[u8; 32]) -> Result<Option<RefreshTokenRecord>> {
+        let row: Option<(Uuid, Option<DateTime<Utc>>)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT session_id, spent_at FROM refresh_tokens WHERE token_digest = $1")
+                .bind(&digest[..])
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(|(session_id, spent_at)| RefreshTokenRecord {
+            session_id,
+            spent: spent_at.is_some(),
+        }))
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        session_id: Uuid,
+        old_digest: &[u8; 32],
+        new_digest: &[u8; 32],
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            let spent = sqlx::query(
+                "UPDATE refresh_tokens SET spent_at = $2 \
+                 WHERE token_digest = $1 AND spent_at IS NULL",
+            )
+            .bind(&old_digest[..])
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+            if spent.rows_affected() != 1 {
+                transaction.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_digest, session_id, created_at) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(&new_digest[..])
+            .bind(session_id)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query("UPDATE sessions SET last_used_at = $2, expires_at = $3 WHERE id = $1")
+                .bind(session_id)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await.map(|()| true)
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map(|_| ())
+        .map_err(database_error)
+    }
+}

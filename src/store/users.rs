@@ -1,0 +1,115 @@
+//! `UserStore` on SQL.
+
+use super::{SqlStore, database_error, is_unique_violation, with_pool};
+use crate::domain::error::Result;
+use crate::domain::user::{EmailAddress, User, UserCredentials, UserStore, email_taken};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    email: String,
+    full_name: String,
+    email_verified: bool,
+    is_superuser: bool,
+    is_active: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    password_hash: String,
+}
+
+impl From<UserRow> for UserCredentials {
+    fn from(row: UserRow) -> Self {
+        UserCredentials {
+            user: User {
+                id: row.id,
+                email: row.email,
+                full_name: row.full_name,
+                email_verified: row.email_verified,
+                is_superuser: row.is_superuser,
+                is_active: row.is_active,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+            },
+            password_hash: row.password_hash,
+        }
+    }
+}
+
+const SELECT_USER: &str = "SELECT id, email, full_name, email_verified, is_superuser, is_active, \
+     created_at, updated_at, password_hash FROM users";
+
+#[async_trait::async_trait]
+impl UserStore for SqlStore {
+    async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()> {
+        let inserted = with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO users (id, email, password_hash, full_name, email_verified, \
+                 is_superuser, is_active, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(user.id)
+            .bind(&user.email)
+            .bind(password_hash)
+            .bind(&user.full_name)
+            .bind(user.email_verified)
+            .bind(user.is_superuser)
+            .bind(user.is_active)
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        });
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(error) if is_unique_violation(&error) => Err(email_taken()),
+            Err(error) => Err(database_error(error)),
+        }
+    }
+
+    async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
+        let row: Option<UserRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_USER} WHERE id = $1")))
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(|row| UserCredentials::from(row).user))
+    }
+
+    async fn find_credentials_by_email(
+        &self,
+        email: &EmailAddress,
+    ) -> Result<Option<UserCredentials>> {
+        let row: Option<UserRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_USER} WHERE email = $1")))
+                .bind(email.as_str())
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(UserCredentials::from))
+    }
+
+    async fn update_password_hash(
+        &self,
+        id: Uuid,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(password_hash)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map(|_| ())
+        .map_err(database_error)
+    }
+}

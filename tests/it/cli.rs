@@ -1,0 +1,112 @@
+//! The `keel` binary as an operator runs it.
+
+use crate::harness::{Backend, PASSWORD, TestApp, test_settings};
+use serde_json::Value;
+use std::process::Command;
+
+crate::backend_tests!(create_superuser_then_sign_in);
+
+fn keel_command(settings: &keel::config::Settings) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEEL_DATA_DIR", settings.data_dir.clone().unwrap());
+    if let Some(url) = &settings.database_url {
+        command.env("KEEL_DATABASE_URL", url);
+    }
+    command
+}
+
+async fn create_superuser_then_sign_in(backend: Backend) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(backend, data_dir.path());
+
+    let migrate = keel_command(&settings).arg("migrate").output().unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+
+    let created = keel_command(&settings)
+        .args([
+            "admin",
+            "create-superuser",
+            "--email",
+            "root@example.com",
+            "--full-name",
+            "Root",
+        ])
+        .env("KEEL_SUPERUSER_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(String::from_utf8_lossy(&created.stdout).contains("root@example.com"));
+
+    let again = keel_command(&settings)
+        .args([
+            "admin",
+            "create-superuser",
+            "--email",
+            "root@example.com",
+            "--password",
+            PASSWORD,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+
+    let app = TestApp::spawn_settings(settings, data_dir).await;
+    let tokens = app.login("root@example.com").await;
+    let me: Value = app
+        .get_with_token("/api/v1/users/me", &tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["is_superuser"], true);
+    assert_eq!(me["email_verified"], true);
+
+    // Registration never makes a superuser, not even the first account.
+    let user = app.register("second@example.com").await;
+    assert_eq!(user["is_superuser"], false);
+}
+
+#[test]
+fn invalid_configuration_fails_naming_the_setting() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(Backend::Embedded, data_dir.path());
+    let output = keel_command(&settings)
+        .env("KEEL_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("KEEL_LISTEN"), "{stderr}");
+}
+
+#[test]
+fn help_lists_the_settings() {
+    let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for setting in [
+        "KEEL_LISTEN",
+        "KEEL_DATA_DIR",
+        "KEEL_DATABASE_URL",
+        "KEEL_REDIS_URL",
+        "KEEL_PUBLIC_URL",
+        "--config",
+    ] {
+        assert!(help.contains(setting), "{setting} missing from --help");
+    }
+}

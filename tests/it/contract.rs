@@ -1,0 +1,47 @@
+//! The contract itself: every RPC declares its authorization, and both migration sets agree.
+
+use keel::api::contract::Contract;
+use std::collections::BTreeSet;
+
+#[test]
+fn every_keel_rpc_declares_an_auth_rule_and_an_http_binding() {
+    // `Contract::load` refuses an RPC without `(keel.options.v1.auth)`.
+    let contract = Contract::load().expect("the contract loads");
+    assert!(!contract.rpcs.is_empty());
+    for rpc in &contract.rpcs {
+        assert!(
+            !rpc.bindings.is_empty(),
+            "{} has no google.api.http rule",
+            rpc.grpc_path
+        );
+    }
+}
+
+#[test]
+fn literal_segments_win_over_variables() {
+    let contract = Contract::load().unwrap();
+    let input = contract.rpcs[0].descriptor.input();
+    let literal =
+        keel::api::rest::path_template::PathTemplate::parse("/api/v1/auth/me", &input).unwrap();
+    let (literal_score, _) = literal.matches("/api/v1/auth/me").unwrap();
+    // Any template with a variable in the same place scores lower than the literal one.
+    let variable_score = vec![true, true, true, false];
+    assert!(literal_score > variable_score);
+    assert!(literal.matches("/api/v1/auth/you").is_none());
+    assert!(literal.matches("/api/v1/auth/me/too").is_none());
+}
+
+fn versions(dir: &str) -> BTreeSet<String> {
+    std::fs::read_dir(format!("{}/migrations/{dir}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .map(|name| name.split('_').next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn sqlite_and_postgres_migrations_have_the_same_versions() {
+    let sqlite = versions("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, versions("postgres"));
+}

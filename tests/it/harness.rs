@@ -1,0 +1,294 @@
+//! `TestApp::spawn`: the real server on an ephemeral port, on the embedded defaults (SQLite,
+//! memory cache) or on the services named by `KEEL_TEST_DATABASE_URL` / `KEEL_TEST_REDIS_URL`
+//! (a fresh PostgreSQL database and Redis key prefix per test), with real clients.
+
+use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
+use keel::app::Keel;
+use keel::config::{Config, Settings};
+use keel::domain::clock::ShiftedClock;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in a temporary directory, memory cache.
+    Embedded,
+    /// PostgreSQL and Redis from `KEEL_TEST_DATABASE_URL` / `KEEL_TEST_REDIS_URL`.
+    Services,
+}
+
+/// Runs each named `async fn(Backend)` once per backend: `embedded::name` and `services::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::harness::Backend::Embedded).await
+                }
+            )*
+        }
+        mod services {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if $crate::harness::services_available() {
+                        super::$name($crate::harness::Backend::Services).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Whether the service-backed variant runs: skipped (with a note) when the services are not
+/// configured, unless `KEEL_TEST_REQUIRE_SERVICES=1`, which turns the skip into a failure.
+pub fn services_available() -> bool {
+    let configured = std::env::var("KEEL_TEST_DATABASE_URL").is_ok()
+        && std::env::var("KEEL_TEST_REDIS_URL").is_ok();
+    let required = std::env::var("KEEL_TEST_REQUIRE_SERVICES").is_ok_and(|value| value == "1");
+    assert!(
+        configured || !required,
+        "KEEL_TEST_REQUIRE_SERVICES=1 but KEEL_TEST_DATABASE_URL or KEEL_TEST_REDIS_URL is unset"
+    );
+    if !configured {
+        eprintln!(
+            "skipped: set KEEL_TEST_DATABASE_URL and KEEL_TEST_REDIS_URL to run on PostgreSQL and Redis"
+        );
+    }
+    configured
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ShiftedClock>,
+    pub config: Config,
+    shutdown: Option<oneshot::Sender<()>>,
+    _data_dir: tempfile::TempDir,
+}
+
+/// Cheap argon2 parameters keep the suite fast; the OWASP defaults are exercised by the
+/// benchmark and by the CLI test.
+pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
+    let mut settings = Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(data_dir.display().to_string()),
+        argon2_memory_kib: Some("1024".into()),
+        argon2_iterations: Some("1".into()),
+        public_url: Some("http://keel.test".into()),
+        ..Settings::default()
+    };
+    if backend == Backend::Services {
+        settings.database_url = Some(fresh_postgres_database());
+        settings.redis_url = std::env::var("KEEL_TEST_REDIS_URL").ok();
+        settings.redis_prefix = Some(format!("keel-test:{}:", uuid::Uuid::now_v7().simple()));
+    }
+    settings
+}
+
+/// Creates an empty database next to the one `KEEL_TEST_DATABASE_URL` names and answers its URL.
+fn fresh_postgres_database() -> String {
+    let admin_url = std::env::var("KEEL_TEST_DATABASE_URL").expect("KEEL_TEST_DATABASE_URL");
+    let name = format!("keel_test_{}", uuid::Uuid::now_v7().simple());
+    let statement = format!("CREATE DATABASE {name}");
+    let admin = admin_url.clone();
+    // A private runtime: the caller may be inside a runtime that must not block.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            use sqlx::Executor;
+            let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                .await
+                .expect("connecting to KEEL_TEST_DATABASE_URL");
+            connection
+                .execute(sqlx::AssertSqlSafe(statement))
+                .await
+                .expect("creating a test database");
+        });
+    })
+    .join()
+    .expect("creating the test database");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("KEEL_TEST_DATABASE_URL ends with /<database>");
+    format!("{base}/{name}")
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// Spawns with settings adjusted by `adjust` (after the test defaults).
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary data dir");
+        let mut settings = test_settings(backend, data_dir.path());
+        adjust(&mut settings);
+        Self::spawn_settings(settings, data_dir).await
+    }
+
+    pub async fn spawn_settings(settings: Settings, data_dir: tempfile::TempDir) -> Self {
+        let config = Config::from_settings(&settings).expect("valid test config");
+        let clock = Arc::new(ShiftedClock::default());
+        let keel = Keel::build(&config, clock.clone())
+            .await
+            .expect("keel starts");
+        let address = keel.local_addr().expect("bound address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = stopped.await;
+            };
+            if let Err(error) = keel.serve(stop).await {
+                eprintln!("server failed: {error:#}");
+            }
+        });
+        Self {
+            base_url: format!("http://{address}"),
+            http: reqwest::Client::new(),
+            clock,
+            config,
+            shutdown: Some(shutdown),
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.base_url.clone())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("gRPC connection")
+    }
+
+    pub async fn grpc(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel().await)
+    }
+
+    pub fn grpc_web(&self) -> AuthServiceClient<GrpcWebChannel> {
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
+        let service = tower::ServiceBuilder::new()
+            .layer(tonic_web::GrpcWebClientLayer::new())
+            .service(http);
+        AuthServiceClient::with_origin(service, self.base_url.parse().expect("uri"))
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("REST request")
+    }
+
+    pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("REST request")
+    }
+
+    /// Registers `email` with a strong password and answers the user JSON.
+    pub async fn register(&self, email: &str) -> Value {
+        let response = self
+            .post_json(
+                "/api/v1/auth/register",
+                serde_json::json!({ "email": email, "password": PASSWORD, "full_name": "Test User" }),
+            )
+            .await;
+        assert_eq!(response.status(), 201, "registering {email}");
+        response.json().await.expect("user JSON")
+    }
+
+    /// Registers and signs in over REST; answers the token pair JSON.
+    pub async fn signed_in(&self, email: &str) -> Tokens {
+        self.register(email).await;
+        self.login(email).await
+    }
+
+    pub async fn login(&self, email: &str) -> Tokens {
+        let response = self
+            .post_json(
+                "/api/v1/auth/login",
+                serde_json::json!({ "email": email, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "signing in {email}");
+        let body: Value = response.json().await.expect("token JSON");
+        Tokens {
+            access: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            refresh: body["refresh_token"]
+                .as_str()
+                .expect("refresh_token")
+                .to_owned(),
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub type GrpcWebChannel = tonic_web::GrpcWebClientService<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        tonic_web::GrpcWebCall<tonic::body::Body>,
+    >,
+>;
+
+pub const PASSWORD: &str = "Str0ng!Passw0rd";
+
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Adds `authorization: Bearer <token>` to a gRPC request.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("metadata value"),
+    );
+    request
+}
+
+/// The `reason` of a gRPC error, from its `google.rpc.ErrorInfo` detail.
+pub fn grpc_reason(status: &tonic::Status) -> String {
+    use keel::api::pb::google::rpc;
+    use prost::Message;
+    let decoded = rpc::Status::decode(status.details()).expect("google.rpc.Status details");
+    decoded
+        .details
+        .iter()
+        .find(|detail| detail.type_url.ends_with("google.rpc.ErrorInfo"))
+        .map(|detail| {
+            rpc::ErrorInfo::decode(detail.value.as_slice())
+                .expect("ErrorInfo")
+                .reason
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real server on an ephemeral port, through the doors users use.
+
+mod harness;
+
+mod accounts;
+mod cli;
+mod contract;
+mod rest_errors;
+mod sessions;
+mod surface;

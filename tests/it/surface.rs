@@ -1,0 +1,264 @@
+//! What sits beside the API: health, JWKS, OpenAPI, Swagger UI, ReDoc, reflection, gRPC health.
+
+use crate::harness::Backend;
+use crate::harness::TestApp;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keel::api::contract::Contract;
+use keel::domain::clock::SystemClock;
+use serde_json::Value;
+use std::sync::Arc;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+crate::backend_tests!(health_reports_the_backends);
+
+async fn health_reports_the_backends(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["checks"]["database"], "ok");
+    if backend == Backend::Services {
+        assert_eq!(body["checks"]["cache"], "ok");
+    }
+
+    let status = HealthClient::new(app.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn start_fails_naming_an_unreachable_database() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let unused_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut settings = crate::harness::test_settings(Backend::Embedded, data_dir.path());
+    settings.database_url = Some(format!("postgres://postgres@127.0.0.1:{unused_port}/keel"));
+    let config = keel::config::Config::from_settings(&settings).unwrap();
+    let failure = keel::app::Keel::build(&config, Arc::new(SystemClock)).await;
+    let message = format!(
+        "{:#}",
+        failure.err().expect("start fails without a database")
+    );
+    assert!(message.contains("KEEL_DATABASE_URL"), "{message}");
+}
+
+/// Dropping the database under a running server turns `/health` to 503 (PostgreSQL only: an
+/// embedded SQLite file cannot be taken away from an open connection).
+#[tokio::test]
+async fn health_is_503_when_the_database_goes_away() {
+    if !crate::harness::services_available() {
+        return;
+    }
+    let app = TestApp::spawn(Backend::Services).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let database = app
+        .config
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let admin_url = std::env::var("KEEL_TEST_DATABASE_URL").unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(
+        &mut admin,
+        sqlx::AssertSqlSafe(format!("DROP DATABASE {database} WITH (FORCE)")),
+    )
+    .await
+    .unwrap();
+    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "unavailable");
+}
+
+#[tokio::test]
+async fn jwks_publishes_the_signing_key() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let tokens = app.signed_in("jwks@example.com").await;
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(tokens.access.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    let jwks: Value = app
+        .http
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kid"], header["kid"]);
+    assert_eq!(key["kty"], "OKP");
+    assert_eq!(key["crv"], "Ed25519");
+
+    // The published key really verifies the token.
+    let public = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
+    let mut parts = tokens.access.rsplitn(2, '.');
+    let signature = URL_SAFE_NO_PAD.decode(parts.next().unwrap()).unwrap();
+    let signed = parts.next().unwrap();
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &public)
+        .verify(signed.as_bytes(), &signature)
+        .expect("the JWKS key verifies the access token");
+
+    // Claims carry what the contract promises.
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(tokens.access.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    for claim in ["sub", "sid", "iat", "exp", "iss", "aud", "jti"] {
+        assert!(claims.get(claim).is_some(), "{claim} missing from {claims}");
+    }
+    assert_eq!(claims["iss"], "http://keel.test");
+    assert_eq!(claims["aud"], "keel");
+}
+
+#[tokio::test]
+async fn openapi_covers_every_http_rule() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let document: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let contract = Contract::load().unwrap();
+    let mut bindings = 0;
+    for rpc in &contract.rpcs {
+        for binding in &rpc.bindings {
+            bindings += 1;
+            let operation = &document["paths"][&binding.template.text]
+                [binding.method.as_str().to_ascii_lowercase()];
+            assert_eq!(
+                operation["x-grpc-method"], rpc.grpc_path,
+                "{}",
+                binding.template.text
+            );
+            let status = rpc.success_status.as_u16().to_string();
+            assert!(
+                operation["responses"][&status]["content"]["application/json"]["schema"]
+                    .is_object()
+            );
+            assert!(
+                !operation["description"].as_str().unwrap().is_empty(),
+                "{} has no doc comment",
+                rpc.grpc_path
+            );
+        }
+    }
+    assert!(bindings >= 6);
+    let register = &document["paths"]["/api/v1/auth/register"]["post"];
+    assert!(register["responses"]["201"].is_object());
+    assert_eq!(register["security"], serde_json::json!([]));
+    let me = &document["paths"]["/api/v1/auth/me"]["get"];
+    assert_eq!(me["security"][0]["bearerAuth"], serde_json::json!([]));
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    let login_request = &document["components"]["schemas"]["keel.auth.v1.LoginRequest"];
+    assert!(login_request["properties"]["password"].is_object());
+}
+
+#[tokio::test]
+async fn docs_pages_are_served_offline() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let swagger = app.http.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(swagger.status(), 200);
+    assert!(swagger.text().await.unwrap().contains("swagger"));
+    let initializer = app
+        .http
+        .get(app.url("/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(initializer.status(), 200);
+    assert!(initializer.text().await.unwrap().contains("/openapi.json"));
+    let redoc = app.http.get(app.url("/redoc")).send().await.unwrap();
+    assert_eq!(redoc.status(), 200);
+    assert!(
+        redoc
+            .text()
+            .await
+            .unwrap()
+            .contains("/redoc/redoc.standalone.js")
+    );
+    let script = app
+        .http
+        .get(app.url("/redoc/redoc.standalone.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.bytes().await.unwrap().len() > 100_000);
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let mut client = ServerReflectionClient::new(app.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = client
+        .server_reflection_info(futures_util::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("unexpected reflection reply");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    assert!(
+        names.contains(&"keel.auth.v1.AuthService".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
