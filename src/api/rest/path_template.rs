@@ -119,3 +119,54 @@ fn check_scalar_field(input: &MessageDescriptor, names: &[String]) -> anyhow::Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::contract::Contract;
+
+    fn user_descriptor() -> anyhow::Result<MessageDescriptor> {
+        Contract::load()?
+            .pool
+            .get_message_by_name("keel.user.v1.User")
+            .ok_or_else(|| anyhow::anyhow!("keel.user.v1.User is missing"))
+    }
+
+    #[test]
+    fn literal_segments_beat_variables() -> anyhow::Result<()> {
+        let user = user_descriptor()?;
+        let by_id = PathTemplate::parse("/api/v1/sessions/{id}", &user)?;
+        let all = PathTemplate::parse("/api/v1/sessions/all", &user)?;
+        let (id_score, captures) = by_id
+            .matches("/api/v1/sessions/all")
+            .ok_or_else(|| anyhow::anyhow!("no match"))?;
+        assert_eq!(captures, vec![(vec!["id".to_owned()], "all".to_owned())]);
+        let (all_score, _) = all
+            .matches("/api/v1/sessions/all")
+            .ok_or_else(|| anyhow::anyhow!("no match"))?;
+        assert!(all_score > id_score);
+        Ok(())
+    }
+
+    #[test]
+    fn variables_are_percent_decoded_and_never_empty() -> anyhow::Result<()> {
+        let template = PathTemplate::parse("/users/{email}/x", &user_descriptor()?)?;
+        let (_, captures) = template
+            .matches("/users/a%40b.com/x")
+            .ok_or_else(|| anyhow::anyhow!("no match"))?;
+        assert_eq!(captures[0].1, "a@b.com");
+        assert!(template.matches("/users//x").is_none());
+        assert!(template.matches("/users/a/x/y").is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn templates_must_name_scalar_fields() -> anyhow::Result<()> {
+        let user = user_descriptor()?;
+        assert!(PathTemplate::parse("/users/{nope}", &user).is_err());
+        assert!(PathTemplate::parse("/users/{created_at}", &user).is_err());
+        assert!(PathTemplate::parse("/users/{id=**}", &user).is_err());
+        assert!(PathTemplate::parse("users/{id}", &user).is_err());
+        Ok(())
+    }
+}

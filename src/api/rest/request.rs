@@ -263,3 +263,120 @@ fn parse_scalar(kind: &Kind, raw: &str) -> Result<Value, String> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::contract::Contract;
+    use crate::api::rest::path_template::PathTemplate;
+
+    fn binding(input: &MessageDescriptor, path: &str, body: BodyRule) -> HttpBinding {
+        HttpBinding {
+            method: http::Method::GET,
+            template: PathTemplate::parse(path, input).unwrap_or_else(|error| panic!("{error}")),
+            body,
+            response_body: None,
+        }
+    }
+
+    fn message(name: &str) -> MessageDescriptor {
+        Contract::load()
+            .ok()
+            .and_then(|contract| contract.pool.get_message_by_name(name))
+            .unwrap_or_else(|| panic!("{name} is missing"))
+    }
+
+    fn text(message: &DynamicMessage, path: &[&str]) -> String {
+        let (last, parents) = path.split_last().unwrap_or_else(|| panic!("empty path"));
+        let mut current = message.clone();
+        for name in parents {
+            current = current
+                .get_field_by_name(name)
+                .and_then(|value| value.as_message().cloned())
+                .unwrap_or_else(|| panic!("{name} is not set"));
+        }
+        current
+            .get_field_by_name(last)
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn query_parameters_fill_nested_fields_and_path_variables_win() {
+        let input = message("keel.auth.v1.RegisterResponse");
+        let binding = binding(&input, "/users/{user.id}", BodyRule::None);
+        let captures = vec![(vec!["user".to_owned(), "id".to_owned()], "42".to_owned())];
+        let built = build_message(
+            &input,
+            &binding,
+            &captures,
+            "user.email=a%40example.com&user.fullName=Ada",
+            None,
+            b"",
+        )
+        .unwrap_or_else(|error| panic!("{error:?}"));
+        assert_eq!(text(&built, &["user", "id"]), "42");
+        assert_eq!(text(&built, &["user", "email"]), "a@example.com");
+        assert_eq!(text(&built, &["user", "full_name"]), "Ada");
+
+        let rebound = build_message(&input, &binding, &captures, "user.id=7", None, b"");
+        assert!(
+            rebound.is_err(),
+            "a path-bound field cannot be set by query"
+        );
+        let unknown = build_message(&input, &binding, &captures, "user.nope=1", None, b"");
+        assert!(unknown.is_err());
+        let wrong_type = build_message(
+            &input,
+            &binding,
+            &captures,
+            "user.email_verified=maybe",
+            None,
+            b"",
+        );
+        assert!(wrong_type.is_err());
+    }
+
+    #[test]
+    fn body_field_carries_one_field_and_query_the_rest() {
+        let input = message("keel.auth.v1.RegisterResponse");
+        let user_field = input
+            .get_field_by_name("user")
+            .unwrap_or_else(|| panic!("user"));
+        let binding = binding(&input, "/users", BodyRule::Field(user_field));
+        let built = build_message(
+            &input,
+            &binding,
+            &Vec::new(),
+            "",
+            None,
+            br#"{"email":"b@example.com","fullName":"B"}"#,
+        )
+        .unwrap_or_else(|error| panic!("{error:?}"));
+        assert_eq!(text(&built, &["user", "email"]), "b@example.com");
+        assert_eq!(text(&built, &["user", "full_name"]), "B");
+        let query_into_body =
+            build_message(&input, &binding, &Vec::new(), "user.email=x", None, b"{}");
+        assert!(query_into_body.is_err());
+    }
+
+    #[test]
+    fn well_known_types_parse_from_text() {
+        let input = message("google.rpc.RetryInfo");
+        let binding = binding(&input, "/retry", BodyRule::None);
+        let built = build_message(&input, &binding, &Vec::new(), "retry_delay=1.5s", None, b"")
+            .unwrap_or_else(|error| panic!("{error:?}"));
+        let delay = built
+            .get_field_by_name("retry_delay")
+            .and_then(|value| value.as_message().cloned())
+            .unwrap_or_else(|| panic!("retry_delay is not set"));
+        assert_eq!(
+            delay.get_field_by_name("seconds").and_then(|v| v.as_i64()),
+            Some(1)
+        );
+        assert_eq!(
+            delay.get_field_by_name("nanos").and_then(|v| v.as_i32()),
+            Some(500_000_000)
+        );
+    }
+}
