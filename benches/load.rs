@@ -1,0 +1,325 @@
+//! Load tool: measures Keel's sign-in, refresh and authenticated `GetMe` over gRPC and REST,
+//! against a bare unary RPC (`grpc.health.v1.Health/Check`) as the baseline.
+//!
+//! ```sh
+//! cargo build --release && ./target/release/keel &          # the server under test
+//! cargo bench --bench load -- --url http://127.0.0.1:8000 --server-pid $!
+//! ```
+//! Without `--url` it starts a server in-process (figures then include the client's own CPU).
+//! With `--server-pid` it also reports the server's CPU time per request, read from /proc.
+
+use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
+use keel::api::pb::keel::auth::v1::{GetMeRequest, LoginRequest, RefreshRequest, RegisterRequest};
+use keel::app::Keel;
+use keel::config::{Config, Settings};
+use keel::domain::clock::SystemClock;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const PASSWORD: &str = "Str0ng!Passw0rd";
+
+/// A worker's client and the refresh token its next call spends.
+type RefreshChain = (AuthServiceClient<Channel>, Arc<Mutex<String>>);
+
+struct Options {
+    url: Option<String>,
+    server_pid: Option<u32>,
+    seconds: u64,
+    connections: usize,
+    only: Option<String>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        url: None,
+        server_pid: None,
+        seconds: 5,
+        connections: 32,
+        only: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--url" => options.url = Some(value()),
+            "--server-pid" => options.server_pid = Some(value().parse().expect("--server-pid")),
+            "--seconds" => options.seconds = value().parse().expect("--seconds"),
+            "--connections" => options.connections = value().parse().expect("--connections"),
+            "--only" => options.only = Some(value()),
+            // cargo bench passes --bench; nothing else is ours.
+            _ => {}
+        }
+    }
+    options
+}
+
+/// User + system CPU time of a process, from /proc (Linux).
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+struct Report {
+    requests: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+}
+
+/// Runs `connections` workers, each repeating `call` on its own state for `seconds`.
+async fn run<S, F, Fut>(options: &Options, name: &str, states: Vec<S>, call: F)
+where
+    S: Send + 'static,
+    F: Fn(&mut S) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    if options
+        .only
+        .as_deref()
+        .is_some_and(|only| !name.contains(only))
+    {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let cpu_before = options.server_pid.and_then(process_cpu);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for mut state in states {
+        let call = call.clone();
+        workers.push(tokio::spawn(async move {
+            let mut report = Report {
+                requests: 0,
+                errors: 0,
+                latencies: Vec::new(),
+            };
+            while Instant::now() < deadline {
+                let begin = Instant::now();
+                let ok = call(&mut state).await;
+                report.latencies.push(begin.elapsed());
+                report.requests += 1;
+                report.errors += u64::from(!ok);
+            }
+            report
+        }));
+    }
+    let mut total = Report {
+        requests: 0,
+        errors: 0,
+        latencies: Vec::new(),
+    };
+    for worker in workers {
+        let report = worker.await.expect("worker");
+        total.requests += report.requests;
+        total.errors += report.errors;
+        total.latencies.extend(report.latencies);
+    }
+    let elapsed = started.elapsed();
+    total.latencies.sort_unstable();
+    let percentile = |p: f64| {
+        let index = ((total.latencies.len() as f64 - 1.0) * p).round() as usize;
+        total.latencies.get(index).copied().unwrap_or_default()
+    };
+    let cpu = match (cpu_before, options.server_pid.and_then(process_cpu)) {
+        (Some(before), Some(after)) if total.requests > 0 => format!(
+            "{:>8.1} µs server CPU/req",
+            (after - before).as_secs_f64() * 1e6 / total.requests as f64
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "{name:<22} {:>9.0} req/s  p50 {:>8.2?}  p99 {:>8.2?}  errors {:>5}{cpu}",
+        total.requests as f64 / elapsed.as_secs_f64(),
+        percentile(0.50),
+        percentile(0.99),
+        total.errors,
+    );
+}
+
+async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_owned())
+        .expect("url")
+        .connect()
+        .await
+        .expect("gRPC connection")
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    request
+}
+
+#[tokio::main]
+async fn main() {
+    let options = options();
+    let url = match &options.url {
+        Some(url) => url.clone(),
+        None => start_in_process().await,
+    };
+    println!(
+        "Keel load: {url}, {} connections, {} s per scenario",
+        options.connections, options.seconds
+    );
+
+    let email = format!("load-{}@example.com", uuid::Uuid::now_v7().simple());
+    let mut grpc = AuthServiceClient::new(channel(&url).await);
+    grpc.register(RegisterRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        full_name: "Load".into(),
+    })
+    .await
+    .expect("register the load user");
+    let login = LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        username: String::new(),
+    };
+    let access = grpc
+        .login(login.clone())
+        .await
+        .expect("login")
+        .into_inner()
+        .access_token;
+
+    let mut channels = Vec::new();
+    for _ in 0..options.connections {
+        channels.push(channel(&url).await);
+    }
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.connections)
+        .build()
+        .expect("HTTP client");
+
+    run(
+        &options,
+        "grpc health (baseline)",
+        channels.clone(),
+        |channel: &mut Channel| {
+            let mut client = HealthClient::new(channel.clone());
+            async move { client.check(HealthCheckRequest::default()).await.is_ok() }
+        },
+    )
+    .await;
+
+    let token = access.clone();
+    run(
+        &options,
+        "grpc GetMe",
+        channels.clone(),
+        move |channel: &mut Channel| {
+            let mut client = AuthServiceClient::new(channel.clone());
+            let request = bearer(GetMeRequest {}, &token);
+            async move { client.get_me(request).await.is_ok() }
+        },
+    )
+    .await;
+
+    let me_url = format!("{url}/api/v1/auth/me");
+    let states = vec![(http.clone(), me_url, access.clone()); options.connections];
+    run(
+        &options,
+        "rest GetMe",
+        states,
+        |(http, me_url, token): &mut (reqwest::Client, String, String)| {
+            let request = http.get(me_url.as_str()).bearer_auth(&*token);
+            async move {
+                request
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success())
+            }
+        },
+    )
+    .await;
+
+    // Refresh: every worker follows its own session's rotation chain.
+    let mut chains = Vec::new();
+    for channel in &channels {
+        let mut client = AuthServiceClient::new(channel.clone());
+        let refresh = client
+            .login(login.clone())
+            .await
+            .expect("login")
+            .into_inner()
+            .refresh_token;
+        chains.push((client, Arc::new(Mutex::new(refresh))));
+    }
+    run(
+        &options,
+        "grpc Refresh",
+        chains,
+        |(client, chain): &mut RefreshChain| {
+            let mut client = client.clone();
+            let chain = chain.clone();
+            async move {
+                let refresh_token = chain.lock().expect("chain").clone();
+                match client.refresh(RefreshRequest { refresh_token }).await {
+                    Ok(reply) => {
+                        *chain.lock().expect("chain") = reply.into_inner().refresh_token;
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+        },
+    )
+    .await;
+
+    run(
+        &options,
+        "grpc Login",
+        channels.clone(),
+        move |channel: &mut Channel| {
+            let mut client = AuthServiceClient::new(channel.clone());
+            let request = login.clone();
+            async move { client.login(request).await.is_ok() }
+        },
+    )
+    .await;
+
+    let login_url = format!("{url}/api/v1/auth/login");
+    let body = serde_json::json!({ "email": email, "password": PASSWORD });
+    let states = vec![(http.clone(), login_url, body); options.connections];
+    run(
+        &options,
+        "rest Login",
+        states,
+        |(http, login_url, body): &mut (reqwest::Client, String, serde_json::Value)| {
+            let request = http.post(login_url.as_str()).json(&*body);
+            async move {
+                request
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success())
+            }
+        },
+    )
+    .await;
+}
+
+async fn start_in_process() -> String {
+    let data_dir =
+        std::env::temp_dir().join(format!("keel-load-{}", uuid::Uuid::now_v7().simple()));
+    let settings = Settings {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(data_dir.display().to_string()),
+        ..Settings::default()
+    };
+    let config = Config::from_settings(&settings).expect("config");
+    let keel = Keel::build(&config, Arc::new(SystemClock))
+        .await
+        .expect("keel starts");
+    let address = keel.local_addr().expect("address");
+    tokio::spawn(keel.serve(std::future::pending()));
+    format!("http://{address}")
+}
