@@ -127,6 +127,7 @@ impl Keel {
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
         })
         .await?;
         let listener = TcpListener::bind(config.listen)

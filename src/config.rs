@@ -74,6 +74,9 @@ pub struct Settings {
     /// Require a symbol [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
     pub password_require_symbol: Option<String>,
+    /// Comma-separated browser origins allowed by CORS (https://app.example.com) [default: none]
+    #[arg(long, env = "KEEL_CORS_ALLOWED_ORIGINS")]
+    pub cors_allowed_origins: Option<String>,
     /// Largest accepted REST request body in bytes [default: 1048576]
     #[arg(long, env = "KEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<String>,
@@ -121,6 +124,7 @@ impl Settings {
             password_require_uppercase,
             password_require_digit,
             password_require_symbol,
+            cors_allowed_origins,
             max_body_bytes,
             migrate_on_start,
             log_format,
@@ -151,6 +155,7 @@ pub struct Config {
     pub argon2: Argon2Settings,
     pub hash_concurrency: usize,
     pub password_policy: PasswordPolicy,
+    pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub migrate_on_start: bool,
     pub log_format: LogFormat,
@@ -263,6 +268,23 @@ impl Config {
         {
             bail!("KEEL_JWT_HS256_SECRET: must be at least 32 bytes");
         }
+        let cors_allowed_origins: Vec<String> = text(&settings.cors_allowed_origins)
+            .map(|list| {
+                list.split(',')
+                    .map(|origin| origin.trim().to_owned())
+                    .filter(|origin| !origin.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for origin in &cors_allowed_origins {
+            let scheme_ok = origin.starts_with("http://") || origin.starts_with("https://");
+            let path_free = origin.splitn(4, '/').nth(3).is_none();
+            if !scheme_ok || !path_free {
+                bail!(
+                    "KEEL_CORS_ALLOWED_ORIGINS: {origin:?} is not an origin like https://app.example.com"
+                );
+            }
+        }
         let log_format = match text(&settings.log_format).unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -310,6 +332,7 @@ impl Config {
                 cores,
             )?,
             password_policy,
+            cors_allowed_origins,
             max_body_bytes: parse_positive(
                 text(&settings.max_body_bytes),
                 "KEEL_MAX_BODY_BYTES",

@@ -3,6 +3,7 @@
 //! stack) all pass here, so the three doors cannot differ.
 
 use super::contract::{AuthRule, Contract};
+use super::metrics::Metrics;
 use super::status::to_status;
 use crate::domain::Error;
 use crate::domain::auth::{AuthService, Principal};
@@ -12,21 +13,28 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
+use tonic::Code;
 use tonic::body::Body;
 
 pub struct Guard {
     rules: HashMap<String, AuthRule>,
     auth: Arc<AuthService>,
+    metrics: Arc<Metrics>,
 }
 
 impl Guard {
-    pub fn new(contract: &Contract, auth: Arc<AuthService>) -> Self {
+    pub fn new(contract: &Contract, auth: Arc<AuthService>, metrics: Arc<Metrics>) -> Self {
         let rules = contract
             .rpcs
             .iter()
             .map(|rpc| (rpc.grpc_path.clone(), rpc.auth.clone()))
             .collect();
-        Self { rules, auth }
+        Self {
+            rules,
+            auth,
+            metrics,
+        }
     }
 
     /// Admits or refuses a request, attaching the `Principal` for non-public RPCs. Paths that are
@@ -58,6 +66,17 @@ impl Guard {
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
     }
+}
+
+/// The status of a unary reply: tonic sends errors as trailers-only responses, so a
+/// `grpc-status` header is an error and its absence a success.
+fn reply_code<B>(response: &Response<B>) -> Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32)
 }
 
 fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
@@ -119,10 +138,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let guard = self.guard.clone();
         Box::pin(async move {
-            match guard.admit(&mut request).await {
-                Ok(()) => inner.call(request).await,
-                Err(error) => Ok(to_status(error).into_http()),
+            let started = Instant::now();
+            let method = request.uri().path().to_owned();
+            let response = match guard.admit(&mut request).await {
+                Ok(()) => inner.call(request).await?,
+                Err(error) => to_status(error).into_http(),
+            };
+            if guard.rules.contains_key(&method) {
+                guard
+                    .metrics
+                    .record(&method, reply_code(&response), started.elapsed());
             }
+            Ok(response)
         })
     }
 }

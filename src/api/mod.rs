@@ -4,6 +4,7 @@
 pub mod contract;
 mod grpc;
 mod guard;
+mod metrics;
 pub mod openapi;
 pub mod pb;
 pub mod rest;
@@ -18,12 +19,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use contract::Contract;
 use guard::{Guard, GuardLayer};
+use http::{HeaderName, HeaderValue, Method, header};
+use metrics::Metrics;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -33,6 +38,8 @@ pub struct ApiDependencies {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
     pub max_body_bytes: usize,
+    /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The gRPC stack as the listener sees it: gRPC-web translation in front of the guarded
@@ -60,8 +67,14 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     .add_service(health_service)
     .prepare();
 
+    let metrics = Arc::new(Metrics::default());
     let guarded: GrpcStack = BoxCloneSyncService::new(
-        GuardLayer::new(Guard::new(&contract, dependencies.auth.clone())).layer(routes),
+        GuardLayer::new(Guard::new(
+            &contract,
+            dependencies.auth.clone(),
+            metrics.clone(),
+        ))
+        .layer(routes),
     );
     let listener_grpc: ListenerGrpcStack =
         BoxCloneSyncService::new(tonic_web::GrpcWebLayer::new().layer(guarded.clone()));
@@ -82,15 +95,76 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             "/.well-known/jwks.json",
             get(web::jwks).with_state(Arc::new(dependencies.jwks)),
         )
+        .route("/metrics", get(web::metrics).with_state(metrics))
         .route("/redoc", get(web::redoc_page))
         .route("/redoc/redoc.standalone.js", get(web::redoc_script))
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi))
         .fallback(grpc_or_not_found)
+        .method_not_allowed_fallback(web::method_not_allowed)
         .with_state(listener_grpc)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Every response: no MIME sniffing, no framing, no referrer leaks.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(cors(&dependencies.cors_allowed_origins)?);
     Ok(router)
+}
+
+/// CORS for browsers on other origins (gRPC-web and REST). Nothing is allowed unless configured.
+fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins = origins
+        .iter()
+        .map(|origin| {
+            HeaderValue::from_str(origin).map_err(|_| {
+                anyhow::anyhow!("KEEL_CORS_ALLOWED_ORIGINS: invalid origin {origin:?}")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let headers = |names: &[&'static str]| -> Vec<HeaderName> {
+        names
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .collect()
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers(headers(&[
+            "authorization",
+            "content-type",
+            "x-api-key",
+            "x-organization-id",
+            "x-request-id",
+            "x-grpc-web",
+            "x-user-agent",
+            "grpc-timeout",
+        ]))
+        .expose_headers(headers(&[
+            "grpc-status",
+            "grpc-message",
+            "grpc-status-details-bin",
+            "x-request-id",
+            "retry-after",
+        ]))
+        .max_age(std::time::Duration::from_secs(3600)))
 }
 
 /// gRPC and gRPC-web requests (by content type) go to tonic; anything else is an unknown route.

@@ -1,5 +1,6 @@
 //! The plain HTTP routes beside the API: health, JWKS, ReDoc, and the JSON 404.
 
+use super::metrics::Metrics;
 use super::status::RestError;
 use crate::domain::health::HealthProbe;
 use axum::Json;
@@ -83,4 +84,23 @@ pub async fn redoc_script() -> Response {
 
 pub fn not_found(path: &str) -> Response {
     RestError::not_found_route(path).into_response()
+}
+
+pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Response {
+    RestError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        tonic::Code::Unimplemented,
+        "METHOD_NOT_ALLOWED",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .into_response()
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub async fn metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+        .into_response()
 }

@@ -110,3 +110,27 @@ fn help_lists_the_settings() {
         assert!(help.contains(setting), "{setting} missing from --help");
     }
 }
+
+#[test]
+fn config_file_is_read_and_validated() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let file = data_dir.path().join("keel.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:99999\"\n").unwrap();
+    let settings = test_settings(Backend::Embedded, data_dir.path());
+    let output = keel_command(&settings)
+        .args(["--config", file.to_str().unwrap(), "migrate"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("KEEL_LISTEN"), "{stderr}");
+
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nno_such_setting = 1\n").unwrap();
+    let output = keel_command(&settings)
+        .args(["--config", file.to_str().unwrap(), "migrate"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no_such_setting"), "{stderr}");
+}

@@ -262,3 +262,84 @@ async fn reflection_lists_the_services() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_every_door_in_one_place() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let tokens = app.signed_in("metrics@example.com").await;
+    app.get_with_token("/api/v1/auth/me", &tokens.access).await;
+    app.get_with_token("/api/v1/auth/me", "bad-token").await;
+    app.grpc()
+        .await
+        .get_me(crate::harness::with_token(
+            keel::api::pb::keel::auth::v1::GetMeRequest {},
+            &tokens.access,
+        ))
+        .await
+        .unwrap();
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#"keel_rpc_requests_total{method="/keel.auth.v1.AuthService/GetMe",code="Ok"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"keel_rpc_requests_total{method="/keel.auth.v1.AuthService/GetMe",code="Unauthenticated"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"keel_rpc_requests_total{method="/keel.auth.v1.AuthService/Register",code="Ok"} 1"#
+    ));
+}
+
+#[tokio::test]
+async fn cors_allows_only_configured_origins() {
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.cors_allowed_origins = Some("https://app.example.com".into());
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(
+                reqwest::Method::OPTIONS,
+                app.url("/keel.auth.v1.AuthService/Login"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,x-grpc-web")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let refused = preflight("https://evil.example.com").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn plain_routes_answer_json_errors_and_security_headers() {
+    let app = TestApp::spawn(Backend::Embedded).await;
+    let response = app.http.post(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    assert!(response.headers().get("x-request-id").is_some());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "METHOD_NOT_ALLOWED");
+}
