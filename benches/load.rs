@@ -161,6 +161,8 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 #[tokio::main]
 async fn main() {
     let options = options();
+    // reqwest is built without a default TLS provider: the process uses aws-lc-rs throughout.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let url = match &options.url {
         Some(url) => url.clone(),
         None => start_in_process().await,

@@ -150,6 +150,8 @@ impl TestApp {
                 eprintln!("server failed: {error:#}");
             }
         });
+        // reqwest is built without a default TLS provider: the process uses aws-lc-rs throughout.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Self {
             base_url: format!("http://{address}"),
             http: reqwest::Client::new(),
