@@ -55,8 +55,7 @@ impl Guard {
         let principal = self.auth.authenticate(token).await?;
         if let AuthRule::Permission(permission) = rule {
             // Until organization roles exist, a permission is held by platform superusers only.
-            let user = self.auth.user(principal.user_id).await?;
-            if !user.is_superuser {
+            if !principal.user.is_superuser {
                 return Err(Error::permission_denied(
                     "PERMISSION_DENIED",
                     format!("this call needs the {permission} permission"),

@@ -32,6 +32,20 @@ impl Cache for MemoryCache {
             .map(|(value, _)| value.clone()))
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let entries = self.entries();
+        let now = Instant::now();
+        Ok(keys
+            .iter()
+            .map(|key| {
+                entries
+                    .get(key)
+                    .filter(|(_, expires)| *expires > now)
+                    .map(|(value, _)| value.clone())
+            })
+            .collect())
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         let now = Instant::now();
         let mut entries = self.entries();
@@ -59,6 +73,11 @@ mod tests {
         cache.set("b", b"2", Duration::ZERO).await?;
         assert_eq!(cache.get("a").await?, Some(b"1".to_vec()));
         assert_eq!(cache.get("b").await?, None);
+        let keys = ["b".to_owned(), "a".to_owned(), "c".to_owned()];
+        assert_eq!(
+            cache.get_many(&keys).await?,
+            vec![None, Some(b"1".to_vec()), None]
+        );
         cache.delete("a").await?;
         assert_eq!(cache.get("a").await?, None);
         Ok(())

@@ -49,6 +49,23 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        let prefixed: Vec<String> = keys.iter().map(|key| self.key(key)).collect();
+        // MGET of one key answers a bare value rather than an array.
+        if let [key] = prefixed.as_slice() {
+            return Ok(vec![
+                self.client
+                    .get::<Option<Vec<u8>>, _>(key.as_str())
+                    .await
+                    .map_err(redis_error)?,
+            ]);
+        }
+        self.client
+            .mget::<Vec<Option<Vec<u8>>>, _>(prefixed)
+            .await
+            .map_err(redis_error)
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
         self.client

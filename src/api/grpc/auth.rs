@@ -5,6 +5,7 @@ use crate::api::pb::keel::auth::v1::auth_service_server::AuthService;
 use crate::api::pb::keel::auth::v1::*;
 use crate::api::status::to_status;
 use crate::domain::auth::{self, Registration, TokenPair};
+use crate::domain::user::User;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -95,7 +96,7 @@ impl AuthService for AuthApi {
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
         self.auth
-            .logout(principal(&request)?)
+            .logout(&principal(&request)?)
             .await
             .map_err(to_status)?;
         Ok(Response::new(LogoutResponse {}))
@@ -105,13 +106,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<GetMeRequest>,
     ) -> Result<Response<GetMeResponse>, Status> {
-        let user = self
-            .auth
-            .user(principal(&request)?.user_id)
-            .await
-            .map_err(to_status)?;
+        let user = principal(&request)?.user;
         Ok(Response::new(GetMeResponse {
-            user: Some(user_to_proto(user)),
+            user: Some(user_to_proto(User::clone(&user))),
         }))
     }
 }

@@ -37,7 +37,7 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Sta
     request
         .extensions()
         .get::<Principal>()
-        .copied()
+        .cloned()
         .ok_or_else(|| tonic::Status::unauthenticated("missing credentials"))
 }
 
