@@ -155,13 +155,32 @@ impl Keel {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let purge = tokio::spawn(purge_ended_sessions(self.services.auth.clone()));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
+        purge.abort();
         self.services.close().await;
         Ok(())
+    }
+}
+
+/// Ended sessions stay listable (`include_inactive`) for this long, then are deleted.
+const ENDED_SESSION_RETENTION_DAYS: i64 = 30;
+
+/// Hourly deletion of long-ended sessions and their refresh tokens.
+async fn purge_ended_sessions(auth: Arc<AuthService>) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        if let Err(error) = auth
+            .purge_ended_sessions(chrono::Duration::days(ENDED_SESSION_RETENTION_DAYS))
+            .await
+        {
+            tracing::warn!(%error, "purging ended sessions failed");
+        }
     }
 }

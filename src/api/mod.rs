@@ -22,6 +22,7 @@ use guard::{Guard, GuardLayer};
 use http::{HeaderName, HeaderValue, Method, header};
 use metrics::Metrics;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
+use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
@@ -54,12 +55,18 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<AuthServiceServer<grpc::AuthApi>>()
         .await;
+    health_reporter
+        .set_serving::<SessionServiceServer<grpc::SessionApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let routes = tonic::service::Routes::new(AuthServiceServer::new(grpc::AuthApi::new(
+        dependencies.auth.clone(),
+    )))
+    .add_service(SessionServiceServer::new(grpc::SessionApi::new(
         dependencies.auth.clone(),
     )))
     .add_service(reflection().build_v1()?)

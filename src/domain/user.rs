@@ -88,6 +88,7 @@ pub trait UserStore: Send + Sync {
     /// Fails with `AlreadyExists`/`EMAIL_TAKEN` when the email is taken.
     async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()>;
     async fn find_user(&self, id: Uuid) -> Result<Option<User>>;
+    async fn find_password_hash(&self, id: Uuid) -> Result<Option<String>>;
     async fn find_credentials_by_email(
         &self,
         email: &EmailAddress,

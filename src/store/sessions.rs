@@ -33,6 +33,9 @@ impl From<SessionRow> for Session {
     }
 }
 
+const SELECT_SESSION: &str = "SELECT id, user_id, user_agent, ip_address, created_at, \
+     last_used_at, expires_at, revoked_at FROM sessions";
+
 #[async_trait::async_trait]
 impl SessionStore for SqlStore {
     async fn insert_session(&self, session: &Session, refresh_digest: &[u8; 32]) -> Result<()> {
@@ -69,10 +72,7 @@ impl SessionStore for SqlStore {
 
     async fn find_session(&self, id: Uuid) -> Result<Option<Session>> {
         let row: Option<SessionRow> = with_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT id, user_id, user_agent, ip_address, created_at, last_used_at, \
-                 expires_at, revoked_at FROM sessions WHERE id = $1",
-            )
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_SESSION} WHERE id = $1")))
             .bind(id)
             .fetch_optional(pool)
             .await
@@ -135,6 +135,64 @@ impl SessionStore for SqlStore {
             transaction.commit().await.map(|()| true)
         }
         .await)
+        .map_err(database_error)
+    }
+
+    async fn list_sessions(&self, user_id: Uuid) -> Result<Vec<Session>> {
+        let rows: Vec<SessionRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_SESSION} WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+            )))
+            .bind(user_id)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(Session::from).collect())
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "UPDATE sessions SET revoked_at = $3 \
+                 WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2) \
+                 RETURNING id",
+            )
+            .bind(user_id)
+            .bind(keep)
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)
+    }
+
+    async fn touch_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND last_used_at < $2")
+                .bind(id)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map(|_| ())
+        .map_err(database_error)
+    }
+
+    async fn delete_sessions_ended_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+                .bind(cutoff)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
         .map_err(database_error)
     }
 

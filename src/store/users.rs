@@ -80,6 +80,16 @@ impl UserStore for SqlStore {
         Ok(row.map(|row| UserCredentials::from(row).user))
     }
 
+    async fn find_password_hash(&self, id: Uuid) -> Result<Option<String>> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)
+    }
+
     async fn find_credentials_by_email(
         &self,
         email: &EmailAddress,

@@ -5,6 +5,7 @@ mod harness;
 mod accounts;
 mod cli;
 mod contract;
+mod device_sessions;
 mod rest_errors;
 mod sessions;
 mod surface;

@@ -102,6 +102,22 @@ impl AuthService for AuthApi {
         Ok(Response::new(LogoutResponse {}))
     }
 
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordResponse>, Status> {
+        let caller = principal(&request)?;
+        let body = request.into_inner();
+        let revoked = self
+            .auth
+            .change_password(&caller, &body.current_password, &body.new_password)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ChangePasswordResponse {
+            revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
+        }))
+    }
+
     async fn get_me(
         &self,
         request: Request<GetMeRequest>,

@@ -2,8 +2,10 @@
 //! the use case and converts back. No logic lives here.
 
 mod auth;
+mod session;
 
 pub use auth::AuthApi;
+pub use session::SessionApi;
 
 use crate::api::pb::keel::user::v1 as user_pb;
 use crate::domain::auth::{ClientInfo, Principal};

@@ -1,9 +1,13 @@
 //! Sign-up, sign-in, sessions and the tokens that carry them.
 
+mod device;
 mod session;
+mod sessions;
 mod token;
 
+pub use device::Device;
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
+pub use sessions::{SessionStats, SessionView};
 pub use token::{AccessClaims, AccessTokenCodec};
 
 use crate::domain::cache::Cache;
@@ -60,6 +64,7 @@ pub struct AuthService {
 const SESSION_LIVE: &[u8] = b"live";
 const SESSION_REVOKED: &[u8] = b"revoked";
 const USER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn invalid_credentials() -> Error {
     Error::unauthenticated("INVALID_CREDENTIALS", "invalid email or password")
@@ -71,6 +76,10 @@ fn session_key(session_id: Uuid) -> String {
 
 fn user_key(user_id: Uuid) -> String {
     format!("user:{user_id}")
+}
+
+fn touched_key(session_id: Uuid) -> String {
+    format!("session-touched:{session_id}")
 }
 
 impl AuthService {
@@ -301,6 +310,11 @@ impl AuthService {
         self.sessions
             .revoke_session(session_id, truncate_to_micros(self.clock.now()))
             .await?;
+        self.mark_revoked(session_id).await
+    }
+
+    /// Records a revocation in the cache port, where every request looks.
+    async fn mark_revoked(&self, session_id: Uuid) -> Result<()> {
         self.cache
             .set(
                 &session_key(session_id),
@@ -327,9 +341,17 @@ impl AuthService {
                 "the access token expired, refresh it",
             ));
         }
-        let keys = [session_key(claims.session_id), user_key(claims.user_id)];
+        let keys = [
+            session_key(claims.session_id),
+            user_key(claims.user_id),
+            touched_key(claims.session_id),
+        ];
         let mut cached = self.cache.get_many(&keys).await?.into_iter();
-        let (cached_status, cached_user) = (cached.next().flatten(), cached.next().flatten());
+        let (cached_status, cached_user, recently_touched) = (
+            cached.next().flatten(),
+            cached.next().flatten(),
+            cached.next().flatten().is_some(),
+        );
         let live = match cached_status {
             Some(status) => status == SESSION_LIVE,
             None => self.load_session_status(claims.session_id).await?,
@@ -350,10 +372,24 @@ impl AuthService {
                 "this account is disabled",
             ));
         }
+        if !recently_touched {
+            self.touch(claims.session_id).await?;
+        }
         Ok(Principal {
             user: Arc::new(user),
             session_id: claims.session_id,
         })
+    }
+
+    /// Records a session's activity, at most once per `TOUCH_INTERVAL`, so that listing
+    /// sessions shows recent use without a write per request.
+    async fn touch(&self, session_id: Uuid) -> Result<()> {
+        self.cache
+            .set(&touched_key(session_id), b"1", TOUCH_INTERVAL)
+            .await?;
+        self.sessions
+            .touch_session(session_id, truncate_to_micros(self.clock.now()))
+            .await
     }
 
     /// Reads a session's status from the store and caches it.
@@ -388,6 +424,11 @@ impl AuthService {
             return Ok(user);
         }
         self.load_user(user_id).await
+    }
+
+    /// Drops the cached user record after a change, so the next request reads the new one.
+    async fn forget_user(&self, user_id: Uuid) -> Result<()> {
+        self.cache.delete(&user_key(user_id)).await
     }
 
     /// Reads a user from the store and caches it.

@@ -55,4 +55,18 @@ pub trait SessionStore: Send + Sync {
         expires_at: DateTime<Utc>,
     ) -> Result<bool>;
     async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Every session of the user, revoked and expired ones included, newest first.
+    async fn list_sessions(&self, user_id: Uuid) -> Result<Vec<Session>>;
+    /// Revokes every live session of the user but `keep`; answers the ids it revoked.
+    async fn revoke_user_sessions(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>>;
+    /// Records activity on a session.
+    async fn touch_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Deletes sessions (and their refresh tokens) that expired or were revoked before `cutoff`;
+    /// answers how many.
+    async fn delete_sessions_ended_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }

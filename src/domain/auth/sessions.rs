@@ -1,0 +1,172 @@
+//! The caller's own sessions: listing, statistics, revocation, password change, and the purge
+//! of ended sessions.
+
+use super::device::{self, Device};
+use super::{AuthService, Principal, Session};
+use crate::domain::clock::truncate_to_micros;
+use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::password::PasswordCheck;
+use chrono::{DateTime, Duration, Utc};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A session as its owner sees it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session: Session,
+    pub device: Device,
+    pub is_current: bool,
+    pub is_active: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub active: usize,
+    pub revoked: usize,
+    pub expired: usize,
+    pub active_by_device_type: BTreeMap<&'static str, usize>,
+    pub last_activity: Option<DateTime<Utc>>,
+}
+
+fn session_not_found() -> Error {
+    Error::not_found("SESSION_NOT_FOUND", "no such session")
+}
+
+impl AuthService {
+    /// The caller's sessions, newest first; only active ones unless `include_inactive`.
+    pub async fn list_sessions(
+        &self,
+        principal: &Principal,
+        include_inactive: bool,
+    ) -> Result<Vec<SessionView>> {
+        let now = self.clock.now();
+        let sessions = self.sessions.list_sessions(principal.user.id).await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| SessionView {
+                device: device::describe(session.user_agent.as_deref()),
+                is_current: session.id == principal.session_id,
+                is_active: session.is_live(now),
+                session,
+            })
+            .filter(|view| include_inactive || view.is_active)
+            .collect())
+    }
+
+    pub async fn session_stats(&self, principal: &Principal) -> Result<SessionStats> {
+        let mut stats = SessionStats::default();
+        for view in self.list_sessions(principal, true).await? {
+            let session = &view.session;
+            if view.is_active {
+                stats.active += 1;
+                *stats
+                    .active_by_device_type
+                    .entry(view.device.device_type)
+                    .or_default() += 1;
+            } else if session.revoked_at.is_some() {
+                stats.revoked += 1;
+            } else {
+                stats.expired += 1;
+            }
+            stats.last_activity = stats.last_activity.max(Some(session.last_used_at));
+        }
+        Ok(stats)
+    }
+
+    /// Revokes one of the caller's sessions. Another user's session answers not found, so
+    /// that session ids reveal nothing.
+    pub async fn revoke_own_session(&self, principal: &Principal, session_id: &str) -> Result<()> {
+        let session_id = Uuid::parse_str(session_id).map_err(|_| {
+            Error::invalid_fields(vec![FieldViolation::new(
+                "session_id",
+                "INVALID_SESSION_ID",
+                "must be a session id (UUID)",
+            )])
+        })?;
+        let session = self
+            .sessions
+            .find_session(session_id)
+            .await?
+            .filter(|session| session.user_id == principal.user.id)
+            .ok_or_else(session_not_found)?;
+        self.revoke_session(session.id).await
+    }
+
+    /// Revokes every session of the caller, or every other one with `keep_current`.
+    pub async fn revoke_all_sessions(
+        &self,
+        principal: &Principal,
+        keep_current: bool,
+    ) -> Result<usize> {
+        let keep = keep_current.then_some(principal.session_id);
+        self.revoke_sessions_of(principal.user.id, keep).await
+    }
+
+    async fn revoke_sessions_of(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<usize> {
+        let now = truncate_to_micros(self.clock.now());
+        let revoked = self
+            .sessions
+            .revoke_user_sessions(user_id, keep, now)
+            .await?;
+        for session_id in &revoked {
+            self.mark_revoked(*session_id).await?;
+        }
+        tracing::info!(user_id = %user_id, count = revoked.len(), "sessions revoked");
+        Ok(revoked.len())
+    }
+
+    /// Changes the caller's password after checking the current one, then signs out every
+    /// other session; answers how many.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current_password: &str,
+        new_password: &str,
+    ) -> Result<usize> {
+        let violations = self
+            .settings
+            .password_policy
+            .check("new_password", new_password);
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        let stored_hash = self
+            .users
+            .find_password_hash(principal.user.id)
+            .await?
+            .ok_or_else(|| Error::unauthenticated("USER_NOT_FOUND", "the user no longer exists"))?;
+        let check = self.hasher.verify(current_password, &stored_hash).await?;
+        if check == PasswordCheck::Mismatch {
+            return Err(Error {
+                violations: vec![FieldViolation::new(
+                    "current_password",
+                    "WRONG_PASSWORD",
+                    "is not the current password",
+                )],
+                ..Error::invalid_argument("WRONG_PASSWORD", "the current password is wrong")
+            });
+        }
+        let hash = self.hasher.hash(new_password).await?;
+        self.users
+            .update_password_hash(
+                principal.user.id,
+                &hash,
+                truncate_to_micros(self.clock.now()),
+            )
+            .await?;
+        self.forget_user(principal.user.id).await?;
+        tracing::info!(user_id = %principal.user.id, "password changed");
+        self.revoke_sessions_of(principal.user.id, Some(principal.session_id))
+            .await
+    }
+
+    /// Deletes sessions that ended (expired or revoked) more than `retention` ago.
+    pub async fn purge_ended_sessions(&self, retention: Duration) -> Result<u64> {
+        let cutoff = truncate_to_micros(self.clock.now() - retention);
+        let deleted = self.sessions.delete_sessions_ended_before(cutoff).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "ended sessions purged");
+        }
+        Ok(deleted)
+    }
+}
