@@ -2,7 +2,7 @@
 //! against a bare unary RPC (`grpc.health.v1.Health/Check`) as the baseline.
 //!
 //! ```sh
-//! cargo build --release && ./target/release/keel &          # the server under test
+//! cargo build --release && KEEL_RATE_LIMIT_AUTH_PER_MINUTE=10000000 ./target/release/keel &
 //! cargo bench --bench load -- --url http://127.0.0.1:8000 --server-pid $!
 //! ```
 //! Without `--url` it starts a server in-process (figures then include the client's own CPU).

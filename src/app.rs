@@ -4,7 +4,7 @@
 use crate::api::{self, ApiDependencies};
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Config;
-use crate::domain::auth::{AuthService, AuthSettings};
+use crate::domain::auth::{AuthService, AuthSettings, ThrottleSettings};
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
@@ -86,6 +86,11 @@ impl Services {
                         config.refresh_token_ttl_seconds.into(),
                     ),
                     password_policy: config.password_policy.clone(),
+                    throttle: ThrottleSettings {
+                        lockout_threshold: config.lockout_threshold,
+                        lockout_duration: chrono::Duration::minutes(config.lockout_minutes.into()),
+                        attempts_per_minute: config.rate_limit_auth_per_minute,
+                    },
                 },
             )
             .await?,

@@ -74,6 +74,15 @@ pub struct Settings {
     /// Require a symbol [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
     pub password_require_symbol: Option<String>,
+    /// Consecutive failed sign-ins that lock an account [default: 5]
+    #[arg(long, env = "KEEL_LOCKOUT_THRESHOLD")]
+    pub lockout_threshold: Option<String>,
+    /// How long a locked account stays locked, in minutes [default: 15]
+    #[arg(long, env = "KEEL_LOCKOUT_MINUTES")]
+    pub lockout_minutes: Option<String>,
+    /// Sign-in attempts per minute, per client address and per account [default: 20]
+    #[arg(long, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
+    pub rate_limit_auth_per_minute: Option<String>,
     /// Comma-separated browser origins allowed by CORS (https://app.example.com) [default: none]
     #[arg(long, env = "KEEL_CORS_ALLOWED_ORIGINS")]
     pub cors_allowed_origins: Option<String>,
@@ -124,6 +133,9 @@ impl Settings {
             password_require_uppercase,
             password_require_digit,
             password_require_symbol,
+            lockout_threshold,
+            lockout_minutes,
+            rate_limit_auth_per_minute,
             cors_allowed_origins,
             max_body_bytes,
             migrate_on_start,
@@ -155,6 +167,9 @@ pub struct Config {
     pub argon2: Argon2Settings,
     pub hash_concurrency: usize,
     pub password_policy: PasswordPolicy,
+    pub lockout_threshold: u32,
+    pub lockout_minutes: u32,
+    pub rate_limit_auth_per_minute: u32,
     pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub migrate_on_start: bool,
@@ -332,6 +347,21 @@ impl Config {
                 cores,
             )?,
             password_policy,
+            lockout_threshold: parse_positive(
+                text(&settings.lockout_threshold),
+                "KEEL_LOCKOUT_THRESHOLD",
+                5,
+            )?,
+            lockout_minutes: parse_positive(
+                text(&settings.lockout_minutes),
+                "KEEL_LOCKOUT_MINUTES",
+                15,
+            )?,
+            rate_limit_auth_per_minute: parse_positive(
+                text(&settings.rate_limit_auth_per_minute),
+                "KEEL_RATE_LIMIT_AUTH_PER_MINUTE",
+                20,
+            )?,
             cors_allowed_origins,
             max_body_bytes: parse_positive(
                 text(&settings.max_body_bytes),

@@ -60,6 +60,23 @@ impl Cache for MemoryCache {
         self.entries().remove(key);
         Ok(())
     }
+
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64> {
+        let now = Instant::now();
+        let mut entries = self.entries();
+        let live = entries
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .and_then(|(value, expires)| {
+                Some((<[u8; 8]>::try_from(value.as_slice()).ok()?, *expires))
+            });
+        let (count, expires) = match live {
+            Some((bytes, expires)) => (u64::from_le_bytes(bytes) + 1, expires),
+            None => (1, now + ttl),
+        };
+        entries.insert(key.to_owned(), (count.to_le_bytes().to_vec(), expires));
+        Ok(count)
+    }
 }
 
 #[cfg(test)]
@@ -78,6 +95,10 @@ mod tests {
             cache.get_many(&keys).await?,
             vec![None, Some(b"1".to_vec()), None]
         );
+        assert_eq!(cache.increment("n", Duration::from_secs(60)).await?, 1);
+        assert_eq!(cache.increment("n", Duration::from_secs(60)).await?, 2);
+        assert_eq!(cache.increment("gone", Duration::ZERO).await?, 1);
+        assert_eq!(cache.increment("gone", Duration::ZERO).await?, 1);
         cache.delete("a").await?;
         assert_eq!(cache.get("a").await?, None);
         Ok(())

@@ -4,7 +4,7 @@ use crate::domain::Error;
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
 use crate::domain::health::HealthProbe;
-use fred::prelude::{Builder, Client, ClientLike, Config, Expiration, KeysInterface};
+use fred::prelude::{Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface};
 use std::time::Duration;
 
 pub struct RedisCache {
@@ -80,6 +80,14 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        self.client
+            .eval::<u64, _, _, _>(INCREMENT_SCRIPT, vec![self.key(key)], vec![millis])
+            .await
+            .map_err(redis_error)
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         self.client
             .del::<i64, _>(self.key(key))
@@ -88,6 +96,11 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 }
+
+/// INCR that sets the expiry when it creates the counter, atomically and in one round trip.
+const INCREMENT_SCRIPT: &str = "local count = redis.call('INCR', KEYS[1]) \
+    if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    return count";
 
 #[async_trait::async_trait]
 impl HealthProbe for RedisCache {

@@ -11,4 +11,6 @@ pub trait Cache: Send + Sync {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Adds one to a counter and answers the new count; a new counter lives for `ttl`.
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64>;
 }

@@ -80,6 +80,8 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         argon2_memory_kib: Some("1024".into()),
         argon2_iterations: Some("1".into()),
         public_url: Some("http://keel.test".into()),
+        // Every test signs in from 127.0.0.1; the throttling tests set their own limit.
+        rate_limit_auth_per_minute: Some("100000".into()),
         ..Settings::default()
     };
     if backend == Backend::Services {

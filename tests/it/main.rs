@@ -9,3 +9,4 @@ mod device_sessions;
 mod rest_errors;
 mod sessions;
 mod surface;
+mod throttling;

@@ -3,11 +3,13 @@
 mod device;
 mod session;
 mod sessions;
+mod throttle;
 mod token;
 
 pub use device::Device;
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
+pub use throttle::ThrottleSettings;
 pub use token::{AccessClaims, AccessTokenCodec};
 
 use crate::domain::cache::Cache;
@@ -26,6 +28,7 @@ pub struct AuthSettings {
     /// How long a session lives without a refresh; each refresh extends it by this much.
     pub refresh_token_ttl: Duration,
     pub password_policy: PasswordPolicy,
+    pub throttle: ThrottleSettings,
 }
 
 /// The signed-in caller of a request, with their user record as of this request.
@@ -150,28 +153,36 @@ impl AuthService {
     }
 
     /// Checks an email and password and opens a session. Unknown emails, wrong passwords and
-    /// malformed emails all answer `INVALID_CREDENTIALS` after the same amount of hashing.
+    /// malformed emails all answer `INVALID_CREDENTIALS` after the same amount of hashing;
+    /// attempts are rate limited and repeated failures lock the account (see `throttle`).
     pub async fn login(
         &self,
         email: &str,
         password: &str,
         client: ClientInfo,
     ) -> Result<TokenPair> {
+        let account = throttle::account_key(email);
+        self.admit_attempt(&account, &client).await?;
         let credentials = match EmailAddress::parse(email) {
             Ok(email) => self.users.find_credentials_by_email(&email).await?,
             Err(_) => None,
         };
-        let Some(credentials) = credentials else {
-            self.hasher.verify(password, &self.decoy_hash).await?;
+        let check = match &credentials {
+            Some(credentials) => {
+                self.hasher
+                    .verify(password, &credentials.password_hash)
+                    .await?
+            }
+            None => {
+                self.hasher.verify(password, &self.decoy_hash).await?;
+                PasswordCheck::Mismatch
+            }
+        };
+        let Some(credentials) = credentials.filter(|_| check != PasswordCheck::Mismatch) else {
+            self.record_failure(&account).await?;
             return Err(invalid_credentials());
         };
-        let check = self
-            .hasher
-            .verify(password, &credentials.password_hash)
-            .await?;
-        if check == PasswordCheck::Mismatch {
-            return Err(invalid_credentials());
-        }
+        self.record_success(&account).await?;
         let user = credentials.user;
         if !user.is_active {
             return Err(Error::unauthenticated(
