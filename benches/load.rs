@@ -315,6 +315,7 @@ async fn start_in_process() -> String {
     let settings = Settings {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data_dir.display().to_string()),
+        rate_limit_auth_per_minute: Some("10000000".into()),
         ..Settings::default()
     };
     let config = Config::from_settings(&settings).expect("config");

@@ -1,14 +1,18 @@
 //! The composition root: builds the store, cache, crypto adapters and domain services from the
 //! configuration, and serves the API on one listener.
 
+use crate::api::contract::Contract;
 use crate::api::{self, ApiDependencies};
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Config;
-use crate::domain::auth::{AuthService, AuthSettings, ThrottleSettings};
+use crate::domain::apikey::ApiKeyService;
+use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings};
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
+use crate::domain::secret::Keyring;
 use crate::security::jwt::{JwtCodec, SigningKeys};
+use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
 use crate::store::SqlStore;
 use anyhow::Context;
@@ -19,7 +23,9 @@ use tokio::net::TcpListener;
 
 /// The domain services and the adapters behind them.
 pub struct Services {
+    contract: Arc<Contract>,
     pub auth: Arc<AuthService>,
+    api_keys: Arc<ApiKeyService>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -69,15 +75,29 @@ impl Services {
             JwtCodec::load(keys, &config.public_url, &config.jwt_audience)
                 .context("loading the token signing keys")?,
         );
-        let hasher = Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?);
+        let keyring: Arc<dyn Keyring> = Arc::new(match &config.secret_key {
+            Some(secret) => InstanceKeyring::from_base64(secret)?,
+            None => InstanceKeyring::load_or_create(&config.data_dir.join("instance-secret.key"))?,
+        });
+        let contract = Arc::new(Contract::load()?);
+        let api_keys = Arc::new(ApiKeyService::new(
+            Arc::new(store.clone()),
+            keyring,
+            cache.clone(),
+            clock.clone(),
+            contract.permissions(),
+        ));
         let auth = Arc::new(
             AuthService::new(
-                Arc::new(store.clone()),
-                Arc::new(store.clone()),
-                hasher,
-                jwt.clone(),
-                cache,
-                clock,
+                AuthPorts {
+                    users: Arc::new(store.clone()),
+                    sessions: Arc::new(store.clone()),
+                    api_keys: api_keys.clone(),
+                    hasher: Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?),
+                    tokens: jwt.clone(),
+                    cache,
+                    clock,
+                },
                 AuthSettings {
                     access_token_ttl: chrono::Duration::seconds(
                         config.access_token_ttl_seconds.into(),
@@ -96,7 +116,9 @@ impl Services {
             .await?,
         );
         Ok(Self {
+            contract,
             auth,
+            api_keys,
             store,
             redis,
             jwt,
@@ -127,7 +149,9 @@ impl Keel {
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let services = Services::build(config, clock).await?;
         let router = api::router(ApiDependencies {
+            contract: services.contract.clone(),
             auth: services.auth.clone(),
+            api_keys: services.api_keys.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),

@@ -35,6 +35,10 @@ pub struct Settings {
     /// The `aud` claim of access tokens [default: keel]
     #[arg(long, env = "KEEL_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Base64 instance secret (at least 32 bytes) for keyed digests; share it between replicas
+    /// [default: generated in the data dir]
+    #[arg(long, env = "KEEL_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
     /// Sign access tokens with HS256 and this secret (at least 32 bytes) instead of EdDSA
     #[arg(long, env = "KEEL_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
@@ -120,6 +124,7 @@ impl Settings {
             redis_prefix,
             public_url,
             jwt_audience,
+            secret_key,
             jwt_hs256_secret,
             jwt_private_key_file,
             access_token_ttl_seconds,
@@ -160,6 +165,7 @@ pub struct Config {
     pub redis_prefix: String,
     pub public_url: String,
     pub jwt_audience: String,
+    pub secret_key: Option<String>,
     pub jwt_hs256_secret: Option<String>,
     pub jwt_private_key_file: Option<PathBuf>,
     pub access_token_ttl_seconds: u32,
@@ -312,6 +318,7 @@ impl Config {
             redis_prefix: text(&settings.redis_prefix).unwrap_or("keel:").to_owned(),
             public_url,
             jwt_audience: text(&settings.jwt_audience).unwrap_or("keel").to_owned(),
+            secret_key: text(&settings.secret_key).map(str::to_owned),
             jwt_hs256_secret,
             jwt_private_key_file: text(&settings.jwt_private_key_file).map(PathBuf::from),
             access_token_ttl_seconds: parse_positive(

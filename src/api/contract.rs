@@ -12,6 +12,8 @@ use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, MethodDescr
 pub enum AuthRule {
     Public,
     Authenticated,
+    /// Signed in with an access token, not an API key.
+    Session,
     Permission(String),
 }
 
@@ -65,8 +67,15 @@ impl Contract {
         Ok(Self { pool, rpcs })
     }
 
-    pub fn rpc(&self, grpc_path: &str) -> Option<&Rpc> {
-        self.rpcs.iter().find(|rpc| rpc.grpc_path == grpc_path)
+    /// The permission catalog: every `resource:action` some RPC requires.
+    pub fn permissions(&self) -> std::collections::BTreeSet<String> {
+        self.rpcs
+            .iter()
+            .filter_map(|rpc| match &rpc.auth {
+                AuthRule::Permission(permission) => Some(permission.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -92,16 +101,17 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
     let options = method.options();
     let auth_rule = extension_message(pool, &options, "keel.options.v1.auth")?
         .with_context(|| format!("{name} declares no (keel.options.v1.auth) rule"))?;
-    let auth = if auth_rule
-        .get_field_by_name("public")
-        .is_some_and(|v| v.as_bool() == Some(true))
-    {
+    let flag = |name: &str| {
+        auth_rule
+            .get_field_by_name(name)
+            .is_some_and(|value| value.as_bool() == Some(true))
+    };
+    let auth = if flag("public") {
         AuthRule::Public
-    } else if auth_rule
-        .get_field_by_name("authenticated")
-        .is_some_and(|v| v.as_bool() == Some(true))
-    {
+    } else if flag("authenticated") {
         AuthRule::Authenticated
+    } else if flag("session") {
+        AuthRule::Session
     } else {
         match auth_rule
             .get_field_by_name("permission")

@@ -6,7 +6,9 @@ use super::contract::{AuthRule, Contract};
 use super::metrics::Metrics;
 use super::status::to_status;
 use crate::domain::Error;
-use crate::domain::auth::{AuthService, Principal};
+use crate::domain::apikey::looks_like_api_key;
+use crate::domain::auth::AuthService;
+use crate::domain::principal::Principal;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use std::collections::HashMap;
@@ -46,25 +48,68 @@ impl Guard {
         if *rule == AuthRule::Public {
             return Ok(());
         }
-        let token = bearer_token(request.headers()).ok_or_else(|| {
-            Error::unauthenticated(
-                "MISSING_CREDENTIALS",
-                "this call needs credentials: send authorization: Bearer <access token>",
-            )
-        })?;
-        let principal = self.auth.authenticate(token).await?;
-        if let AuthRule::Permission(permission) = rule {
-            // Until organization roles exist, a permission is held by platform superusers only.
-            if !principal.user.is_superuser {
-                return Err(Error::permission_denied(
-                    "PERMISSION_DENIED",
-                    format!("this call needs the {permission} permission"),
+        let principal = match presented_credential(request.headers()) {
+            Some(Presented::ApiKey(key)) => self.auth.authenticate_api_key(key).await?,
+            Some(Presented::AccessToken(token)) => self.auth.authenticate(token).await?,
+            None => {
+                return Err(Error::unauthenticated(
+                    "MISSING_CREDENTIALS",
+                    "this call needs credentials: send authorization: Bearer <access token> \
+                     or x-api-key: <API key>",
                 ));
             }
+        };
+        match rule {
+            AuthRule::Session => {
+                principal.session_id()?;
+            }
+            AuthRule::Permission(permission) => {
+                if !principal.credential_allows(permission) {
+                    return Err(Error::permission_denied(
+                        "SCOPE_MISSING",
+                        format!("the API key lacks the {permission} scope"),
+                    ));
+                }
+                // Until organization roles exist, a permission is held by platform superusers.
+                if !principal.user.is_superuser {
+                    return Err(Error::permission_denied(
+                        "PERMISSION_DENIED",
+                        format!("this call needs the {permission} permission"),
+                    ));
+                }
+            }
+            AuthRule::Public | AuthRule::Authenticated => {}
         }
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
     }
+}
+
+enum Presented<'a> {
+    AccessToken(&'a str),
+    ApiKey(&'a str),
+}
+
+/// The credential a request carries: `x-api-key`, or a bearer token that is an API key or an
+/// access token.
+fn presented_credential(headers: &http::HeaderMap) -> Option<Presented<'_>> {
+    if let Some(key) = headers
+        .get("x-api-key")
+        .and_then(|value| value.to_str().ok())
+    {
+        return Some(Presented::ApiKey(key.trim()));
+    }
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return None;
+    }
+    Some(if looks_like_api_key(token) {
+        Presented::ApiKey(token)
+    } else {
+        Presented::AccessToken(token)
+    })
 }
 
 /// The status of a unary reply: tonic sends errors as trailers-only responses, so a
@@ -76,13 +121,6 @@ fn reply_code<B>(response: &Response<B>) -> Code {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<i32>().ok())
         .map_or(Code::Ok, Code::from_i32)
-}
-
-fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 #[derive(Clone)]

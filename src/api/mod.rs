@@ -11,6 +11,7 @@ pub mod rest;
 pub mod status;
 mod web;
 
+use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
 use axum::Router;
@@ -21,6 +22,7 @@ use contract::Contract;
 use guard::{Guard, GuardLayer};
 use http::{HeaderName, HeaderValue, Method, header};
 use metrics::Metrics;
+use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use rest::{GrpcStack, Transcoder};
@@ -34,7 +36,9 @@ use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub struct ApiDependencies {
+    pub contract: Arc<Contract>,
     pub auth: Arc<AuthService>,
+    pub api_keys: Arc<ApiKeyService>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
@@ -49,7 +53,7 @@ type ListenerGrpcStack =
     BoxCloneSyncService<Request, http::Response<tonic::body::Body>, std::convert::Infallible>;
 
 pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
-    let contract = Arc::new(Contract::load()?);
+    let contract = dependencies.contract.clone();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -57,6 +61,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .await;
     health_reporter
         .set_serving::<SessionServiceServer<grpc::SessionApi>>()
+        .await;
+    health_reporter
+        .set_serving::<ApiKeyServiceServer<grpc::ApiKeyApi>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -68,6 +75,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(SessionServiceServer::new(grpc::SessionApi::new(
         dependencies.auth.clone(),
+    )))
+    .add_service(ApiKeyServiceServer::new(grpc::ApiKeyApi::new(
+        dependencies.api_keys.clone(),
     )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)

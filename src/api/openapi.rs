@@ -43,6 +43,7 @@ pub fn document(contract: &Contract, public_url: &str) -> Json {
             "schemas": generator.schemas,
             "securitySchemes": {
                 "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
+                "apiKeyHeader": { "type": "apiKey", "in": "header", "name": "x-api-key" },
                 "oauth2Password": {
                     "type": "oauth2",
                     "flows": { "password": { "tokenUrl": "/api/v1/auth/login", "scopes": {} } }
@@ -166,8 +167,9 @@ impl Generator {
         }
         operation["security"] = match rpc.auth {
             AuthRule::Public => json!([]),
+            AuthRule::Session => json!([{ "bearerAuth": [] }, { "oauth2Password": [] }]),
             AuthRule::Authenticated | AuthRule::Permission(_) => {
-                json!([{ "bearerAuth": [] }, { "oauth2Password": [] }])
+                json!([{ "bearerAuth": [] }, { "oauth2Password": [] }, { "apiKeyHeader": [] }])
             }
         };
         if let AuthRule::Permission(permission) = &rpc.auth {

@@ -1,12 +1,14 @@
 //! Use cases, models and ports. Nothing here knows about gRPC, HTTP, SQL or Redis: adapters in
 //! the sibling modules implement the ports, and `app` wires them together.
 
+pub mod apikey;
 pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod health;
 pub mod password;
+pub mod principal;
 pub mod secret;
 pub mod user;
 

@@ -14,6 +14,13 @@ pub fn generate() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Keyed digests under the instance's secret key, for values stored where a database copy
+/// alone must not be enough to test guesses against them.
+pub trait Keyring: Send + Sync {
+    /// HMAC-SHA256 of `data` under a key derived for `purpose`.
+    fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32];
+}
+
 /// The SHA-256 digest a secret is stored and looked up by.
 pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()

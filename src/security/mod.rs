@@ -2,4 +2,5 @@
 //! access-token signing (EdDSA or HS256 JWTs).
 
 pub mod jwt;
+pub mod keyring;
 pub mod password;

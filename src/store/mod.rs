@@ -2,6 +2,7 @@
 //! PostgreSQL (production). The SQL is shared where it is portable: `with_pool!` stamps the same
 //! body out for each backend, so each query is type-checked against both drivers.
 
+mod api_keys;
 mod sessions;
 mod users;
 

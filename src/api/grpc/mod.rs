@@ -1,14 +1,17 @@
 //! tonic implementations of the Keel services: each converts proto to domain at the edge, calls
 //! the use case and converts back. No logic lives here.
 
+mod api_key;
 mod auth;
 mod session;
 
+pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
 pub use session::SessionApi;
 
 use crate::api::pb::keel::user::v1 as user_pb;
-use crate::domain::auth::{ClientInfo, Principal};
+use crate::domain::auth::ClientInfo;
+use crate::domain::principal::Principal;
 use crate::domain::user::User;
 use axum::extract::ConnectInfo;
 use chrono::{DateTime, Utc};

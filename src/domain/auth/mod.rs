@@ -12,10 +12,12 @@ pub use sessions::{SessionStats, SessionView};
 pub use throttle::ThrottleSettings;
 pub use token::{AccessClaims, AccessTokenCodec};
 
+use crate::domain::apikey::ApiKeyService;
 use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
+use crate::domain::principal::{Credential, Principal};
 use crate::domain::secret;
 use crate::domain::user::{EmailAddress, User, UserStore, parse_full_name};
 use chrono::Duration;
@@ -31,13 +33,6 @@ pub struct AuthSettings {
     pub throttle: ThrottleSettings,
 }
 
-/// The signed-in caller of a request, with their user record as of this request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user: Arc<User>,
-    pub session_id: Uuid,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenPair {
     pub access_token: String,
@@ -51,9 +46,21 @@ pub struct Registration<'a> {
     pub full_name: &'a str,
 }
 
+/// The adapters `AuthService` works through.
+pub struct AuthPorts {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub api_keys: Arc<ApiKeyService>,
+    pub hasher: Arc<dyn PasswordHasher>,
+    pub tokens: Arc<dyn AccessTokenCodec>,
+    pub cache: Arc<dyn Cache>,
+    pub clock: Arc<dyn Clock>,
+}
+
 pub struct AuthService {
     users: Arc<dyn UserStore>,
     sessions: Arc<dyn SessionStore>,
+    api_keys: Arc<ApiKeyService>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn AccessTokenCodec>,
     cache: Arc<dyn Cache>,
@@ -68,6 +75,10 @@ const SESSION_LIVE: &[u8] = b"live";
 const SESSION_REVOKED: &[u8] = b"revoked";
 const USER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 const TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn account_disabled() -> Error {
+    Error::unauthenticated("ACCOUNT_DISABLED", "this account is disabled")
+}
 
 fn invalid_credentials() -> Error {
     Error::unauthenticated("INVALID_CREDENTIALS", "invalid email or password")
@@ -86,24 +97,16 @@ fn touched_key(session_id: Uuid) -> String {
 }
 
 impl AuthService {
-    #[allow(clippy::too_many_arguments)]
-    pub async fn new(
-        users: Arc<dyn UserStore>,
-        sessions: Arc<dyn SessionStore>,
-        hasher: Arc<dyn PasswordHasher>,
-        tokens: Arc<dyn AccessTokenCodec>,
-        cache: Arc<dyn Cache>,
-        clock: Arc<dyn Clock>,
-        settings: AuthSettings,
-    ) -> Result<Self> {
-        let decoy_hash = hasher.hash(&secret::generate()).await?;
+    pub async fn new(ports: AuthPorts, settings: AuthSettings) -> Result<Self> {
+        let decoy_hash = ports.hasher.hash(&secret::generate()).await?;
         Ok(Self {
-            users,
-            sessions,
-            hasher,
-            tokens,
-            cache,
-            clock,
+            users: ports.users,
+            sessions: ports.sessions,
+            api_keys: ports.api_keys,
+            hasher: ports.hasher,
+            tokens: ports.tokens,
+            cache: ports.cache,
+            clock: ports.clock,
             settings,
             decoy_hash,
         })
@@ -185,10 +188,7 @@ impl AuthService {
         self.record_success(&account).await?;
         let user = credentials.user;
         if !user.is_active {
-            return Err(Error::unauthenticated(
-                "ACCOUNT_DISABLED",
-                "this account is disabled",
-            ));
+            return Err(account_disabled());
         }
         if check == PasswordCheck::MatchNeedsRehash {
             self.rehash(&user, password).await;
@@ -281,10 +281,7 @@ impl AuthService {
         }
         let user = self.user(session.user_id).await?;
         if !user.is_active {
-            return Err(Error::unauthenticated(
-                "ACCOUNT_DISABLED",
-                "this account is disabled",
-            ));
+            return Err(account_disabled());
         }
         let new_token = secret::generate();
         let expires_at = now + self.settings.refresh_token_ttl;
@@ -336,8 +333,9 @@ impl AuthService {
     }
 
     pub async fn logout(&self, principal: &Principal) -> Result<()> {
-        self.revoke_session(principal.session_id).await?;
-        tracing::info!(user_id = %principal.user.id, session_id = %principal.session_id, "signed out");
+        let session_id = principal.session_id()?;
+        self.revoke_session(session_id).await?;
+        tracing::info!(user_id = %principal.user.id, session_id = %session_id, "signed out");
         Ok(())
     }
 
@@ -378,17 +376,14 @@ impl AuthService {
             None => self.load_user(claims.user_id).await?,
         };
         if !user.is_active {
-            return Err(Error::unauthenticated(
-                "ACCOUNT_DISABLED",
-                "this account is disabled",
-            ));
+            return Err(account_disabled());
         }
         if !recently_touched {
             self.touch(claims.session_id).await?;
         }
         Ok(Principal {
             user: Arc::new(user),
-            session_id: claims.session_id,
+            credential: Credential::Session(claims.session_id),
         })
     }
 
@@ -401,6 +396,22 @@ impl AuthService {
         self.sessions
             .touch_session(session_id, truncate_to_micros(self.clock.now()))
             .await
+    }
+
+    /// Resolves an API key to its owner, limited to the key's scopes.
+    pub async fn authenticate_api_key(&self, presented: &str) -> Result<Principal> {
+        let key = self.api_keys.verify(presented).await?;
+        let user = self.user(key.user_id).await?;
+        if !user.is_active {
+            return Err(account_disabled());
+        }
+        Ok(Principal {
+            user: Arc::new(user),
+            credential: Credential::ApiKey {
+                id: key.id,
+                scopes: key.scopes,
+            },
+        })
     }
 
     /// Reads a session's status from the store and caches it.

@@ -2,10 +2,11 @@
 //! of ended sessions.
 
 use super::device::{self, Device};
-use super::{AuthService, Principal, Session};
+use super::{AuthService, Session};
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::password::PasswordCheck;
+use crate::domain::principal::Principal;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -39,13 +40,14 @@ impl AuthService {
         principal: &Principal,
         include_inactive: bool,
     ) -> Result<Vec<SessionView>> {
+        let current = principal.session_id()?;
         let now = self.clock.now();
         let sessions = self.sessions.list_sessions(principal.user.id).await?;
         Ok(sessions
             .into_iter()
             .map(|session| SessionView {
                 device: device::describe(session.user_agent.as_deref()),
-                is_current: session.id == principal.session_id,
+                is_current: session.id == current,
                 is_active: session.is_live(now),
                 session,
             })
@@ -98,7 +100,8 @@ impl AuthService {
         principal: &Principal,
         keep_current: bool,
     ) -> Result<usize> {
-        let keep = keep_current.then_some(principal.session_id);
+        let current = principal.session_id()?;
+        let keep = keep_current.then_some(current);
         self.revoke_sessions_of(principal.user.id, keep).await
     }
 
@@ -123,6 +126,7 @@ impl AuthService {
         current_password: &str,
         new_password: &str,
     ) -> Result<usize> {
+        let current_session = principal.session_id()?;
         let violations = self
             .settings
             .password_policy
@@ -156,7 +160,7 @@ impl AuthService {
             .await?;
         self.forget_user(principal.user.id).await?;
         tracing::info!(user_id = %principal.user.id, "password changed");
-        self.revoke_sessions_of(principal.user.id, Some(principal.session_id))
+        self.revoke_sessions_of(principal.user.id, Some(current_session))
             .await
     }
 

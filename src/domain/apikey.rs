@@ -1,0 +1,297 @@
+//! API keys: long-lived credentials for programs, acting for their owner within their scopes.
+//!
+//! A key reads `keel_<prefix>_<secret>`: the prefix (8 random lower-case letters and digits)
+//! finds the record and is shown in listings; the whole key is stored only as a keyed digest
+//! (HMAC-SHA256 under the instance secret), compared in constant time. A fast keyed hash is
+//! right here: the secret part carries 256 random bits, so there is nothing to brute-force,
+//! and the key in the digest means a copy of the database alone cannot even test a guess.
+
+use crate::domain::cache::Cache;
+use crate::domain::clock::{Clock, truncate_to_micros};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::principal::Principal;
+use crate::domain::secret::{self, Keyring};
+use chrono::{DateTime, Duration, Utc};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl ApiKey {
+    fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires| expires > now)
+    }
+}
+
+/// A key record with the digest it is verified against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredApiKey {
+    pub key: ApiKey,
+    pub digest: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    async fn insert_api_key(&self, key: &ApiKey, digest: &[u8; 32]) -> Result<()>;
+    /// The user's keys that are neither revoked nor expired at `now`, newest first.
+    async fn list_active_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<ApiKey>>;
+    async fn find_api_key(&self, id: Uuid) -> Result<Option<ApiKey>>;
+    async fn find_api_key_by_prefix(&self, prefix: &str) -> Result<Option<StoredApiKey>>;
+    async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+}
+
+const KEY_PREFIX: &str = "keel_";
+const PREFIX_LENGTH: usize = 8;
+const PREFIX_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+const DIGEST_PURPOSE: &str = "api-key";
+const MAX_ACTIVE_KEYS: usize = 100;
+const MAX_EXPIRY_DAYS: i32 = 3650;
+const RECORD_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether a presented credential has the shape of a Keel API key (rather than a JWT).
+pub fn looks_like_api_key(credential: &str) -> bool {
+    credential.starts_with(KEY_PREFIX)
+}
+
+fn random_prefix() -> String {
+    let mut rng = rand::rng();
+    (0..PREFIX_LENGTH)
+        .map(|_| char::from(PREFIX_ALPHABET[rng.random_range(0..PREFIX_ALPHABET.len())]))
+        .collect()
+}
+
+fn record_key(prefix: &str) -> String {
+    format!("api-key:{prefix}")
+}
+
+fn touched_key(id: Uuid) -> String {
+    format!("api-key-touched:{id}")
+}
+
+fn invalid_key() -> Error {
+    Error::unauthenticated("INVALID_API_KEY", "the API key is not valid")
+}
+
+fn not_found() -> Error {
+    Error::not_found("API_KEY_NOT_FOUND", "no such API key")
+}
+
+pub struct ApiKeyService {
+    store: Arc<dyn ApiKeyStore>,
+    keyring: Arc<dyn Keyring>,
+    cache: Arc<dyn Cache>,
+    clock: Arc<dyn Clock>,
+    /// The `resource:action` permissions scopes may name.
+    catalog: BTreeSet<String>,
+}
+
+impl ApiKeyService {
+    pub fn new(
+        store: Arc<dyn ApiKeyStore>,
+        keyring: Arc<dyn Keyring>,
+        cache: Arc<dyn Cache>,
+        clock: Arc<dyn Clock>,
+        catalog: BTreeSet<String>,
+    ) -> Self {
+        Self {
+            store,
+            keyring,
+            cache,
+            clock,
+            catalog,
+        }
+    }
+
+    /// Creates a key for the caller; answers the record and the whole key, shown only now.
+    pub async fn create(
+        &self,
+        owner: &Principal,
+        name: &str,
+        expires_in_days: Option<i32>,
+        scopes: Vec<String>,
+    ) -> Result<(ApiKey, String)> {
+        owner.session_id()?;
+        let mut violations = Vec::new();
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            violations.push(FieldViolation::new(
+                "name",
+                "INVALID_NAME",
+                "must be 1 to 100 characters without control characters",
+            ));
+        }
+        if expires_in_days.is_some_and(|days| !(1..=MAX_EXPIRY_DAYS).contains(&days)) {
+            violations.push(FieldViolation::new(
+                "expires_in_days",
+                "INVALID_EXPIRY",
+                format!("must be between 1 and {MAX_EXPIRY_DAYS}"),
+            ));
+        }
+        let scopes: BTreeSet<String> = scopes
+            .into_iter()
+            .map(|scope| scope.trim().to_owned())
+            .collect();
+        for scope in scopes.iter().filter(|scope| !self.catalog.contains(*scope)) {
+            let known = if self.catalog.is_empty() {
+                "the permission catalog is empty".to_owned()
+            } else {
+                format!(
+                    "known: {}",
+                    self.catalog.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            violations.push(FieldViolation::new(
+                "scopes",
+                "UNKNOWN_SCOPE",
+                format!("{scope:?} is not a permission ({known})"),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        let now = truncate_to_micros(self.clock.now());
+        if self
+            .store
+            .list_active_api_keys(owner.user.id, now)
+            .await?
+            .len()
+            >= MAX_ACTIVE_KEYS
+        {
+            return Err(Error::new(
+                ErrorKind::ResourceExhausted,
+                "TOO_MANY_API_KEYS",
+                format!(
+                    "a user may hold at most {MAX_ACTIVE_KEYS} active API keys; revoke one first"
+                ),
+            ));
+        }
+
+        let prefix = random_prefix();
+        let whole = format!("{KEY_PREFIX}{prefix}_{}", secret::generate());
+        let key = ApiKey {
+            id: Uuid::now_v7(),
+            user_id: owner.user.id,
+            name: name.to_owned(),
+            prefix: format!("{KEY_PREFIX}{prefix}"),
+            scopes: scopes.into_iter().collect(),
+            created_at: now,
+            last_used_at: None,
+            expires_at: expires_in_days.map(|days| now + Duration::days(days.into())),
+            revoked_at: None,
+        };
+        self.store
+            .insert_api_key(&key, &self.keyring.mac(DIGEST_PURPOSE, whole.as_bytes()))
+            .await?;
+        tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key created");
+        Ok((key, whole))
+    }
+
+    pub async fn list(&self, owner: &Principal) -> Result<Vec<ApiKey>> {
+        owner.session_id()?;
+        self.store
+            .list_active_api_keys(owner.user.id, self.clock.now())
+            .await
+    }
+
+    /// One of the caller's keys; another user's key answers not found.
+    pub async fn get(&self, owner: &Principal, id: &str) -> Result<ApiKey> {
+        owner.session_id()?;
+        let id = Uuid::parse_str(id).map_err(|_| not_found())?;
+        self.store
+            .find_api_key(id)
+            .await?
+            .filter(|key| key.user_id == owner.user.id && key.revoked_at.is_none())
+            .ok_or_else(not_found)
+    }
+
+    /// Revokes one of the caller's keys; it stops working on the next request.
+    pub async fn revoke(&self, owner: &Principal, id: &str) -> Result<()> {
+        let key = self.get(owner, id).await?;
+        self.store
+            .revoke_api_key(key.id, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.cache.delete(&record_key(&key.prefix)).await?;
+        tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key revoked");
+        Ok(())
+    }
+
+    /// Checks a presented key: known prefix, matching digest (constant time), not revoked or
+    /// expired. The record comes from the cache port when it is there.
+    pub async fn verify(&self, presented: &str) -> Result<ApiKey> {
+        let rest = presented.strip_prefix(KEY_PREFIX).ok_or_else(invalid_key)?;
+        let (prefix, _) = rest.split_once('_').ok_or_else(invalid_key)?;
+        let prefix = format!("{KEY_PREFIX}{prefix}");
+        let stored = match self.cached_record(&prefix).await? {
+            Some(stored) => stored,
+            None => {
+                let stored = self
+                    .store
+                    .find_api_key_by_prefix(&prefix)
+                    .await?
+                    .ok_or_else(invalid_key)?;
+                let encoded = serde_json::to_vec(&stored).map_err(Error::internal)?;
+                self.cache
+                    .set(&record_key(&prefix), &encoded, RECORD_CACHE_TTL)
+                    .await?;
+                stored
+            }
+        };
+        let expected = self.keyring.mac(DIGEST_PURPOSE, presented.as_bytes());
+        if !bool::from(expected.as_slice().ct_eq(stored.digest.as_slice())) {
+            return Err(invalid_key());
+        }
+        let now = self.clock.now();
+        if stored.key.revoked_at.is_some() {
+            return Err(Error::unauthenticated(
+                "API_KEY_REVOKED",
+                "the API key was revoked",
+            ));
+        }
+        if !stored.key.is_usable(now) {
+            return Err(Error::unauthenticated(
+                "API_KEY_EXPIRED",
+                "the API key expired",
+            ));
+        }
+        self.touch(stored.key.id).await?;
+        Ok(stored.key)
+    }
+
+    async fn cached_record(&self, prefix: &str) -> Result<Option<StoredApiKey>> {
+        Ok(self
+            .cache
+            .get(&record_key(prefix))
+            .await?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Records use at most once per `TOUCH_INTERVAL`: no write per request.
+    async fn touch(&self, id: Uuid) -> Result<()> {
+        if self.cache.get(&touched_key(id)).await?.is_some() {
+            return Ok(());
+        }
+        self.cache
+            .set(&touched_key(id), b"1", TOUCH_INTERVAL)
+            .await?;
+        self.store
+            .touch_api_key(id, truncate_to_micros(self.clock.now()))
+            .await
+    }
+}

@@ -1,0 +1,47 @@
+//! Who is calling: the user, and the credential they used.
+
+use super::error::{Error, Result};
+use super::user::User;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An access token of this session.
+    Session(Uuid),
+    /// An API key, limited to its scopes.
+    ApiKey { id: Uuid, scopes: Vec<String> },
+}
+
+/// The signed-in caller of a request, with their user record as of this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub user: Arc<User>,
+    pub credential: Credential,
+}
+
+impl Principal {
+    /// The caller's session; account management refuses API keys.
+    pub fn session_id(&self) -> Result<Uuid> {
+        match &self.credential {
+            Credential::Session(session_id) => Ok(*session_id),
+            Credential::ApiKey { .. } => Err(session_required()),
+        }
+    }
+
+    /// Whether the credential may exercise `permission` (the user's own rights are checked
+    /// separately): sessions carry all of the user's rights, API keys only their scopes.
+    pub fn credential_allows(&self, permission: &str) -> bool {
+        match &self.credential {
+            Credential::Session(_) => true,
+            Credential::ApiKey { scopes, .. } => scopes.iter().any(|scope| scope == permission),
+        }
+    }
+}
+
+pub fn session_required() -> Error {
+    Error::permission_denied(
+        "SESSION_REQUIRED",
+        "this call needs a signed-in user session, not an API key",
+    )
+}
