@@ -11,6 +11,7 @@ use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
 use crate::domain::secret::Keyring;
+use crate::domain::totp::TotpService;
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
@@ -26,6 +27,7 @@ pub struct Services {
     contract: Arc<Contract>,
     pub auth: Arc<AuthService>,
     api_keys: Arc<ApiKeyService>,
+    totp: Arc<TotpService>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -82,10 +84,18 @@ impl Services {
         let contract = Arc::new(Contract::load()?);
         let api_keys = Arc::new(ApiKeyService::new(
             Arc::new(store.clone()),
-            keyring,
+            keyring.clone(),
             cache.clone(),
             clock.clone(),
             contract.permissions(),
+        ));
+        let hasher = Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?);
+        let totp = Arc::new(TotpService::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            hasher.clone(),
+            keyring.clone(),
+            clock.clone(),
         ));
         let auth = Arc::new(
             AuthService::new(
@@ -93,7 +103,8 @@ impl Services {
                     users: Arc::new(store.clone()),
                     sessions: Arc::new(store.clone()),
                     api_keys: api_keys.clone(),
-                    hasher: Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?),
+                    totp: totp.clone(),
+                    hasher,
                     tokens: jwt.clone(),
                     cache,
                     clock,
@@ -119,6 +130,7 @@ impl Services {
             contract,
             auth,
             api_keys,
+            totp,
             store,
             redis,
             jwt,
@@ -152,6 +164,7 @@ impl Keel {
             contract: services.contract.clone(),
             auth: services.auth.clone(),
             api_keys: services.api_keys.clone(),
+            totp: services.totp.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),

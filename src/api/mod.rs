@@ -14,6 +14,7 @@ mod web;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
+use crate::domain::totp::TotpService;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +26,7 @@ use metrics::Metrics;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
+use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
@@ -39,6 +41,7 @@ pub struct ApiDependencies {
     pub contract: Arc<Contract>,
     pub auth: Arc<AuthService>,
     pub api_keys: Arc<ApiKeyService>,
+    pub totp: Arc<TotpService>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
@@ -65,6 +68,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<ApiKeyServiceServer<grpc::ApiKeyApi>>()
         .await;
+    health_reporter
+        .set_serving::<TotpServiceServer<grpc::TotpApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -78,6 +84,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(ApiKeyServiceServer::new(grpc::ApiKeyApi::new(
         dependencies.api_keys.clone(),
+    )))
+    .add_service(TotpServiceServer::new(grpc::TotpApi::new(
+        dependencies.totp.clone(),
     )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)

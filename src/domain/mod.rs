@@ -10,6 +10,7 @@ pub mod health;
 pub mod password;
 pub mod principal;
 pub mod secret;
+pub mod totp;
 pub mod user;
 
 pub use error::{Error, ErrorKind, FieldViolation};

@@ -7,6 +7,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
+use super::error::Result;
+
 /// A fresh random secret, URL-safe.
 pub fn generate() -> String {
     let mut bytes = [0u8; 32];
@@ -19,9 +21,21 @@ pub fn generate() -> String {
 pub trait Keyring: Send + Sync {
     /// HMAC-SHA256 of `data` under a key derived for `purpose`.
     fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32];
+    /// Encrypts and authenticates `plaintext` under a key derived for `purpose`.
+    fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>>;
+    /// Decrypts what `seal` made for the same purpose; fails on anything else.
+    fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>>;
 }
 
 /// The SHA-256 digest a secret is stored and looked up by.
 pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// `digest` in lower-case hex, for cache keys.
+pub fn digest_hex(secret: &str) -> String {
+    digest(secret)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }

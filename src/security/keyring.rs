@@ -3,8 +3,11 @@
 //! the data directory on first start. Replicas must share it: set `KEEL_SECRET_KEY` in
 //! production.
 
+use crate::domain::Error;
+use crate::domain::error::Result;
 use crate::domain::secret::Keyring;
 use anyhow::Context;
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -59,14 +62,57 @@ impl InstanceKeyring {
     }
 }
 
+impl InstanceKeyring {
+    /// One derived key per use, so material made for one purpose is useless for another.
+    fn derive(&self, label: &str) -> hmac::Tag {
+        hmac::sign(&self.root, label.as_bytes())
+    }
+
+    fn sealing_key(&self, purpose: &str) -> Result<LessSafeKey> {
+        let derived = self.derive(&format!("seal:{purpose}"));
+        let unbound = UnboundKey::new(&AES_256_GCM, derived.as_ref())
+            .map_err(|_| Error::internal("deriving a sealing key failed"))?;
+        Ok(LessSafeKey::new(unbound))
+    }
+}
+
 impl Keyring for InstanceKeyring {
     fn mac(&self, purpose: &str, data: &[u8]) -> [u8; 32] {
-        // One derived key per purpose, so a digest made for one use is useless for another.
-        let derived = hmac::sign(&self.root, purpose.as_bytes());
+        let derived = self.derive(purpose);
         let key = hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref());
         let mut out = [0u8; 32];
         out.copy_from_slice(hmac::sign(&key, data).as_ref());
         out
+    }
+
+    /// AES-256-GCM with a random 96-bit nonce, stored as `nonce || ciphertext || tag`.
+    fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<Vec<u8>> {
+        let key = self.sealing_key(purpose)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Error::internal("no randomness"))?;
+        let mut in_out = plaintext.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(purpose.as_bytes()),
+            &mut in_out,
+        )
+        .map_err(|_| Error::internal("sealing failed"))?;
+        Ok([nonce.as_slice(), &in_out].concat())
+    }
+
+    fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        let broken = || Error::internal("sealed data does not open under the instance secret");
+        if sealed.len() < NONCE_LEN {
+            return Err(broken());
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| broken())?;
+        let mut in_out = ciphertext.to_vec();
+        let plaintext = self
+            .sealing_key(purpose)?
+            .open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut in_out)
+            .map_err(|_| broken())?;
+        Ok(plaintext.to_vec())
     }
 }
 
@@ -83,6 +129,26 @@ mod tests {
         assert_ne!(one.mac("a", b"x"), one.mac("a", b"y"));
         assert_ne!(one.mac("a", b"x"), two.mac("a", b"x"));
         assert!(InstanceKeyring::from_base64(&STANDARD.encode([1u8; 16])).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn sealed_data_opens_only_with_the_same_secret_and_purpose() -> anyhow::Result<()> {
+        let one = InstanceKeyring::from_base64(&STANDARD.encode([1u8; 32]))?;
+        let two = InstanceKeyring::from_base64(&STANDARD.encode([2u8; 32]))?;
+        let sealed = one.seal("totp", b"secret bytes")?;
+        assert_ne!(&sealed[NONCE_LEN..], b"secret bytes");
+        assert_eq!(one.open("totp", &sealed)?, b"secret bytes");
+        assert!(one.open("other", &sealed).is_err());
+        assert!(two.open("totp", &sealed).is_err());
+        let mut tampered = sealed.clone();
+        tampered[NONCE_LEN] ^= 1;
+        assert!(one.open("totp", &tampered).is_err());
+        assert_ne!(
+            one.seal("totp", b"secret bytes")?,
+            sealed,
+            "nonces are fresh"
+        );
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod sessions;
+mod totp;
 mod users;
 
 use crate::domain::Error;

@@ -11,3 +11,4 @@ mod rest_errors;
 mod sessions;
 mod surface;
 mod throttling;
+mod totp;

@@ -4,7 +4,7 @@ use super::{client_info, principal, user_to_proto};
 use crate::api::pb::keel::auth::v1::auth_service_server::AuthService;
 use crate::api::pb::keel::auth::v1::*;
 use crate::api::status::to_status;
-use crate::domain::auth::{self, Registration, TokenPair};
+use crate::domain::auth::{self, LoginOutcome, Registration, TokenPair};
 use crate::domain::user::User;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -19,7 +19,24 @@ impl AuthApi {
     }
 }
 
-const TOKEN_TYPE: &str = "bearer";
+/// A token pair as every sign-in reply carries it.
+struct TokenReply {
+    access_token: String,
+    refresh_token: String,
+    token_type: String,
+    expires_in: i32,
+}
+
+impl From<TokenPair> for TokenReply {
+    fn from(tokens: TokenPair) -> Self {
+        Self {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: "bearer".to_owned(),
+            expires_in: i32::try_from(tokens.expires_in.num_seconds()).unwrap_or(i32::MAX),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {
@@ -53,20 +70,46 @@ impl AuthService for AuthApi {
         } else {
             &body.email
         };
-        let TokenPair {
-            access_token,
-            refresh_token,
-            expires_in,
-        } = self
+        let outcome = self
             .auth
             .login(email, &body.password, client)
             .await
             .map_err(to_status)?;
-        Ok(Response::new(LoginResponse {
-            access_token,
-            refresh_token,
-            token_type: TOKEN_TYPE.to_owned(),
-            expires_in: i32::try_from(expires_in.num_seconds()).unwrap_or(i32::MAX),
+        Ok(Response::new(match outcome {
+            LoginOutcome::Signedin(tokens) => {
+                let tokens = TokenReply::from(tokens);
+                LoginResponse {
+                    access_token: tokens.access_token,
+                    refresh_token: tokens.refresh_token,
+                    token_type: tokens.token_type,
+                    expires_in: tokens.expires_in,
+                    ..Default::default()
+                }
+            }
+            LoginOutcome::MfaRequired { mfa_token } => LoginResponse {
+                mfa_required: true,
+                mfa_token,
+                ..Default::default()
+            },
+        }))
+    }
+
+    async fn login_mfa(
+        &self,
+        request: Request<LoginMfaRequest>,
+    ) -> Result<Response<LoginMfaResponse>, Status> {
+        let body = request.into_inner();
+        let tokens = TokenReply::from(
+            self.auth
+                .login_mfa(&body.mfa_token, &body.code)
+                .await
+                .map_err(to_status)?,
+        );
+        Ok(Response::new(LoginMfaResponse {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: tokens.token_type,
+            expires_in: tokens.expires_in,
         }))
     }
 
@@ -74,20 +117,17 @@ impl AuthService for AuthApi {
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        let TokenPair {
-            access_token,
-            refresh_token,
-            expires_in,
-        } = self
-            .auth
-            .refresh(&request.into_inner().refresh_token)
-            .await
-            .map_err(to_status)?;
+        let tokens = TokenReply::from(
+            self.auth
+                .refresh(&request.into_inner().refresh_token)
+                .await
+                .map_err(to_status)?,
+        );
         Ok(Response::new(RefreshResponse {
-            access_token,
-            refresh_token,
-            token_type: TOKEN_TYPE.to_owned(),
-            expires_in: i32::try_from(expires_in.num_seconds()).unwrap_or(i32::MAX),
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: tokens.token_type,
+            expires_in: tokens.expires_in,
         }))
     }
 

@@ -4,10 +4,12 @@
 mod api_key;
 mod auth;
 mod session;
+mod totp;
 
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
 pub use session::SessionApi;
+pub use totp::TotpApi;
 
 use crate::api::pb::keel::user::v1 as user_pb;
 use crate::domain::auth::ClientInfo;

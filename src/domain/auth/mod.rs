@@ -19,8 +19,10 @@ use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::secret;
+use crate::domain::totp::{TotpService, invalid_code};
 use crate::domain::user::{EmailAddress, User, UserStore, parse_full_name};
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -40,6 +42,21 @@ pub struct TokenPair {
     pub expires_in: Duration,
 }
 
+/// How a sign-in ends: with tokens, or waiting for a second factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginOutcome {
+    Signedin(TokenPair),
+    MfaRequired { mfa_token: String },
+}
+
+/// A password-verified sign-in waiting for its second factor (kept in the cache port).
+#[derive(Debug, Serialize, Deserialize)]
+struct PendingMfa {
+    user_id: Uuid,
+    client: ClientInfo,
+    expires_at: DateTime<Utc>,
+}
+
 pub struct Registration<'a> {
     pub email: &'a str,
     pub password: &'a str,
@@ -51,6 +68,7 @@ pub struct AuthPorts {
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub api_keys: Arc<ApiKeyService>,
+    pub totp: Arc<TotpService>,
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn AccessTokenCodec>,
     pub cache: Arc<dyn Cache>,
@@ -61,6 +79,7 @@ pub struct AuthService {
     users: Arc<dyn UserStore>,
     sessions: Arc<dyn SessionStore>,
     api_keys: Arc<ApiKeyService>,
+    totp: Arc<TotpService>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn AccessTokenCodec>,
     cache: Arc<dyn Cache>,
@@ -75,6 +94,7 @@ const SESSION_LIVE: &[u8] = b"live";
 const SESSION_REVOKED: &[u8] = b"revoked";
 const USER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 const TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+const MFA_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn account_disabled() -> Error {
     Error::unauthenticated("ACCOUNT_DISABLED", "this account is disabled")
@@ -86,6 +106,10 @@ fn invalid_credentials() -> Error {
 
 fn session_key(session_id: Uuid) -> String {
     format!("session:{session_id}")
+}
+
+fn mfa_key(mfa_token: &str) -> String {
+    format!("mfa:{}", secret::digest_hex(mfa_token))
 }
 
 fn user_key(user_id: Uuid) -> String {
@@ -103,6 +127,7 @@ impl AuthService {
             users: ports.users,
             sessions: ports.sessions,
             api_keys: ports.api_keys,
+            totp: ports.totp,
             hasher: ports.hasher,
             tokens: ports.tokens,
             cache: ports.cache,
@@ -163,7 +188,7 @@ impl AuthService {
         email: &str,
         password: &str,
         client: ClientInfo,
-    ) -> Result<TokenPair> {
+    ) -> Result<LoginOutcome> {
         let account = throttle::account_key(email);
         self.admit_attempt(&account, &client).await?;
         let credentials = match EmailAddress::parse(email) {
@@ -185,7 +210,6 @@ impl AuthService {
             self.record_failure(&account).await?;
             return Err(invalid_credentials());
         };
-        self.record_success(&account).await?;
         let user = credentials.user;
         if !user.is_active {
             return Err(account_disabled());
@@ -193,7 +217,66 @@ impl AuthService {
         if check == PasswordCheck::MatchNeedsRehash {
             self.rehash(&user, password).await;
         }
-        self.open_session(&user, client).await
+        if self.totp.is_enabled(user.id).await? {
+            return self.start_mfa(&user, client).await;
+        }
+        self.record_success(&account).await?;
+        Ok(LoginOutcome::Signedin(
+            self.open_session(&user, client).await?,
+        ))
+    }
+
+    /// Parks a password-verified sign-in until its second factor arrives.
+    async fn start_mfa(&self, user: &User, client: ClientInfo) -> Result<LoginOutcome> {
+        let mfa_token = secret::generate();
+        let pending = PendingMfa {
+            user_id: user.id,
+            client,
+            expires_at: self.clock.now()
+                + Duration::seconds(MFA_TOKEN_TTL.as_secs().try_into().unwrap_or(300)),
+        };
+        let encoded = serde_json::to_vec(&pending).map_err(Error::internal)?;
+        self.cache
+            .set(&mfa_key(&mfa_token), &encoded, MFA_TOKEN_TTL)
+            .await?;
+        Ok(LoginOutcome::MfaRequired { mfa_token })
+    }
+
+    /// Completes a sign-in with its second factor: an authenticator code or a backup code.
+    /// Wrong codes count towards the lockout like wrong passwords.
+    pub async fn login_mfa(&self, mfa_token: &str, code: &str) -> Result<TokenPair> {
+        let invalid_token = || {
+            Error::unauthenticated(
+                "INVALID_MFA_TOKEN",
+                "the MFA token is not valid or expired, sign in again",
+            )
+        };
+        let key = mfa_key(mfa_token);
+        let pending: PendingMfa = self
+            .cache
+            .get(&key)
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<PendingMfa>(&bytes).ok())
+            .filter(|pending| pending.expires_at > self.clock.now())
+            .ok_or_else(invalid_token)?;
+        let user = self.user(pending.user_id).await?;
+        let account = throttle::account_key(&user.email);
+        self.admit_attempt(&account, &pending.client).await?;
+        if !self
+            .totp
+            .verify_second_factor(user.id, &user.email, code)
+            .await?
+        {
+            self.record_failure(&account).await?;
+            return Err(invalid_code());
+        }
+        // Single use: a second request with the same token finds nothing.
+        self.cache.delete(&key).await?;
+        self.record_success(&account).await?;
+        if !user.is_active {
+            return Err(account_disabled());
+        }
+        self.open_session(&user, pending.client).await
     }
 
     /// Upgrades a legacy or outdated password hash; a failure only delays the upgrade.

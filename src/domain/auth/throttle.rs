@@ -22,8 +22,7 @@ pub struct ThrottleSettings {
 
 /// The throttling identity of an email: a digest, so raw addresses never sit in the cache.
 pub(super) fn account_key(email: &str) -> String {
-    let digest = secret::digest(email.trim().to_lowercase().as_str());
-    digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    secret::digest_hex(email.trim().to_lowercase().as_str())
 }
 
 fn lock_key(account: &str) -> String {

@@ -1,0 +1,107 @@
+//! `keel.totp.v1.TotpService`.
+
+use super::{principal, timestamp};
+use crate::api::pb::keel::totp::v1::totp_service_server::TotpService;
+use crate::api::pb::keel::totp::v1::*;
+use crate::api::status::to_status;
+use crate::domain::totp::{self, Reauthentication};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct TotpApi {
+    totp: Arc<totp::TotpService>,
+}
+
+impl TotpApi {
+    pub fn new(totp: Arc<totp::TotpService>) -> Self {
+        Self { totp }
+    }
+}
+
+#[tonic::async_trait]
+impl TotpService for TotpApi {
+    async fn setup_totp(
+        &self,
+        request: Request<SetupTotpRequest>,
+    ) -> Result<Response<SetupTotpResponse>, Status> {
+        let enrolment = self
+            .totp
+            .setup(&principal(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(SetupTotpResponse {
+            secret: enrolment.secret_base32,
+            provisioning_uri: enrolment.provisioning_uri,
+            qr_code: enrolment.qr_code_data_uri,
+            backup_codes: enrolment.backup_codes,
+        }))
+    }
+
+    async fn enable_totp(
+        &self,
+        request: Request<EnableTotpRequest>,
+    ) -> Result<Response<EnableTotpResponse>, Status> {
+        self.totp
+            .enable(&principal(&request)?, &request.get_ref().code)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(EnableTotpResponse { enabled: true }))
+    }
+
+    async fn get_totp_status(
+        &self,
+        request: Request<GetTotpStatusRequest>,
+    ) -> Result<Response<GetTotpStatusResponse>, Status> {
+        let status = self
+            .totp
+            .status(&principal(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(GetTotpStatusResponse {
+            enabled: status.enabled,
+            backup_codes_remaining: i32::try_from(status.backup_codes_remaining).unwrap_or(0),
+            enabled_at: status.enabled_at.map(timestamp),
+        }))
+    }
+
+    async fn disable_totp(
+        &self,
+        request: Request<DisableTotpRequest>,
+    ) -> Result<Response<DisableTotpResponse>, Status> {
+        let caller = principal(&request)?;
+        let body = request.get_ref();
+        self.totp
+            .disable(
+                &caller,
+                Reauthentication {
+                    password: &body.password,
+                    code: &body.code,
+                },
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(DisableTotpResponse { enabled: false }))
+    }
+
+    async fn regenerate_backup_codes(
+        &self,
+        request: Request<RegenerateBackupCodesRequest>,
+    ) -> Result<Response<RegenerateBackupCodesResponse>, Status> {
+        let caller = principal(&request)?;
+        let body = request.get_ref();
+        let backup_codes = self
+            .totp
+            .regenerate_backup_codes(
+                &caller,
+                Reauthentication {
+                    password: &body.password,
+                    code: &body.code,
+                },
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RegenerateBackupCodesResponse {
+            backup_codes,
+        }))
+    }
+}
