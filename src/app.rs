@@ -12,6 +12,7 @@ use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
 use crate::domain::secret::Keyring;
 use crate::domain::totp::TotpService;
+use crate::mail::{Delivery, MailQueue};
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
@@ -104,6 +105,11 @@ impl Services {
                     sessions: Arc::new(store.clone()),
                     api_keys: api_keys.clone(),
                     totp: totp.clone(),
+                    one_time_tokens: Arc::new(store.clone()),
+                    mailer: Arc::new(MailQueue::start(match &config.smtp_url {
+                        Some(url) => Delivery::smtp(url, &config.mail_from)?,
+                        None => Delivery::Log,
+                    })),
                     hasher,
                     tokens: jwt.clone(),
                     cache,
@@ -122,6 +128,8 @@ impl Services {
                         lockout_duration: chrono::Duration::minutes(config.lockout_minutes.into()),
                         attempts_per_minute: config.rate_limit_auth_per_minute,
                     },
+                    link_base_url: config.public_url.clone(),
+                    require_verified_email: config.require_verified_email,
                 },
             )
             .await?,

@@ -78,6 +78,15 @@ pub struct Settings {
     /// Require a symbol [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
     pub password_require_symbol: Option<String>,
+    /// smtp://host:port or smtps://user:password@host:port [default: dev outbox, logged]
+    #[arg(long, env = "KEEL_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of Keel's mail [default: Keel <no-reply@localhost>]
+    #[arg(long, env = "KEEL_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    /// Refuse sign-in until the email address is verified [default: false]
+    #[arg(long, env = "KEEL_REQUIRE_VERIFIED_EMAIL")]
+    pub require_verified_email: Option<String>,
     /// Consecutive failed sign-ins that lock an account [default: 5]
     #[arg(long, env = "KEEL_LOCKOUT_THRESHOLD")]
     pub lockout_threshold: Option<String>,
@@ -138,6 +147,9 @@ impl Settings {
             password_require_uppercase,
             password_require_digit,
             password_require_symbol,
+            smtp_url,
+            mail_from,
+            require_verified_email,
             lockout_threshold,
             lockout_minutes,
             rate_limit_auth_per_minute,
@@ -173,6 +185,9 @@ pub struct Config {
     pub argon2: Argon2Settings,
     pub hash_concurrency: usize,
     pub password_policy: PasswordPolicy,
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    pub require_verified_email: bool,
     pub lockout_threshold: u32,
     pub lockout_minutes: u32,
     pub rate_limit_auth_per_minute: u32,
@@ -306,6 +321,12 @@ impl Config {
                 );
             }
         }
+        let smtp_url = text(&settings.smtp_url).map(str::to_owned);
+        if let Some(url) = &smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            bail!("KEEL_SMTP_URL: must start with smtp:// or smtps://");
+        }
         let log_format = match text(&settings.log_format).unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -354,6 +375,15 @@ impl Config {
                 cores,
             )?,
             password_policy,
+            smtp_url,
+            mail_from: text(&settings.mail_from)
+                .unwrap_or("Keel <no-reply@localhost>")
+                .to_owned(),
+            require_verified_email: parse(
+                text(&settings.require_verified_email),
+                "KEEL_REQUIRE_VERIFIED_EMAIL",
+                false,
+            )?,
             lockout_threshold: parse_positive(
                 text(&settings.lockout_threshold),
                 "KEEL_LOCKOUT_THRESHOLD",

@@ -7,5 +7,6 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod mail;
 pub mod security;
 pub mod store;

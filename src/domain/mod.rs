@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod health;
+pub mod mail;
 pub mod password;
 pub mod principal;
 pub mod secret;

@@ -93,6 +93,7 @@ pub trait UserStore: Send + Sync {
         &self,
         email: &EmailAddress,
     ) -> Result<Option<UserCredentials>>;
+    async fn mark_email_verified(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
     async fn update_password_hash(
         &self,
         id: Uuid,

@@ -104,6 +104,20 @@ impl UserStore for SqlStore {
         Ok(row.map(UserCredentials::from))
     }
 
+    async fn mark_email_verified(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("UPDATE users SET email_verified = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(true)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map(|_| ())
+        .map_err(database_error)
+    }
+
     async fn update_password_hash(
         &self,
         id: Uuid,

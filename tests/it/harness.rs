@@ -2,6 +2,7 @@
 //! memory cache) or on the services named by `KEEL_TEST_DATABASE_URL` / `KEEL_TEST_REDIS_URL`
 //! (a fresh PostgreSQL database and Redis key prefix per test), with real clients.
 
+use crate::smtp::Mailbox;
 use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
 use keel::app::Keel;
 use keel::config::{Config, Settings};
@@ -64,6 +65,8 @@ pub fn services_available() -> bool {
 
 pub struct TestApp {
     pub base_url: String,
+    /// Every message the server mailed, through real SMTP.
+    pub mailbox: Mailbox,
     pub http: reqwest::Client,
     pub clock: Arc<ShiftedClock>,
     pub config: Config,
@@ -136,7 +139,9 @@ impl TestApp {
         Self::spawn_settings(settings, data_dir).await
     }
 
-    pub async fn spawn_settings(settings: Settings, data_dir: tempfile::TempDir) -> Self {
+    pub async fn spawn_settings(mut settings: Settings, data_dir: tempfile::TempDir) -> Self {
+        let (smtp_url, mailbox) = Mailbox::start().await;
+        settings.smtp_url = Some(smtp_url);
         let config = Config::from_settings(&settings).expect("valid test config");
         let clock = Arc::new(ShiftedClock::default());
         let keel = Keel::build(&config, clock.clone())
@@ -155,6 +160,7 @@ impl TestApp {
         // reqwest is built without a default TLS provider: the process uses aws-lc-rs throughout.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         Self {
+            mailbox,
             base_url: format!("http://{address}"),
             http: reqwest::Client::new(),
             clock,

@@ -1,12 +1,14 @@
 //! Integration tests: the real server on an ephemeral port, through the doors users use.
 
 mod harness;
+mod smtp;
 
 mod accounts;
 mod api_keys;
 mod cli;
 mod contract;
 mod device_sessions;
+mod mail_flows;
 mod rest_errors;
 mod sessions;
 mod surface;

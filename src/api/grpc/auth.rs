@@ -19,6 +19,9 @@ impl AuthApi {
     }
 }
 
+/// The answer to every request for a link: the same whether or not a message goes out.
+const LINK_SENT: &str = "if the address belongs to an account, a message is on its way";
+
 /// A token pair as every sign-in reply carries it.
 struct TokenReply {
     access_token: String,
@@ -140,6 +143,100 @@ impl AuthService for AuthApi {
             .await
             .map_err(to_status)?;
         Ok(Response::new(LogoutResponse {}))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<VerifyEmailRequest>,
+    ) -> Result<Response<VerifyEmailResponse>, Status> {
+        self.auth
+            .verify_email(&request.get_ref().token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(VerifyEmailResponse { verified: true }))
+    }
+
+    async fn resend_verification(
+        &self,
+        request: Request<ResendVerificationRequest>,
+    ) -> Result<Response<ResendVerificationResponse>, Status> {
+        let client = client_info(&request);
+        self.auth
+            .resend_verification(&request.get_ref().email, &client)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ResendVerificationResponse {
+            message: LINK_SENT.to_owned(),
+        }))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<RequestPasswordResetRequest>,
+    ) -> Result<Response<RequestPasswordResetResponse>, Status> {
+        let client = client_info(&request);
+        self.auth
+            .request_password_reset(&request.get_ref().email, &client)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RequestPasswordResetResponse {
+            message: LINK_SENT.to_owned(),
+        }))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<ResetPasswordRequest>,
+    ) -> Result<Response<ResetPasswordResponse>, Status> {
+        let body = request.get_ref();
+        self.auth
+            .reset_password(&body.token, &body.new_password)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ResetPasswordResponse {}))
+    }
+
+    async fn request_magic_link(
+        &self,
+        request: Request<RequestMagicLinkRequest>,
+    ) -> Result<Response<RequestMagicLinkResponse>, Status> {
+        let client = client_info(&request);
+        self.auth
+            .request_magic_link(&request.get_ref().email, &client)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RequestMagicLinkResponse {
+            message: LINK_SENT.to_owned(),
+        }))
+    }
+
+    async fn verify_magic_link(
+        &self,
+        request: Request<VerifyMagicLinkRequest>,
+    ) -> Result<Response<VerifyMagicLinkResponse>, Status> {
+        let client = client_info(&request);
+        let outcome = self
+            .auth
+            .verify_magic_link(&request.get_ref().token, client)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(match outcome {
+            LoginOutcome::Signedin(tokens) => {
+                let tokens = TokenReply::from(tokens);
+                VerifyMagicLinkResponse {
+                    access_token: tokens.access_token,
+                    refresh_token: tokens.refresh_token,
+                    token_type: tokens.token_type,
+                    expires_in: tokens.expires_in,
+                    ..Default::default()
+                }
+            }
+            LoginOutcome::MfaRequired { mfa_token } => VerifyMagicLinkResponse {
+                mfa_required: true,
+                mfa_token,
+                ..Default::default()
+            },
+        }))
     }
 
     async fn change_password(

@@ -1,12 +1,14 @@
 //! Sign-up, sign-in, sessions and the tokens that carry them.
 
 mod device;
+mod links;
 mod session;
 mod sessions;
 mod throttle;
 mod token;
 
 pub use device::Device;
+pub use links::{LinkPurpose, OneTimeTokenStore};
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
 pub use throttle::ThrottleSettings;
@@ -16,6 +18,7 @@ use crate::domain::apikey::ApiKeyService;
 use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::mail::Mailer;
 use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::secret;
@@ -33,6 +36,10 @@ pub struct AuthSettings {
     pub refresh_token_ttl: Duration,
     pub password_policy: PasswordPolicy,
     pub throttle: ThrottleSettings,
+    /// Where mailed links point: `<link_base_url>/verify-email?token=…` and so on.
+    pub link_base_url: String,
+    /// Refuse sign-in until the email address is verified.
+    pub require_verified_email: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +76,8 @@ pub struct AuthPorts {
     pub sessions: Arc<dyn SessionStore>,
     pub api_keys: Arc<ApiKeyService>,
     pub totp: Arc<TotpService>,
+    pub one_time_tokens: Arc<dyn OneTimeTokenStore>,
+    pub mailer: Arc<dyn Mailer>,
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn AccessTokenCodec>,
     pub cache: Arc<dyn Cache>,
@@ -80,6 +89,8 @@ pub struct AuthService {
     sessions: Arc<dyn SessionStore>,
     api_keys: Arc<ApiKeyService>,
     totp: Arc<TotpService>,
+    one_time_tokens: Arc<dyn OneTimeTokenStore>,
+    mailer: Arc<dyn Mailer>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn AccessTokenCodec>,
     cache: Arc<dyn Cache>,
@@ -128,6 +139,8 @@ impl AuthService {
             sessions: ports.sessions,
             api_keys: ports.api_keys,
             totp: ports.totp,
+            one_time_tokens: ports.one_time_tokens,
+            mailer: ports.mailer,
             hasher: ports.hasher,
             tokens: ports.tokens,
             cache: ports.cache,
@@ -177,6 +190,9 @@ impl AuthService {
         };
         self.users.insert_user(&user, &password_hash).await?;
         tracing::info!(user_id = %user.id, superuser, "user registered");
+        if !user.email_verified {
+            self.send_verification(&user).await?;
+        }
         Ok(user)
     }
 
@@ -214,6 +230,7 @@ impl AuthService {
         if !user.is_active {
             return Err(account_disabled());
         }
+        self.require_verified(&user)?;
         if check == PasswordCheck::MatchNeedsRehash {
             self.rehash(&user, password).await;
         }

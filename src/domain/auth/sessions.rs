@@ -105,7 +105,11 @@ impl AuthService {
         self.revoke_sessions_of(principal.user.id, keep).await
     }
 
-    async fn revoke_sessions_of(&self, user_id: Uuid, keep: Option<Uuid>) -> Result<usize> {
+    pub(super) async fn revoke_sessions_of(
+        &self,
+        user_id: Uuid,
+        keep: Option<Uuid>,
+    ) -> Result<usize> {
         let now = truncate_to_micros(self.clock.now());
         let revoked = self
             .sessions

@@ -39,15 +39,39 @@ fn seconds_until(moment: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Durati
 }
 
 impl AuthService {
-    /// Refuses an attempt over the rate limits or on a locked account, before any password
-    /// is checked.
+    /// Refuses a sign-in attempt over the rate limits or on a locked account, before any
+    /// password is checked.
     pub(super) async fn admit_attempt(&self, account: &str, client: &ClientInfo) -> Result<()> {
+        self.admit_rate("sign-in", account, client).await?;
+        let now = self.clock.now();
+        if let Some(locked_until) = self.locked_until(account).await?
+            && locked_until > now
+        {
+            return Err(Error {
+                retry_after: Some(seconds_until(locked_until, now)),
+                ..Error::unauthenticated(
+                    "ACCOUNT_LOCKED",
+                    "too many failed sign-ins: the account is locked for a while",
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a request against the per-minute budgets of `scope`, per client address and
+    /// per account.
+    pub(super) async fn admit_rate(
+        &self,
+        scope: &str,
+        account: &str,
+        client: &ClientInfo,
+    ) -> Result<()> {
         let now = self.clock.now();
         let window = now.timestamp() / 60;
         let window_end = DateTime::<Utc>::from_timestamp((window + 1) * 60, 0).unwrap_or(now);
-        let mut subjects = vec![format!("rate:sign-in:account:{account}:{window}")];
+        let mut subjects = vec![format!("rate:{scope}:account:{account}:{window}")];
         if let Some(ip) = &client.ip_address {
-            subjects.push(format!("rate:sign-in:ip:{ip}:{window}"));
+            subjects.push(format!("rate:{scope}:ip:{ip}:{window}"));
         }
         for key in subjects {
             let attempts = self
@@ -60,21 +84,10 @@ impl AuthService {
                     ..Error::new(
                         ErrorKind::ResourceExhausted,
                         "RATE_LIMITED",
-                        "too many sign-in attempts, try again later",
+                        "too many attempts, try again later",
                     )
                 });
             }
-        }
-        if let Some(locked_until) = self.locked_until(account).await?
-            && locked_until > now
-        {
-            return Err(Error {
-                retry_after: Some(seconds_until(locked_until, now)),
-                ..Error::unauthenticated(
-                    "ACCOUNT_LOCKED",
-                    "too many failed sign-ins: the account is locked for a while",
-                )
-            });
         }
         Ok(())
     }
@@ -108,6 +121,12 @@ impl AuthService {
         self.cache.delete(&failures_key(account)).await?;
         tracing::warn!(account, %locked_until, "account locked after repeated failed sign-ins");
         Ok(())
+    }
+
+    /// Lifts a lock and its failure count (after a password reset).
+    pub(super) async fn clear_lockout(&self, account: &str) -> Result<()> {
+        self.cache.delete(&lock_key(account)).await?;
+        self.cache.delete(&failures_key(account)).await
     }
 
     /// A successful sign-in clears the failure count.

@@ -1,0 +1,270 @@
+//! Flows driven by single-use links sent by mail: email verification, password reset and
+//! magic-link sign-in. Requests for a link answer the same whether or not the email has an
+//! account: the lookup, the token and the message happen later, in the mail queue, so neither
+//! the answer nor its timing tells.
+
+use super::session::ClientInfo;
+use super::throttle::account_key;
+use super::{AuthService, LoginOutcome};
+use crate::domain::clock::{Clock, truncate_to_micros};
+use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::mail::{MailJob, OutgoingMail, Template};
+use crate::domain::secret;
+use crate::domain::user::{EmailAddress, User, UserStore};
+use chrono::{DateTime, Duration, Utc};
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkPurpose {
+    VerifyEmail,
+    ResetPassword,
+    MagicLink,
+}
+
+impl LinkPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkPurpose::VerifyEmail => "verify_email",
+            LinkPurpose::ResetPassword => "reset_password",
+            LinkPurpose::MagicLink => "magic_link",
+        }
+    }
+
+    fn lifetime(self) -> Duration {
+        match self {
+            LinkPurpose::VerifyEmail => Duration::hours(24),
+            LinkPurpose::ResetPassword => Duration::hours(1),
+            LinkPurpose::MagicLink => Duration::minutes(15),
+        }
+    }
+
+    /// The page of the application the link opens.
+    fn path(self) -> &'static str {
+        match self {
+            LinkPurpose::VerifyEmail => "/verify-email",
+            LinkPurpose::ResetPassword => "/reset-password",
+            LinkPurpose::MagicLink => "/magic-link",
+        }
+    }
+
+    fn template(self) -> Template {
+        match self {
+            LinkPurpose::VerifyEmail => Template::VerifyEmail,
+            LinkPurpose::ResetPassword => Template::ResetPassword,
+            LinkPurpose::MagicLink => Template::MagicLink,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait OneTimeTokenStore: Send + Sync {
+    /// Stores a new token and retires the user's earlier unused tokens of the same purpose.
+    async fn issue_token(
+        &self,
+        digest: &[u8; 32],
+        user_id: Uuid,
+        purpose: &str,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Spends a token: answers its user when it exists for `purpose`, unused and unexpired.
+    async fn consume_token(
+        &self,
+        digest: &[u8; 32],
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Uuid>>;
+}
+
+/// What a deferred mail job needs, cloned out of the service so the job can outlive the
+/// request.
+#[derive(Clone)]
+struct LinkMailer {
+    users: Arc<dyn UserStore>,
+    tokens: Arc<dyn OneTimeTokenStore>,
+    clock: Arc<dyn Clock>,
+    link_base_url: String,
+}
+
+impl LinkMailer {
+    async fn mail_for_user(&self, user: &User, purpose: LinkPurpose) -> Result<OutgoingMail> {
+        let token = secret::generate();
+        let now = truncate_to_micros(self.clock.now());
+        self.tokens
+            .issue_token(
+                &secret::digest(&token),
+                user.id,
+                purpose.as_str(),
+                now,
+                now + purpose.lifetime(),
+            )
+            .await?;
+        let link = format!("{}{}?token={token}", self.link_base_url, purpose.path());
+        Ok(purpose.template().render(
+            &user.email,
+            &user.full_name,
+            &link,
+            purpose.lifetime().num_minutes(),
+        ))
+    }
+
+    /// The message due to `email`, if any: none for an unknown or inactive account, nor a
+    /// verification for an address already verified.
+    async fn mail_for_email(
+        self,
+        email: String,
+        purpose: LinkPurpose,
+    ) -> Result<Option<OutgoingMail>> {
+        let Ok(email) = EmailAddress::parse(&email) else {
+            return Ok(None);
+        };
+        let Some(credentials) = self.users.find_credentials_by_email(&email).await? else {
+            return Ok(None);
+        };
+        let user = credentials.user;
+        let due = user.is_active && !(purpose == LinkPurpose::VerifyEmail && user.email_verified);
+        if !due {
+            return Ok(None);
+        }
+        self.mail_for_user(&user, purpose).await.map(Some)
+    }
+}
+
+fn invalid_link() -> Error {
+    Error::invalid_argument(
+        "INVALID_LINK",
+        "the link is not valid: it expired, was already used, or a newer one was sent",
+    )
+}
+
+impl AuthService {
+    fn link_mailer(&self) -> LinkMailer {
+        LinkMailer {
+            users: self.users.clone(),
+            tokens: self.one_time_tokens.clone(),
+            clock: self.clock.clone(),
+            link_base_url: self.settings.link_base_url.clone(),
+        }
+    }
+
+    /// Mails a verification link to a new user.
+    pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
+        let mail = self
+            .link_mailer()
+            .mail_for_user(user, LinkPurpose::VerifyEmail)
+            .await?;
+        self.mailer
+            .send_later(Box::pin(async move { Ok(Some(mail)) }));
+        Ok(())
+    }
+
+    /// Queues the link mail for `email` after the rate limits; the answer never depends on
+    /// whether the account exists.
+    async fn request_link(
+        &self,
+        email: &str,
+        client: &ClientInfo,
+        purpose: LinkPurpose,
+    ) -> Result<()> {
+        self.admit_rate("mail", &account_key(email), client).await?;
+        let job: MailJob = Box::pin(self.link_mailer().mail_for_email(email.to_owned(), purpose));
+        self.mailer.send_later(job);
+        Ok(())
+    }
+
+    pub async fn resend_verification(&self, email: &str, client: &ClientInfo) -> Result<()> {
+        self.request_link(email, client, LinkPurpose::VerifyEmail)
+            .await
+    }
+
+    pub async fn request_password_reset(&self, email: &str, client: &ClientInfo) -> Result<()> {
+        self.request_link(email, client, LinkPurpose::ResetPassword)
+            .await
+    }
+
+    pub async fn request_magic_link(&self, email: &str, client: &ClientInfo) -> Result<()> {
+        self.request_link(email, client, LinkPurpose::MagicLink)
+            .await
+    }
+
+    async fn consume(&self, token: &str, purpose: LinkPurpose) -> Result<User> {
+        let user_id = self
+            .one_time_tokens
+            .consume_token(
+                &secret::digest(token.trim()),
+                purpose.as_str(),
+                truncate_to_micros(self.clock.now()),
+            )
+            .await?
+            .ok_or_else(invalid_link)?;
+        self.user(user_id).await
+    }
+
+    async fn mark_verified(&self, user: &User) -> Result<()> {
+        if !user.email_verified {
+            self.users
+                .mark_email_verified(user.id, truncate_to_micros(self.clock.now()))
+                .await?;
+            self.forget_user(user.id).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn verify_email(&self, token: &str) -> Result<()> {
+        let user = self.consume(token, LinkPurpose::VerifyEmail).await?;
+        self.mark_verified(&user).await?;
+        tracing::info!(user_id = %user.id, "email verified");
+        Ok(())
+    }
+
+    /// Sets a new password from a reset link, signs out every session and lifts a lockout.
+    /// The policy is checked before the link is spent, so a weak password costs nothing.
+    pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
+        let violations = self
+            .settings
+            .password_policy
+            .check("new_password", new_password);
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        let user = self.consume(token, LinkPurpose::ResetPassword).await?;
+        let hash = self.hasher.hash(new_password).await?;
+        self.users
+            .update_password_hash(user.id, &hash, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.forget_user(user.id).await?;
+        self.revoke_sessions_of(user.id, None).await?;
+        self.clear_lockout(&account_key(&user.email)).await?;
+        tracing::info!(user_id = %user.id, "password reset");
+        Ok(())
+    }
+
+    /// Signs in with a magic link (which also proves the email address). An account with
+    /// two-factor authentication still needs its second factor.
+    pub async fn verify_magic_link(&self, token: &str, client: ClientInfo) -> Result<LoginOutcome> {
+        let user = self.consume(token, LinkPurpose::MagicLink).await?;
+        if !user.is_active {
+            return Err(super::account_disabled());
+        }
+        self.mark_verified(&user).await?;
+        if self.totp.is_enabled(user.id).await? {
+            return self.start_mfa(&user, client).await;
+        }
+        Ok(LoginOutcome::Signedin(
+            self.open_session(&user, client).await?,
+        ))
+    }
+
+    /// Refuses sign-in to an unverified address when the instance requires verification.
+    pub(super) fn require_verified(&self, user: &User) -> Result<()> {
+        if self.settings.require_verified_email && !user.email_verified {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "EMAIL_NOT_VERIFIED",
+                "confirm your email address first: see the message we sent, or ask for a new one",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! Outgoing mail: the message, the port that delivers it, and the templates of the account
+//! messages (kept in `templates/mail/`, rendered with `{{placeholder}}` substitution).
+
+use super::error::Result;
+use std::future::Future;
+use std::pin::Pin;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// Work that decides and renders a message later, off the request that caused it (so the
+/// request neither waits for it nor reveals by its timing whether a message was due).
+pub type MailJob = Pin<Box<dyn Future<Output = Result<Option<OutgoingMail>>> + Send + 'static>>;
+
+/// Delivers mail in the background, retrying failures; never blocks or fails the caller.
+pub trait Mailer: Send + Sync {
+    fn send_later(&self, job: MailJob);
+}
+
+pub enum Template {
+    VerifyEmail,
+    ResetPassword,
+    MagicLink,
+}
+
+impl Template {
+    fn parts(&self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Template::VerifyEmail => (
+                "Confirm your email address",
+                include_str!("../../templates/mail/verify_email.txt"),
+                include_str!("../../templates/mail/verify_email.html"),
+            ),
+            Template::ResetPassword => (
+                "Reset your password",
+                include_str!("../../templates/mail/reset_password.txt"),
+                include_str!("../../templates/mail/reset_password.html"),
+            ),
+            Template::MagicLink => (
+                "Your sign-in link",
+                include_str!("../../templates/mail/magic_link.txt"),
+                include_str!("../../templates/mail/magic_link.html"),
+            ),
+        }
+    }
+
+    /// Renders the message for `to`, filling `{{name}}`, `{{link}}` and `{{minutes}}`.
+    pub fn render(&self, to: &str, name: &str, link: &str, minutes: i64) -> OutgoingMail {
+        let (subject, text, html) = self.parts();
+        let display = if name.is_empty() { "there" } else { name };
+        let fill = |template: &str, escape: fn(&str) -> String| {
+            template
+                .replace("{{name}}", &escape(display))
+                .replace("{{link}}", &escape(link))
+                .replace("{{minutes}}", &minutes.to_string())
+        };
+        OutgoingMail {
+            to: to.to_owned(),
+            subject: subject.to_owned(),
+            text: fill(text, str::to_owned),
+            html: fill(html, escape_html),
+        }
+    }
+}
+
+fn escape_html(raw: &str) -> String {
+    raw.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_and_escape() {
+        let mail = Template::ResetPassword.render(
+            "a@example.com",
+            "<Ada>",
+            "https://keel.test/reset-password?token=abc&x=1",
+            60,
+        );
+        assert!(mail.text.contains("<Ada>"));
+        assert!(
+            mail.text
+                .contains("https://keel.test/reset-password?token=abc&x=1")
+        );
+        assert!(mail.text.contains("60 minutes"));
+        assert!(mail.html.contains("&lt;Ada&gt;"));
+        assert!(mail.html.contains("token=abc&amp;x=1"));
+        assert!(!mail.text.contains("{{"));
+        assert!(!mail.html.contains("{{"));
+    }
+}

@@ -1,0 +1,144 @@
+//! The mail adapter: a bounded in-process queue whose worker runs deferred mail jobs and
+//! delivers their messages over SMTP (lettre) or, on the embedded defaults, to the log (each
+//! message with its links). Failed deliveries are retried with backoff; a
+//! message that still fails is logged as an error. (The jobs capability will move this queue
+//! to durable storage.)
+
+use crate::domain::mail::{MailJob, Mailer, OutgoingMail};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Jobs waiting for the worker; beyond this a new one is dropped (and logged).
+const QUEUE_CAPACITY: usize = 1024;
+const CONCURRENT_DELIVERIES: usize = 4;
+const ATTEMPTS: u32 = 5;
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+pub enum Delivery {
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+    },
+    /// The embedded default: each message, links included, goes to the log.
+    Log,
+}
+
+impl Delivery {
+    /// SMTP from `smtp://host:port` or `smtps://user:password@host:port`.
+    pub fn smtp(url: &str, from: &str) -> anyhow::Result<Self> {
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            .map_err(|error| anyhow::anyhow!("KEEL_SMTP_URL: {error}"))?
+            .build();
+        let from = from
+            .parse()
+            .map_err(|error| anyhow::anyhow!("KEEL_MAIL_FROM: {error}"))?;
+        Ok(Delivery::Smtp { transport, from })
+    }
+
+    async fn deliver(&self, mail: &OutgoingMail) -> Result<(), DeliveryError> {
+        match self {
+            Delivery::Log => {
+                tracing::info!(
+                    to = %mail.to,
+                    subject = %mail.subject,
+                    body = %mail.text,
+                    "mail not sent (no KEEL_SMTP_URL): logged instead"
+                );
+                Ok(())
+            }
+            Delivery::Smtp { transport, from } => {
+                let to: Mailbox = mail
+                    .to
+                    .parse()
+                    .map_err(|error| DeliveryError::Permanent(format!("recipient: {error}")))?;
+                let message = Message::builder()
+                    .from(from.clone())
+                    .to(to)
+                    .subject(&mail.subject)
+                    .multipart(MultiPart::alternative_plain_html(
+                        mail.text.clone(),
+                        mail.html.clone(),
+                    ))
+                    .map_err(|error| DeliveryError::Permanent(error.to_string()))?;
+                transport.send(message).await.map(|_| ()).map_err(|error| {
+                    if error.is_permanent() {
+                        DeliveryError::Permanent(error.to_string())
+                    } else {
+                        DeliveryError::Transient(error.to_string())
+                    }
+                })
+            }
+        }
+    }
+}
+
+enum DeliveryError {
+    Transient(String),
+    Permanent(String),
+}
+
+pub struct MailQueue {
+    jobs: mpsc::Sender<MailJob>,
+}
+
+impl MailQueue {
+    /// Starts the worker on the current runtime.
+    pub fn start(delivery: Delivery) -> Self {
+        let (jobs, mut queued) = mpsc::channel::<MailJob>(QUEUE_CAPACITY);
+        let delivery = Arc::new(delivery);
+        let slots = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
+        tokio::spawn(async move {
+            while let Some(job) = queued.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let delivery = delivery.clone();
+                tokio::spawn(async move {
+                    run_job(job, &delivery).await;
+                    drop(slot);
+                });
+            }
+        });
+        Self { jobs }
+    }
+}
+
+async fn run_job(job: MailJob, delivery: &Delivery) {
+    let mail = match job.await {
+        Ok(Some(mail)) => mail,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%error, "preparing a mail failed");
+            return;
+        }
+    };
+    let mut delay = FIRST_RETRY_DELAY;
+    for attempt in 1..=ATTEMPTS {
+        match delivery.deliver(&mail).await {
+            Ok(()) => return,
+            Err(DeliveryError::Permanent(error)) => {
+                tracing::error!(subject = %mail.subject, %error, "mail undeliverable");
+                return;
+            }
+            Err(DeliveryError::Transient(error)) if attempt < ATTEMPTS => {
+                tracing::warn!(subject = %mail.subject, attempt, %error, "mail delivery failed, retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(DeliveryError::Transient(error)) => {
+                tracing::error!(subject = %mail.subject, attempts = ATTEMPTS, %error, "mail undeliverable, giving up");
+            }
+        }
+    }
+}
+
+impl Mailer for MailQueue {
+    fn send_later(&self, job: MailJob) {
+        if self.jobs.try_send(job).is_err() {
+            tracing::error!("mail queue full or stopped: a message was dropped");
+        }
+    }
+}

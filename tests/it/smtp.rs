@@ -1,0 +1,102 @@
+//! A minimal SMTP server on loopback for the tests: accepts every message and keeps it, so a
+//! test can read the links Keel mailed.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Default)]
+pub struct Mailbox {
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl Mailbox {
+    /// Starts a server; answers its `smtp://` URL and the mailbox it fills.
+    pub async fn start() -> (String, Mailbox) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("SMTP listener");
+        let url = format!("smtp://{}", listener.local_addr().expect("address"));
+        let mailbox = Mailbox::default();
+        let serving = mailbox.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mailbox = serving.clone();
+                tokio::spawn(async move {
+                    let _ = mailbox.session(stream).await;
+                });
+            }
+        });
+        (url, mailbox)
+    }
+
+    async fn session(&self, stream: TcpStream) -> std::io::Result<()> {
+        let (reader, mut writer) = stream.into_split();
+        let mut lines = BufReader::new(reader).lines();
+        writer.write_all(b"220 keel-test ESMTP\r\n").await?;
+        while let Some(line) = lines.next_line().await? {
+            let command = line.to_ascii_uppercase();
+            if command.starts_with("EHLO") {
+                writer
+                    .write_all(b"250-keel-test\r\n250 8BITMIME\r\n")
+                    .await?;
+            } else if command.starts_with("DATA") {
+                writer.write_all(b"354 go ahead\r\n").await?;
+                let mut message = String::new();
+                while let Some(data) = lines.next_line().await? {
+                    if data == "." {
+                        break;
+                    }
+                    message.push_str(&data);
+                    message.push_str("\r\n");
+                }
+                self.messages.lock().unwrap().push(message);
+                writer.write_all(b"250 queued\r\n").await?;
+            } else if command.starts_with("QUIT") {
+                writer.write_all(b"221 bye\r\n").await?;
+                return Ok(());
+            } else {
+                writer.write_all(b"250 ok\r\n").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Messages to `to` so far.
+    pub fn messages_to(&self, to: &str) -> Vec<String> {
+        let needle = format!("To: {to}");
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|message| {
+                message
+                    .lines()
+                    .any(|line| line.eq_ignore_ascii_case(&needle))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Waits for the `count`-th message to `to` and answers the token of its link.
+    pub async fn token(&self, to: &str, count: usize) -> String {
+        for _ in 0..200 {
+            if let Some(message) = self.messages_to(to).get(count - 1) {
+                return link_token(message);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no message number {count} to {to} arrived");
+    }
+}
+
+/// The `token=` parameter of the first link in a message, quoted-printable decoded.
+fn link_token(message: &str) -> String {
+    let decoded = message.replace("=\r\n", "").replace("=3D", "=");
+    let start = decoded.find("token=").expect("a link with a token") + "token=".len();
+    decoded[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
