@@ -10,9 +10,10 @@ use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
+use crate::domain::mail::Outbox;
 use crate::domain::secret::Keyring;
 use crate::domain::totp::TotpService;
-use crate::mail::{Delivery, MailQueue};
+use crate::mail::{Delivery, MailQueue, MemoryOutbox};
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
@@ -29,6 +30,7 @@ pub struct Services {
     pub auth: Arc<AuthService>,
     api_keys: Arc<ApiKeyService>,
     totp: Arc<TotpService>,
+    outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -91,6 +93,16 @@ impl Services {
             contract.permissions(),
         ));
         let hasher = Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?);
+        let (delivery, outbox) = match &config.smtp_url {
+            Some(url) => (Delivery::smtp(url, &config.mail_from)?, None),
+            None => {
+                let outbox = Arc::new(MemoryOutbox::default());
+                (
+                    Delivery::Outbox(outbox.clone()),
+                    Some(outbox as Arc<dyn Outbox>),
+                )
+            }
+        };
         let totp = Arc::new(TotpService::new(
             Arc::new(store.clone()),
             Arc::new(store.clone()),
@@ -106,10 +118,7 @@ impl Services {
                     api_keys: api_keys.clone(),
                     totp: totp.clone(),
                     one_time_tokens: Arc::new(store.clone()),
-                    mailer: Arc::new(MailQueue::start(match &config.smtp_url {
-                        Some(url) => Delivery::smtp(url, &config.mail_from)?,
-                        None => Delivery::Log,
-                    })),
+                    mailer: Arc::new(MailQueue::start(delivery)),
                     hasher,
                     tokens: jwt.clone(),
                     cache,
@@ -139,6 +148,7 @@ impl Services {
             auth,
             api_keys,
             totp,
+            outbox,
             store,
             redis,
             jwt,
@@ -173,6 +183,7 @@ impl Keel {
             auth: services.auth.clone(),
             api_keys: services.api_keys.clone(),
             totp: services.totp.clone(),
+            outbox: services.outbox.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),

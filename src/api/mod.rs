@@ -14,6 +14,7 @@ mod web;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
+use crate::domain::mail::Outbox;
 use crate::domain::totp::TotpService;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -23,6 +24,7 @@ use contract::Contract;
 use guard::{Guard, GuardLayer};
 use http::{HeaderName, HeaderValue, Method, header};
 use metrics::Metrics;
+use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
@@ -42,6 +44,7 @@ pub struct ApiDependencies {
     pub auth: Arc<AuthService>,
     pub api_keys: Arc<ApiKeyService>,
     pub totp: Arc<TotpService>,
+    pub outbox: Option<Arc<dyn Outbox>>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
@@ -71,6 +74,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<TotpServiceServer<grpc::TotpApi>>()
         .await;
+    health_reporter
+        .set_serving::<AdminServiceServer<grpc::AdminApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -87,6 +93,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(TotpServiceServer::new(grpc::TotpApi::new(
         dependencies.totp.clone(),
+    )))
+    .add_service(AdminServiceServer::new(grpc::AdminApi::new(
+        dependencies.outbox.clone(),
     )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)

@@ -22,6 +22,19 @@ pub trait Mailer: Send + Sync {
     fn send_later(&self, job: MailJob);
 }
 
+/// A message the development outbox kept instead of sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMail {
+    pub mail: OutgoingMail,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The development outbox, for operators: what would have been sent.
+pub trait Outbox: Send + Sync {
+    /// The newest messages, newest first.
+    fn recent(&self) -> Vec<KeptMail>;
+}
+
 pub enum Template {
     VerifyEmail,
     ResetPassword,

@@ -1,13 +1,14 @@
 //! The mail adapter: a bounded in-process queue whose worker runs deferred mail jobs and
-//! delivers their messages over SMTP (lettre) or, on the embedded defaults, to the log (each
-//! message with its links). Failed deliveries are retried with backoff; a
+//! delivers their messages over SMTP (lettre) or, on the embedded defaults, to a development
+//! outbox that logs each message with its links and keeps the newest for operators. Failed deliveries are retried with backoff; a
 //! message that still fails is logged as an error. (The jobs capability will move this queue
 //! to durable storage.)
 
-use crate::domain::mail::{MailJob, Mailer, OutgoingMail};
+use crate::domain::mail::{KeptMail, MailJob, Mailer, Outbox, OutgoingMail};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -16,14 +17,15 @@ const QUEUE_CAPACITY: usize = 1024;
 const CONCURRENT_DELIVERIES: usize = 4;
 const ATTEMPTS: u32 = 5;
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
+const OUTBOX_CAPACITY: usize = 100;
 
 pub enum Delivery {
     Smtp {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         from: Mailbox,
     },
-    /// The embedded default: each message, links included, goes to the log.
-    Log,
+    /// The embedded default: each message, links included, goes to the log and the outbox.
+    Outbox(Arc<MemoryOutbox>),
 }
 
 impl Delivery {
@@ -40,13 +42,8 @@ impl Delivery {
 
     async fn deliver(&self, mail: &OutgoingMail) -> Result<(), DeliveryError> {
         match self {
-            Delivery::Log => {
-                tracing::info!(
-                    to = %mail.to,
-                    subject = %mail.subject,
-                    body = %mail.text,
-                    "mail not sent (no KEEL_SMTP_URL): logged instead"
-                );
+            Delivery::Outbox(outbox) => {
+                outbox.keep(mail.clone());
                 Ok(())
             }
             Delivery::Smtp { transport, from } => {
@@ -78,6 +75,46 @@ impl Delivery {
 enum DeliveryError {
     Transient(String),
     Permanent(String),
+}
+
+/// The development outbox: logs each message with its links and keeps the newest ones for
+/// `AdminService/ListOutboxMessages`.
+#[derive(Default)]
+pub struct MemoryOutbox {
+    messages: Mutex<VecDeque<KeptMail>>,
+}
+
+impl MemoryOutbox {
+    fn keep(&self, mail: OutgoingMail) {
+        tracing::info!(
+            to = %mail.to,
+            subject = %mail.subject,
+            body = %mail.text,
+            "mail not sent (no KEEL_SMTP_URL): kept in the outbox"
+        );
+        let mut messages = self
+            .messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if messages.len() == OUTBOX_CAPACITY {
+            messages.pop_back();
+        }
+        messages.push_front(KeptMail {
+            mail,
+            created_at: chrono::Utc::now(),
+        });
+    }
+}
+
+impl Outbox for MemoryOutbox {
+    fn recent(&self) -> Vec<KeptMail> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 pub struct MailQueue {

@@ -140,8 +140,9 @@ impl TestApp {
     }
 
     pub async fn spawn_settings(mut settings: Settings, data_dir: tempfile::TempDir) -> Self {
+        // Mail goes to the harness's SMTP server unless the test chose (`Some("")`: the outbox).
         let (smtp_url, mailbox) = Mailbox::start().await;
-        settings.smtp_url = Some(smtp_url);
+        settings.smtp_url.get_or_insert(smtp_url);
         let config = Config::from_settings(&settings).expect("valid test config");
         let clock = Arc::new(ShiftedClock::default());
         let keel = Keel::build(&config, clock.clone())

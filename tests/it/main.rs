@@ -4,6 +4,7 @@ mod harness;
 mod smtp;
 
 mod accounts;
+mod admin;
 mod api_keys;
 mod cli;
 mod contract;

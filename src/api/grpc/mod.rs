@@ -1,11 +1,13 @@
 //! tonic implementations of the Keel services: each converts proto to domain at the edge, calls
 //! the use case and converts back. No logic lives here.
 
+mod admin;
 mod api_key;
 mod auth;
 mod session;
 mod totp;
 
+pub use admin::AdminApi;
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
 pub use session::SessionApi;
