@@ -1,6 +1,7 @@
 //! The composition root: builds the store, cache, crypto adapters and domain services from the
 //! configuration, and serves the API on one listener.
 
+use crate::api::client_address::TrustedProxies;
 use crate::api::contract::Contract;
 use crate::api::{self, ApiDependencies};
 use crate::cache::{MemoryCache, RedisCache};
@@ -189,6 +190,7 @@ impl Keel {
             public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
         })
         .await?;
         let listener = TcpListener::bind(config.listen)

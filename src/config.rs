@@ -96,6 +96,10 @@ pub struct Settings {
     /// Sign-in attempts per minute, per client address and per account [default: 20]
     #[arg(long, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
     pub rate_limit_auth_per_minute: Option<String>,
+    /// Comma-separated proxy addresses or CIDR blocks whose X-Forwarded-For is believed
+    /// [default: none]
+    #[arg(long, env = "KEEL_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Comma-separated browser origins allowed by CORS (https://app.example.com) [default: none]
     #[arg(long, env = "KEEL_CORS_ALLOWED_ORIGINS")]
     pub cors_allowed_origins: Option<String>,
@@ -153,6 +157,7 @@ impl Settings {
             lockout_threshold,
             lockout_minutes,
             rate_limit_auth_per_minute,
+            trusted_proxies,
             cors_allowed_origins,
             max_body_bytes,
             migrate_on_start,
@@ -191,6 +196,7 @@ pub struct Config {
     pub lockout_threshold: u32,
     pub lockout_minutes: u32,
     pub rate_limit_auth_per_minute: u32,
+    pub trusted_proxies: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub migrate_on_start: bool,
@@ -223,6 +229,18 @@ where
         bail!("{env}: must be greater than zero");
     }
     Ok(parsed)
+}
+
+/// The non-blank items of a comma-separated setting.
+fn comma_list(value: &Option<String>) -> Vec<String> {
+    text(value)
+        .map(|list| {
+            list.split(',')
+                .map(|item| item.trim().to_owned())
+                .filter(|item| !item.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A setting's text, with blank values counting as unset.
@@ -304,14 +322,7 @@ impl Config {
         {
             bail!("KEEL_JWT_HS256_SECRET: must be at least 32 bytes");
         }
-        let cors_allowed_origins: Vec<String> = text(&settings.cors_allowed_origins)
-            .map(|list| {
-                list.split(',')
-                    .map(|origin| origin.trim().to_owned())
-                    .filter(|origin| !origin.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let cors_allowed_origins = comma_list(&settings.cors_allowed_origins);
         for origin in &cors_allowed_origins {
             let scheme_ok = origin.starts_with("http://") || origin.starts_with("https://");
             let path_free = origin.splitn(4, '/').nth(3).is_none();
@@ -399,6 +410,7 @@ impl Config {
                 "KEEL_RATE_LIMIT_AUTH_PER_MINUTE",
                 20,
             )?,
+            trusted_proxies: comma_list(&settings.trusted_proxies),
             cors_allowed_origins,
             max_body_bytes: parse_positive(
                 text(&settings.max_body_bytes),

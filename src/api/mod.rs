@@ -1,6 +1,7 @@
 //! Transport: one axum router serving gRPC, gRPC-web, REST/JSON, docs, health and JWKS on one
 //! listener. Handlers convert and delegate to domain services; they hold no logic.
 
+pub mod client_address;
 pub mod contract;
 mod grpc;
 mod guard;
@@ -20,6 +21,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use client_address::TrustedProxies;
 use contract::Contract;
 use guard::{Guard, GuardLayer};
 use http::{HeaderName, HeaderValue, Method, header};
@@ -51,6 +53,7 @@ pub struct ApiDependencies {
     pub max_body_bytes: usize,
     /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
     pub cors_allowed_origins: Vec<String>,
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The gRPC stack as the listener sees it: gRPC-web translation in front of the guarded
@@ -137,6 +140,10 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .fallback(grpc_or_not_found)
         .method_not_allowed_fallback(web::method_not_allowed)
         .with_state(listener_grpc)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(dependencies.trusted_proxies),
+            client_address::attach,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -387,3 +387,28 @@ async fn ended_sessions_are_purged(backend: Backend) {
         .await;
     assert_eq!(refresh.status(), 401);
 }
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    for (trusted, expected) in [(Some("127.0.0.0/8"), "203.0.113.7"), (None, "127.0.0.1")] {
+        let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+            settings.trusted_proxies = trusted.map(str::to_owned);
+        })
+        .await;
+        app.register("proxied@example.com").await;
+        let response = app
+            .http
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.7")
+            .json(&json!({ "email": "proxied@example.com", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        let listed = list(&app, body["access_token"].as_str().unwrap(), "").await;
+        assert_eq!(
+            listed["sessions"][0]["ip_address"], expected,
+            "trusted: {trusted:?}"
+        );
+    }
+}

@@ -79,7 +79,7 @@ impl AuthService for AuthApi {
             .await
             .map_err(to_status)?;
         Ok(Response::new(match outcome {
-            LoginOutcome::Signedin(tokens) => {
+            LoginOutcome::SignedIn(tokens) => {
                 let tokens = TokenReply::from(tokens);
                 LoginResponse {
                     access_token: tokens.access_token,
@@ -221,7 +221,7 @@ impl AuthService for AuthApi {
             .await
             .map_err(to_status)?;
         Ok(Response::new(match outcome {
-            LoginOutcome::Signedin(tokens) => {
+            LoginOutcome::SignedIn(tokens) => {
                 let tokens = TokenReply::from(tokens);
                 VerifyMagicLinkResponse {
                     access_token: tokens.access_token,

@@ -13,13 +13,12 @@ pub use auth::AuthApi;
 pub use session::SessionApi;
 pub use totp::TotpApi;
 
+use crate::api::client_address::ClientAddress;
 use crate::api::pb::keel::user::v1 as user_pb;
 use crate::domain::auth::ClientInfo;
 use crate::domain::principal::Principal;
 use crate::domain::user::User;
-use axum::extract::ConnectInfo;
 use chrono::{DateTime, Utc};
-use std::net::SocketAddr;
 
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -50,14 +49,14 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Sta
         .ok_or_else(|| tonic::Status::unauthenticated("missing credentials"))
 }
 
-/// Where the request came from: the peer address (the REST door forwards its own) and the
-/// user agent.
+/// Where the request came from: the client address the listener worked out (the REST door
+/// forwards it) and the user agent.
 pub fn client_info<T>(request: &tonic::Request<T>) -> ClientInfo {
     ClientInfo {
         ip_address: request
             .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| address.ip().to_string()),
+            .get::<ClientAddress>()
+            .map(|ClientAddress(address)| address.to_string()),
         user_agent: request
             .metadata()
             .get("user-agent")

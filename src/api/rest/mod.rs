@@ -7,9 +7,10 @@
 pub mod path_template;
 mod request;
 
+use super::client_address::ClientAddress;
 use super::contract::{Contract, HttpBinding, Rpc};
 use super::status::RestError;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderValue, StatusCode, header};
@@ -17,7 +18,6 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use prost::Message;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tonic::Code;
 use tower::ServiceExt;
@@ -175,8 +175,8 @@ impl Transcoder {
                 inner = inner.header(name, value);
             }
         }
-        if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-            inner = inner.extension(*peer);
+        if let Some(address) = parts.extensions.get::<ClientAddress>() {
+            inner = inner.extension(*address);
         }
         let inner = inner
             .body(tonic::body::Body::new(Full::new(framed.freeze())))

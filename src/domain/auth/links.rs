@@ -16,14 +16,14 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkPurpose {
+enum LinkPurpose {
     VerifyEmail,
     ResetPassword,
     MagicLink,
 }
 
 impl LinkPurpose {
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             LinkPurpose::VerifyEmail => "verify_email",
             LinkPurpose::ResetPassword => "reset_password",
@@ -251,7 +251,7 @@ impl AuthService {
         if self.totp.is_enabled(user.id).await? {
             return self.start_mfa(&user, client).await;
         }
-        Ok(LoginOutcome::Signedin(
+        Ok(LoginOutcome::SignedIn(
             self.open_session(&user, client).await?,
         ))
     }

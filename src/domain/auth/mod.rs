@@ -8,7 +8,7 @@ mod throttle;
 mod token;
 
 pub use device::Device;
-pub use links::{LinkPurpose, OneTimeTokenStore};
+pub use links::OneTimeTokenStore;
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
 pub use throttle::ThrottleSettings;
@@ -52,7 +52,7 @@ pub struct TokenPair {
 /// How a sign-in ends: with tokens, or waiting for a second factor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginOutcome {
-    Signedin(TokenPair),
+    SignedIn(TokenPair),
     MfaRequired { mfa_token: String },
 }
 
@@ -105,7 +105,7 @@ const SESSION_LIVE: &[u8] = b"live";
 const SESSION_REVOKED: &[u8] = b"revoked";
 const USER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 const TOUCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
-const MFA_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+const MFA_TOKEN_MINUTES: i64 = 5;
 
 fn account_disabled() -> Error {
     Error::unauthenticated("ACCOUNT_DISABLED", "this account is disabled")
@@ -238,7 +238,7 @@ impl AuthService {
             return self.start_mfa(&user, client).await;
         }
         self.record_success(&account).await?;
-        Ok(LoginOutcome::Signedin(
+        Ok(LoginOutcome::SignedIn(
             self.open_session(&user, client).await?,
         ))
     }
@@ -246,16 +246,15 @@ impl AuthService {
     /// Parks a password-verified sign-in until its second factor arrives.
     async fn start_mfa(&self, user: &User, client: ClientInfo) -> Result<LoginOutcome> {
         let mfa_token = secret::generate();
+        let lifetime = Duration::minutes(MFA_TOKEN_MINUTES);
         let pending = PendingMfa {
             user_id: user.id,
             client,
-            expires_at: self.clock.now()
-                + Duration::seconds(MFA_TOKEN_TTL.as_secs().try_into().unwrap_or(300)),
+            expires_at: self.clock.now() + lifetime,
         };
         let encoded = serde_json::to_vec(&pending).map_err(Error::internal)?;
-        self.cache
-            .set(&mfa_key(&mfa_token), &encoded, MFA_TOKEN_TTL)
-            .await?;
+        let ttl = lifetime.to_std().map_err(Error::internal)?;
+        self.cache.set(&mfa_key(&mfa_token), &encoded, ttl).await?;
         Ok(LoginOutcome::MfaRequired { mfa_token })
     }
 

@@ -1,0 +1,171 @@
+//! The client's address: the TCP peer, or, when the peer is a trusted proxy
+//! (`KEEL_TRUSTED_PROXIES`), the nearest untrusted hop of `X-Forwarded-For`. Computed once per
+//! request, so sessions and rate limits see the same address on every door.
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Block {
+    network: IpAddr,
+    prefix: u32,
+}
+
+impl Block {
+    fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (
+                address.parse::<IpAddr>().ok()?,
+                Some(prefix.parse::<u32>().ok()?),
+            ),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let width = if address.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(width);
+        (prefix <= width).then_some(Self {
+            network: address,
+            prefix,
+        })
+    }
+
+    fn contains(&self, address: IpAddr) -> bool {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        };
+        let (network, network_width) = bits(self.network);
+        let (candidate, candidate_width) = bits(address.to_canonical());
+        if network_width != candidate_width {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - self.prefix)
+        };
+        network & mask == candidate & mask
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    blocks: Vec<Block>,
+}
+
+impl TrustedProxies {
+    pub fn parse(entries: &[String]) -> anyhow::Result<Self> {
+        let blocks = entries
+            .iter()
+            .map(|entry| {
+                Block::parse(entry.trim()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "KEEL_TRUSTED_PROXIES: {entry:?} is not an address or CIDR block"
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { blocks })
+    }
+
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.blocks.iter().any(|block| block.contains(address))
+    }
+
+    fn client_address(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map_while(|hop| hop.trim().parse::<IpAddr>().ok())
+            .collect();
+        hops.iter()
+            .rev()
+            .find(|hop| !self.trusts(**hop))
+            .or(hops.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+}
+
+/// Middleware that attaches the `ClientAddress` to every request.
+pub async fn attach(
+    State(trusted): State<Arc<TrustedProxies>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if let Some(ConnectInfo(peer)) = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .copied()
+    {
+        let address = trusted.client_address(peer.ip(), request.headers());
+        request.extensions_mut().insert(ClientAddress(address));
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(forwarded: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            forwarded.parse().unwrap_or_else(|_| panic!("header")),
+        );
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap_or_else(|_| panic!("{text}"))
+    }
+
+    #[test]
+    fn forwarded_for_counts_only_behind_trusted_proxies() -> anyhow::Result<()> {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "::1".into()])?;
+        let chain = headers("198.51.100.9, 203.0.113.7, 10.1.2.3");
+        assert_eq!(
+            trusted.client_address(ip("10.0.0.1"), &chain),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            trusted.client_address(ip("192.0.2.1"), &chain),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            trusted.client_address(ip("::1"), &headers("203.0.113.8")),
+            ip("203.0.113.8")
+        );
+        assert_eq!(
+            trusted.client_address(ip("10.0.0.1"), &http::HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            trusted.client_address(ip("10.0.0.1"), &headers("junk")),
+            ip("10.0.0.1")
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn blocks_parse_and_match() {
+        assert!(Block::parse("10.0.0.0/33").is_none());
+        assert!(Block::parse("nonsense").is_none());
+        let all_v4 = Block::parse("0.0.0.0/0").unwrap_or_else(|| panic!("block"));
+        assert!(all_v4.contains(ip("203.0.113.7")));
+        assert!(!all_v4.contains(ip("2001:db8::1")));
+        assert!(all_v4.contains(ip("::ffff:203.0.113.7")));
+    }
+}
