@@ -1,6 +1,6 @@
 //! `ApiKeyStore` on SQL.
 
-use super::{SqlStore, database_error, with_pool};
+use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::apikey::{ApiKey, ApiKeyStore, StoredApiKey};
 use crate::domain::error::Result;
 use chrono::{DateTime, Utc};
@@ -45,7 +45,8 @@ const SELECT_API_KEY: &str = "SELECT id, user_id, name, prefix, key_digest, scop
 #[async_trait::async_trait]
 impl ApiKeyStore for SqlStore {
     async fn insert_api_key(&self, key: &ApiKey, digest: &[u8; 32]) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query(
                 "INSERT INTO api_keys (id, user_id, name, prefix, key_digest, scopes, created_at, \
                  last_used_at, expires_at, revoked_at) \
@@ -61,12 +62,8 @@ impl ApiKeyStore for SqlStore {
             .bind(key.last_used_at)
             .bind(key.expires_at)
             .bind(key.revoked_at)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 
     async fn list_active_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<ApiKey>> {
@@ -110,28 +107,22 @@ impl ApiKeyStore for SqlStore {
     }
 
     async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                 .bind(id)
                 .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("UPDATE api_keys SET last_used_at = $2 WHERE id = $1")
                 .bind(id)
                 .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 }

@@ -39,6 +39,15 @@ macro_rules! with_pool {
 }
 use with_pool;
 
+/// Runs one statement on either backend; answers the number of rows it affected.
+macro_rules! execute {
+    ($store:expr, $query:expr) => {
+        with_pool!($store, pool => $query.execute(pool).await.map(|done| done.rows_affected()))
+            .map_err(crate::store::database_error)
+    };
+}
+use execute;
+
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,

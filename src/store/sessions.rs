@@ -1,6 +1,6 @@
 //! `SessionStore` on SQL.
 
-use super::{SqlStore, database_error, with_pool};
+use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::auth::{RefreshTokenRecord, Session, SessionStore};
 use crate::domain::error::Result;
 use chrono::{DateTime, Utc};
@@ -173,39 +173,32 @@ impl SessionStore for SqlStore {
     }
 
     async fn touch_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, pool => {
-            sqlx::query("UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND last_used_at < $2")
-                .bind(id)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        execute!(
+            self,
+            sqlx::query(
+                "UPDATE sessions SET last_used_at = $2 WHERE id = $1 AND last_used_at < $2"
+            )
+            .bind(id)
+            .bind(now)
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 
     async fn delete_sessions_ended_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
                 .bind(cutoff)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
-        .map_err(database_error)
+        )
     }
 
     async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                 .bind(id)
                 .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 }

@@ -1,6 +1,6 @@
 //! `TotpStore` on SQL.
 
-use super::{SqlStore, database_error, with_pool};
+use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::error::Result;
 use crate::domain::totp::{TotpCredential, TotpStore};
 use chrono::{DateTime, Utc};
@@ -73,16 +73,13 @@ impl TotpStore for SqlStore {
     }
 
     async fn enable_totp(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("UPDATE totp_credentials SET enabled_at = $2 WHERE user_id = $1")
                 .bind(user_id)
                 .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 
     async fn delete_totp(&self, user_id: Uuid) -> Result<()> {
@@ -103,19 +100,16 @@ impl TotpStore for SqlStore {
     }
 
     async fn claim_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query(
                 "UPDATE totp_credentials SET last_used_step = $2 \
                  WHERE user_id = $1 AND last_used_step < $2",
             )
             .bind(user_id)
             .bind(step)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
+        )
         .map(|claimed| claimed == 1)
-        .map_err(database_error)
     }
 
     async fn replace_backup_codes(&self, user_id: Uuid, digests: &[[u8; 32]]) -> Result<()> {
@@ -144,7 +138,8 @@ impl TotpStore for SqlStore {
         digest: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<bool> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query(
                 "UPDATE totp_backup_codes SET used_at = $3 \
                  WHERE user_id = $1 AND code_digest = $2 AND used_at IS NULL",
@@ -152,12 +147,8 @@ impl TotpStore for SqlStore {
             .bind(user_id)
             .bind(&digest[..])
             .bind(now)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })
+        )
         .map(|used| used == 1)
-        .map_err(database_error)
     }
 
     async fn count_unused_backup_codes(&self, user_id: Uuid) -> Result<u64> {

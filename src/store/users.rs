@@ -1,6 +1,6 @@
 //! `UserStore` on SQL.
 
-use super::{SqlStore, database_error, is_unique_violation, with_pool};
+use super::{SqlStore, database_error, execute, is_unique_violation, with_pool};
 use crate::domain::error::Result;
 use crate::domain::user::{EmailAddress, User, UserCredentials, UserStore, email_taken};
 use chrono::{DateTime, Utc};
@@ -105,17 +105,14 @@ impl UserStore for SqlStore {
     }
 
     async fn mark_email_verified(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("UPDATE users SET email_verified = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(true)
                 .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 
     async fn update_password_hash(
@@ -124,16 +121,13 @@ impl UserStore for SqlStore {
         password_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<()> {
-        with_pool!(self, pool => {
+        execute!(
+            self,
             sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(password_hash)
                 .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-        })
+        )
         .map(|_| ())
-        .map_err(database_error)
     }
 }
