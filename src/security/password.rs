@@ -1,13 +1,12 @@
-//! argon2id password hashing on a bounded blocking pool, verifying legacy bcrypt hashes too.
+//! argon2id password hashing on dedicated threads, verifying legacy bcrypt hashes too.
 
 use crate::domain::Error;
 use crate::domain::error::Result;
 use crate::domain::password::{PasswordCheck, PasswordHasher};
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, SaltString};
-use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
-use std::sync::Arc;
-use tokio::sync::Semaphore;
+use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Argon2Settings {
@@ -27,15 +26,19 @@ impl Default for Argon2Settings {
     }
 }
 
+/// Hashing runs on a fixed set of worker threads, each owning one argon2 memory buffer that it
+/// reuses for every hash. At most `workers` hashes run at once, async workers stay free for
+/// every other request during a login flood, and memory stays at `workers` × `memory_kib`
+/// (allocating 19 MiB per hash on a growing set of threads kept hundreds of MiB resident).
 pub struct Argon2Hasher {
     params: Params,
-    /// At most this many hashes run at once, each on a blocking thread, so that async workers
-    /// stay free for every other request during a login flood.
-    permits: Arc<Semaphore>,
+    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
 }
 
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
 impl Argon2Hasher {
-    pub fn new(settings: Argon2Settings, max_concurrent: usize) -> Result<Self> {
+    pub fn new(settings: Argon2Settings, workers: usize) -> Result<Self> {
         let params = Params::new(
             settings.memory_kib,
             settings.iterations,
@@ -45,24 +48,51 @@ impl Argon2Hasher {
         .map_err(|error| {
             Error::invalid_argument("INVALID_ARGON2_PARAMS", format!("argon2 settings: {error}"))
         })?;
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..workers.max(1) {
+            let queue = queue.clone();
+            let block_count = params.block_count();
+            std::thread::Builder::new()
+                .name(format!("keel-hash-{index}"))
+                .spawn(move || {
+                    let mut memory = vec![Block::default(); block_count];
+                    loop {
+                        let next = queue
+                            .lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .recv();
+                        match next {
+                            Ok(job) => job(&mut memory),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(Error::internal)?;
+        }
         Ok(Self {
             params,
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            jobs: Mutex::new(jobs),
         })
     }
 
-    fn argon2(params: Params) -> Argon2<'static> {
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-    }
-
-    async fn run_bounded<T: Send + 'static>(
+    /// Runs `work` on a hashing thread with that thread's memory buffer.
+    async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _permit = self.permits.acquire().await.map_err(Error::internal)?;
-        tokio::task::spawn_blocking(work)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |memory| {
+            let _ = reply.send(work(memory));
+        });
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .send(job)
+            .map_err(|_| Error::internal("the hashing threads stopped"))?;
+        answer
             .await
-            .map_err(Error::internal)
+            .map_err(|_| Error::internal("a hashing thread dropped its job"))?
     }
 }
 
@@ -72,26 +102,64 @@ fn is_bcrypt(stored_hash: &str) -> bool {
         .any(|prefix| stored_hash.starts_with(prefix))
 }
 
+fn hash_error(error: impl std::fmt::Display) -> Error {
+    Error::internal(format!("password hashing: {error}"))
+}
+
+/// argon2id of `password` under `params` and `salt`, in `memory` (grown if the parameters
+/// need more than it holds).
+fn argon2_output(
+    params: Params,
+    password: &[u8],
+    salt: Salt<'_>,
+    output_len: usize,
+    memory: &mut Vec<Block>,
+) -> Result<Output> {
+    if memory.len() < params.block_count() {
+        memory.resize(params.block_count(), Block::default());
+    }
+    let mut salt_bytes = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_bytes).map_err(hash_error)?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    Output::init_with(output_len, |out| {
+        argon2
+            .hash_password_into_with_memory(password, salt_bytes, out, memory.as_mut_slice())
+            .map_err(|_| password_hash::Error::Password)
+    })
+    .map_err(hash_error)
+}
+
 #[async_trait::async_trait]
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: &str) -> Result<String> {
         let password = password.to_owned();
         let params = self.params.clone();
-        self.run_bounded(move || {
+        self.run(move |memory| {
             let salt = SaltString::generate(&mut OsRng);
-            Self::argon2(params)
-                .hash_password(password.as_bytes(), &salt)
-                .map(|hash| hash.to_string())
-                .map_err(|error| Error::internal(error.to_string()))
+            let output = argon2_output(
+                params.clone(),
+                password.as_bytes(),
+                salt.as_salt(),
+                Params::DEFAULT_OUTPUT_LEN,
+                memory,
+            )?;
+            let hash = PasswordHash {
+                algorithm: Algorithm::Argon2id.ident(),
+                version: Some(Version::V0x13.into()),
+                params: ParamsString::try_from(&params).map_err(hash_error)?,
+                salt: Some(salt.as_salt()),
+                hash: Some(output),
+            };
+            Ok(hash.to_string())
         })
-        .await?
+        .await
     }
 
     async fn verify(&self, password: &str, stored_hash: &str) -> Result<PasswordCheck> {
         let password = password.to_owned();
         let stored_hash = stored_hash.to_owned();
         let params = self.params.clone();
-        self.run_bounded(move || {
+        self.run(move |memory| {
             if is_bcrypt(&stored_hash) {
                 let matches = bcrypt::verify(&password, &stored_hash).unwrap_or(false);
                 return Ok(if matches {
@@ -100,19 +168,25 @@ impl PasswordHasher for Argon2Hasher {
                     PasswordCheck::Mismatch
                 });
             }
-            let parsed = PasswordHash::new(&stored_hash)
-                .map_err(|error| Error::internal(format!("stored password hash: {error}")))?;
+            let parsed = PasswordHash::new(&stored_hash).map_err(hash_error)?;
+            let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+                return Err(Error::internal("stored password hash has no salt or hash"));
+            };
             // Verify with the parameters the hash was made with, then ask for a rehash when
             // they differ from the configured ones.
-            let stored_params = Params::try_from(&parsed)
-                .map_err(|error| Error::internal(format!("stored password hash: {error}")))?;
-            if Self::argon2(stored_params.clone())
-                .verify_password(password.as_bytes(), &parsed)
-                .is_err()
-            {
+            let stored_params = Params::try_from(&parsed).map_err(hash_error)?;
+            let output = argon2_output(
+                stored_params.clone(),
+                password.as_bytes(),
+                salt,
+                expected.len(),
+                memory,
+            )?;
+            // `Output` compares in constant time.
+            if output != expected {
                 return Ok(PasswordCheck::Mismatch);
             }
-            let current = parsed.algorithm.as_str() == "argon2id"
+            let current = parsed.algorithm == Algorithm::Argon2id.ident()
                 && stored_params.m_cost() == params.m_cost()
                 && stored_params.t_cost() == params.t_cost()
                 && stored_params.p_cost() == params.p_cost();
@@ -122,7 +196,7 @@ impl PasswordHasher for Argon2Hasher {
                 PasswordCheck::MatchNeedsRehash
             })
         })
-        .await?
+        .await
     }
 }
 
@@ -151,6 +225,40 @@ mod tests {
             hasher.verify("wrong", &hash).await?,
             PasswordCheck::Mismatch
         );
+        Ok(())
+    }
+
+    /// Hashes made here and by the argon2 crate's own PHC API verify with each other.
+    #[tokio::test]
+    async fn interoperates_with_standard_phc_hashes() -> Result<()> {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let settings = cheap();
+        let hasher = Argon2Hasher::new(settings, 1)?;
+        let params = Params::new(
+            settings.memory_kib,
+            settings.iterations,
+            settings.parallelism,
+            None,
+        )
+        .map_err(hash_error)?;
+        let standard = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = standard
+            .hash_password(b"Str0ng!Passw0rd", &salt)
+            .map_err(hash_error)?
+            .to_string();
+        assert_eq!(
+            hasher.verify("Str0ng!Passw0rd", &theirs).await?,
+            PasswordCheck::Match
+        );
+        let ours = hasher.hash("Str0ng!Passw0rd").await?;
+        let parsed = PasswordHash::new(&ours).map_err(hash_error)?;
+        assert!(
+            standard
+                .verify_password(b"Str0ng!Passw0rd", &parsed)
+                .is_ok()
+        );
+        assert!(standard.verify_password(b"wrong", &parsed).is_err());
         Ok(())
     }
 
