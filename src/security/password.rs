@@ -52,11 +52,11 @@ impl Argon2Hasher {
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..workers.max(1) {
             let queue = queue.clone();
-            let block_count = params.block_count();
             std::thread::Builder::new()
                 .name(format!("keel-hash-{index}"))
                 .spawn(move || {
-                    let mut memory = vec![Block::default(); block_count];
+                    // Grown on the first hash, then reused.
+                    let mut memory = Vec::new();
                     loop {
                         let next = queue
                             .lock()
