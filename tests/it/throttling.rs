@@ -10,6 +10,7 @@ use tonic::Code;
 backend_tests!(
     repeated_failures_lock_the_account_for_a_while,
     sign_in_attempts_are_rate_limited,
+    guessing_the_current_password_locks_too,
 );
 
 async fn attempt(app: &TestApp, email: &str, password: &str) -> (u16, Option<String>, String) {
@@ -141,4 +142,32 @@ async fn sign_in_attempts_are_rate_limited(backend: Backend) {
     // The next minute has a fresh budget.
     app.clock.advance(chrono::Duration::seconds(61));
     assert_eq!(attempt(&app, "limited@example.com", PASSWORD).await.0, 200);
+}
+
+async fn guessing_the_current_password_locks_too(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.lockout_threshold = Some("3".into());
+    })
+    .await;
+    let tokens = app.signed_in("guess@example.com").await;
+    let change = |current: &'static str| {
+        app.http
+            .put(app.url("/api/v1/users/me/password"))
+            .bearer_auth(&tokens.access)
+            .json(&json!({ "current_password": current, "new_password": "N3w!Passw0rd" }))
+            .send()
+    };
+    for _ in 0..3 {
+        let response = change("Wr0ng!guess").await.unwrap();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["reason"], "WRONG_PASSWORD");
+    }
+    let response = change(PASSWORD).await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "ACCOUNT_LOCKED");
+    assert_eq!(
+        attempt(&app, "guess@example.com", PASSWORD).await.2,
+        "ACCOUNT_LOCKED"
+    );
 }

@@ -2,6 +2,8 @@
 //! of ended sessions.
 
 use super::device::{self, Device};
+use super::session::ClientInfo;
+use super::throttle::account_key;
 use super::{AuthService, Session};
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, FieldViolation, Result};
@@ -138,6 +140,9 @@ impl AuthService {
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
+        // Guessing the current password from a stolen session meets the sign-in defences.
+        let account = account_key(&principal.user.email);
+        self.admit_attempt(&account, &ClientInfo::default()).await?;
         let stored_hash = self
             .users
             .find_password_hash(principal.user.id)
@@ -145,6 +150,7 @@ impl AuthService {
             .ok_or_else(|| Error::unauthenticated("USER_NOT_FOUND", "the user no longer exists"))?;
         let check = self.hasher.verify(current_password, &stored_hash).await?;
         if check == PasswordCheck::Mismatch {
+            self.record_failure(&account).await?;
             return Err(Error {
                 violations: vec![FieldViolation::new(
                     "current_password",
@@ -154,6 +160,7 @@ impl AuthService {
                 ..Error::invalid_argument("WRONG_PASSWORD", "the current password is wrong")
             });
         }
+        self.record_success(&account).await?;
         let hash = self.hasher.hash(new_password).await?;
         self.users
             .update_password_hash(
