@@ -12,7 +12,11 @@ use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
 use crate::domain::mail::Outbox;
+use crate::domain::page::PageTokens;
 use crate::domain::secret::Keyring;
+use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::organizations::OrganizationService;
+use crate::domain::tenancy::roles::RoleService;
 use crate::domain::totp::TotpService;
 use crate::mail::{Delivery, MailQueue, MemoryOutbox};
 use crate::security::jwt::{JwtCodec, SigningKeys};
@@ -31,6 +35,9 @@ pub struct Services {
     pub auth: Arc<AuthService>,
     api_keys: Arc<ApiKeyService>,
     totp: Arc<TotpService>,
+    access: Arc<AccessControl>,
+    organizations: Arc<OrganizationService>,
+    roles: Arc<RoleService>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
@@ -86,12 +93,27 @@ impl Services {
             None => InstanceKeyring::load_or_create(&config.data_dir.join("instance-secret.key"))?,
         });
         let contract = Arc::new(Contract::load()?);
+        let access = Arc::new(AccessControl::new(Arc::new(store.clone()), cache.clone()));
         let api_keys = Arc::new(ApiKeyService::new(
             Arc::new(store.clone()),
             keyring.clone(),
             cache.clone(),
             clock.clone(),
-            contract.permissions(),
+            access.clone(),
+        ));
+        let pages = Arc::new(PageTokens::new(keyring.clone()));
+        let organizations = Arc::new(OrganizationService::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            access.clone(),
+            api_keys.clone(),
+            pages,
+            clock.clone(),
+        ));
+        let roles = Arc::new(RoleService::new(
+            Arc::new(store.clone()),
+            access.clone(),
+            clock.clone(),
         ));
         let hasher = Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?);
         let (delivery, outbox) = match &config.smtp_url {
@@ -149,6 +171,9 @@ impl Services {
             auth,
             api_keys,
             totp,
+            access,
+            organizations,
+            roles,
             outbox,
             store,
             redis,
@@ -184,6 +209,9 @@ impl Keel {
             auth: services.auth.clone(),
             api_keys: services.api_keys.clone(),
             totp: services.totp.clone(),
+            access: services.access.clone(),
+            organizations: services.organizations.clone(),
+            roles: services.roles.clone(),
             outbox: services.outbox.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

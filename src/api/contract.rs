@@ -4,6 +4,7 @@
 
 use super::pb::FILE_DESCRIPTOR_SET;
 use super::rest::path_template::PathTemplate;
+use crate::domain::tenancy::permissions;
 use anyhow::{Context, bail};
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, MethodDescriptor, Value};
 
@@ -14,6 +15,8 @@ pub enum AuthRule {
     Authenticated,
     /// Signed in with an access token, not an API key.
     Session,
+    /// Holding a catalog permission: in the organization the request names, or platform-wide
+    /// (superusers) for platform permissions.
     Permission(String),
 }
 
@@ -40,6 +43,8 @@ pub struct Rpc {
     /// `/keel.auth.v1.AuthService/Login`.
     pub grpc_path: String,
     pub auth: AuthRule,
+    /// For organization permissions: the request field naming the organization in scope.
+    pub organization_field: Option<FieldDescriptor>,
     pub success_status: http::StatusCode,
     pub bindings: Vec<HttpBinding>,
 }
@@ -65,17 +70,6 @@ impl Contract {
             }
         }
         Ok(Self { pool, rpcs })
-    }
-
-    /// The permission catalog: every `resource:action` some RPC requires.
-    pub fn permissions(&self) -> std::collections::BTreeSet<String> {
-        self.rpcs
-            .iter()
-            .filter_map(|rpc| match &rpc.auth {
-                AuthRule::Permission(permission) => Some(permission.clone()),
-                _ => None,
-            })
-            .collect()
     }
 }
 
@@ -122,6 +116,29 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
         }
     };
 
+    let organization_field = match &auth {
+        AuthRule::Permission(permission) => {
+            let info = permissions::find(permission)
+                .map(|index| &permissions::CATALOG[index])
+                .with_context(|| {
+                    format!("{name} requires {permission}, which is not in the permission catalog")
+                })?;
+            if info.platform {
+                None
+            } else {
+                let field = method
+                    .input()
+                    .get_field_by_name("organization_id")
+                    .filter(|field| field.kind() == prost_reflect::Kind::String && !field.is_list())
+                    .with_context(|| {
+                        format!("{name} requires the organization permission {permission} but its request has no string organization_id")
+                    })?;
+                Some(field)
+            }
+        }
+        _ => None,
+    };
+
     let status_extension = pool
         .get_extension_by_name("keel.options.v1.http_success_status")
         .context("keel.options.v1.http_success_status is not in the descriptor set")?;
@@ -145,6 +162,7 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
         grpc_path: format!("/{}/{}", method.parent_service().full_name(), method.name()),
         descriptor: method,
         auth,
+        organization_field,
         success_status,
         bindings,
     })

@@ -1,6 +1,10 @@
 //! The authorization layer: enforces each RPC's `(keel.options.v1.auth)` rule in front of the
 //! tonic services. gRPC, gRPC-web and REST (which dispatches in-process through this same
 //! stack) all pass here, so the three doors cannot differ.
+//!
+//! For organization permissions the organization in scope is read from the request message
+//! itself (its `organization_id`, decoded with the descriptor pool) or, when that is empty,
+//! from the `x-organization-id` header; the admitted `Access` travels on to the handler.
 
 use super::contract::{AuthRule, Contract};
 use super::metrics::Metrics;
@@ -9,8 +13,11 @@ use crate::domain::Error;
 use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::Principal;
+use crate::domain::tenancy::access::AccessControl;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use http_body_util::BodyExt;
+use prost_reflect::{DynamicMessage, FieldDescriptor};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,22 +26,43 @@ use std::time::Instant;
 use tonic::Code;
 use tonic::body::Body;
 
+/// The largest request message the guard reads to find the organization (tonic's own limit).
+const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+struct Rule {
+    auth: AuthRule,
+    organization_field: Option<FieldDescriptor>,
+}
+
 pub struct Guard {
-    rules: HashMap<String, AuthRule>,
+    rules: HashMap<String, Rule>,
     auth: Arc<AuthService>,
+    access: Arc<AccessControl>,
     metrics: Arc<Metrics>,
 }
 
 impl Guard {
-    pub fn new(contract: &Contract, auth: Arc<AuthService>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        contract: &Contract,
+        auth: Arc<AuthService>,
+        access: Arc<AccessControl>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let rules = contract
             .rpcs
             .iter()
-            .map(|rpc| (rpc.grpc_path.clone(), rpc.auth.clone()))
+            .map(|rpc| {
+                let rule = Rule {
+                    auth: rpc.auth.clone(),
+                    organization_field: rpc.organization_field.clone(),
+                };
+                (rpc.grpc_path.clone(), rule)
+            })
             .collect();
         Self {
             rules,
             auth,
+            access,
             metrics,
         }
     }
@@ -45,7 +73,7 @@ impl Guard {
         let Some(rule) = self.rules.get(request.uri().path()) else {
             return Ok(());
         };
-        if *rule == AuthRule::Public {
+        if rule.auth == AuthRule::Public {
             return Ok(());
         }
         let principal = match presented_credential(request.headers()) {
@@ -59,30 +87,98 @@ impl Guard {
                 ));
             }
         };
-        match rule {
-            AuthRule::Session => {
+        match (&rule.auth, &rule.organization_field) {
+            (AuthRule::Session, _) => {
                 principal.session_id()?;
             }
-            AuthRule::Permission(permission) => {
-                if !principal.credential_allows(permission) {
-                    return Err(Error::permission_denied(
-                        "SCOPE_MISSING",
-                        format!("the API key lacks the {permission} scope"),
-                    ));
-                }
-                // Until organization roles exist, a permission is held by platform superusers.
-                if !principal.user.is_superuser {
-                    return Err(Error::permission_denied(
-                        "PERMISSION_DENIED",
-                        format!("this call needs the {permission} permission"),
-                    ));
-                }
+            (AuthRule::Permission(permission), Some(field)) => {
+                let organization_id = organization_in_scope(request, field).await?;
+                let access = self
+                    .access
+                    .authorize(principal.clone(), &organization_id, permission)
+                    .await?;
+                request.extensions_mut().insert(access);
             }
-            AuthRule::Public | AuthRule::Authenticated => {}
+            (AuthRule::Permission(permission), None) => {
+                self.access.authorize_platform(&principal, permission)?;
+            }
+            (AuthRule::Public | AuthRule::Authenticated, _) => {}
         }
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
     }
+}
+
+/// The organization a request names: its `organization_id` field, else the
+/// `x-organization-id` header (both set must agree). Reads the one unary gRPC message and puts
+/// it back for tonic.
+async fn organization_in_scope(
+    request: &mut Request<Body>,
+    field: &FieldDescriptor,
+) -> Result<String, Error> {
+    let header = request
+        .headers()
+        .get("x-organization-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned);
+    let body = std::mem::replace(request.body_mut(), Body::empty());
+    let frame = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            Error::invalid_argument(
+                "INVALID_MESSAGE",
+                "the request body could not be read (or exceeds 4 MiB)",
+            )
+        })?
+        .to_bytes();
+    let named = read_string_field(&frame, field)?;
+    *request.body_mut() = Body::new(http_body_util::Full::new(frame));
+    match (named, header) {
+        (Some(named), Some(header)) if named != header => Err(Error::invalid_argument(
+            "ORGANIZATION_MISMATCH",
+            "organization_id and the x-organization-id header name different organizations",
+        )),
+        (Some(organization_id), _) | (None, Some(organization_id)) => Ok(organization_id),
+        (None, None) => Err(Error::invalid_fields(vec![
+            crate::domain::FieldViolation::new(
+                "organization_id",
+                "ORGANIZATION_REQUIRED",
+                "is required (in the request or the x-organization-id header)",
+            ),
+        ])),
+    }
+}
+
+/// Reads a string field of the message in one uncompressed gRPC frame; `None` when empty.
+fn read_string_field(frame: &[u8], field: &FieldDescriptor) -> Result<Option<String>, Error> {
+    let malformed = || {
+        Error::invalid_argument(
+            "INVALID_MESSAGE",
+            "the request is not one well-formed protobuf message",
+        )
+    };
+    let (&[compressed, length @ ..], payload) =
+        frame.split_first_chunk::<5>().ok_or_else(malformed)?;
+    if compressed != 0 {
+        return Err(Error::invalid_argument(
+            "COMPRESSED_MESSAGE",
+            "compressed requests are not supported",
+        ));
+    }
+    if usize::try_from(u32::from_be_bytes(length)).ok() != Some(payload.len()) {
+        return Err(malformed());
+    }
+    let message =
+        DynamicMessage::decode(field.parent_message().clone(), payload).map_err(|_| malformed())?;
+    Ok(message
+        .get_field(field)
+        .as_str()
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned))
 }
 
 enum Presented<'a> {

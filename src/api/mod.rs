@@ -16,6 +16,9 @@ use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
 use crate::domain::mail::Outbox;
+use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::organizations::OrganizationService;
+use crate::domain::tenancy::roles::RoleService;
 use crate::domain::totp::TotpService;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -29,6 +32,8 @@ use metrics::Metrics;
 use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
+use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
+use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
 use rest::{GrpcStack, Transcoder};
@@ -46,6 +51,9 @@ pub struct ApiDependencies {
     pub auth: Arc<AuthService>,
     pub api_keys: Arc<ApiKeyService>,
     pub totp: Arc<TotpService>,
+    pub access: Arc<AccessControl>,
+    pub organizations: Arc<OrganizationService>,
+    pub roles: Arc<RoleService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -80,6 +88,12 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<AdminServiceServer<grpc::AdminApi>>()
         .await;
+    health_reporter
+        .set_serving::<OrganizationServiceServer<grpc::OrganizationApi>>()
+        .await;
+    health_reporter
+        .set_serving::<RoleServiceServer<grpc::RoleApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -100,6 +114,12 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     .add_service(AdminServiceServer::new(grpc::AdminApi::new(
         dependencies.outbox.clone(),
     )))
+    .add_service(OrganizationServiceServer::new(grpc::OrganizationApi::new(
+        dependencies.organizations.clone(),
+    )))
+    .add_service(RoleServiceServer::new(grpc::RoleApi::new(
+        dependencies.roles.clone(),
+    )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)
     .add_service(health_service)
@@ -110,6 +130,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         GuardLayer::new(Guard::new(
             &contract,
             dependencies.auth.clone(),
+            dependencies.access.clone(),
             metrics.clone(),
         ))
         .layer(routes),

@@ -11,6 +11,8 @@ use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::principal::Principal;
 use crate::domain::secret::{self, Keyring};
+use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::permissions;
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,9 @@ pub struct ApiKey {
     pub name: String,
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// The one organization the key may act in; unset for a key that acts wherever its owner
+    /// may.
+    pub organization_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -98,8 +103,7 @@ pub struct ApiKeyService {
     keyring: Arc<dyn Keyring>,
     cache: Arc<dyn Cache>,
     clock: Arc<dyn Clock>,
-    /// The `resource:action` permissions scopes may name.
-    catalog: BTreeSet<String>,
+    access: Arc<AccessControl>,
 }
 
 impl ApiKeyService {
@@ -108,26 +112,37 @@ impl ApiKeyService {
         keyring: Arc<dyn Keyring>,
         cache: Arc<dyn Cache>,
         clock: Arc<dyn Clock>,
-        catalog: BTreeSet<String>,
+        access: Arc<AccessControl>,
     ) -> Self {
         Self {
             store,
             keyring,
             cache,
             clock,
-            catalog,
+            access,
         }
     }
 
-    /// Creates a key for the caller; answers the record and the whole key, shown only now.
+    /// Creates a key for the caller; answers the record and the whole key, shown only now. A
+    /// key bound to an organization needs the `api_key:create` permission there.
     pub async fn create(
         &self,
         owner: &Principal,
         name: &str,
         expires_in_days: Option<i32>,
         scopes: Vec<String>,
+        organization_id: Option<&str>,
     ) -> Result<(ApiKey, String)> {
         owner.session_id()?;
+        let organization_id = match organization_id {
+            Some(organization_id) => Some(
+                self.access
+                    .authorize(owner.clone(), organization_id, "api_key:create")
+                    .await?
+                    .organization_id,
+            ),
+            None => None,
+        };
         let mut violations = Vec::new();
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
@@ -148,19 +163,14 @@ impl ApiKeyService {
             .into_iter()
             .map(|scope| scope.trim().to_owned())
             .collect();
-        for scope in scopes.iter().filter(|scope| !self.catalog.contains(*scope)) {
-            let known = if self.catalog.is_empty() {
-                "the permission catalog is empty".to_owned()
-            } else {
-                format!(
-                    "known: {}",
-                    self.catalog.iter().cloned().collect::<Vec<_>>().join(", ")
-                )
-            };
+        for scope in scopes
+            .iter()
+            .filter(|scope| permissions::find(scope).is_none())
+        {
             violations.push(FieldViolation::new(
                 "scopes",
                 "UNKNOWN_SCOPE",
-                format!("{scope:?} is not a permission ({known})"),
+                format!("{scope:?} is not in the permission catalog (GET /api/v1/permissions)"),
             ));
         }
         if !violations.is_empty() {
@@ -191,6 +201,7 @@ impl ApiKeyService {
             name: name.to_owned(),
             prefix: format!("{KEY_PREFIX}{prefix}"),
             scopes: scopes.into_iter().collect(),
+            organization_id,
             created_at: now,
             last_used_at: None,
             expires_at: expires_in_days.map(|days| now + Duration::days(days.into())),
@@ -229,6 +240,14 @@ impl ApiKeyService {
             .await?;
         self.cache.delete(&record_key(&key.prefix)).await?;
         tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key revoked");
+        Ok(())
+    }
+
+    /// Drops cached records of keys revoked elsewhere (with their organization).
+    pub async fn forget(&self, prefixes: &[String]) -> Result<()> {
+        for prefix in prefixes {
+            self.cache.delete(&record_key(prefix)).await?;
+        }
         Ok(())
     }
 

@@ -8,9 +8,11 @@ pub mod clock;
 pub mod error;
 pub mod health;
 pub mod mail;
+pub mod page;
 pub mod password;
 pub mod principal;
 pub mod secret;
+pub mod tenancy;
 pub mod totp;
 pub mod user;
 

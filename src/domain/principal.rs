@@ -9,8 +9,12 @@ use uuid::Uuid;
 pub enum Credential {
     /// An access token of this session.
     Session(Uuid),
-    /// An API key, limited to its scopes.
-    ApiKey { id: Uuid, scopes: Vec<String> },
+    /// An API key, limited to its scopes and, when bound, to one organization.
+    ApiKey {
+        id: Uuid,
+        scopes: Vec<String>,
+        organization_id: Option<Uuid>,
+    },
 }
 
 /// The signed-in caller of a request, with their user record as of this request.
@@ -26,15 +30,6 @@ impl Principal {
         match &self.credential {
             Credential::Session(session_id) => Ok(*session_id),
             Credential::ApiKey { .. } => Err(session_required()),
-        }
-    }
-
-    /// Whether the credential may exercise `permission` (the user's own rights are checked
-    /// separately): sessions carry all of the user's rights, API keys only their scopes.
-    pub fn credential_allows(&self, permission: &str) -> bool {
-        match &self.credential {
-            Credential::Session(_) => true,
-            Credential::ApiKey { scopes, .. } => scopes.iter().any(|scope| scope == permission),
         }
     }
 }

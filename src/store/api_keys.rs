@@ -14,6 +14,7 @@ struct ApiKeyRow {
     prefix: String,
     key_digest: Vec<u8>,
     scopes: String,
+    organization_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
     expires_at: Option<DateTime<Utc>>,
@@ -29,6 +30,7 @@ impl From<ApiKeyRow> for StoredApiKey {
                 name: row.name,
                 prefix: row.prefix,
                 scopes: row.scopes.split_whitespace().map(str::to_owned).collect(),
+                organization_id: row.organization_id,
                 created_at: row.created_at,
                 last_used_at: row.last_used_at,
                 expires_at: row.expires_at,
@@ -39,8 +41,8 @@ impl From<ApiKeyRow> for StoredApiKey {
     }
 }
 
-const SELECT_API_KEY: &str = "SELECT id, user_id, name, prefix, key_digest, scopes, created_at, \
-     last_used_at, expires_at, revoked_at FROM api_keys";
+const SELECT_API_KEY: &str = "SELECT id, user_id, name, prefix, key_digest, scopes, organization_id, \
+     created_at, last_used_at, expires_at, revoked_at FROM api_keys";
 
 #[async_trait::async_trait]
 impl ApiKeyStore for SqlStore {
@@ -48,9 +50,9 @@ impl ApiKeyStore for SqlStore {
         execute!(
             self,
             sqlx::query(
-                "INSERT INTO api_keys (id, user_id, name, prefix, key_digest, scopes, created_at, \
-                 last_used_at, expires_at, revoked_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO api_keys (id, user_id, name, prefix, key_digest, scopes, \
+                 organization_id, created_at, last_used_at, expires_at, revoked_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(key.id)
             .bind(key.user_id)
@@ -58,6 +60,7 @@ impl ApiKeyStore for SqlStore {
             .bind(&key.prefix)
             .bind(&digest[..])
             .bind(key.scopes.join(" "))
+            .bind(key.organization_id)
             .bind(key.created_at)
             .bind(key.last_used_at)
             .bind(key.expires_at)

@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod one_time_tokens;
+mod organizations;
 mod sessions;
 mod totp;
 mod users;

@@ -215,6 +215,30 @@ impl TestApp {
             .expect("REST request")
     }
 
+    /// A REST call with a bearer token (and a JSON body for `Some`); answers status and JSON
+    /// (`null` for an empty body).
+    pub async fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("REST request");
+        let status = response.status();
+        let text = response.text().await.expect("REST body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        (status, json)
+    }
+
     /// Registers `email` with a strong password and answers the user JSON.
     pub async fn register(&self, email: &str) -> Value {
         let response = self

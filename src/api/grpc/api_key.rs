@@ -28,6 +28,10 @@ fn api_key_to_proto(key: apikey::ApiKey) -> ApiKey {
         created_at: Some(timestamp(key.created_at)),
         last_used_at: key.last_used_at.map(timestamp),
         expires_at: key.expires_at.map(timestamp),
+        organization_id: key
+            .organization_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -41,7 +45,13 @@ impl ApiKeyService for ApiKeyApi {
         let body = request.into_inner();
         let (key, secret) = self
             .api_keys
-            .create(&owner, &body.name, body.expires_in_days, body.scopes)
+            .create(
+                &owner,
+                &body.name,
+                body.expires_in_days,
+                body.scopes,
+                body.organization_id.as_deref(),
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(CreateApiKeyResponse {

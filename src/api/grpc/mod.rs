@@ -4,12 +4,16 @@
 mod admin;
 mod api_key;
 mod auth;
+mod organization;
+mod role;
 mod session;
 mod totp;
 
 pub use admin::AdminApi;
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
+pub use organization::OrganizationApi;
+pub use role::RoleApi;
 pub use session::SessionApi;
 pub use totp::TotpApi;
 
@@ -17,6 +21,7 @@ use crate::api::client_address::ClientAddress;
 use crate::api::pb::keel::user::v1 as user_pb;
 use crate::domain::auth::ClientInfo;
 use crate::domain::principal::Principal;
+use crate::domain::tenancy::access::Access;
 use crate::domain::user::User;
 use chrono::{DateTime, Utc};
 
@@ -63,4 +68,63 @@ pub fn client_info<T>(request: &tonic::Request<T>) -> ClientInfo {
             .and_then(|value| value.to_str().ok())
             .map(|agent| agent.chars().take(512).collect()),
     }
+}
+
+/// The organization access the authorization layer admitted; present on every RPC guarded by
+/// an organization permission.
+pub fn access<T>(request: &tonic::Request<T>) -> Result<Access, tonic::Status> {
+    request
+        .extensions()
+        .get::<Access>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::permission_denied("no organization access"))
+}
+
+/// `google.protobuf.Struct` to a JSON object.
+pub fn struct_to_json(object: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    object
+        .fields
+        .into_iter()
+        .map(|(key, value)| (key, value_to_json(value)))
+        .collect()
+}
+
+fn value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(number)) => serde_json::Number::from_f64(number)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::StringValue(text)) => serde_json::Value::String(text),
+        Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(flag),
+        Some(Kind::StructValue(object)) => serde_json::Value::Object(struct_to_json(object)),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.into_iter().map(value_to_json).collect())
+        }
+    }
+}
+
+/// A JSON object to `google.protobuf.Struct`.
+pub fn json_to_struct(object: serde_json::Map<String, serde_json::Value>) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: object
+            .into_iter()
+            .map(|(key, value)| (key, json_to_value(value)))
+            .collect(),
+    }
+}
+
+fn json_to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(flag) => Kind::BoolValue(flag),
+        serde_json::Value::Number(number) => Kind::NumberValue(number.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(text) => Kind::StringValue(text),
+        serde_json::Value::Array(values) => Kind::ListValue(prost_types::ListValue {
+            values: values.into_iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(object) => Kind::StructValue(json_to_struct(object)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }

@@ -509,6 +509,7 @@ impl AuthService {
             credential: Credential::ApiKey {
                 id: key.id,
                 scopes: key.scopes,
+                organization_id: key.organization_id,
             },
         })
     }

@@ -1,0 +1,229 @@
+//! `keel.organization.v1.OrganizationService`.
+
+use super::{access, json_to_struct, principal, struct_to_json, timestamp};
+use crate::api::pb::keel::organization::v1::organization_service_server::OrganizationService;
+use crate::api::pb::keel::organization::v1::*;
+use crate::api::status::to_status;
+use crate::domain::tenancy;
+use crate::domain::tenancy::organizations::MemberView;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct OrganizationApi {
+    organizations: Arc<tenancy::organizations::OrganizationService>,
+}
+
+impl OrganizationApi {
+    pub fn new(organizations: Arc<tenancy::organizations::OrganizationService>) -> Self {
+        Self { organizations }
+    }
+}
+
+fn organization_to_proto(organization: tenancy::Organization) -> Organization {
+    Organization {
+        id: organization.id.to_string(),
+        name: organization.name,
+        slug: organization.slug,
+        settings: Some(json_to_struct(organization.settings)),
+        created_at: Some(timestamp(organization.created_at)),
+        updated_at: Some(timestamp(organization.updated_at)),
+    }
+}
+
+fn member_to_proto(view: MemberView) -> Member {
+    Member {
+        user_id: view.member.user_id.to_string(),
+        email: view.member.email,
+        full_name: view.member.full_name,
+        roles: view.roles,
+        joined_at: Some(timestamp(view.member.joined_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl OrganizationService for OrganizationApi {
+    async fn create_organization(
+        &self,
+        request: Request<CreateOrganizationRequest>,
+    ) -> Result<Response<CreateOrganizationResponse>, Status> {
+        let caller = principal(&request)?;
+        let body = request.into_inner();
+        let organization = self
+            .organizations
+            .create(
+                &caller,
+                &body.name,
+                &body.slug,
+                body.settings.map(struct_to_json).unwrap_or_default(),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(CreateOrganizationResponse {
+            organization: Some(organization_to_proto(organization)),
+        }))
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<ListOrganizationsRequest>,
+    ) -> Result<Response<ListOrganizationsResponse>, Status> {
+        let caller = principal(&request)?;
+        let body = request.get_ref();
+        let page = self
+            .organizations
+            .list_mine(&caller, body.page_size, &body.page_token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ListOrganizationsResponse {
+            memberships: page
+                .items
+                .into_iter()
+                .map(|membership| Membership {
+                    organization: Some(organization_to_proto(membership.organization)),
+                    roles: membership.roles,
+                })
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn get_organization(
+        &self,
+        request: Request<GetOrganizationRequest>,
+    ) -> Result<Response<GetOrganizationResponse>, Status> {
+        let organization = self
+            .organizations
+            .get(&access(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(GetOrganizationResponse {
+            organization: Some(organization_to_proto(organization)),
+        }))
+    }
+
+    async fn update_organization(
+        &self,
+        request: Request<UpdateOrganizationRequest>,
+    ) -> Result<Response<UpdateOrganizationResponse>, Status> {
+        let access = access(&request)?;
+        let body = request.into_inner();
+        let organization = self
+            .organizations
+            .update(
+                &access,
+                body.name.as_deref(),
+                body.slug.as_deref(),
+                body.settings.map(struct_to_json),
+            )
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UpdateOrganizationResponse {
+            organization: Some(organization_to_proto(organization)),
+        }))
+    }
+
+    async fn delete_organization(
+        &self,
+        request: Request<DeleteOrganizationRequest>,
+    ) -> Result<Response<DeleteOrganizationResponse>, Status> {
+        self.organizations
+            .delete(&access(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(DeleteOrganizationResponse {}))
+    }
+
+    async fn transfer_ownership(
+        &self,
+        request: Request<TransferOwnershipRequest>,
+    ) -> Result<Response<TransferOwnershipResponse>, Status> {
+        self.organizations
+            .transfer_ownership(&access(&request)?, &request.get_ref().user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(TransferOwnershipResponse {}))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<ListMembersRequest>,
+    ) -> Result<Response<ListMembersResponse>, Status> {
+        let body = request.get_ref();
+        let (page, total) = self
+            .organizations
+            .list_members(&access(&request)?, body.page_size, &body.page_token)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ListMembersResponse {
+            members: page.items.into_iter().map(member_to_proto).collect(),
+            next_page_token: page.next_page_token,
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn get_member(
+        &self,
+        request: Request<GetMemberRequest>,
+    ) -> Result<Response<GetMemberResponse>, Status> {
+        let member = self
+            .organizations
+            .get_member(&access(&request)?, &request.get_ref().user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(GetMemberResponse {
+            member: Some(member_to_proto(member)),
+        }))
+    }
+
+    async fn add_member(
+        &self,
+        request: Request<AddMemberRequest>,
+    ) -> Result<Response<AddMemberResponse>, Status> {
+        let body = request.get_ref();
+        let member = self
+            .organizations
+            .add_member(&access(&request)?, &body.user_id, &body.roles)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(AddMemberResponse {
+            member: Some(member_to_proto(member)),
+        }))
+    }
+
+    async fn update_member(
+        &self,
+        request: Request<UpdateMemberRequest>,
+    ) -> Result<Response<UpdateMemberResponse>, Status> {
+        let body = request.get_ref();
+        let member = self
+            .organizations
+            .update_member(&access(&request)?, &body.user_id, &body.roles)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(UpdateMemberResponse {
+            member: Some(member_to_proto(member)),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<RemoveMemberResponse>, Status> {
+        self.organizations
+            .remove_member(&access(&request)?, &request.get_ref().user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(RemoveMemberResponse {}))
+    }
+
+    async fn leave_organization(
+        &self,
+        request: Request<LeaveOrganizationRequest>,
+    ) -> Result<Response<LeaveOrganizationResponse>, Status> {
+        self.organizations
+            .leave(&access(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(LeaveOrganizationResponse {}))
+    }
+}

@@ -1,0 +1,318 @@
+//! Who may do what in an organization. The authorization layer calls `authorize` for every
+//! organization-scoped RPC; the answer (`Access`) travels with the request to the use case.
+//! A member's role keys and the organization's custom roles are cached (one `get_many` per
+//! check) and forgotten on every change, so a role change applies on the next request.
+
+use super::permissions::{PermissionSet, SystemRole};
+use super::{CustomRole, OrganizationStore, organization_not_found};
+use crate::domain::cache::Cache;
+use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::principal::{Credential, Principal};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// A caller admitted to an organization.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub principal: Principal,
+    pub organization_id: Uuid,
+    /// What the caller may do here: their roles' permissions (everything for a superuser),
+    /// narrowed to an API key's scopes.
+    pub permissions: PermissionSet,
+    /// The caller's role keys here; empty for a superuser who is not a member.
+    pub role_keys: Vec<String>,
+}
+
+impl Access {
+    pub fn user_id(&self) -> Uuid {
+        self.principal.user.id
+    }
+
+    /// Refuses when `wanted` holds a permission the caller lacks: nobody grants more than
+    /// they hold.
+    pub fn ensure_covers(&self, wanted: PermissionSet) -> Result<()> {
+        if wanted.is_subset_of(self.permissions) {
+            return Ok(());
+        }
+        let missing = wanted
+            .names()
+            .into_iter()
+            .filter(|name| !self.permissions.contains(name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(Error::permission_denied(
+            "ROLE_ESCALATION",
+            format!("you cannot grant or manage permissions you do not hold: {missing}"),
+        ))
+    }
+}
+
+pub struct AccessControl {
+    store: Arc<dyn OrganizationStore>,
+    cache: Arc<dyn Cache>,
+}
+
+fn member_key(organization_id: Uuid, user_id: Uuid) -> String {
+    format!("access:member:{organization_id}:{user_id}")
+}
+
+fn roles_key(organization_id: Uuid) -> String {
+    format!("access:roles:{organization_id}")
+}
+
+fn unknown_role(field: &str, role: &str) -> FieldViolation {
+    FieldViolation::new(
+        field,
+        "UNKNOWN_ROLE",
+        format!(
+            "{role:?} is neither a system role (owner, admin, member, viewer) nor a custom role of this organization"
+        ),
+    )
+}
+
+/// The permissions of a set of role keys.
+pub fn permissions_of(role_keys: &[String], custom_roles: &[CustomRole]) -> PermissionSet {
+    role_keys
+        .iter()
+        .map(|key| match SystemRole::parse(key) {
+            Some(role) => role.permissions(),
+            None => custom_roles
+                .iter()
+                .find(|role| role.id.to_string() == *key)
+                .map_or(PermissionSet::EMPTY, |role| role.permissions),
+        })
+        .fold(PermissionSet::EMPTY, PermissionSet::union)
+}
+
+/// What the credential lets the user exercise: everything for a session, the scopes for a key.
+fn narrow_to_credential(held: PermissionSet, principal: &Principal) -> PermissionSet {
+    match &principal.credential {
+        Credential::Session(_) => held,
+        Credential::ApiKey { scopes, .. } => {
+            held.intersection(scopes.iter().map(String::as_str).collect())
+        }
+    }
+}
+
+impl AccessControl {
+    pub fn new(store: Arc<dyn OrganizationStore>, cache: Arc<dyn Cache>) -> Self {
+        Self { store, cache }
+    }
+
+    /// Admits `principal` to the organization `organization_id` for `permission`. Outsiders
+    /// (and keys bound to another organization) get NOT_FOUND, so existence does not leak;
+    /// members without the permission get PERMISSION_DENIED.
+    pub async fn authorize(
+        &self,
+        principal: Principal,
+        organization_id: &str,
+        permission: &str,
+    ) -> Result<Access> {
+        let organization_id =
+            Uuid::parse_str(organization_id).map_err(|_| organization_not_found())?;
+        if let Credential::ApiKey {
+            organization_id: Some(bound),
+            ..
+        } = &principal.credential
+            && *bound != organization_id
+        {
+            return Err(organization_not_found());
+        }
+        let (role_keys, custom_roles) = self.grants(organization_id, principal.user.id).await?;
+        let held = match (&role_keys, principal.user.is_superuser) {
+            (_, true) => PermissionSet::all(),
+            // Membership itself lets one see the organization (and leave it), whatever the roles.
+            (Some(keys), false) => permissions_of(keys, &custom_roles)
+                .union(["organization:read"].into_iter().collect()),
+            (None, false) => return Err(organization_not_found()),
+        };
+        let permissions = narrow_to_credential(held, &principal);
+        if !permissions.contains(permission) {
+            return Err(if held.contains(permission) {
+                Error::permission_denied(
+                    "SCOPE_MISSING",
+                    format!("the API key lacks the {permission} scope"),
+                )
+            } else {
+                Error::permission_denied(
+                    "PERMISSION_DENIED",
+                    format!("this call needs the {permission} permission in this organization"),
+                )
+            });
+        }
+        Ok(Access {
+            principal,
+            organization_id,
+            permissions,
+            role_keys: role_keys.unwrap_or_default(),
+        })
+    }
+
+    /// Admits `principal` to a platform-wide `permission`: superusers only, and an API key
+    /// must carry the scope and not be bound to an organization.
+    pub fn authorize_platform(&self, principal: &Principal, permission: &str) -> Result<()> {
+        let narrowed = narrow_to_credential(PermissionSet::all(), principal);
+        if let Credential::ApiKey {
+            organization_id: Some(_),
+            ..
+        } = &principal.credential
+        {
+            return Err(Error::permission_denied(
+                "ORGANIZATION_KEY",
+                "an API key bound to an organization cannot make platform calls",
+            ));
+        }
+        if !principal.user.is_superuser {
+            return Err(Error::permission_denied(
+                "PERMISSION_DENIED",
+                format!("this call needs the {permission} permission of platform superusers"),
+            ));
+        }
+        if !narrowed.contains(permission) {
+            return Err(Error::permission_denied(
+                "SCOPE_MISSING",
+                format!("the API key lacks the {permission} scope"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user's role keys in the organization (`None` for a non-member) and the
+    /// organization's custom roles, in one cache round trip.
+    async fn grants(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<(Option<Vec<String>>, Vec<CustomRole>)> {
+        let keys = [
+            member_key(organization_id, user_id),
+            roles_key(organization_id),
+        ];
+        let mut cached = self.cache.get_many(&keys).await?.into_iter();
+        let role_keys = match cached
+            .next()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<Option<Vec<String>>>(&bytes).ok())
+        {
+            Some(role_keys) => role_keys,
+            None => {
+                let role_keys = self
+                    .store
+                    .find_member_roles(organization_id, user_id)
+                    .await?;
+                let encoded = serde_json::to_vec(&role_keys).map_err(Error::internal)?;
+                self.cache.set(&keys[0], &encoded, CACHE_TTL).await?;
+                role_keys
+            }
+        };
+        let custom_roles = match cached
+            .next()
+            .flatten()
+            .and_then(|bytes| serde_json::from_slice::<Vec<CustomRole>>(&bytes).ok())
+        {
+            Some(roles) => roles,
+            None => self.load_custom_roles(organization_id).await?,
+        };
+        Ok((role_keys, custom_roles))
+    }
+
+    async fn load_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>> {
+        let roles = self.store.list_custom_roles(organization_id).await?;
+        let encoded = serde_json::to_vec(&roles).map_err(Error::internal)?;
+        self.cache
+            .set(&roles_key(organization_id), &encoded, CACHE_TTL)
+            .await?;
+        Ok(roles)
+    }
+
+    /// The organization's custom roles, sorted by name.
+    pub async fn custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>> {
+        let cached = self
+            .cache
+            .get(&roles_key(organization_id))
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<Vec<CustomRole>>(&bytes).ok());
+        match cached {
+            Some(roles) => Ok(roles),
+            None => self.load_custom_roles(organization_id).await,
+        }
+    }
+
+    /// Parses role references (system role names, custom role names or ids) of `field` into
+    /// role keys, deduplicated.
+    pub async fn resolve_roles(
+        &self,
+        organization_id: Uuid,
+        field: &str,
+        references: &[String],
+    ) -> Result<Vec<String>> {
+        let custom_roles = self.custom_roles(organization_id).await?;
+        let mut keys = Vec::new();
+        let mut violations = Vec::new();
+        for reference in references {
+            let reference = reference.trim();
+            let key = match SystemRole::parse(reference) {
+                Some(role) => Some(role.name().to_owned()),
+                None => custom_roles
+                    .iter()
+                    .find(|role| role.name == reference || role.id.to_string() == reference)
+                    .map(|role| role.id.to_string()),
+            };
+            match key {
+                Some(key) if !keys.contains(&key) => keys.push(key),
+                Some(_) => {}
+                None => violations.push(unknown_role(field, reference)),
+            }
+        }
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        Ok(keys)
+    }
+
+    /// Role keys as names, for display; keys of deleted roles are skipped.
+    pub async fn role_names(
+        &self,
+        organization_id: Uuid,
+        role_keys: &[String],
+    ) -> Result<Vec<String>> {
+        if role_keys.iter().all(|key| SystemRole::parse(key).is_some()) {
+            return Ok(role_keys.to_vec());
+        }
+        let custom_roles = self.custom_roles(organization_id).await?;
+        Ok(role_keys
+            .iter()
+            .filter_map(|key| match SystemRole::parse(key) {
+                Some(_) => Some(key.clone()),
+                None => custom_roles
+                    .iter()
+                    .find(|role| role.id.to_string() == *key)
+                    .map(|role| role.name.clone()),
+            })
+            .collect())
+    }
+
+    pub async fn permissions_of(
+        &self,
+        organization_id: Uuid,
+        role_keys: &[String],
+    ) -> Result<PermissionSet> {
+        let custom_roles = self.custom_roles(organization_id).await?;
+        Ok(permissions_of(role_keys, &custom_roles))
+    }
+
+    /// Forgets a member's cached roles (after any change to them).
+    pub async fn forget_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()> {
+        self.cache
+            .delete(&member_key(organization_id, user_id))
+            .await
+    }
+
+    /// Forgets the organization's cached custom roles (after any change to them).
+    pub async fn forget_roles(&self, organization_id: Uuid) -> Result<()> {
+        self.cache.delete(&roles_key(organization_id)).await
+    }
+}

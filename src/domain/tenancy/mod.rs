@@ -1,0 +1,144 @@
+//! Tenancy: organizations, their members and roles, and the access checks every
+//! organization-scoped call passes. A user may belong to many organizations with different
+//! roles in each.
+
+pub mod access;
+pub mod organizations;
+pub mod permissions;
+pub mod roles;
+
+use super::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use permissions::PermissionSet;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub type Settings = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Organization {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub settings: Settings,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A member with their organization-wide role keys (system role names or custom role ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub user_id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub role_keys: Vec<String>,
+    pub joined_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomRole {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub permissions: PermissionSet,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What deleting an organization took with it, for the caches to forget.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletedOrganization {
+    pub member_ids: Vec<Uuid>,
+    /// Prefixes of the API keys bound to it, now revoked.
+    pub revoked_api_key_prefixes: Vec<String>,
+}
+
+#[async_trait::async_trait]
+pub trait OrganizationStore: Send + Sync {
+    /// Inserts the organization with `owner` as its first member, holding the owner role.
+    /// Fails with `SLUG_TAKEN`.
+    async fn insert_organization(&self, organization: &Organization, owner: Uuid) -> Result<()>;
+    async fn find_organization(&self, id: Uuid) -> Result<Option<Organization>>;
+    /// Fails with `SLUG_TAKEN`.
+    async fn update_organization(&self, organization: &Organization) -> Result<()>;
+    /// Deletes the organization and everything scoped to it; revokes the API keys bound to it.
+    async fn delete_organization(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<DeletedOrganization>;
+    /// The user's organizations after `after` (by id), with the user's role keys in each.
+    async fn list_memberships(
+        &self,
+        user_id: Uuid,
+        only: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Organization, Vec<String>)>>;
+    /// The member's role keys; `None` when the user is not a member.
+    async fn find_member_roles(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<Vec<String>>>;
+    /// Members after `after` (by user id).
+    async fn list_members(
+        &self,
+        organization_id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Member>>;
+    async fn count_members(&self, organization_id: Uuid) -> Result<u64>;
+    async fn find_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<Option<Member>>;
+    /// Fails with `ALREADY_MEMBER`.
+    async fn insert_member(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role_keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Replaces the member's roles, atomically refusing (`LAST_OWNER`) to leave the organization
+    /// without an owner.
+    async fn replace_member_roles(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role_keys: &[String],
+    ) -> Result<()>;
+    /// Makes `to` an owner and `from` an admin, atomically.
+    async fn transfer_ownership(&self, organization_id: Uuid, from: Uuid, to: Uuid) -> Result<()>;
+    /// Removes the member, atomically refusing (`LAST_OWNER`) to remove the last owner.
+    async fn delete_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()>;
+    async fn list_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>>;
+    /// Fails with `ROLE_NAME_TAKEN`.
+    async fn insert_role(&self, role: &CustomRole) -> Result<()>;
+    /// Fails with `ROLE_NAME_TAKEN`.
+    async fn update_role(&self, role: &CustomRole) -> Result<()>;
+    /// Deletes the role and its assignments; answers the members who held it.
+    async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>>;
+}
+
+pub fn organization_not_found() -> Error {
+    Error::not_found("ORGANIZATION_NOT_FOUND", "no such organization")
+}
+
+pub fn member_not_found() -> Error {
+    Error::not_found("MEMBER_NOT_FOUND", "no such member in this organization")
+}
+
+pub fn last_owner() -> Error {
+    Error::new(
+        super::error::ErrorKind::FailedPrecondition,
+        "LAST_OWNER",
+        "an organization keeps at least one owner: make another member an owner first",
+    )
+}
+
+pub fn slug_taken() -> Error {
+    Error::already_exists(
+        "SLUG_TAKEN",
+        "an organization with this slug already exists",
+    )
+}

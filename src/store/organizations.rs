@@ -1,0 +1,625 @@
+//! `OrganizationStore` on SQL. Changes to roles lock the organization row first (a no-op
+//! update: a row lock on PostgreSQL, the write lock on SQLite), so two concurrent demotions
+//! cannot leave an organization without an owner.
+
+use super::{SqlStore, database_error, is_unique_violation, with_pool};
+use crate::domain::error::{Error, Result};
+use crate::domain::tenancy::permissions::PermissionSet;
+use crate::domain::tenancy::{
+    CustomRole, DeletedOrganization, Member, Organization, OrganizationStore, Settings, last_owner,
+    slug_taken,
+};
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct OrganizationRow {
+    id: Uuid,
+    name: String,
+    slug: String,
+    settings: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<OrganizationRow> for Organization {
+    type Error = Error;
+
+    fn try_from(row: OrganizationRow) -> Result<Self> {
+        Ok(Organization {
+            id: row.id,
+            name: row.name,
+            slug: row.slug,
+            settings: serde_json::from_str::<Settings>(&row.settings).map_err(Error::internal)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    user_id: Uuid,
+    email: String,
+    full_name: String,
+    joined_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct RoleRow {
+    id: Uuid,
+    organization_id: Uuid,
+    name: String,
+    description: String,
+    permissions: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<RoleRow> for CustomRole {
+    fn from(row: RoleRow) -> Self {
+        CustomRole {
+            id: row.id,
+            organization_id: row.organization_id,
+            name: row.name,
+            description: row.description,
+            permissions: row.permissions.split_whitespace().collect(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+fn permission_text(permissions: PermissionSet) -> String {
+    permissions.names().join(" ")
+}
+
+fn settings_text(settings: &Settings) -> Result<String> {
+    serde_json::to_string(settings).map_err(Error::internal)
+}
+
+fn role_name_taken() -> Error {
+    Error::already_exists(
+        "ROLE_NAME_TAKEN",
+        "this organization already has a role with this name",
+    )
+}
+
+const SELECT_ORGANIZATION: &str =
+    "SELECT o.id, o.name, o.slug, o.settings, o.created_at, o.updated_at FROM organizations o";
+
+const SELECT_MEMBER: &str = "SELECT m.user_id, u.email, u.full_name, m.joined_at \
+     FROM organization_members m JOIN users u ON u.id = m.user_id";
+
+const SELECT_ROLE: &str = "SELECT id, organization_id, name, description, permissions, \
+     created_at, updated_at FROM roles";
+
+/// Takes the organization's write lock inside a transaction.
+const LOCK_ORGANIZATION: &str = "UPDATE organizations SET updated_at = updated_at WHERE id = $1";
+
+const COUNT_OWNERS: &str =
+    "SELECT COUNT(*) FROM member_roles WHERE organization_id = $1 AND role_key = 'owner'";
+
+/// Groups (key, role) rows into role lists per key.
+fn group_roles(rows: Vec<(Uuid, String)>) -> HashMap<Uuid, Vec<String>> {
+    let mut grouped: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for (key, role) in rows {
+        grouped.entry(key).or_default().push(role);
+    }
+    grouped
+}
+
+#[async_trait::async_trait]
+impl OrganizationStore for SqlStore {
+    async fn insert_organization(&self, organization: &Organization, owner: Uuid) -> Result<()> {
+        let settings = settings_text(&organization.settings)?;
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO organizations (id, name, slug, settings, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(organization.id)
+            .bind(&organization.name)
+            .bind(&organization.slug)
+            .bind(&settings)
+            .bind(organization.created_at)
+            .bind(organization.updated_at)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO organization_members (organization_id, user_id, joined_at) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(organization.id)
+            .bind(owner)
+            .bind(organization.created_at)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO member_roles (organization_id, user_id, role_key) \
+                 VALUES ($1, $2, 'owner')",
+            )
+            .bind(organization.id)
+            .bind(owner)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await
+        }
+        .await)
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                slug_taken()
+            } else {
+                database_error(error)
+            }
+        })
+    }
+
+    async fn find_organization(&self, id: Uuid) -> Result<Option<Organization>> {
+        let row: Option<OrganizationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("{SELECT_ORGANIZATION} WHERE o.id = $1")))
+                .bind(id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        row.map(Organization::try_from).transpose()
+    }
+
+    async fn update_organization(&self, organization: &Organization) -> Result<()> {
+        let settings = settings_text(&organization.settings)?;
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE organizations SET name = $2, slug = $3, settings = $4, updated_at = $5 \
+                 WHERE id = $1",
+            )
+            .bind(organization.id)
+            .bind(&organization.name)
+            .bind(&organization.slug)
+            .bind(&settings)
+            .bind(organization.updated_at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                slug_taken()
+            } else {
+                database_error(error)
+            }
+        })
+    }
+
+    async fn delete_organization(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<DeletedOrganization> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            let member_ids: Vec<(Uuid,)> = sqlx::query_as(
+                "SELECT user_id FROM organization_members WHERE organization_id = $1",
+            )
+            .bind(id)
+            .fetch_all(&mut *transaction)
+            .await?;
+            let prefixes: Vec<(String,)> = sqlx::query_as(
+                "UPDATE api_keys SET revoked_at = $2 \
+                 WHERE organization_id = $1 AND revoked_at IS NULL RETURNING prefix",
+            )
+            .bind(id)
+            .bind(now)
+            .fetch_all(&mut *transaction)
+            .await?;
+            sqlx::query("DELETE FROM organizations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok(DeletedOrganization {
+                member_ids: member_ids.into_iter().map(|(id,)| id).collect(),
+                revoked_api_key_prefixes: prefixes.into_iter().map(|(prefix,)| prefix).collect(),
+            })
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn list_memberships(
+        &self,
+        user_id: Uuid,
+        only: Option<Uuid>,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<(Organization, Vec<String>)>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (rows, role_rows): (Vec<OrganizationRow>, Vec<(Uuid, String)>) =
+            with_pool!(self, pool => async {
+            let rows: Vec<OrganizationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_ORGANIZATION} JOIN organization_members m ON m.organization_id = o.id \
+                 WHERE m.user_id = $1 AND ($2 IS NULL OR o.id = $2) AND ($3 IS NULL OR o.id > $3) \
+                 ORDER BY o.id LIMIT $4"
+            )))
+            .bind(user_id)
+            .bind(only)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                return Ok((rows, Vec::new()));
+            };
+            let role_rows = sqlx::query_as(
+                "SELECT organization_id, role_key FROM member_roles \
+                 WHERE user_id = $1 AND organization_id >= $2 AND organization_id <= $3",
+            )
+            .bind(user_id)
+            .bind(first.id)
+            .bind(last.id)
+            .fetch_all(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((rows, role_rows))
+        }
+        .await)
+            .map_err(database_error)?;
+        let mut roles = group_roles(role_rows);
+        rows.into_iter()
+            .map(|row| {
+                let role_keys = roles.remove(&row.id).unwrap_or_default();
+                Ok((Organization::try_from(row)?, role_keys))
+            })
+            .collect()
+    }
+
+    async fn find_member_roles(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<Vec<String>>> {
+        let (member, roles): (Option<(Uuid,)>, Vec<(String,)>) = with_pool!(self, pool => async {
+            let member = sqlx::query_as(
+                "SELECT user_id FROM organization_members \
+                 WHERE organization_id = $1 AND user_id = $2",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?;
+            let roles = sqlx::query_as(
+                "SELECT role_key FROM member_roles \
+                 WHERE organization_id = $1 AND user_id = $2 ORDER BY role_key",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((member, roles))
+        }
+        .await)
+        .map_err(database_error)?;
+        Ok(member.map(|_| roles.into_iter().map(|(role,)| role).collect()))
+    }
+
+    async fn list_members(
+        &self,
+        organization_id: Uuid,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Member>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (rows, role_rows): (Vec<MemberRow>, Vec<(Uuid, String)>) =
+            with_pool!(self, pool => async {
+            let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_MEMBER} WHERE m.organization_id = $1 AND ($2 IS NULL OR m.user_id > $2) \
+                 ORDER BY m.user_id LIMIT $3"
+            )))
+            .bind(organization_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+                return Ok((rows, Vec::new()));
+            };
+            let role_rows = sqlx::query_as(
+                "SELECT user_id, role_key FROM member_roles \
+                 WHERE organization_id = $1 AND user_id >= $2 AND user_id <= $3 \
+                 ORDER BY role_key",
+            )
+            .bind(organization_id)
+            .bind(first.user_id)
+            .bind(last.user_id)
+            .fetch_all(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((rows, role_rows))
+        }
+        .await)
+            .map_err(database_error)?;
+        let mut roles = group_roles(role_rows);
+        Ok(rows
+            .into_iter()
+            .map(|row| Member {
+                role_keys: roles.remove(&row.user_id).unwrap_or_default(),
+                user_id: row.user_id,
+                email: row.email,
+                full_name: row.full_name,
+                joined_at: row.joined_at,
+            })
+            .collect())
+    }
+
+    async fn count_members(&self, organization_id: Uuid) -> Result<u64> {
+        let (count,): (i64,) = with_pool!(self, pool => {
+            sqlx::query_as("SELECT COUNT(*) FROM organization_members WHERE organization_id = $1")
+                .bind(organization_id)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn find_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<Option<Member>> {
+        let row: Option<MemberRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_MEMBER} WHERE m.organization_id = $1 AND m.user_id = $2"
+            )))
+            .bind(organization_id)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let role_keys = self
+            .find_member_roles(organization_id, user_id)
+            .await?
+            .unwrap_or_default();
+        Ok(Some(Member {
+            user_id: row.user_id,
+            email: row.email,
+            full_name: row.full_name,
+            role_keys,
+            joined_at: row.joined_at,
+        }))
+    }
+
+    async fn insert_member(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role_keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO organization_members (organization_id, user_id, joined_at) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?;
+            for role_key in role_keys {
+                sqlx::query(
+                    "INSERT INTO member_roles (organization_id, user_id, role_key) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(organization_id)
+                .bind(user_id)
+                .bind(role_key)
+                .execute(&mut *transaction)
+                .await?;
+            }
+            transaction.commit().await
+        }
+        .await)
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                Error::already_exists("ALREADY_MEMBER", "the user is already a member")
+            } else {
+                database_error(error)
+            }
+        })
+    }
+
+    async fn replace_member_roles(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role_keys: &[String],
+    ) -> Result<()> {
+        let owners_left: i64 = with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(LOCK_ORGANIZATION)
+                .bind(organization_id)
+                .execute(&mut *transaction)
+                .await?;
+            sqlx::query("DELETE FROM member_roles WHERE organization_id = $1 AND user_id = $2")
+                .bind(organization_id)
+                .bind(user_id)
+                .execute(&mut *transaction)
+                .await?;
+            for role_key in role_keys {
+                sqlx::query(
+                    "INSERT INTO member_roles (organization_id, user_id, role_key) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(organization_id)
+                .bind(user_id)
+                .bind(role_key)
+                .execute(&mut *transaction)
+                .await?;
+            }
+            let (owners,): (i64,) = sqlx::query_as(COUNT_OWNERS)
+                .bind(organization_id)
+                .fetch_one(&mut *transaction)
+                .await?;
+            if owners > 0 {
+                transaction.commit().await?;
+            }
+            Ok::<_, sqlx::Error>(owners)
+        }
+        .await)
+        .map_err(database_error)?;
+        if owners_left == 0 {
+            return Err(last_owner());
+        }
+        Ok(())
+    }
+
+    async fn transfer_ownership(&self, organization_id: Uuid, from: Uuid, to: Uuid) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(LOCK_ORGANIZATION)
+                .bind(organization_id)
+                .execute(&mut *transaction)
+                .await?;
+            for (user_id, role_key) in [(to, "owner"), (from, "admin")] {
+                sqlx::query("DELETE FROM member_roles WHERE organization_id = $1 AND user_id = $2")
+                    .bind(organization_id)
+                    .bind(user_id)
+                    .execute(&mut *transaction)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO member_roles (organization_id, user_id, role_key) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(organization_id)
+                .bind(user_id)
+                .bind(role_key)
+                .execute(&mut *transaction)
+                .await?;
+            }
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn delete_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()> {
+        let owners_left: i64 = with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(LOCK_ORGANIZATION)
+                .bind(organization_id)
+                .execute(&mut *transaction)
+                .await?;
+            sqlx::query(
+                "DELETE FROM organization_members WHERE organization_id = $1 AND user_id = $2",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .execute(&mut *transaction)
+            .await?;
+            let (owners,): (i64,) = sqlx::query_as(COUNT_OWNERS)
+                .bind(organization_id)
+                .fetch_one(&mut *transaction)
+                .await?;
+            if owners > 0 {
+                transaction.commit().await?;
+            }
+            Ok::<_, sqlx::Error>(owners)
+        }
+        .await)
+        .map_err(database_error)?;
+        if owners_left == 0 {
+            return Err(last_owner());
+        }
+        Ok(())
+    }
+
+    async fn list_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>> {
+        let rows: Vec<RoleRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_ROLE} WHERE organization_id = $1 ORDER BY name"
+            )))
+            .bind(organization_id)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(CustomRole::from).collect())
+    }
+
+    async fn insert_role(&self, role: &CustomRole) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO roles (id, organization_id, name, description, permissions, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(role.id)
+            .bind(role.organization_id)
+            .bind(&role.name)
+            .bind(&role.description)
+            .bind(permission_text(role.permissions))
+            .bind(role.created_at)
+            .bind(role.updated_at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                role_name_taken()
+            } else {
+                database_error(error)
+            }
+        })
+    }
+
+    async fn update_role(&self, role: &CustomRole) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE roles SET name = $3, description = $4, permissions = $5, updated_at = $6 \
+                 WHERE id = $1 AND organization_id = $2",
+            )
+            .bind(role.id)
+            .bind(role.organization_id)
+            .bind(&role.name)
+            .bind(&role.description)
+            .bind(permission_text(role.permissions))
+            .bind(role.updated_at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|error| {
+            if is_unique_violation(&error) {
+                role_name_taken()
+            } else {
+                database_error(error)
+            }
+        })
+    }
+
+    async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>> {
+        let role_key = role_id.to_string();
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            let holders: Vec<(Uuid,)> = sqlx::query_as(
+                "DELETE FROM member_roles WHERE organization_id = $1 AND role_key = $2 \
+                 RETURNING user_id",
+            )
+            .bind(organization_id)
+            .bind(&role_key)
+            .fetch_all(&mut *transaction)
+            .await?;
+            sqlx::query("DELETE FROM roles WHERE id = $1 AND organization_id = $2")
+                .bind(role_id)
+                .bind(organization_id)
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok(holders.into_iter().map(|(user_id,)| user_id).collect())
+        }
+        .await)
+        .map_err(database_error)
+    }
+}
