@@ -11,10 +11,12 @@ use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
+use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
 use crate::domain::page::PageTokens;
 use crate::domain::secret::Keyring;
 use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::totp::TotpService;
@@ -38,6 +40,7 @@ pub struct Services {
     access: Arc<AccessControl>,
     organizations: Arc<OrganizationService>,
     roles: Arc<RoleService>,
+    invitations: Arc<InvitationService>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
@@ -107,7 +110,7 @@ impl Services {
             Arc::new(store.clone()),
             access.clone(),
             api_keys.clone(),
-            pages,
+            pages.clone(),
             clock.clone(),
         ));
         let roles = Arc::new(RoleService::new(
@@ -126,6 +129,16 @@ impl Services {
                 )
             }
         };
+        let mailer: Arc<dyn Mailer> = Arc::new(MailQueue::start(delivery));
+        let invitations = Arc::new(InvitationService::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            access.clone(),
+            mailer.clone(),
+            pages,
+            clock.clone(),
+            config.public_url.clone(),
+        ));
         let totp = Arc::new(TotpService::new(
             Arc::new(store.clone()),
             Arc::new(store.clone()),
@@ -141,7 +154,7 @@ impl Services {
                     api_keys: api_keys.clone(),
                     totp: totp.clone(),
                     one_time_tokens: Arc::new(store.clone()),
-                    mailer: Arc::new(MailQueue::start(delivery)),
+                    mailer,
                     hasher,
                     tokens: jwt.clone(),
                     cache,
@@ -174,6 +187,7 @@ impl Services {
             access,
             organizations,
             roles,
+            invitations,
             outbox,
             store,
             redis,
@@ -212,6 +226,7 @@ impl Keel {
             access: services.access.clone(),
             organizations: services.organizations.clone(),
             roles: services.roles.clone(),
+            invitations: services.invitations.clone(),
             outbox: services.outbox.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

@@ -17,6 +17,7 @@ use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
 use crate::domain::mail::Outbox;
 use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::totp::TotpService;
@@ -32,6 +33,7 @@ use metrics::Metrics;
 use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
+use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
@@ -54,6 +56,7 @@ pub struct ApiDependencies {
     pub access: Arc<AccessControl>,
     pub organizations: Arc<OrganizationService>,
     pub roles: Arc<RoleService>,
+    pub invitations: Arc<InvitationService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -94,6 +97,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<RoleServiceServer<grpc::RoleApi>>()
         .await;
+    health_reporter
+        .set_serving::<InvitationServiceServer<grpc::InvitationApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -119,6 +125,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(RoleServiceServer::new(grpc::RoleApi::new(
         dependencies.roles.clone(),
+    )))
+    .add_service(InvitationServiceServer::new(grpc::InvitationApi::new(
+        dependencies.invitations.clone(),
     )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)

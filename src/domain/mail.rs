@@ -39,6 +39,7 @@ pub enum Template {
     VerifyEmail,
     ResetPassword,
     MagicLink,
+    Invitation,
 }
 
 impl Template {
@@ -59,18 +60,29 @@ impl Template {
                 include_str!("../../templates/mail/magic_link.txt"),
                 include_str!("../../templates/mail/magic_link.html"),
             ),
+            Template::Invitation => (
+                "You are invited to join an organization",
+                include_str!("../../templates/mail/invitation.txt"),
+                include_str!("../../templates/mail/invitation.html"),
+            ),
         }
     }
 
-    /// Renders the message for `to`, filling `{{name}}`, `{{link}}` and `{{minutes}}`.
-    pub fn render(&self, to: &str, name: &str, link: &str, minutes: i64) -> OutgoingMail {
+    /// Renders the message for `to`, filling each `{{placeholder}}` of `values` (`name`
+    /// falls back to "there").
+    pub fn render(&self, to: &str, values: &[(&str, &str)]) -> OutgoingMail {
         let (subject, text, html) = self.parts();
-        let display = if name.is_empty() { "there" } else { name };
         let fill = |template: &str, escape: fn(&str) -> String| {
-            template
-                .replace("{{name}}", &escape(display))
-                .replace("{{link}}", &escape(link))
-                .replace("{{minutes}}", &minutes.to_string())
+            values
+                .iter()
+                .fold(template.to_owned(), |filled, (key, value)| {
+                    let value = if *key == "name" && value.is_empty() {
+                        "there"
+                    } else {
+                        value
+                    };
+                    filled.replace(&format!("{{{{{key}}}}}"), &escape(value))
+                })
         };
         OutgoingMail {
             to: to.to_owned(),
@@ -97,9 +109,11 @@ mod tests {
     fn templates_fill_and_escape() {
         let mail = Template::ResetPassword.render(
             "a@example.com",
-            "<Ada>",
-            "https://keel.test/reset-password?token=abc&x=1",
-            60,
+            &[
+                ("name", "<Ada>"),
+                ("link", "https://keel.test/reset-password?token=abc&x=1"),
+                ("minutes", "60"),
+            ],
         );
         assert!(mail.text.contains("<Ada>"));
         assert!(

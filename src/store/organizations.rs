@@ -389,6 +389,21 @@ impl OrganizationStore for SqlStore {
         }))
     }
 
+    async fn is_member_by_email(&self, organization_id: Uuid, email: &str) -> Result<bool> {
+        let found: Option<(Uuid,)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT m.user_id FROM organization_members m JOIN users u ON u.id = m.user_id \
+                 WHERE m.organization_id = $1 AND u.email = $2",
+            )
+            .bind(organization_id)
+            .bind(email)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(found.is_some())
+    }
+
     async fn insert_member(
         &self,
         organization_id: Uuid,

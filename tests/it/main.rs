@@ -9,6 +9,7 @@ mod api_keys;
 mod cli;
 mod contract;
 mod device_sessions;
+mod invitations;
 mod mail_flows;
 mod organizations;
 mod rest_errors;

@@ -4,6 +4,7 @@
 mod admin;
 mod api_key;
 mod auth;
+mod invitation;
 mod organization;
 mod role;
 mod session;
@@ -12,6 +13,7 @@ mod totp;
 pub use admin::AdminApi;
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
+pub use invitation::InvitationApi;
 pub use organization::OrganizationApi;
 pub use role::RoleApi;
 pub use session::SessionApi;

@@ -101,11 +101,14 @@ impl LinkMailer {
             )
             .await?;
         let link = format!("{}{}?token={token}", self.link_base_url, purpose.path());
+        let minutes = purpose.lifetime().num_minutes().to_string();
         Ok(purpose.template().render(
             &user.email,
-            &user.full_name,
-            &link,
-            purpose.lifetime().num_minutes(),
+            &[
+                ("name", &user.full_name),
+                ("link", &link),
+                ("minutes", &minutes),
+            ],
         ))
     }
 

@@ -1,0 +1,396 @@
+//! Invitations by email. The link's token is stored only as a digest; only the user whose
+//! verified email is the invited address can accept, and accepting again changes nothing.
+
+use super::access::{Access, AccessControl};
+use super::permissions::SystemRole;
+use super::{OrganizationStore, organization_not_found};
+use crate::domain::clock::{Clock, truncate_to_micros};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::mail::{Mailer, Template};
+use crate::domain::page::{Page, PageTokens};
+use crate::domain::principal::Principal;
+use crate::domain::secret;
+use crate::domain::user::EmailAddress;
+use chrono::{DateTime, Duration, Utc};
+use std::sync::Arc;
+use uuid::Uuid;
+
+const DEFAULT_VALID_DAYS: i32 = 7;
+const MAX_VALID_DAYS: i32 = 30;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invitation {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub organization_name: String,
+    pub email: String,
+    pub role_keys: Vec<String>,
+    pub invited_by: Option<Uuid>,
+    pub valid_days: i32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub accepted_by: Option<Uuid>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvitationStatus {
+    Pending,
+    Accepted,
+    Revoked,
+    Expired,
+}
+
+impl Invitation {
+    pub fn status(&self, now: DateTime<Utc>) -> InvitationStatus {
+        if self.accepted_at.is_some() {
+            InvitationStatus::Accepted
+        } else if self.revoked_at.is_some() {
+            InvitationStatus::Revoked
+        } else if self.expires_at <= now {
+            InvitationStatus::Expired
+        } else {
+            InvitationStatus::Pending
+        }
+    }
+}
+
+#[async_trait::async_trait]
+pub trait InvitationStore: Send + Sync {
+    /// Inserts the invitation, revoking any pending one to the same address in the
+    /// organization.
+    async fn insert_invitation(
+        &self,
+        invitation: &Invitation,
+        token_digest: &[u8; 32],
+    ) -> Result<()>;
+    async fn find_invitation(&self, organization_id: Uuid, id: Uuid) -> Result<Option<Invitation>>;
+    async fn find_invitation_by_token(&self, token_digest: &[u8; 32])
+    -> Result<Option<Invitation>>;
+    /// Newest first, before `before` (by id).
+    async fn list_invitations(
+        &self,
+        organization_id: Uuid,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Invitation>>;
+    /// Pending invitations to `email` at `now`, newest first.
+    async fn list_pending_invitations(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>>;
+    /// A new token and expiry.
+    async fn renew_invitation(
+        &self,
+        id: Uuid,
+        token_digest: &[u8; 32],
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    async fn revoke_invitation(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Marks the invitation accepted and makes the user a member with `role_keys` (an
+    /// existing member keeps their roles), atomically.
+    async fn accept_invitation(
+        &self,
+        invitation: &Invitation,
+        user_id: Uuid,
+        role_keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<()>;
+}
+
+fn invitation_not_found() -> Error {
+    Error::not_found("INVITATION_NOT_FOUND", "no such invitation")
+}
+
+fn invitation_closed() -> Error {
+    Error::new(
+        ErrorKind::FailedPrecondition,
+        "INVITATION_CLOSED",
+        "the invitation was already accepted or revoked",
+    )
+}
+
+pub struct InvitationService {
+    store: Arc<dyn InvitationStore>,
+    organizations: Arc<dyn OrganizationStore>,
+    access: Arc<AccessControl>,
+    mailer: Arc<dyn Mailer>,
+    pages: Arc<PageTokens>,
+    clock: Arc<dyn Clock>,
+    link_base_url: String,
+}
+
+impl InvitationService {
+    pub fn new(
+        store: Arc<dyn InvitationStore>,
+        organizations: Arc<dyn OrganizationStore>,
+        access: Arc<AccessControl>,
+        mailer: Arc<dyn Mailer>,
+        pages: Arc<PageTokens>,
+        clock: Arc<dyn Clock>,
+        link_base_url: String,
+    ) -> Self {
+        Self {
+            store,
+            organizations,
+            access,
+            mailer,
+            pages,
+            clock,
+            link_base_url,
+        }
+    }
+
+    pub async fn create(
+        &self,
+        access: &Access,
+        email: &str,
+        roles: &[String],
+        expires_in_days: Option<i32>,
+    ) -> Result<Invitation> {
+        let valid_days = expires_in_days.unwrap_or(DEFAULT_VALID_DAYS);
+        let mut violations = Vec::new();
+        let email = EmailAddress::parse(email)
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        if !(1..=MAX_VALID_DAYS).contains(&valid_days) {
+            violations.push(FieldViolation::new(
+                "expires_in_days",
+                "INVALID_EXPIRY",
+                format!("must be between 1 and {MAX_VALID_DAYS}"),
+            ));
+        }
+        let Some(email) = email.filter(|_| violations.is_empty()) else {
+            return Err(Error::invalid_fields(violations));
+        };
+        let role_keys = if roles.is_empty() {
+            vec![SystemRole::Member.name().to_owned()]
+        } else {
+            self.access
+                .resolve_roles(access.organization_id, "roles", roles)
+                .await?
+        };
+        access.ensure_covers(
+            self.access
+                .permissions_of(access.organization_id, &role_keys)
+                .await?,
+        )?;
+        let organization = self
+            .organizations
+            .find_organization(access.organization_id)
+            .await?
+            .ok_or_else(organization_not_found)?;
+        if self
+            .organizations
+            .is_member_by_email(access.organization_id, email.as_str())
+            .await?
+        {
+            return Err(Error::already_exists(
+                "ALREADY_MEMBER",
+                "this address belongs to a member already",
+            ));
+        }
+        let now = truncate_to_micros(self.clock.now());
+        let invitation = Invitation {
+            id: Uuid::now_v7(),
+            organization_id: organization.id,
+            organization_name: organization.name,
+            email: email.as_str().to_owned(),
+            role_keys,
+            invited_by: Some(access.user_id()),
+            valid_days,
+            created_at: now,
+            expires_at: now + Duration::days(valid_days.into()),
+            accepted_at: None,
+            accepted_by: None,
+            revoked_at: None,
+        };
+        let token = secret::generate();
+        self.store
+            .insert_invitation(&invitation, &secret::digest(&token))
+            .await?;
+        self.mail(access, &invitation, &token);
+        tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation sent");
+        Ok(invitation)
+    }
+
+    fn mail(&self, access: &Access, invitation: &Invitation, token: &str) {
+        let inviter = &access.principal.user;
+        let inviter = if inviter.full_name.is_empty() {
+            inviter.email.clone()
+        } else {
+            format!("{} ({})", inviter.full_name, inviter.email)
+        };
+        let link = format!("{}/accept-invitation?token={token}", self.link_base_url);
+        let mail = Template::Invitation.render(
+            &invitation.email,
+            &[
+                ("inviter", &inviter),
+                ("organization", &invitation.organization_name),
+                ("link", &link),
+                ("days", &invitation.valid_days.to_string()),
+            ],
+        );
+        self.mailer
+            .send_later(Box::pin(async move { Ok(Some(mail)) }));
+    }
+
+    pub async fn list(
+        &self,
+        access: &Access,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<Invitation>> {
+        let list = format!("invitations:{}", access.organization_id);
+        let request = self.pages.request(&list, page_size, page_token)?;
+        let rows = self
+            .store
+            .list_invitations(access.organization_id, request.after, request.fetch_limit())
+            .await?;
+        Ok(self
+            .pages
+            .page(&list, request, rows, |invitation| invitation.id))
+    }
+
+    pub async fn get(&self, access: &Access, id: &str) -> Result<Invitation> {
+        let id = Uuid::parse_str(id.trim()).map_err(|_| invitation_not_found())?;
+        self.store
+            .find_invitation(access.organization_id, id)
+            .await?
+            .ok_or_else(invitation_not_found)
+    }
+
+    pub async fn resend(&self, access: &Access, id: &str) -> Result<Invitation> {
+        let mut invitation = self.get(access, id).await?;
+        let now = truncate_to_micros(self.clock.now());
+        if matches!(
+            invitation.status(now),
+            InvitationStatus::Accepted | InvitationStatus::Revoked
+        ) {
+            return Err(invitation_closed());
+        }
+        let token = secret::generate();
+        invitation.expires_at = now + Duration::days(invitation.valid_days.into());
+        self.store
+            .renew_invitation(
+                invitation.id,
+                &secret::digest(&token),
+                invitation.expires_at,
+            )
+            .await?;
+        self.mail(access, &invitation, &token);
+        Ok(invitation)
+    }
+
+    pub async fn revoke(&self, access: &Access, id: &str) -> Result<()> {
+        let invitation = self.get(access, id).await?;
+        let now = truncate_to_micros(self.clock.now());
+        if matches!(
+            invitation.status(now),
+            InvitationStatus::Accepted | InvitationStatus::Revoked
+        ) {
+            return Err(invitation_closed());
+        }
+        self.store.revoke_invitation(invitation.id, now).await?;
+        tracing::info!(organization_id = %access.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation revoked");
+        Ok(())
+    }
+
+    fn ensure_verified(caller: &Principal) -> Result<()> {
+        if caller.user.email_verified {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::FailedPrecondition,
+            "EMAIL_NOT_VERIFIED",
+            "verify your email address first: invitations go to verified addresses only",
+        ))
+    }
+
+    pub async fn list_mine(&self, caller: &Principal) -> Result<Vec<Invitation>> {
+        caller.session_id()?;
+        Self::ensure_verified(caller)?;
+        self.store
+            .list_pending_invitations(&caller.user.email, self.clock.now())
+            .await
+    }
+
+    /// Joins the caller to the invitation's organization; answers it with the caller's role
+    /// names there.
+    pub async fn accept(&self, caller: &Principal, token: &str) -> Result<(Uuid, Vec<String>)> {
+        caller.session_id()?;
+        let invitation = self
+            .store
+            .find_invitation_by_token(&secret::digest(token.trim()))
+            .await?
+            .ok_or_else(invitation_not_found)?;
+        if invitation.email != caller.user.email {
+            return Err(Error::permission_denied(
+                "INVITATION_EMAIL_MISMATCH",
+                "this invitation is for another email address",
+            ));
+        }
+        Self::ensure_verified(caller)?;
+        let now = truncate_to_micros(self.clock.now());
+        match invitation.status(now) {
+            InvitationStatus::Revoked => return Err(invitation_not_found()),
+            InvitationStatus::Accepted if invitation.accepted_by != Some(caller.user.id) => {
+                return Err(invitation_not_found());
+            }
+            InvitationStatus::Expired => {
+                return Err(Error::new(
+                    ErrorKind::FailedPrecondition,
+                    "INVITATION_EXPIRED",
+                    "the invitation expired: ask for a new one",
+                ));
+            }
+            InvitationStatus::Accepted => {}
+            InvitationStatus::Pending => {
+                let custom_roles = self.access.custom_roles(invitation.organization_id).await?;
+                let mut role_keys: Vec<String> = invitation
+                    .role_keys
+                    .iter()
+                    .filter(|key| {
+                        SystemRole::parse(key).is_some()
+                            || custom_roles.iter().any(|role| role.id.to_string() == **key)
+                    })
+                    .cloned()
+                    .collect();
+                if role_keys.is_empty() {
+                    role_keys.push(SystemRole::Member.name().to_owned());
+                }
+                self.store
+                    .accept_invitation(&invitation, caller.user.id, &role_keys, now)
+                    .await?;
+                self.access
+                    .forget_member(invitation.organization_id, caller.user.id)
+                    .await?;
+                tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, user_id = %caller.user.id, "invitation accepted");
+            }
+        }
+        let role_keys = self
+            .organizations
+            .find_member_roles(invitation.organization_id, caller.user.id)
+            .await?
+            .unwrap_or_default();
+        let roles = self
+            .access
+            .role_names(invitation.organization_id, &role_keys)
+            .await?;
+        Ok((invitation.organization_id, roles))
+    }
+
+    /// Where the invitation stands now.
+    pub fn status(&self, invitation: &Invitation) -> InvitationStatus {
+        invitation.status(self.clock.now())
+    }
+
+    /// Role keys as names, for display.
+    pub async fn role_names(&self, invitation: &Invitation) -> Result<Vec<String>> {
+        self.access
+            .role_names(invitation.organization_id, &invitation.role_keys)
+            .await
+    }
+}

@@ -1,0 +1,243 @@
+//! `InvitationStore` on SQL.
+
+use super::{SqlStore, database_error, execute, with_pool};
+use crate::domain::error::Result;
+use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct InvitationRow {
+    id: Uuid,
+    organization_id: Uuid,
+    organization_name: String,
+    email: String,
+    role_keys: String,
+    invited_by: Option<Uuid>,
+    valid_days: i32,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    accepted_at: Option<DateTime<Utc>>,
+    accepted_by: Option<Uuid>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<InvitationRow> for Invitation {
+    fn from(row: InvitationRow) -> Self {
+        Invitation {
+            id: row.id,
+            organization_id: row.organization_id,
+            organization_name: row.organization_name,
+            email: row.email,
+            role_keys: row
+                .role_keys
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            invited_by: row.invited_by,
+            valid_days: row.valid_days,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            accepted_at: row.accepted_at,
+            accepted_by: row.accepted_by,
+            revoked_at: row.revoked_at,
+        }
+    }
+}
+
+const SELECT_INVITATION: &str = "SELECT i.id, i.organization_id, o.name AS organization_name, \
+     i.email, i.role_keys, i.invited_by, i.valid_days, i.created_at, i.expires_at, \
+     i.accepted_at, i.accepted_by, i.revoked_at \
+     FROM invitations i JOIN organizations o ON o.id = i.organization_id";
+
+#[async_trait::async_trait]
+impl InvitationStore for SqlStore {
+    async fn insert_invitation(
+        &self,
+        invitation: &Invitation,
+        token_digest: &[u8; 32],
+    ) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            sqlx::query(
+                "UPDATE invitations SET revoked_at = $3 WHERE organization_id = $1 AND email = $2 \
+                 AND accepted_at IS NULL AND revoked_at IS NULL",
+            )
+            .bind(invitation.organization_id)
+            .bind(&invitation.email)
+            .bind(invitation.created_at)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO invitations (id, organization_id, email, role_keys, token_digest, \
+                 invited_by, valid_days, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(invitation.id)
+            .bind(invitation.organization_id)
+            .bind(&invitation.email)
+            .bind(invitation.role_keys.join(" "))
+            .bind(&token_digest[..])
+            .bind(invitation.invited_by)
+            .bind(invitation.valid_days)
+            .bind(invitation.created_at)
+            .bind(invitation.expires_at)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn find_invitation(&self, organization_id: Uuid, id: Uuid) -> Result<Option<Invitation>> {
+        let row: Option<InvitationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_INVITATION} WHERE i.id = $1 AND i.organization_id = $2"
+            )))
+            .bind(id)
+            .bind(organization_id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(Invitation::from))
+    }
+
+    async fn find_invitation_by_token(
+        &self,
+        token_digest: &[u8; 32],
+    ) -> Result<Option<Invitation>> {
+        let row: Option<InvitationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_INVITATION} WHERE i.token_digest = $1"
+            )))
+            .bind(&token_digest[..])
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(Invitation::from))
+    }
+
+    async fn list_invitations(
+        &self,
+        organization_id: Uuid,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Invitation>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<InvitationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_INVITATION} WHERE i.organization_id = $1 AND ($2 IS NULL OR i.id < $2) \
+                 ORDER BY i.id DESC LIMIT $3"
+            )))
+            .bind(organization_id)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(Invitation::from).collect())
+    }
+
+    async fn list_pending_invitations(
+        &self,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Invitation>> {
+        let rows: Vec<InvitationRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_INVITATION} WHERE i.email = $1 AND i.accepted_at IS NULL \
+                 AND i.revoked_at IS NULL AND i.expires_at > $2 ORDER BY i.id DESC LIMIT 100"
+            )))
+            .bind(email)
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(Invitation::from).collect())
+    }
+
+    async fn renew_invitation(
+        &self,
+        id: Uuid,
+        token_digest: &[u8; 32],
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query("UPDATE invitations SET token_digest = $2, expires_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(&token_digest[..])
+                .bind(expires_at)
+        )
+        .map(|_| ())
+    }
+
+    async fn revoke_invitation(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query(
+                "UPDATE invitations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
+            )
+            .bind(id)
+            .bind(now)
+        )
+        .map(|_| ())
+    }
+
+    async fn accept_invitation(
+        &self,
+        invitation: &Invitation,
+        user_id: Uuid,
+        role_keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            let claimed = sqlx::query(
+                "UPDATE invitations SET accepted_at = $2, accepted_by = $3 \
+                 WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL",
+            )
+            .bind(invitation.id)
+            .bind(now)
+            .bind(user_id)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                // Accepted concurrently: that transaction made the membership.
+                return Ok(());
+            }
+            let joined = sqlx::query(
+                "INSERT INTO organization_members (organization_id, user_id, joined_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            )
+            .bind(invitation.organization_id)
+            .bind(user_id)
+            .bind(now)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+            if joined == 1 {
+                for role_key in role_keys {
+                    sqlx::query(
+                        "INSERT INTO member_roles (organization_id, user_id, role_key) \
+                         VALUES ($1, $2, $3)",
+                    )
+                    .bind(invitation.organization_id)
+                    .bind(user_id)
+                    .bind(role_key)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+            }
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+}
