@@ -19,6 +19,7 @@ use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::roles::RoleService;
+use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
 use crate::mail::{Delivery, MailQueue, MemoryOutbox};
 use crate::security::jwt::{JwtCodec, SigningKeys};
@@ -41,6 +42,7 @@ pub struct Services {
     organizations: Arc<OrganizationService>,
     roles: Arc<RoleService>,
     invitations: Arc<InvitationService>,
+    teams: Arc<TeamService>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
@@ -129,6 +131,13 @@ impl Services {
                 )
             }
         };
+        let teams = Arc::new(TeamService::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            access.clone(),
+            pages.clone(),
+            clock.clone(),
+        ));
         let mailer: Arc<dyn Mailer> = Arc::new(MailQueue::start(delivery));
         let invitations = Arc::new(InvitationService::new(
             Arc::new(store.clone()),
@@ -188,6 +197,7 @@ impl Services {
             organizations,
             roles,
             invitations,
+            teams,
             outbox,
             store,
             redis,
@@ -227,6 +237,7 @@ impl Keel {
             organizations: services.organizations.clone(),
             roles: services.roles.clone(),
             invitations: services.invitations.clone(),
+            teams: services.teams.clone(),
             outbox: services.outbox.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

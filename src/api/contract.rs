@@ -20,6 +20,15 @@ pub enum AuthRule {
     Permission(String),
 }
 
+/// The request field that names where an organization-scoped RPC acts.
+#[derive(Debug, Clone)]
+pub enum ScopeField {
+    /// `organization_id`; the `x-organization-id` header may stand in for it.
+    Organization(FieldDescriptor),
+    /// `team_id`: the team's organization is in scope, with the caller's roles in the team.
+    Team(FieldDescriptor),
+}
+
 /// What part of the request message the HTTP body carries.
 #[derive(Debug, Clone)]
 pub enum BodyRule {
@@ -43,8 +52,9 @@ pub struct Rpc {
     /// `/keel.auth.v1.AuthService/Login`.
     pub grpc_path: String,
     pub auth: AuthRule,
-    /// For organization permissions: the request field naming the organization in scope.
-    pub organization_field: Option<FieldDescriptor>,
+    /// For organization permissions: the request field naming the organization or team in
+    /// scope.
+    pub scope_field: Option<ScopeField>,
     pub success_status: http::StatusCode,
     pub bindings: Vec<HttpBinding>,
 }
@@ -116,7 +126,7 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
         }
     };
 
-    let organization_field = match &auth {
+    let scope_field = match &auth {
         AuthRule::Permission(permission) => {
             let info = permissions::find(permission)
                 .map(|index| &permissions::CATALOG[index])
@@ -126,12 +136,19 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
             if info.platform {
                 None
             } else {
-                let field = method
-                    .input()
-                    .get_field_by_name("organization_id")
-                    .filter(|field| field.kind() == prost_reflect::Kind::String && !field.is_list())
+                let string_field = |field_name: &str| {
+                    method
+                        .input()
+                        .get_field_by_name(field_name)
+                        .filter(|field| {
+                            field.kind() == prost_reflect::Kind::String && !field.is_list()
+                        })
+                };
+                let field = string_field("organization_id")
+                    .map(ScopeField::Organization)
+                    .or_else(|| string_field("team_id").map(ScopeField::Team))
                     .with_context(|| {
-                        format!("{name} requires the organization permission {permission} but its request has no string organization_id")
+                        format!("{name} requires the organization permission {permission} but its request has no string organization_id or team_id")
                     })?;
                 Some(field)
             }
@@ -162,7 +179,7 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
         grpc_path: format!("/{}/{}", method.parent_service().full_name(), method.name()),
         descriptor: method,
         auth,
-        organization_field,
+        scope_field,
         success_status,
         bindings,
     })

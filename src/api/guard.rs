@@ -6,14 +6,14 @@
 //! itself (its `organization_id`, decoded with the descriptor pool) or, when that is empty,
 //! from the `x-organization-id` header; the admitted `Access` travels on to the handler.
 
-use super::contract::{AuthRule, Contract};
+use super::contract::{AuthRule, Contract, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
 use crate::domain::Error;
 use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::Principal;
-use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::access::{AccessControl, Scope};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -31,7 +31,7 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 struct Rule {
     auth: AuthRule,
-    organization_field: Option<FieldDescriptor>,
+    scope_field: Option<ScopeField>,
 }
 
 pub struct Guard {
@@ -54,7 +54,7 @@ impl Guard {
             .map(|rpc| {
                 let rule = Rule {
                     auth: rpc.auth.clone(),
-                    organization_field: rpc.organization_field.clone(),
+                    scope_field: rpc.scope_field.clone(),
                 };
                 (rpc.grpc_path.clone(), rule)
             })
@@ -87,15 +87,27 @@ impl Guard {
                 ));
             }
         };
-        match (&rule.auth, &rule.organization_field) {
+        match (&rule.auth, &rule.scope_field) {
             (AuthRule::Session, _) => {
                 principal.session_id()?;
             }
-            (AuthRule::Permission(permission), Some(field)) => {
-                let organization_id = organization_in_scope(request, field).await?;
+            (AuthRule::Permission(permission), Some(ScopeField::Organization(field))) => {
+                let organization_id = named_in_request(request, field, ORGANIZATION_HEADER).await?;
                 let access = self
                     .access
-                    .authorize(principal.clone(), &organization_id, permission)
+                    .authorize(
+                        principal.clone(),
+                        Scope::Organization(&organization_id),
+                        permission,
+                    )
+                    .await?;
+                request.extensions_mut().insert(access);
+            }
+            (AuthRule::Permission(permission), Some(ScopeField::Team(field))) => {
+                let team_id = named_in_request(request, field, None).await?;
+                let access = self
+                    .access
+                    .authorize(principal.clone(), Scope::Team(&team_id), permission)
                     .await?;
                 request.extensions_mut().insert(access);
             }
@@ -109,16 +121,17 @@ impl Guard {
     }
 }
 
-/// The organization a request names: its `organization_id` field, else the
-/// `x-organization-id` header (both set must agree). Reads the one unary gRPC message and puts
-/// it back for tonic.
-async fn organization_in_scope(
+const ORGANIZATION_HEADER: Option<&str> = Some("x-organization-id");
+
+/// The id a request names in `field`, else in the header `header_name` (both set must agree).
+/// Reads the one unary gRPC message and puts it back for tonic.
+async fn named_in_request(
     request: &mut Request<Body>,
     field: &FieldDescriptor,
+    header_name: Option<&str>,
 ) -> Result<String, Error> {
-    let header = request
-        .headers()
-        .get("x-organization-id")
+    let header = header_name
+        .and_then(|name| request.headers().get(name))
         .and_then(|value| value.to_str().ok())
         .map(str::trim)
         .filter(|value| !value.is_empty())
@@ -141,12 +154,17 @@ async fn organization_in_scope(
             "ORGANIZATION_MISMATCH",
             "organization_id and the x-organization-id header name different organizations",
         )),
-        (Some(organization_id), _) | (None, Some(organization_id)) => Ok(organization_id),
+        (Some(id), _) | (None, Some(id)) => Ok(id),
         (None, None) => Err(Error::invalid_fields(vec![
             crate::domain::FieldViolation::new(
-                "organization_id",
-                "ORGANIZATION_REQUIRED",
-                "is required (in the request or the x-organization-id header)",
+                field.name(),
+                "SCOPE_REQUIRED",
+                match header_name {
+                    Some(header_name) => {
+                        format!("is required (in the request or the {header_name} header)")
+                    }
+                    None => "is required".to_owned(),
+                },
             ),
         ])),
     }

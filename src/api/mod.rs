@@ -20,6 +20,7 @@ use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::roles::RoleService;
+use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
 use axum::Router;
 use axum::extract::{Request, State};
@@ -37,6 +38,7 @@ use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
+use pb::keel::team::v1::team_service_server::TeamServiceServer;
 use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
@@ -57,6 +59,7 @@ pub struct ApiDependencies {
     pub organizations: Arc<OrganizationService>,
     pub roles: Arc<RoleService>,
     pub invitations: Arc<InvitationService>,
+    pub teams: Arc<TeamService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -100,6 +103,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<InvitationServiceServer<grpc::InvitationApi>>()
         .await;
+    health_reporter
+        .set_serving::<TeamServiceServer<grpc::TeamApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -128,6 +134,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(InvitationServiceServer::new(grpc::InvitationApi::new(
         dependencies.invitations.clone(),
+    )))
+    .add_service(TeamServiceServer::new(grpc::TeamApi::new(
+        dependencies.teams.clone(),
     )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)

@@ -11,7 +11,7 @@ use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::principal::Principal;
 use crate::domain::secret::{self, Keyring};
-use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::access::{AccessControl, Scope};
 use crate::domain::tenancy::permissions;
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
@@ -134,10 +134,14 @@ impl ApiKeyService {
         organization_id: Option<&str>,
     ) -> Result<(ApiKey, String)> {
         owner.session_id()?;
-        let organization_id = match organization_id {
+        let organization_id = match organization_id.filter(|id| !id.trim().is_empty()) {
             Some(organization_id) => Some(
                 self.access
-                    .authorize(owner.clone(), organization_id, "api_key:create")
+                    .authorize(
+                        owner.clone(),
+                        Scope::Organization(organization_id),
+                        "api_key:create",
+                    )
                     .await?
                     .organization_id,
             ),

@@ -7,6 +7,7 @@ mod invitations;
 mod one_time_tokens;
 mod organizations;
 mod sessions;
+mod teams;
 mod totp;
 mod users;
 

@@ -6,8 +6,8 @@ use super::{SqlStore, database_error, is_unique_violation, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::permissions::PermissionSet;
 use crate::domain::tenancy::{
-    CustomRole, DeletedOrganization, Member, Organization, OrganizationStore, Settings, last_owner,
-    slug_taken,
+    CustomRole, DeletedOrganization, Member, MemberGrants, Organization, OrganizationStore,
+    Settings, last_owner, slug_taken,
 };
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -39,11 +39,11 @@ impl TryFrom<OrganizationRow> for Organization {
 }
 
 #[derive(sqlx::FromRow)]
-struct MemberRow {
-    user_id: Uuid,
-    email: String,
-    full_name: String,
-    joined_at: DateTime<Utc>,
+pub(super) struct MemberRow {
+    pub user_id: Uuid,
+    pub email: String,
+    pub full_name: String,
+    pub joined_at: DateTime<Utc>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -102,7 +102,7 @@ const COUNT_OWNERS: &str =
     "SELECT COUNT(*) FROM member_roles WHERE organization_id = $1 AND role_key = 'owner'";
 
 /// Groups (key, role) rows into role lists per key.
-fn group_roles(rows: Vec<(Uuid, String)>) -> HashMap<Uuid, Vec<String>> {
+pub(super) fn group_roles(rows: Vec<(Uuid, String)>) -> HashMap<Uuid, Vec<String>> {
     let mut grouped: HashMap<Uuid, Vec<String>> = HashMap::new();
     for (key, role) in rows {
         grouped.entry(key).or_default().push(role);
@@ -274,12 +274,13 @@ impl OrganizationStore for SqlStore {
             .collect()
     }
 
-    async fn find_member_roles(
+    async fn find_member_grants(
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-    ) -> Result<Option<Vec<String>>> {
-        let (member, roles): (Option<(Uuid,)>, Vec<(String,)>) = with_pool!(self, pool => async {
+    ) -> Result<Option<MemberGrants>> {
+        let (member, roles, team_roles): (Option<(Uuid,)>, Vec<(String,)>, Vec<(Uuid, String)>) =
+            with_pool!(self, pool => async {
             let member = sqlx::query_as(
                 "SELECT user_id FROM organization_members \
                  WHERE organization_id = $1 AND user_id = $2",
@@ -296,11 +297,23 @@ impl OrganizationStore for SqlStore {
             .bind(user_id)
             .fetch_all(pool)
             .await?;
-            Ok::<_, sqlx::Error>((member, roles))
+            let team_roles = sqlx::query_as(
+                "SELECT r.team_id, r.role_key FROM team_members m \
+                 JOIN team_member_roles r ON r.team_id = m.team_id AND r.user_id = m.user_id \
+                 WHERE m.organization_id = $1 AND m.user_id = $2 ORDER BY r.role_key",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((member, roles, team_roles))
         }
         .await)
-        .map_err(database_error)?;
-        Ok(member.map(|_| roles.into_iter().map(|(role,)| role).collect()))
+            .map_err(database_error)?;
+        Ok(member.map(|_| MemberGrants {
+            role_keys: roles.into_iter().map(|(role,)| role).collect(),
+            team_roles: group_roles(team_roles).into_iter().collect(),
+        }))
     }
 
     async fn list_members(
@@ -377,8 +390,9 @@ impl OrganizationStore for SqlStore {
             return Ok(None);
         };
         let role_keys = self
-            .find_member_roles(organization_id, user_id)
+            .find_member_grants(organization_id, user_id)
             .await?
+            .map(|grants| grants.role_keys)
             .unwrap_or_default();
         Ok(Some(Member {
             user_id: row.user_id,
@@ -563,6 +577,17 @@ impl OrganizationStore for SqlStore {
         Ok(rows.into_iter().map(CustomRole::from).collect())
     }
 
+    async fn find_team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>> {
+        let found: Option<(Uuid,)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT organization_id FROM teams WHERE id = $1")
+                .bind(team_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(found.map(|(organization_id,)| organization_id))
+    }
+
     async fn insert_role(&self, role: &CustomRole) -> Result<()> {
         with_pool!(self, pool => {
             sqlx::query(
@@ -618,7 +643,7 @@ impl OrganizationStore for SqlStore {
         let role_key = role_id.to_string();
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
-            let holders: Vec<(Uuid,)> = sqlx::query_as(
+            let mut holders: Vec<(Uuid,)> = sqlx::query_as(
                 "DELETE FROM member_roles WHERE organization_id = $1 AND role_key = $2 \
                  RETURNING user_id",
             )
@@ -626,6 +651,16 @@ impl OrganizationStore for SqlStore {
             .bind(&role_key)
             .fetch_all(&mut *transaction)
             .await?;
+            let team_holders: Vec<(Uuid,)> = sqlx::query_as(
+                "DELETE FROM team_member_roles WHERE role_key = $2 \
+                 AND team_id IN (SELECT id FROM teams WHERE organization_id = $1) \
+                 RETURNING user_id",
+            )
+            .bind(organization_id)
+            .bind(&role_key)
+            .fetch_all(&mut *transaction)
+            .await?;
+            holders.extend(team_holders);
             sqlx::query("DELETE FROM roles WHERE id = $1 AND organization_id = $2")
                 .bind(role_id)
                 .bind(organization_id)

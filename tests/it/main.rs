@@ -16,5 +16,6 @@ mod rest_errors;
 mod roles;
 mod sessions;
 mod surface;
+mod teams;
 mod throttling;
 mod totp;

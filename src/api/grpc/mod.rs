@@ -8,6 +8,7 @@ mod invitation;
 mod organization;
 mod role;
 mod session;
+mod team;
 mod totp;
 
 pub use admin::AdminApi;
@@ -17,6 +18,7 @@ pub use invitation::InvitationApi;
 pub use organization::OrganizationApi;
 pub use role::RoleApi;
 pub use session::SessionApi;
+pub use team::TeamApi;
 pub use totp::TotpApi;
 
 use crate::api::client_address::ClientAddress;

@@ -4,7 +4,7 @@
 //! check) and forgotten on every change, so a role change applies on the next request.
 
 use super::permissions::{PermissionSet, SystemRole};
-use super::{CustomRole, OrganizationStore, organization_not_found};
+use super::{CustomRole, MemberGrants, OrganizationStore, organization_not_found, team_not_found};
 use crate::domain::cache::Cache;
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::principal::{Credential, Principal};
@@ -14,11 +14,20 @@ use uuid::Uuid;
 
 const CACHE_TTL: Duration = Duration::from_secs(300);
 
-/// A caller admitted to an organization.
+/// Where a request acts: the organization or team it names (ids as sent).
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Organization(&'a str),
+    Team(&'a str),
+}
+
+/// A caller admitted to an organization (or one of its teams).
 #[derive(Debug, Clone)]
 pub struct Access {
     pub principal: Principal,
     pub organization_id: Uuid,
+    /// The team the request addressed, for team-scoped calls.
+    pub team_id: Option<Uuid>,
     /// What the caller may do here: their roles' permissions (everything for a superuser),
     /// narrowed to an API key's scopes.
     pub permissions: PermissionSet,
@@ -63,6 +72,10 @@ fn roles_key(organization_id: Uuid) -> String {
     format!("access:roles:{organization_id}")
 }
 
+fn team_key(team_id: Uuid) -> String {
+    format!("access:team:{team_id}")
+}
+
 fn unknown_role(field: &str, role: &str) -> FieldViolation {
     FieldViolation::new(
         field,
@@ -102,32 +115,55 @@ impl AccessControl {
         Self { store, cache }
     }
 
-    /// Admits `principal` to the organization `organization_id` for `permission`. Outsiders
-    /// (and keys bound to another organization) get NOT_FOUND, so existence does not leak;
-    /// members without the permission get PERMISSION_DENIED.
+    /// Admits `principal` to the organization (or team) the request names, for
+    /// `permission`. Outsiders (and keys bound to another organization) get NOT_FOUND, so
+    /// existence does not leak; members without the permission get PERMISSION_DENIED. In a
+    /// team, the member's roles there count too.
     pub async fn authorize(
         &self,
         principal: Principal,
-        organization_id: &str,
+        scope: Scope<'_>,
         permission: &str,
     ) -> Result<Access> {
-        let organization_id =
-            Uuid::parse_str(organization_id).map_err(|_| organization_not_found())?;
+        let (organization_id, team_id, not_found): (Uuid, Option<Uuid>, fn() -> Error) = match scope
+        {
+            Scope::Organization(raw) => (
+                Uuid::parse_str(raw).map_err(|_| organization_not_found())?,
+                None,
+                organization_not_found,
+            ),
+            Scope::Team(raw) => {
+                let team_id = Uuid::parse_str(raw).map_err(|_| team_not_found())?;
+                let organization_id = self
+                    .team_organization(team_id)
+                    .await?
+                    .ok_or_else(team_not_found)?;
+                (organization_id, Some(team_id), team_not_found)
+            }
+        };
         if let Credential::ApiKey {
             organization_id: Some(bound),
             ..
         } = &principal.credential
             && *bound != organization_id
         {
-            return Err(organization_not_found());
+            return Err(not_found());
         }
-        let (role_keys, custom_roles) = self.grants(organization_id, principal.user.id).await?;
-        let held = match (&role_keys, principal.user.is_superuser) {
+        let (grants, custom_roles) = self.grants(organization_id, principal.user.id).await?;
+        let held = match (&grants, principal.user.is_superuser) {
             (_, true) => PermissionSet::all(),
-            // Membership itself lets one see the organization (and leave it), whatever the roles.
-            (Some(keys), false) => permissions_of(keys, &custom_roles)
-                .union(["organization:read"].into_iter().collect()),
-            (None, false) => return Err(organization_not_found()),
+            (Some(grants), false) => {
+                let team_roles = team_id
+                    .and_then(|team_id| grants.team_roles.get(&team_id))
+                    .into_iter()
+                    .flatten();
+                let role_keys: Vec<String> =
+                    grants.role_keys.iter().chain(team_roles).cloned().collect();
+                // Membership itself lets one see the organization (and leave it).
+                permissions_of(&role_keys, &custom_roles)
+                    .union(["organization:read"].into_iter().collect())
+            }
+            (None, false) => return Err(not_found()),
         };
         let permissions = narrow_to_credential(held, &principal);
         if !permissions.contains(permission) {
@@ -139,16 +175,37 @@ impl AccessControl {
             } else {
                 Error::permission_denied(
                     "PERMISSION_DENIED",
-                    format!("this call needs the {permission} permission in this organization"),
+                    format!("this call needs the {permission} permission here"),
                 )
             });
         }
         Ok(Access {
             principal,
             organization_id,
+            team_id,
             permissions,
-            role_keys: role_keys.unwrap_or_default(),
+            role_keys: grants.map(|grants| grants.role_keys).unwrap_or_default(),
         })
+    }
+
+    /// The organization of a team, cached (a team never moves).
+    async fn team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>> {
+        let key = team_key(team_id);
+        if let Some(organization_id) = self
+            .cache
+            .get(&key)
+            .await?
+            .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+        {
+            return Ok(Some(organization_id));
+        }
+        let found = self.store.find_team_organization(team_id).await?;
+        if let Some(organization_id) = found {
+            self.cache
+                .set(&key, organization_id.as_bytes(), CACHE_TTL)
+                .await?;
+        }
+        Ok(found)
     }
 
     /// Admits `principal` to a platform-wide `permission`: superusers only, and an API key
@@ -180,32 +237,32 @@ impl AccessControl {
         Ok(())
     }
 
-    /// The user's role keys in the organization (`None` for a non-member) and the
-    /// organization's custom roles, in one cache round trip.
+    /// The user's grants in the organization (`None` for a non-member) and the organization's
+    /// custom roles, in one cache round trip.
     async fn grants(
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-    ) -> Result<(Option<Vec<String>>, Vec<CustomRole>)> {
+    ) -> Result<(Option<MemberGrants>, Vec<CustomRole>)> {
         let keys = [
             member_key(organization_id, user_id),
             roles_key(organization_id),
         ];
         let mut cached = self.cache.get_many(&keys).await?.into_iter();
-        let role_keys = match cached
+        let grants = match cached
             .next()
             .flatten()
-            .and_then(|bytes| serde_json::from_slice::<Option<Vec<String>>>(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<Option<MemberGrants>>(&bytes).ok())
         {
-            Some(role_keys) => role_keys,
+            Some(grants) => grants,
             None => {
-                let role_keys = self
+                let grants = self
                     .store
-                    .find_member_roles(organization_id, user_id)
+                    .find_member_grants(organization_id, user_id)
                     .await?;
-                let encoded = serde_json::to_vec(&role_keys).map_err(Error::internal)?;
+                let encoded = serde_json::to_vec(&grants).map_err(Error::internal)?;
                 self.cache.set(&keys[0], &encoded, CACHE_TTL).await?;
-                role_keys
+                grants
             }
         };
         let custom_roles = match cached
@@ -216,7 +273,7 @@ impl AccessControl {
             Some(roles) => roles,
             None => self.load_custom_roles(organization_id).await?,
         };
-        Ok((role_keys, custom_roles))
+        Ok((grants, custom_roles))
     }
 
     async fn load_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>> {
@@ -295,6 +352,26 @@ impl AccessControl {
             .collect())
     }
 
+    /// Role keys for `references` (`member` when empty), refusing roles beyond the caller's
+    /// own permissions.
+    pub async fn grantable_roles(
+        &self,
+        access: &Access,
+        references: &[String],
+    ) -> Result<Vec<String>> {
+        let role_keys = if references.is_empty() {
+            vec![SystemRole::Member.name().to_owned()]
+        } else {
+            self.resolve_roles(access.organization_id, "roles", references)
+                .await?
+        };
+        access.ensure_covers(
+            self.permissions_of(access.organization_id, &role_keys)
+                .await?,
+        )?;
+        Ok(role_keys)
+    }
+
     pub async fn permissions_of(
         &self,
         organization_id: Uuid,
@@ -309,6 +386,11 @@ impl AccessControl {
         self.cache
             .delete(&member_key(organization_id, user_id))
             .await
+    }
+
+    /// Forgets a deleted team's organization.
+    pub async fn forget_team(&self, team_id: Uuid) -> Result<()> {
+        self.cache.delete(&team_key(team_id)).await
     }
 
     /// Forgets the organization's cached custom roles (after any change to them).

@@ -165,18 +165,7 @@ impl InvitationService {
         let Some(email) = email.filter(|_| violations.is_empty()) else {
             return Err(Error::invalid_fields(violations));
         };
-        let role_keys = if roles.is_empty() {
-            vec![SystemRole::Member.name().to_owned()]
-        } else {
-            self.access
-                .resolve_roles(access.organization_id, "roles", roles)
-                .await?
-        };
-        access.ensure_covers(
-            self.access
-                .permissions_of(access.organization_id, &role_keys)
-                .await?,
-        )?;
+        let role_keys = self.access.grantable_roles(access, roles).await?;
         let organization = self
             .organizations
             .find_organization(access.organization_id)
@@ -372,8 +361,9 @@ impl InvitationService {
         }
         let role_keys = self
             .organizations
-            .find_member_roles(invitation.organization_id, caller.user.id)
+            .find_member_grants(invitation.organization_id, caller.user.id)
             .await?
+            .map(|grants| grants.role_keys)
             .unwrap_or_default();
         let roles = self
             .access

@@ -7,6 +7,7 @@ pub mod invitations;
 pub mod organizations;
 pub mod permissions;
 pub mod roles;
+pub mod teams;
 
 use super::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -47,6 +48,14 @@ pub struct CustomRole {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Everything a member holds in an organization: organization-wide role keys and, per team,
+/// the role keys that apply within that team.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberGrants {
+    pub role_keys: Vec<String>,
+    pub team_roles: std::collections::BTreeMap<Uuid, Vec<String>>,
+}
+
 /// What deleting an organization took with it, for the caches to forget.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeletedOrganization {
@@ -77,12 +86,12 @@ pub trait OrganizationStore: Send + Sync {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<(Organization, Vec<String>)>>;
-    /// The member's role keys; `None` when the user is not a member.
-    async fn find_member_roles(
+    /// The member's grants; `None` when the user is not a member.
+    async fn find_member_grants(
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-    ) -> Result<Option<Vec<String>>>;
+    ) -> Result<Option<MemberGrants>>;
     /// Members after `after` (by user id).
     async fn list_members(
         &self,
@@ -115,16 +124,23 @@ pub trait OrganizationStore: Send + Sync {
     /// Removes the member, atomically refusing (`LAST_OWNER`) to remove the last owner.
     async fn delete_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()>;
     async fn list_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>>;
+    /// The organization a team belongs to.
+    async fn find_team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>>;
     /// Fails with `ROLE_NAME_TAKEN`.
     async fn insert_role(&self, role: &CustomRole) -> Result<()>;
     /// Fails with `ROLE_NAME_TAKEN`.
     async fn update_role(&self, role: &CustomRole) -> Result<()>;
-    /// Deletes the role and its assignments; answers the members who held it.
+    /// Deletes the role and its assignments (organization-wide and in teams); answers the
+    /// members who held it.
     async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>>;
 }
 
 pub fn organization_not_found() -> Error {
     Error::not_found("ORGANIZATION_NOT_FOUND", "no such organization")
+}
+
+pub fn team_not_found() -> Error {
+    Error::not_found("TEAM_NOT_FOUND", "no such team")
 }
 
 pub fn member_not_found() -> Error {

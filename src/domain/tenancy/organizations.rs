@@ -328,7 +328,7 @@ impl OrganizationService {
     ) -> Result<MemberView> {
         let user_not_found = || Error::not_found("USER_NOT_FOUND", "no such user");
         let user_id = Uuid::parse_str(user_id.trim()).map_err(|_| user_not_found())?;
-        let role_keys = self.role_keys_to_grant(access, roles).await?;
+        let role_keys = self.access.grantable_roles(access, roles).await?;
         self.users
             .find_user(user_id)
             .await?
@@ -347,23 +347,6 @@ impl OrganizationService {
             .await?;
         tracing::info!(organization_id = %access.organization_id, user_id = %user_id, by = %access.user_id(), "member added");
         self.get_member(access, &user_id.to_string()).await
-    }
-
-    /// Role keys for `roles` (`member` when empty), refusing roles beyond the caller's own.
-    async fn role_keys_to_grant(&self, access: &Access, roles: &[String]) -> Result<Vec<String>> {
-        let role_keys = if roles.is_empty() {
-            vec![SystemRole::Member.name().to_owned()]
-        } else {
-            self.access
-                .resolve_roles(access.organization_id, "roles", roles)
-                .await?
-        };
-        access.ensure_covers(
-            self.access
-                .permissions_of(access.organization_id, &role_keys)
-                .await?,
-        )?;
-        Ok(role_keys)
     }
 
     /// Refuses to touch a member whose permissions exceed the caller's.
@@ -390,7 +373,7 @@ impl OrganizationService {
         }
         let member = self.find_member(access, parse_user_id(user_id)?).await?;
         self.ensure_outranks(access, &member).await?;
-        let role_keys = self.role_keys_to_grant(access, roles).await?;
+        let role_keys = self.access.grantable_roles(access, roles).await?;
         self.store
             .replace_member_roles(access.organization_id, member.user_id, &role_keys)
             .await?;
