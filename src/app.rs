@@ -16,6 +16,7 @@ use crate::domain::mail::Outbox;
 use crate::domain::page::PageTokens;
 use crate::domain::secret::Keyring;
 use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::roles::RoleService;
@@ -43,6 +44,7 @@ pub struct Services {
     roles: Arc<RoleService>,
     invitations: Arc<InvitationService>,
     teams: Arc<TeamService>,
+    directory: Arc<UserDirectory>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
@@ -138,6 +140,11 @@ impl Services {
             pages.clone(),
             clock.clone(),
         ));
+        let directory = Arc::new(UserDirectory::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            pages.clone(),
+        ));
         let mailer: Arc<dyn Mailer> = Arc::new(MailQueue::start(delivery));
         let invitations = Arc::new(InvitationService::new(
             Arc::new(store.clone()),
@@ -198,6 +205,7 @@ impl Services {
             roles,
             invitations,
             teams,
+            directory,
             outbox,
             store,
             redis,
@@ -238,6 +246,7 @@ impl Keel {
             roles: services.roles.clone(),
             invitations: services.invitations.clone(),
             teams: services.teams.clone(),
+            directory: services.directory.clone(),
             outbox: services.outbox.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

@@ -17,6 +17,7 @@ use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
 use crate::domain::mail::Outbox;
 use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::roles::RoleService;
@@ -40,6 +41,7 @@ use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use pb::keel::team::v1::team_service_server::TeamServiceServer;
 use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
+use pb::keel::user::v1::user_service_server::UserServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
 use tower::util::BoxCloneSyncService;
@@ -60,6 +62,7 @@ pub struct ApiDependencies {
     pub roles: Arc<RoleService>,
     pub invitations: Arc<InvitationService>,
     pub teams: Arc<TeamService>,
+    pub directory: Arc<UserDirectory>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -106,6 +109,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<TeamServiceServer<grpc::TeamApi>>()
         .await;
+    health_reporter
+        .set_serving::<UserServiceServer<grpc::UserApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -137,6 +143,10 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(TeamServiceServer::new(grpc::TeamApi::new(
         dependencies.teams.clone(),
+    )))
+    .add_service(UserServiceServer::new(grpc::UserApi::new(
+        dependencies.auth.clone(),
+        dependencies.directory.clone(),
     )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)

@@ -83,6 +83,15 @@ pub struct UserCredentials {
     pub password_hash: String,
 }
 
+/// Filters of the user directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserQuery {
+    /// Case-insensitive part of the email or the name; empty for all.
+    pub text: String,
+    pub is_active: Option<bool>,
+    pub is_superuser: Option<bool>,
+}
+
 #[async_trait::async_trait]
 pub trait UserStore: Send + Sync {
     /// Fails with `AlreadyExists`/`EMAIL_TAKEN` when the email is taken.
@@ -100,6 +109,16 @@ pub trait UserStore: Send + Sync {
         password_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// Users matching `query` after `after` (by id).
+    async fn list_users(
+        &self,
+        query: &UserQuery,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<User>>;
+    async fn update_full_name(&self, id: Uuid, full_name: &str, now: DateTime<Utc>) -> Result<()>;
+    async fn set_superuser(&self, id: Uuid, is_superuser: bool, now: DateTime<Utc>) -> Result<()>;
+    async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
 }
 
 pub fn email_taken() -> Error {

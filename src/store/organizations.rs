@@ -403,6 +403,29 @@ impl OrganizationStore for SqlStore {
         }))
     }
 
+    async fn shares_organization(
+        &self,
+        user: Uuid,
+        other: Uuid,
+        within: Option<Uuid>,
+    ) -> Result<bool> {
+        let found: Option<(Uuid,)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT a.organization_id FROM organization_members a \
+                 JOIN organization_members b ON b.organization_id = a.organization_id \
+                 WHERE a.user_id = $1 AND b.user_id = $2 \
+                 AND ($3 IS NULL OR a.organization_id = $3) LIMIT 1",
+            )
+            .bind(user)
+            .bind(other)
+            .bind(within)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(found.is_some())
+    }
+
     async fn is_member_by_email(&self, organization_id: Uuid, email: &str) -> Result<bool> {
         let found: Option<(Uuid,)> = with_pool!(self, pool => {
             sqlx::query_as(

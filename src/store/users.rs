@@ -2,7 +2,7 @@
 
 use super::{SqlStore, database_error, execute, is_unique_violation, with_pool};
 use crate::domain::error::Result;
-use crate::domain::user::{EmailAddress, User, UserCredentials, UserStore, email_taken};
+use crate::domain::user::{EmailAddress, User, UserCredentials, UserQuery, UserStore, email_taken};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -126,6 +126,76 @@ impl UserStore for SqlStore {
             sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(password_hash)
+                .bind(now)
+        )
+        .map(|_| ())
+    }
+
+    async fn list_users(
+        &self,
+        query: &UserQuery,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<User>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let escaped = query
+            .text
+            .trim()
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let pattern = format!("%{escaped}%");
+        let rows: Vec<UserRow> = with_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "{SELECT_USER} WHERE ($1 IS NULL OR id > $1) \
+                 AND (LOWER(email) LIKE $2 ESCAPE '\\' OR LOWER(full_name) LIKE $2 ESCAPE '\\') \
+                 AND ($3 IS NULL OR is_active = $3) AND ($4 IS NULL OR is_superuser = $4) \
+                 ORDER BY id LIMIT $5"
+            )))
+            .bind(after)
+            .bind(&pattern)
+            .bind(query.is_active)
+            .bind(query.is_superuser)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| UserCredentials::from(row).user)
+            .collect())
+    }
+
+    async fn update_full_name(&self, id: Uuid, full_name: &str, now: DateTime<Utc>) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query("UPDATE users SET full_name = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(full_name)
+                .bind(now)
+        )
+        .map(|_| ())
+    }
+
+    async fn set_superuser(&self, id: Uuid, is_superuser: bool, now: DateTime<Utc>) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query("UPDATE users SET is_superuser = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(is_superuser)
+                .bind(now)
+        )
+        .map(|_| ())
+    }
+
+    async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query("UPDATE users SET is_active = $2, updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(false)
                 .bind(now)
         )
         .map(|_| ())

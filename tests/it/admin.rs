@@ -30,7 +30,7 @@ fn bearer(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {token}"))
 }
 
-async fn create_superuser(app: &TestApp, email: &str) {
+pub async fn create_superuser(app: &TestApp, email: &str) {
     let services = Services::build(&app.config, Arc::new(SystemClock))
         .await
         .unwrap();

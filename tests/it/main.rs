@@ -19,3 +19,4 @@ mod surface;
 mod teams;
 mod throttling;
 mod totp;
+mod users;

@@ -10,6 +10,7 @@ mod role;
 mod session;
 mod team;
 mod totp;
+mod user;
 
 pub use admin::AdminApi;
 pub use api_key::ApiKeyApi;
@@ -20,6 +21,7 @@ pub use role::RoleApi;
 pub use session::SessionApi;
 pub use team::TeamApi;
 pub use totp::TotpApi;
+pub use user::UserApi;
 
 use crate::api::client_address::ClientAddress;
 use crate::api::pb::keel::user::v1 as user_pb;

@@ -1,5 +1,6 @@
 //! Sign-up, sign-in, sessions and the tokens that carry them.
 
+mod accounts;
 mod device;
 mod links;
 mod session;

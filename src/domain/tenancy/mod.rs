@@ -3,6 +3,7 @@
 //! roles in each.
 
 pub mod access;
+pub mod directory;
 pub mod invitations;
 pub mod organizations;
 pub mod permissions;
@@ -101,6 +102,13 @@ pub trait OrganizationStore: Send + Sync {
     ) -> Result<Vec<Member>>;
     async fn count_members(&self, organization_id: Uuid) -> Result<u64>;
     async fn find_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<Option<Member>>;
+    /// Whether two users are members of a common organization (of `within`, when given).
+    async fn shares_organization(
+        &self,
+        user: Uuid,
+        other: Uuid,
+        within: Option<Uuid>,
+    ) -> Result<bool>;
     /// Whether a member's account has this (normalized) email address.
     async fn is_member_by_email(&self, organization_id: Uuid, email: &str) -> Result<bool>;
     /// Fails with `ALREADY_MEMBER`.

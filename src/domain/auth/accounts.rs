@@ -1,0 +1,86 @@
+//! Account changes: the caller's profile, and the platform administration of accounts (soft
+//! deletion, superuser rights). Each drops the cached user record, so the change applies on
+//! the user's next request.
+
+use super::AuthService;
+use crate::domain::clock::truncate_to_micros;
+use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::principal::Principal;
+use crate::domain::user::{User, parse_full_name};
+use uuid::Uuid;
+
+fn user_not_found() -> Error {
+    Error::not_found("USER_NOT_FOUND", "no such user")
+}
+
+fn cannot_change_self() -> Error {
+    Error::new(
+        ErrorKind::FailedPrecondition,
+        "CANNOT_CHANGE_SELF",
+        "superusers cannot delete themselves or drop their own rights; ask another superuser",
+    )
+}
+
+impl AuthService {
+    /// Changes the caller's display name.
+    pub async fn update_profile(
+        &self,
+        caller: &Principal,
+        full_name: Option<&str>,
+    ) -> Result<User> {
+        caller.session_id()?;
+        if let Some(full_name) = full_name {
+            let full_name = parse_full_name(full_name)
+                .map_err(|violation| Error::invalid_fields(vec![violation]))?;
+            self.users
+                .update_full_name(
+                    caller.user.id,
+                    &full_name,
+                    truncate_to_micros(self.clock.now()),
+                )
+                .await?;
+            self.forget_user(caller.user.id).await?;
+        }
+        self.load_user(caller.user.id).await
+    }
+
+    /// The account a superuser acts on, never their own.
+    async fn other_user(&self, caller: &Principal, user_id: &str) -> Result<User> {
+        let user_id = Uuid::parse_str(user_id.trim()).map_err(|_| user_not_found())?;
+        if user_id == caller.user.id {
+            return Err(cannot_change_self());
+        }
+        self.users
+            .find_user(user_id)
+            .await?
+            .ok_or_else(user_not_found)
+    }
+
+    /// Deactivates an account and revokes its sessions; its API keys stop working with it.
+    pub async fn delete_user(&self, caller: &Principal, user_id: &str) -> Result<()> {
+        let user = self.other_user(caller, user_id).await?;
+        self.users
+            .deactivate_user(user.id, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.forget_user(user.id).await?;
+        self.revoke_sessions_of(user.id, None).await?;
+        tracing::info!(user_id = %user.id, by = %caller.user.id, "user deleted");
+        Ok(())
+    }
+
+    /// Grants or revokes platform superuser rights.
+    pub async fn set_superuser(
+        &self,
+        caller: &Principal,
+        user_id: &str,
+        is_superuser: bool,
+    ) -> Result<User> {
+        let user = self.other_user(caller, user_id).await?;
+        self.users
+            .set_superuser(user.id, is_superuser, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.forget_user(user.id).await?;
+        tracing::info!(user_id = %user.id, by = %caller.user.id, is_superuser, "superuser rights changed");
+        self.load_user(user.id).await
+    }
+}
