@@ -17,8 +17,9 @@ use crate::domain::page::PageTokens;
 use crate::domain::secret::Keyring;
 use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
-use crate::domain::tenancy::invitations::InvitationService;
+use crate::domain::tenancy::invitations::{InvitationPorts, InvitationService};
 use crate::domain::tenancy::organizations::OrganizationService;
+use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
@@ -45,6 +46,7 @@ pub struct Services {
     invitations: Arc<InvitationService>,
     teams: Arc<TeamService>,
     directory: Arc<UserDirectory>,
+    quotas: Arc<QuotaService>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     redis: Option<Arc<RedisCache>>,
@@ -109,11 +111,19 @@ impl Services {
             access.clone(),
         ));
         let pages = Arc::new(PageTokens::new(keyring.clone()));
+        let quotas = Arc::new(QuotaService::new(
+            Arc::new(store.clone()),
+            Arc::new(store.clone()),
+            cache.clone(),
+            pages.clone(),
+            clock.clone(),
+        ));
         let organizations = Arc::new(OrganizationService::new(
             Arc::new(store.clone()),
             Arc::new(store.clone()),
             access.clone(),
             api_keys.clone(),
+            quotas.clone(),
             pages.clone(),
             clock.clone(),
         ));
@@ -147,12 +157,15 @@ impl Services {
         ));
         let mailer: Arc<dyn Mailer> = Arc::new(MailQueue::start(delivery));
         let invitations = Arc::new(InvitationService::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            access.clone(),
-            mailer.clone(),
-            pages,
-            clock.clone(),
+            InvitationPorts {
+                store: Arc::new(store.clone()),
+                organizations: Arc::new(store.clone()),
+                access: access.clone(),
+                quotas: quotas.clone(),
+                mailer: mailer.clone(),
+                pages,
+                clock: clock.clone(),
+            },
             config.public_url.clone(),
         ));
         let totp = Arc::new(TotpService::new(
@@ -206,6 +219,7 @@ impl Services {
             invitations,
             teams,
             directory,
+            quotas,
             outbox,
             store,
             redis,
@@ -231,6 +245,7 @@ pub struct Keel {
     services: Services,
     router: axum::Router,
     listener: TcpListener,
+    usage_flush_interval: std::time::Duration,
 }
 
 impl Keel {
@@ -247,6 +262,7 @@ impl Keel {
             invitations: services.invitations.clone(),
             teams: services.teams.clone(),
             directory: services.directory.clone(),
+            quotas: services.quotas.clone(),
             outbox: services.outbox.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
@@ -269,6 +285,7 @@ impl Keel {
             services,
             router,
             listener,
+            usage_flush_interval: std::time::Duration::from_secs(config.usage_flush_seconds.into()),
         })
     }
 
@@ -282,6 +299,8 @@ impl Keel {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let purge = tokio::spawn(purge_ended_sessions(self.services.auth.clone()));
+        let quotas = self.services.quotas.clone();
+        let flush = tokio::spawn(flush_usage(quotas.clone(), self.usage_flush_interval));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -289,8 +308,23 @@ impl Keel {
             .with_graceful_shutdown(shutdown)
             .await?;
         purge.abort();
+        flush.abort();
+        if let Err(error) = quotas.flush().await {
+            tracing::warn!(%error, "writing usage counters at shutdown failed");
+        }
         self.services.close().await;
         Ok(())
+    }
+}
+
+/// Writes the usage counters from the cache to the database every `interval`.
+async fn flush_usage(quotas: Arc<QuotaService>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = quotas.flush().await {
+            tracing::warn!(%error, "writing usage counters failed; kept for the next flush");
+        }
     }
 }
 

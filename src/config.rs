@@ -93,6 +93,10 @@ pub struct Settings {
     /// How long a locked account stays locked, in minutes [default: 15]
     #[arg(long, env = "KEEL_LOCKOUT_MINUTES")]
     pub lockout_minutes: Option<String>,
+    /// Seconds between writes of the usage counters (API calls) from the cache to the
+    /// database [default: 10]
+    #[arg(long, env = "KEEL_USAGE_FLUSH_SECONDS")]
+    pub usage_flush_seconds: Option<String>,
     /// Sign-in attempts per minute, per client address and per account [default: 20]
     #[arg(long, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
     pub rate_limit_auth_per_minute: Option<String>,
@@ -156,6 +160,7 @@ impl Settings {
             require_verified_email,
             lockout_threshold,
             lockout_minutes,
+            usage_flush_seconds,
             rate_limit_auth_per_minute,
             trusted_proxies,
             cors_allowed_origins,
@@ -195,6 +200,7 @@ pub struct Config {
     pub require_verified_email: bool,
     pub lockout_threshold: u32,
     pub lockout_minutes: u32,
+    pub usage_flush_seconds: u32,
     pub rate_limit_auth_per_minute: u32,
     pub trusted_proxies: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
@@ -404,6 +410,11 @@ impl Config {
                 text(&settings.lockout_minutes),
                 "KEEL_LOCKOUT_MINUTES",
                 15,
+            )?,
+            usage_flush_seconds: parse_positive(
+                text(&settings.usage_flush_seconds),
+                "KEEL_USAGE_FLUSH_SECONDS",
+                10,
             )?,
             rate_limit_auth_per_minute: parse_positive(
                 text(&settings.rate_limit_auth_per_minute),

@@ -14,6 +14,7 @@ use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::Principal;
 use crate::domain::tenancy::access::{AccessControl, Scope};
+use crate::domain::tenancy::quotas::QuotaService;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -38,6 +39,7 @@ pub struct Guard {
     rules: HashMap<String, Rule>,
     auth: Arc<AuthService>,
     access: Arc<AccessControl>,
+    quotas: Arc<QuotaService>,
     metrics: Arc<Metrics>,
 }
 
@@ -46,6 +48,7 @@ impl Guard {
         contract: &Contract,
         auth: Arc<AuthService>,
         access: Arc<AccessControl>,
+        quotas: Arc<QuotaService>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let rules = contract
@@ -63,6 +66,7 @@ impl Guard {
             rules,
             auth,
             access,
+            quotas,
             metrics,
         }
     }
@@ -91,24 +95,27 @@ impl Guard {
             (AuthRule::Session, _) => {
                 principal.session_id()?;
             }
-            (AuthRule::Permission(permission), Some(ScopeField::Organization(field))) => {
-                let organization_id = named_in_request(request, field, ORGANIZATION_HEADER).await?;
-                let access = self
-                    .access
-                    .authorize(
-                        principal.clone(),
-                        Scope::Organization(&organization_id),
-                        permission,
-                    )
-                    .await?;
-                request.extensions_mut().insert(access);
-            }
-            (AuthRule::Permission(permission), Some(ScopeField::Team(field))) => {
-                let team_id = named_in_request(request, field, None).await?;
-                let access = self
-                    .access
-                    .authorize(principal.clone(), Scope::Team(&team_id), permission)
-                    .await?;
+            (AuthRule::Permission(permission), Some(scope_field)) => {
+                let access = match scope_field {
+                    ScopeField::Organization(field) => {
+                        let id = named_in_request(request, field, ORGANIZATION_HEADER).await?;
+                        let scope = Scope::Organization(&id);
+                        self.access
+                            .authorize(principal.clone(), scope, permission)
+                            .await?
+                    }
+                    ScopeField::Team(field) => {
+                        let id = named_in_request(request, field, None).await?;
+                        let scope = Scope::Team(&id);
+                        self.access
+                            .authorize(principal.clone(), scope, permission)
+                            .await?
+                    }
+                };
+                // Quota reads stay open over the limit, so an organization can see why.
+                if !permission.starts_with("quota:") {
+                    self.quotas.meter_api_call(access.organization_id).await?;
+                }
                 request.extensions_mut().insert(access);
             }
             (AuthRule::Permission(permission), None) => {

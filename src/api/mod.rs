@@ -20,6 +20,7 @@ use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
+use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
@@ -37,6 +38,7 @@ use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
+use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use pb::keel::team::v1::team_service_server::TeamServiceServer;
@@ -63,6 +65,7 @@ pub struct ApiDependencies {
     pub invitations: Arc<InvitationService>,
     pub teams: Arc<TeamService>,
     pub directory: Arc<UserDirectory>,
+    pub quotas: Arc<QuotaService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -112,6 +115,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     health_reporter
         .set_serving::<UserServiceServer<grpc::UserApi>>()
         .await;
+    health_reporter
+        .set_serving::<QuotaServiceServer<grpc::QuotaApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -148,6 +154,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         dependencies.auth.clone(),
         dependencies.directory.clone(),
     )))
+    .add_service(QuotaServiceServer::new(grpc::QuotaApi::new(
+        dependencies.quotas.clone(),
+    )))
     .add_service(reflection().build_v1()?)
     .add_service(reflection().build_v1alpha()?)
     .add_service(health_service)
@@ -159,6 +168,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             &contract,
             dependencies.auth.clone(),
             dependencies.access.clone(),
+            dependencies.quotas.clone(),
             metrics.clone(),
         ))
         .layer(routes),

@@ -61,7 +61,7 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64> {
+    async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64> {
         let now = Instant::now();
         let mut entries = self.entries();
         let live = entries
@@ -71,8 +71,8 @@ impl Cache for MemoryCache {
                 Some((<[u8; 8]>::try_from(value.as_slice()).ok()?, *expires))
             });
         let (count, expires) = match live {
-            Some((bytes, expires)) => (u64::from_le_bytes(bytes) + 1, expires),
-            None => (1, now + ttl),
+            Some((bytes, expires)) => (u64::from_le_bytes(bytes).saturating_add(by), expires),
+            None => (by, now + ttl),
         };
         entries.insert(key.to_owned(), (count.to_le_bytes().to_vec(), expires));
         Ok(count)
@@ -95,10 +95,11 @@ mod tests {
             cache.get_many(&keys).await?,
             vec![None, Some(b"1".to_vec()), None]
         );
-        assert_eq!(cache.increment("n", Duration::from_secs(60)).await?, 1);
-        assert_eq!(cache.increment("n", Duration::from_secs(60)).await?, 2);
-        assert_eq!(cache.increment("gone", Duration::ZERO).await?, 1);
-        assert_eq!(cache.increment("gone", Duration::ZERO).await?, 1);
+        assert_eq!(cache.increment("n", 1, Duration::from_secs(60)).await?, 1);
+        assert_eq!(cache.increment("n", 5, Duration::from_secs(60)).await?, 6);
+        assert_eq!(cache.increment("n", 0, Duration::from_secs(60)).await?, 6);
+        assert_eq!(cache.increment("gone", 1, Duration::ZERO).await?, 1);
+        assert_eq!(cache.increment("gone", 1, Duration::ZERO).await?, 1);
         cache.delete("a").await?;
         assert_eq!(cache.get("a").await?, None);
         Ok(())

@@ -80,10 +80,11 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64> {
+    async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64> {
         let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let by = i64::try_from(by).unwrap_or(i64::MAX);
         self.client
-            .eval::<u64, _, _, _>(INCREMENT_SCRIPT, vec![self.key(key)], vec![millis])
+            .eval::<u64, _, _, _>(INCREMENT_SCRIPT, vec![self.key(key)], vec![millis, by])
             .await
             .map_err(redis_error)
     }
@@ -97,9 +98,10 @@ impl Cache for RedisCache {
     }
 }
 
-/// INCR that sets the expiry when it creates the counter, atomically and in one round trip.
-const INCREMENT_SCRIPT: &str = "local count = redis.call('INCR', KEYS[1]) \
-    if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+/// INCRBY that sets the expiry when the counter has none (it was just created), atomically
+/// and in one round trip.
+const INCREMENT_SCRIPT: &str = "local count = redis.call('INCRBY', KEYS[1], ARGV[2]) \
+    if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
     return count";
 
 #[async_trait::async_trait]

@@ -11,6 +11,7 @@ pub trait Cache: Send + Sync {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
-    /// Adds one to a counter and answers the new count; a new counter lives for `ttl`.
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64>;
+    /// Adds `by` to a counter (0 reads it) and answers the new count; a new counter lives for
+    /// `ttl`.
+    async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64>;
 }

@@ -1,8 +1,10 @@
 //! `InvitationStore` on SQL.
 
+use super::organizations::{COUNT_MEMBERS, LOCK_ORGANIZATION};
 use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::error::Result;
 use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
+use crate::domain::tenancy::quotas::QuotaService;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -195,9 +197,14 @@ impl InvitationStore for SqlStore {
         user_id: Uuid,
         role_keys: &[String],
         now: DateTime<Utc>,
+        max_members: i64,
     ) -> Result<()> {
-        with_pool!(self, pool => async {
+        let within_limit = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
+            sqlx::query(LOCK_ORGANIZATION)
+                .bind(invitation.organization_id)
+                .execute(&mut *transaction)
+                .await?;
             let claimed = sqlx::query(
                 "UPDATE invitations SET accepted_at = $2, accepted_by = $3 \
                  WHERE id = $1 AND accepted_at IS NULL AND revoked_at IS NULL",
@@ -210,7 +217,7 @@ impl InvitationStore for SqlStore {
             .rows_affected();
             if claimed == 0 {
                 // Accepted concurrently: that transaction made the membership.
-                return Ok(());
+                return Ok(true);
             }
             let joined = sqlx::query(
                 "INSERT INTO organization_members (organization_id, user_id, joined_at) \
@@ -223,6 +230,13 @@ impl InvitationStore for SqlStore {
             .await?
             .rows_affected();
             if joined == 1 {
+                let (members,): (i64,) = sqlx::query_as(COUNT_MEMBERS)
+                    .bind(invitation.organization_id)
+                    .fetch_one(&mut *transaction)
+                    .await?;
+                if members > max_members {
+                    return Ok(false);
+                }
                 for role_key in role_keys {
                     sqlx::query(
                         "INSERT INTO member_roles (organization_id, user_id, role_key) \
@@ -235,9 +249,14 @@ impl InvitationStore for SqlStore {
                     .await?;
                 }
             }
-            transaction.commit().await
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>(true)
         }
         .await)
-        .map_err(database_error)
+        .map_err(database_error)?;
+        if !within_limit {
+            return Err(QuotaService::member_limit_error(max_members));
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@ mod api_keys;
 mod invitations;
 mod one_time_tokens;
 mod organizations;
+mod quotas;
 mod sessions;
 mod teams;
 mod totp;

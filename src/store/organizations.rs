@@ -5,6 +5,7 @@
 use super::{SqlStore, database_error, is_unique_violation, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::permissions::PermissionSet;
+use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::{
     CustomRole, DeletedOrganization, Member, MemberGrants, Organization, OrganizationStore,
     Settings, last_owner, slug_taken,
@@ -96,7 +97,11 @@ const SELECT_ROLE: &str = "SELECT id, organization_id, name, description, permis
      created_at, updated_at FROM roles";
 
 /// Takes the organization's write lock inside a transaction.
-const LOCK_ORGANIZATION: &str = "UPDATE organizations SET updated_at = updated_at WHERE id = $1";
+pub(super) const LOCK_ORGANIZATION: &str =
+    "UPDATE organizations SET updated_at = updated_at WHERE id = $1";
+
+pub(super) const COUNT_MEMBERS: &str =
+    "SELECT COUNT(*) FROM organization_members WHERE organization_id = $1";
 
 const COUNT_OWNERS: &str =
     "SELECT COUNT(*) FROM member_roles WHERE organization_id = $1 AND role_key = 'owner'";
@@ -447,9 +452,14 @@ impl OrganizationStore for SqlStore {
         user_id: Uuid,
         role_keys: &[String],
         now: DateTime<Utc>,
+        max_members: i64,
     ) -> Result<()> {
-        with_pool!(self, pool => async {
+        let within_limit = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
+            sqlx::query(LOCK_ORGANIZATION)
+                .bind(organization_id)
+                .execute(&mut *transaction)
+                .await?;
             sqlx::query(
                 "INSERT INTO organization_members (organization_id, user_id, joined_at) \
                  VALUES ($1, $2, $3)",
@@ -459,6 +469,13 @@ impl OrganizationStore for SqlStore {
             .bind(now)
             .execute(&mut *transaction)
             .await?;
+            let (members,): (i64,) = sqlx::query_as(COUNT_MEMBERS)
+                .bind(organization_id)
+                .fetch_one(&mut *transaction)
+                .await?;
+            if members > max_members {
+                return Ok(false);
+            }
             for role_key in role_keys {
                 sqlx::query(
                     "INSERT INTO member_roles (organization_id, user_id, role_key) \
@@ -470,7 +487,8 @@ impl OrganizationStore for SqlStore {
                 .execute(&mut *transaction)
                 .await?;
             }
-            transaction.commit().await
+            transaction.commit().await?;
+            Ok(true)
         }
         .await)
         .map_err(|error| {
@@ -479,7 +497,11 @@ impl OrganizationStore for SqlStore {
             } else {
                 database_error(error)
             }
-        })
+        })?;
+        if !within_limit {
+            return Err(QuotaService::member_limit_error(max_members));
+        }
+        Ok(())
     }
 
     async fn replace_member_roles(

@@ -17,7 +17,7 @@ backend_tests!(
 );
 
 /// Registers, verifies and signs in `email` (its verification is mail number 1).
-async fn verified_user(app: &TestApp, email: &str) -> (String, Tokens) {
+pub async fn verified_user(app: &TestApp, email: &str) -> (String, Tokens) {
     let (id, tokens) = user(app, email).await;
     verify(app, email).await;
     (id, tokens)

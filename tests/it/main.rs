@@ -12,6 +12,7 @@ mod device_sessions;
 mod invitations;
 mod mail_flows;
 mod organizations;
+mod quotas;
 mod rest_errors;
 mod roles;
 mod sessions;

@@ -76,7 +76,7 @@ impl AuthService {
         for key in subjects {
             let attempts = self
                 .cache
-                .increment(&key, std::time::Duration::from_secs(60))
+                .increment(&key, 1, std::time::Duration::from_secs(60))
                 .await?;
             if attempts > u64::from(self.settings.throttle.attempts_per_minute) {
                 return Err(Error {
@@ -106,7 +106,10 @@ impl AuthService {
         let window = duration
             .to_std()
             .unwrap_or(std::time::Duration::from_secs(900));
-        let failures = self.cache.increment(&failures_key(account), window).await?;
+        let failures = self
+            .cache
+            .increment(&failures_key(account), 1, window)
+            .await?;
         if failures < u64::from(self.settings.throttle.lockout_threshold) {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 
 use super::access::{Access, AccessControl};
 use super::permissions::SystemRole;
+use super::quotas::QuotaService;
 use super::{OrganizationStore, organization_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
@@ -90,13 +91,15 @@ pub trait InvitationStore: Send + Sync {
     ) -> Result<()>;
     async fn revoke_invitation(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
     /// Marks the invitation accepted and makes the user a member with `role_keys` (an
-    /// existing member keeps their roles), atomically.
+    /// existing member keeps their roles), atomically; fails with `QUOTA_EXCEEDED` (nothing
+    /// written) when the organization would have more than `max_members`.
     async fn accept_invitation(
         &self,
         invitation: &Invitation,
         user_id: Uuid,
         role_keys: &[String],
         now: DateTime<Utc>,
+        max_members: i64,
     ) -> Result<()>;
 }
 
@@ -112,33 +115,39 @@ fn invitation_closed() -> Error {
     )
 }
 
+/// What the invitation use cases work with.
+pub struct InvitationPorts {
+    pub store: Arc<dyn InvitationStore>,
+    pub organizations: Arc<dyn OrganizationStore>,
+    pub access: Arc<AccessControl>,
+    pub quotas: Arc<QuotaService>,
+    pub mailer: Arc<dyn Mailer>,
+    pub pages: Arc<PageTokens>,
+    pub clock: Arc<dyn Clock>,
+}
+
 pub struct InvitationService {
     store: Arc<dyn InvitationStore>,
     organizations: Arc<dyn OrganizationStore>,
     access: Arc<AccessControl>,
+    quotas: Arc<QuotaService>,
     mailer: Arc<dyn Mailer>,
     pages: Arc<PageTokens>,
     clock: Arc<dyn Clock>,
+    /// Where mailed links point: `<link_base_url>/accept-invitation?token=…`.
     link_base_url: String,
 }
 
 impl InvitationService {
-    pub fn new(
-        store: Arc<dyn InvitationStore>,
-        organizations: Arc<dyn OrganizationStore>,
-        access: Arc<AccessControl>,
-        mailer: Arc<dyn Mailer>,
-        pages: Arc<PageTokens>,
-        clock: Arc<dyn Clock>,
-        link_base_url: String,
-    ) -> Self {
+    pub fn new(ports: InvitationPorts, link_base_url: String) -> Self {
         Self {
-            store,
-            organizations,
-            access,
-            mailer,
-            pages,
-            clock,
+            store: ports.store,
+            organizations: ports.organizations,
+            access: ports.access,
+            quotas: ports.quotas,
+            mailer: ports.mailer,
+            pages: ports.pages,
+            clock: ports.clock,
             link_base_url,
         }
     }
@@ -350,8 +359,13 @@ impl InvitationService {
                 if role_keys.is_empty() {
                     role_keys.push(SystemRole::Member.name().to_owned());
                 }
+                let max_members = self
+                    .quotas
+                    .limits(invitation.organization_id)
+                    .await?
+                    .max_users;
                 self.store
-                    .accept_invitation(&invitation, caller.user.id, &role_keys, now)
+                    .accept_invitation(&invitation, caller.user.id, &role_keys, now, max_members)
                     .await?;
                 self.access
                     .forget_member(invitation.organization_id, caller.user.id)

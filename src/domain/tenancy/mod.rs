@@ -7,6 +7,7 @@ pub mod directory;
 pub mod invitations;
 pub mod organizations;
 pub mod permissions;
+pub mod quotas;
 pub mod roles;
 pub mod teams;
 
@@ -111,13 +112,15 @@ pub trait OrganizationStore: Send + Sync {
     ) -> Result<bool>;
     /// Whether a member's account has this (normalized) email address.
     async fn is_member_by_email(&self, organization_id: Uuid, email: &str) -> Result<bool>;
-    /// Fails with `ALREADY_MEMBER`.
+    /// Fails with `ALREADY_MEMBER`, or `QUOTA_EXCEEDED` (nothing written) when the
+    /// organization would have more than `max_members`.
     async fn insert_member(
         &self,
         organization_id: Uuid,
         user_id: Uuid,
         role_keys: &[String],
         now: DateTime<Utc>,
+        max_members: i64,
     ) -> Result<()>;
     /// Replaces the member's roles, atomically refusing (`LAST_OWNER`) to leave the organization
     /// without an owner.

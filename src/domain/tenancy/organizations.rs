@@ -4,6 +4,7 @@
 
 use super::access::{Access, AccessControl};
 use super::permissions::SystemRole;
+use super::quotas::QuotaService;
 use super::{
     DeletedOrganization, Member, Organization, OrganizationStore, Settings, member_not_found,
     organization_not_found,
@@ -36,6 +37,7 @@ pub struct OrganizationService {
     users: Arc<dyn UserStore>,
     access: Arc<AccessControl>,
     api_keys: Arc<ApiKeyService>,
+    quotas: Arc<QuotaService>,
     pages: Arc<PageTokens>,
     clock: Arc<dyn Clock>,
 }
@@ -90,6 +92,7 @@ impl OrganizationService {
         users: Arc<dyn UserStore>,
         access: Arc<AccessControl>,
         api_keys: Arc<ApiKeyService>,
+        quotas: Arc<QuotaService>,
         pages: Arc<PageTokens>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -98,6 +101,7 @@ impl OrganizationService {
             users,
             access,
             api_keys,
+            quotas,
             pages,
             clock,
         }
@@ -334,12 +338,14 @@ impl OrganizationService {
             .await?
             .filter(|user| user.is_active)
             .ok_or_else(user_not_found)?;
+        let max_members = self.quotas.limits(access.organization_id).await?.max_users;
         self.store
             .insert_member(
                 access.organization_id,
                 user_id,
                 &role_keys,
                 truncate_to_micros(self.clock.now()),
+                max_members,
             )
             .await?;
         self.access
