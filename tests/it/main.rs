@@ -10,6 +10,7 @@ mod cli;
 mod contract;
 mod device_sessions;
 mod invitations;
+mod isolation;
 mod mail_flows;
 mod organizations;
 mod quotas;

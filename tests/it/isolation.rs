@@ -1,0 +1,494 @@
+//! Tenant isolation. Organization A is set up with a member, a viewer, a team, a custom role,
+//! an invitation and an organization-bound API key. Then every organization-scoped RPC of the
+//! contract (the test fails if a new one is not listed here) is tried against A's resources,
+//! on gRPC and on REST:
+//! - by the owner of organization B, who must get NOT_FOUND (existence does not leak), also
+//!   when addressing A's resources through B's own organization id, and with B's bound key;
+//! - by A's viewer, for every RPC whose permission a viewer lacks: PERMISSION_DENIED.
+//!
+//! Afterwards everything A owns reads exactly as before.
+
+use crate::backend_tests;
+use crate::harness::{Backend, TestApp, Tokens, with_token};
+use crate::invitations::verified_user;
+use crate::organizations::{add_member, create_organization, user};
+use bytes::{Buf, BufMut};
+use keel::api::contract::{BodyRule, Contract, Rpc};
+use keel::api::rest::path_template::Segment;
+use keel::domain::tenancy::permissions::SystemRole;
+use prost::Message;
+use prost_reflect::DynamicMessage;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+backend_tests!(no_tenant_reaches_another);
+
+/// Request templates per RPC; `{org}`, `{team}`, `{role}`, `{invitation}`, `{owner}` and
+/// `{attacker}` are replaced by the ids of the scenario.
+fn templates() -> BTreeMap<&'static str, Value> {
+    let org = json!("{org}");
+    let team = json!("{team}");
+    BTreeMap::from([
+        (
+            "keel.organization.v1.OrganizationService/GetOrganization",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/UpdateOrganization",
+            json!({ "organization_id": org, "name": "Pwned" }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/DeleteOrganization",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/TransferOwnership",
+            json!({ "organization_id": org, "user_id": "{attacker}" }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/ListMembers",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/GetMember",
+            json!({ "organization_id": org, "user_id": "{owner}" }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/AddMember",
+            json!({ "organization_id": org, "user_id": "{attacker}", "roles": ["owner"] }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/UpdateMember",
+            json!({ "organization_id": org, "user_id": "{owner}", "roles": ["viewer"] }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/RemoveMember",
+            json!({ "organization_id": org, "user_id": "{owner}" }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/LeaveOrganization",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.role.v1.RoleService/ListRoles",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.role.v1.RoleService/GetRole",
+            json!({ "organization_id": org, "role": "{role}" }),
+        ),
+        (
+            "keel.role.v1.RoleService/CreateRole",
+            json!({ "organization_id": org, "name": "evil", "permissions": ["member:read"] }),
+        ),
+        (
+            "keel.role.v1.RoleService/UpdateRole",
+            json!({ "organization_id": org, "role": "{role}", "name": "evil" }),
+        ),
+        (
+            "keel.role.v1.RoleService/DeleteRole",
+            json!({ "organization_id": org, "role": "{role}" }),
+        ),
+        (
+            "keel.role.v1.RoleService/AddRolePermission",
+            json!({ "organization_id": org, "role": "{role}", "permission": "member:delete" }),
+        ),
+        (
+            "keel.role.v1.RoleService/RemoveRolePermission",
+            json!({ "organization_id": org, "role": "{role}", "permission": "member:read" }),
+        ),
+        (
+            "keel.invitation.v1.InvitationService/CreateInvitation",
+            json!({ "organization_id": org, "email": "intruder@example.com" }),
+        ),
+        (
+            "keel.invitation.v1.InvitationService/ListInvitations",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.invitation.v1.InvitationService/GetInvitation",
+            json!({ "organization_id": org, "invitation_id": "{invitation}" }),
+        ),
+        (
+            "keel.invitation.v1.InvitationService/ResendInvitation",
+            json!({ "organization_id": org, "invitation_id": "{invitation}" }),
+        ),
+        (
+            "keel.invitation.v1.InvitationService/RevokeInvitation",
+            json!({ "organization_id": org, "invitation_id": "{invitation}" }),
+        ),
+        (
+            "keel.team.v1.TeamService/CreateTeam",
+            json!({ "organization_id": org, "name": "Evil", "slug": "evil" }),
+        ),
+        (
+            "keel.team.v1.TeamService/ListTeams",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.team.v1.TeamService/GetTeam",
+            json!({ "team_id": team }),
+        ),
+        (
+            "keel.team.v1.TeamService/UpdateTeam",
+            json!({ "team_id": team, "name": "Pwned" }),
+        ),
+        (
+            "keel.team.v1.TeamService/DeleteTeam",
+            json!({ "team_id": team }),
+        ),
+        (
+            "keel.team.v1.TeamService/ListTeamMembers",
+            json!({ "team_id": team }),
+        ),
+        (
+            "keel.team.v1.TeamService/AddTeamMember",
+            json!({ "team_id": team, "user_id": "{attacker}", "roles": ["owner"] }),
+        ),
+        (
+            "keel.team.v1.TeamService/UpdateTeamMember",
+            json!({ "team_id": team, "user_id": "{owner}", "roles": [] }),
+        ),
+        (
+            "keel.team.v1.TeamService/RemoveTeamMember",
+            json!({ "team_id": team, "user_id": "{owner}" }),
+        ),
+        (
+            "keel.quota.v1.QuotaService/GetQuotaStatus",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.quota.v1.QuotaService/ListUsageLogs",
+            json!({ "organization_id": org }),
+        ),
+    ])
+}
+
+fn fill(template: &Value, ids: &BTreeMap<&str, String>) -> Value {
+    let mut text = template.to_string();
+    for (name, id) in ids {
+        text = text.replace(&format!("{{{name}}}"), id);
+    }
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Passes encoded messages through unchanged, so any RPC can be called from its descriptor.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawCoder;
+
+impl Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut bytes = vec![0; src.remaining()];
+        src.copy_to_slice(&mut bytes);
+        Ok(Some(bytes))
+    }
+}
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> RawCoder {
+        RawCoder
+    }
+}
+
+enum Credential<'a> {
+    Token(&'a Tokens),
+    Key(&'a str),
+}
+
+async fn call_grpc(
+    channel: &Channel,
+    rpc: &Rpc,
+    body: &Value,
+    credential: &Credential<'_>,
+) -> Code {
+    let message = DynamicMessage::deserialize(rpc.descriptor.input(), body.clone())
+        .unwrap_or_else(|error| panic!("{}: {error}", rpc.grpc_path));
+    let mut request = match credential {
+        Credential::Token(tokens) => with_token(message.encode_to_vec(), &tokens.access),
+        Credential::Key(key) => {
+            let mut request = tonic::Request::new(message.encode_to_vec());
+            request
+                .metadata_mut()
+                .insert("x-api-key", key.parse().unwrap());
+            request
+        }
+    };
+    request.set_timeout(std::time::Duration::from_secs(10));
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = rpc.grpc_path.parse().unwrap();
+    match grpc.unary(request, path, RawCodec).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+async fn call_rest(app: &TestApp, rpc: &Rpc, body: &Value, credential: &Credential<'_>) -> u16 {
+    let binding = &rpc.bindings[0];
+    let mut fields = body.as_object().unwrap().clone();
+    let mut path = String::new();
+    for segment in &binding.template.segments {
+        path.push('/');
+        match segment {
+            Segment::Literal(literal) => path.push_str(literal),
+            Segment::Variable(names) => {
+                let value = fields.remove(&names[0]).unwrap();
+                path.push_str(value.as_str().unwrap());
+            }
+        }
+    }
+    let method = Method::from_bytes(binding.method.as_str().as_bytes()).unwrap();
+    let mut request = app.http.request(method, app.url(&path));
+    request = match binding.body {
+        BodyRule::Whole => request.json(&fields),
+        _ => {
+            let query: Vec<(String, String)> = fields
+                .iter()
+                .map(|(key, value)| {
+                    (
+                        key.clone(),
+                        value
+                            .as_str()
+                            .map_or_else(|| value.to_string(), str::to_owned),
+                    )
+                })
+                .collect();
+            request.query(&query)
+        }
+    };
+    request = match credential {
+        Credential::Token(tokens) => request.bearer_auth(&tokens.access),
+        Credential::Key(key) => request.header("x-api-key", *key),
+    };
+    request.send().await.unwrap().status().as_u16()
+}
+
+/// Everything organization A owns, as its owner reads it.
+async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -> Value {
+    let org = &ids["org"];
+    let team = &ids["team"];
+    let mut state = serde_json::Map::new();
+    for path in [
+        format!("/api/v1/organizations/{org}"),
+        format!("/api/v1/organizations/{org}/members"),
+        format!("/api/v1/organizations/{org}/roles"),
+        format!("/api/v1/organizations/{org}/invitations"),
+        format!("/api/v1/organizations/{org}/teams"),
+        format!("/api/v1/teams/{team}/members"),
+        "/api/v1/api-keys".to_owned(),
+    ] {
+        let (status, body) = app.rest(Method::GET, &path, &owner.access, None).await;
+        assert_eq!(status, 200, "{path}");
+        state.insert(path, body);
+    }
+    let (_, quota) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/quota/status?organization_id={org}"),
+            &owner.access,
+            None,
+        )
+        .await;
+    state.insert("limits".into(), quota["limits"].clone());
+    Value::Object(state)
+}
+
+async fn no_tenant_reaches_another(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (alice_id, alice) = user(&app, "alice@example.com").await;
+    let (vic_id, vic) = user(&app, "vic@example.com").await;
+    let (mallory_id, mallory) = verified_user(&app, "mallory@example.com").await;
+    let org_a = create_organization(&app, &alice.access, "victim").await;
+    let org_b = create_organization(&app, &mallory.access, "attacker").await;
+    add_member(&app, &alice.access, &org_a, &vic_id, json!(["viewer"])).await;
+
+    let (_, team) = app
+        .rest(
+            Method::POST,
+            "/api/v1/teams",
+            &alice.access,
+            Some(json!({ "organization_id": org_a, "name": "Core", "slug": "core" })),
+        )
+        .await;
+    let team_a = team["id"].as_str().unwrap().to_owned();
+    app.rest(
+        Method::POST,
+        &format!("/api/v1/teams/{team_a}/members"),
+        &alice.access,
+        Some(json!({ "user_id": alice_id, "roles": ["admin"] })),
+    )
+    .await;
+    let (_, role) = app
+        .rest(
+            Method::POST,
+            &format!("/api/v1/organizations/{org_a}/roles"),
+            &alice.access,
+            Some(json!({ "name": "auditor", "permissions": ["member:read"] })),
+        )
+        .await;
+    let role_a = role["id"].as_str().unwrap().to_owned();
+    let (_, invitation) = app
+        .rest(
+            Method::POST,
+            &format!("/api/v1/organizations/{org_a}/invitations"),
+            &alice.access,
+            Some(json!({ "email": "mallory@example.com" })),
+        )
+        .await;
+    let invitation_a = invitation["id"].as_str().unwrap().to_owned();
+    let (_, key) = app
+        .rest(
+            Method::POST,
+            "/api/v1/api-keys",
+            &alice.access,
+            Some(json!({ "name": "a", "scopes": ["organization:read"], "organization_id": org_a })),
+        )
+        .await;
+    let key_a_id = key["api_key"]["id"].as_str().unwrap().to_owned();
+    let (_, key) = app
+        .rest(Method::POST, "/api/v1/api-keys", &mallory.access, Some(json!({ "name": "b", "scopes": ["organization:read", "member:read", "team:read", "role:read", "invitation:read", "quota:read"], "organization_id": org_b })))
+        .await;
+    let mallory_key = key["key"].as_str().unwrap().to_owned();
+
+    let victim_ids = BTreeMap::from([
+        ("org", org_a.clone()),
+        ("team", team_a.clone()),
+        ("role", role_a.clone()),
+        ("invitation", invitation_a.clone()),
+        ("owner", alice_id.clone()),
+        ("attacker", mallory_id.clone()),
+    ]);
+    let before = snapshot(&app, &alice, &victim_ids).await;
+
+    let contract = Contract::load().unwrap();
+    let channel = app.channel().await;
+    let templates = templates();
+    let viewer_permissions = SystemRole::Viewer.permissions();
+    let mut tried = 0;
+    for rpc in contract.rpcs.iter().filter(|rpc| rpc.scope_field.is_some()) {
+        let name = rpc.grpc_path.trim_start_matches('/');
+        let template = templates.get(name).unwrap_or_else(|| {
+            panic!("{name} is organization-scoped but has no isolation template")
+        });
+        let victim = fill(template, &victim_ids);
+
+        // The other tenant's owner, by token and by their organization's key: not found.
+        for credential in [Credential::Token(&mallory), Credential::Key(&mallory_key)] {
+            assert_eq!(
+                call_grpc(&channel, rpc, &victim, &credential).await,
+                Code::NotFound,
+                "gRPC {name}"
+            );
+            assert_eq!(
+                call_rest(&app, rpc, &victim, &credential).await,
+                404,
+                "REST {name}"
+            );
+        }
+        // A's roles, invitations and members addressed through B's own organization id:
+        // every query filters by the organization, so they are not found there.
+        let text = template.to_string();
+        if template.get("organization_id").is_some()
+            && ["{role}", "{invitation}", "{owner}"]
+                .iter()
+                .any(|id| text.contains(id))
+        {
+            let mut confused = victim.clone();
+            confused["organization_id"] = json!(org_b);
+            let owner_b = Credential::Token(&mallory);
+            assert_eq!(
+                call_grpc(&channel, rpc, &confused, &owner_b).await,
+                Code::NotFound,
+                "gRPC {name} through B"
+            );
+            assert_eq!(
+                call_rest(&app, rpc, &confused, &owner_b).await,
+                404,
+                "REST {name} through B"
+            );
+        }
+        // A's viewer, for everything beyond reading.
+        let permission = match &rpc.auth {
+            keel::api::contract::AuthRule::Permission(permission) => permission.clone(),
+            other => panic!("{name} has rule {other:?}"),
+        };
+        if !viewer_permissions.contains(&permission) {
+            let credential = Credential::Token(&vic);
+            assert_eq!(
+                call_grpc(&channel, rpc, &victim, &credential).await,
+                Code::PermissionDenied,
+                "gRPC {name} by a viewer"
+            );
+            assert_eq!(
+                call_rest(&app, rpc, &victim, &credential).await,
+                403,
+                "REST {name} by a viewer"
+            );
+        }
+        tried += 1;
+    }
+    assert_eq!(tried, templates.len(), "every template names a scoped RPC");
+
+    // Account-level RPCs that take another user's ids.
+    let (status, _) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/users/{alice_id}"),
+            &mallory.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/api-keys/{key_a_id}"),
+            &mallory.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{key_a_id}"),
+            &mallory.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    assert_eq!(
+        snapshot(&app, &alice, &victim_ids).await,
+        before,
+        "organization A changed"
+    );
+}
