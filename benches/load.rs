@@ -1,5 +1,7 @@
-//! Load tool: measures Keel's sign-in, refresh and authenticated `GetMe` over gRPC and REST,
-//! against a bare unary RPC (`grpc.health.v1.Health/Check`) as the baseline.
+//! Load tool: measures Keel's sign-in, refresh, authenticated `GetMe` and an
+//! organization-permission call (`ListRoles`: guard, role check, quota metering, no database
+//! read) over gRPC and REST, against a bare unary RPC (`grpc.health.v1.Health/Check`) as the
+//! baseline.
 //!
 //! ```sh
 //! cargo build --release && KEEL_RATE_LIMIT_AUTH_PER_MINUTE=10000000 ./target/release/keel &
@@ -10,6 +12,10 @@
 
 use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
 use keel::api::pb::keel::auth::v1::{GetMeRequest, LoginRequest, RefreshRequest, RegisterRequest};
+use keel::api::pb::keel::organization::v1::CreateOrganizationRequest;
+use keel::api::pb::keel::organization::v1::organization_service_client::OrganizationServiceClient;
+use keel::api::pb::keel::role::v1::ListRolesRequest;
+use keel::api::pb::keel::role::v1::role_service_client::RoleServiceClient;
 use keel::app::Keel;
 use keel::config::{Config, Settings};
 use keel::domain::clock::SystemClock;
@@ -234,6 +240,63 @@ async fn main() {
         states,
         |(http, me_url, token): &mut (reqwest::Client, String, String)| {
             let request = http.get(me_url.as_str()).bearer_auth(&*token);
+            async move {
+                request
+                    .send()
+                    .await
+                    .is_ok_and(|response| response.status().is_success())
+            }
+        },
+    )
+    .await;
+
+    // One organization per worker, so no run reaches the default 10,000 calls a month.
+    let mut organizations = Vec::new();
+    for (index, channel) in channels.iter().enumerate() {
+        let created = OrganizationServiceClient::new(channel.clone())
+            .create_organization(bearer(
+                CreateOrganizationRequest {
+                    name: format!("Load {index}"),
+                    slug: format!("load-{index}-{}", uuid::Uuid::now_v7().simple()),
+                    settings: None,
+                },
+                &access,
+            ))
+            .await
+            .expect("create an organization");
+        let organization_id = created.into_inner().organization.expect("organization").id;
+        organizations.push((channel.clone(), organization_id));
+    }
+    let token = access.clone();
+    run(
+        &options,
+        "grpc ListRoles (org)",
+        organizations.clone(),
+        move |(channel, organization_id): &mut (Channel, String)| {
+            let mut client = RoleServiceClient::new(channel.clone());
+            let request = bearer(
+                ListRolesRequest {
+                    organization_id: organization_id.clone(),
+                },
+                &token,
+            );
+            async move { client.list_roles(request).await.is_ok() }
+        },
+    )
+    .await;
+    let states: Vec<_> = organizations
+        .iter()
+        .map(|(_, organization_id)| {
+            let roles_url = format!("{url}/api/v1/organizations/{organization_id}/roles");
+            (http.clone(), roles_url, access.clone())
+        })
+        .collect();
+    run(
+        &options,
+        "rest ListRoles (org)",
+        states,
+        |(http, roles_url, token): &mut (reqwest::Client, String, String)| {
+            let request = http.get(roles_url.as_str()).bearer_auth(&*token);
             async move {
                 request
                     .send()

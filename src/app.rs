@@ -29,6 +29,7 @@ use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
 use crate::store::SqlStore;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -304,7 +305,14 @@ impl Keel {
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        // Without TCP_NODELAY a gRPC reply written as several small HTTP/2 frames waits for
+        // the peer's delayed ACK (40 ms) between them.
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
+            }
+        });
+        axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         purge.abort();

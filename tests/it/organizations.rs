@@ -160,7 +160,7 @@ async fn organizations_are_created_listed_updated_and_deleted(backend: Backend) 
     let (status, _) = app.rest(Method::DELETE, &path, &bob.access, None).await;
     assert_eq!(status, 404);
 
-    // Deleting takes memberships and bound keys with it; the users remain.
+    // Deleting takes memberships, teams and bound keys with it; the users remain.
     add_member(&app, &alice.access, &id, &bob_id, json!(["admin"])).await;
     let (status, key) = app
         .rest(
@@ -172,6 +172,16 @@ async fn organizations_are_created_listed_updated_and_deleted(backend: Backend) 
         .await;
     assert_eq!(status, 201, "{key}");
     let key = key["key"].as_str().unwrap().to_owned();
+    let (status, team) = app
+        .rest(
+            Method::POST,
+            "/api/v1/teams",
+            &alice.access,
+            Some(json!({ "organization_id": id, "name": "Core", "slug": "core" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{team}");
+    let team_path = format!("/api/v1/teams/{}", team["id"].as_str().unwrap());
     let read_with_key = || {
         app.http
             .get(app.url(&path))
@@ -198,6 +208,12 @@ async fn organizations_are_created_listed_updated_and_deleted(backend: Backend) 
         assert_eq!(listed["memberships"], json!([]));
     }
     assert_eq!(read_with_key().await.unwrap().status(), 401);
+    assert_eq!(
+        app.rest(Method::GET, &team_path, &alice.access, None)
+            .await
+            .0,
+        404
+    );
     assert_eq!(
         app.get_with_token("/api/v1/auth/me", &bob.access)
             .await
