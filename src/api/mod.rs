@@ -134,6 +134,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     )))
     .add_service(TotpServiceServer::new(grpc::TotpApi::new(
         dependencies.totp.clone(),
+        dependencies.auth.clone(),
     )))
     .add_service(AdminServiceServer::new(grpc::AdminApi::new(
         dependencies.outbox.clone(),

@@ -13,6 +13,7 @@ backend_tests!(
     totp_sign_in_with_codes_and_backup_codes,
     totp_changes_need_reauthentication,
     wrong_codes_count_towards_the_lockout,
+    wrong_reauthentication_counts_towards_the_lockout,
 );
 
 /// The code an authenticator shows now (by the server's clock) for a base32 secret.
@@ -42,7 +43,12 @@ async fn reason(response: reqwest::Response) -> String {
 /// Signs up `email` and turns TOTP on; answers the secret and the backup codes.
 async fn enrolled(app: &TestApp, email: &str) -> (String, Vec<String>) {
     let tokens = app.signed_in(email).await;
-    let setup = post(app, "/api/v1/totp/setup", &tokens.access, json!({})).await;
+    enroll(app, &tokens.access).await
+}
+
+/// Turns 2FA on for the signed-in caller; answers the secret and the backup codes.
+async fn enroll(app: &TestApp, access: &str) -> (String, Vec<String>) {
+    let setup = post(app, "/api/v1/totp/setup", access, json!({})).await;
     assert_eq!(setup.status(), 200);
     let setup: Value = setup.json().await.unwrap();
     let secret = setup["secret"].as_str().unwrap().to_owned();
@@ -55,7 +61,7 @@ async fn enrolled(app: &TestApp, email: &str) -> (String, Vec<String>) {
     let enabled = post(
         app,
         "/api/v1/totp/enable",
-        &tokens.access,
+        access,
         json!({ "code": code_now(app, &secret) }),
     )
     .await;
@@ -359,4 +365,45 @@ async fn wrong_codes_count_towards_the_lockout(backend: Backend) {
         )
         .await;
     assert_eq!(reason(password).await, "ACCOUNT_LOCKED");
+}
+
+/// Guessing the password or code that turns 2FA off, from a stolen session, meets the same
+/// lockout as signing in.
+async fn wrong_reauthentication_counts_towards_the_lockout(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.lockout_threshold = Some("3".into());
+    })
+    .await;
+    let tokens = app.signed_in("mfa-guess@example.com").await;
+    let (secret, _) = enroll(&app, &tokens.access).await;
+    for (path, proof) in [
+        (
+            "/api/v1/totp/disable",
+            json!({ "password": "Wr0ng!Passw0rd" }),
+        ),
+        ("/api/v1/totp/backup-codes", json!({ "code": "111111" })),
+        (
+            "/api/v1/totp/disable",
+            json!({ "password": "Wr0ng!Passw0rd" }),
+        ),
+    ] {
+        let refused = post(&app, path, &tokens.access, proof).await;
+        assert_eq!(reason(refused).await, "REAUTHENTICATION_FAILED");
+    }
+    let locked = post(
+        &app,
+        "/api/v1/totp/disable",
+        &tokens.access,
+        json!({ "code": code_now(&app, &secret) }),
+    )
+    .await;
+    assert_eq!(locked.status(), 401);
+    assert_eq!(reason(locked).await, "ACCOUNT_LOCKED");
+    let status: Value = app
+        .get_with_token("/api/v1/totp/status", &tokens.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["enabled"], true, "2FA stays on while locked");
 }

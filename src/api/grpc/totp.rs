@@ -4,17 +4,21 @@ use super::{principal, timestamp};
 use crate::api::pb::keel::totp::v1::totp_service_server::TotpService;
 use crate::api::pb::keel::totp::v1::*;
 use crate::api::status::to_status;
+use crate::domain::auth::AuthService;
 use crate::domain::totp::{self, Reauthentication};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+/// Enrolment and status go to the TOTP use cases; changes that re-authenticate go through
+/// `AuthService`, so wrong passwords and codes count towards the lockout.
 pub struct TotpApi {
     totp: Arc<totp::TotpService>,
+    auth: Arc<AuthService>,
 }
 
 impl TotpApi {
-    pub fn new(totp: Arc<totp::TotpService>) -> Self {
-        Self { totp }
+    pub fn new(totp: Arc<totp::TotpService>, auth: Arc<AuthService>) -> Self {
+        Self { totp, auth }
     }
 }
 
@@ -70,8 +74,8 @@ impl TotpService for TotpApi {
     ) -> Result<Response<DisableTotpResponse>, Status> {
         let caller = principal(&request)?;
         let body = request.get_ref();
-        self.totp
-            .disable(
+        self.auth
+            .disable_totp(
                 &caller,
                 Reauthentication {
                     password: &body.password,
@@ -90,7 +94,7 @@ impl TotpService for TotpApi {
         let caller = principal(&request)?;
         let body = request.get_ref();
         let backup_codes = self
-            .totp
+            .auth
             .regenerate_backup_codes(
                 &caller,
                 Reauthentication {

@@ -1,12 +1,16 @@
-//! Account changes: the caller's profile, and the platform administration of accounts (soft
-//! deletion, superuser rights). Each drops the cached user record, so the change applies on
-//! the user's next request.
+//! Account changes: the caller's profile, second-factor changes behind the sign-in defences,
+//! and the platform administration of accounts (soft deletion, superuser rights). Each drops
+//! the cached user record, so the change applies on the user's next request.
 
 use super::AuthService;
+use super::session::ClientInfo;
+use super::throttle::account_key;
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Result};
 use crate::domain::principal::Principal;
+use crate::domain::totp::Reauthentication;
 use crate::domain::user::{User, parse_full_name};
+use std::future::Future;
 use uuid::Uuid;
 
 fn user_not_found() -> Error {
@@ -42,6 +46,49 @@ impl AuthService {
             self.forget_user(caller.user.id).await?;
         }
         self.load_user(caller.user.id).await
+    }
+
+    /// Turns two-factor authentication off after a password or code check that counts
+    /// towards the account's lockout, like a sign-in.
+    pub async fn disable_totp(
+        &self,
+        caller: &Principal,
+        proof: Reauthentication<'_>,
+    ) -> Result<()> {
+        self.reauthenticated(caller, self.totp.disable(caller, proof))
+            .await
+    }
+
+    /// New backup codes after a password or code check that counts towards the lockout.
+    pub async fn regenerate_backup_codes(
+        &self,
+        caller: &Principal,
+        proof: Reauthentication<'_>,
+    ) -> Result<Vec<String>> {
+        self.reauthenticated(caller, self.totp.regenerate_backup_codes(caller, proof))
+            .await
+    }
+
+    /// Runs a re-authenticated change behind the sign-in defences: refused while the account
+    /// is locked or rate limited, a failed proof counts as a failed sign-in.
+    async fn reauthenticated<T>(
+        &self,
+        caller: &Principal,
+        change: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let account = account_key(&caller.user.email);
+        self.admit_attempt(&account, &ClientInfo::default()).await?;
+        match change.await {
+            Err(error) if error.reason == "REAUTHENTICATION_FAILED" => {
+                self.record_failure(&account).await?;
+                Err(error)
+            }
+            Err(error) => Err(error),
+            Ok(value) => {
+                self.record_success(&account).await?;
+                Ok(value)
+            }
+        }
     }
 
     /// The account a superuser acts on, never their own.
