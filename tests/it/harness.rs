@@ -188,13 +188,20 @@ impl TestApp {
     }
 
     pub fn grpc_web(&self) -> AuthServiceClient<GrpcWebChannel> {
+        let (transport, origin) = self.grpc_web_transport();
+        AuthServiceClient::with_origin(transport, origin)
+    }
+
+    /// A gRPC-web transport to this server and its origin, for any service's
+    /// `Client::with_origin`.
+    pub fn grpc_web_transport(&self) -> (GrpcWebChannel, http::Uri) {
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build_http();
         let service = tower::ServiceBuilder::new()
             .layer(tonic_web::GrpcWebClientLayer::new())
             .service(http);
-        AuthServiceClient::with_origin(service, self.base_url.parse().expect("uri"))
+        (service, self.base_url.parse().expect("uri"))
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {

@@ -617,6 +617,22 @@ async fn the_organization_can_come_from_a_header(backend: Backend) {
         "{}",
         missing.message()
     );
+
+    // The same check on the gRPC-web door (what browsers speak).
+    let (transport, origin) = app.grpc_web_transport();
+    let mut web = OrganizationServiceClient::with_origin(transport, origin);
+    let found = web
+        .get_organization(with_header("", Some(&acme)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.organization.unwrap().slug, "acme");
+    let (_, bob) = user(&app, "bob@example.com").await;
+    let hidden = web
+        .get_organization(get_request(&globex, &bob.access))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
 }
 
 async fn api_keys_can_be_bound_to_one_organization(backend: Backend) {
