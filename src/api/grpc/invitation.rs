@@ -4,7 +4,7 @@ use super::{access, principal, timestamp};
 use crate::api::pb::keel::invitation::v1::invitation_service_server::InvitationService;
 use crate::api::pb::keel::invitation::v1::*;
 use crate::api::status::to_status;
-use crate::domain::tenancy::invitations::{self, InvitationStatus as Status_};
+use crate::domain::tenancy::invitations::{self, InvitationStatus as DomainStatus};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -24,10 +24,10 @@ impl InvitationApi {
             .await
             .map_err(to_status)?;
         let status = match self.invitations.status(&invitation) {
-            Status_::Pending => InvitationStatus::Pending,
-            Status_::Accepted => InvitationStatus::Accepted,
-            Status_::Revoked => InvitationStatus::Revoked,
-            Status_::Expired => InvitationStatus::Expired,
+            DomainStatus::Pending => InvitationStatus::Pending,
+            DomainStatus::Accepted => InvitationStatus::Accepted,
+            DomainStatus::Revoked => InvitationStatus::Revoked,
+            DomainStatus::Expired => InvitationStatus::Expired,
         };
         Ok(Invitation {
             id: invitation.id.to_string(),
