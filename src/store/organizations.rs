@@ -381,29 +381,31 @@ impl OrganizationStore for SqlStore {
     }
 
     async fn find_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<Option<Member>> {
-        let row: Option<MemberRow> = with_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let (row, roles): (Option<MemberRow>, Vec<(String,)>) = with_pool!(self, pool => async {
+            let row = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "{SELECT_MEMBER} WHERE m.organization_id = $1 AND m.user_id = $2"
             )))
             .bind(organization_id)
             .bind(user_id)
             .fetch_optional(pool)
-            .await
-        })
+            .await?;
+            let roles = sqlx::query_as(
+                "SELECT role_key FROM member_roles \
+                 WHERE organization_id = $1 AND user_id = $2 ORDER BY role_key",
+            )
+            .bind(organization_id)
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?;
+            Ok::<_, sqlx::Error>((row, roles))
+        }
+        .await)
         .map_err(database_error)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let role_keys = self
-            .find_member_grants(organization_id, user_id)
-            .await?
-            .map(|grants| grants.role_keys)
-            .unwrap_or_default();
-        Ok(Some(Member {
+        Ok(row.map(|row| Member {
             user_id: row.user_id,
             email: row.email,
             full_name: row.full_name,
-            role_keys,
+            role_keys: roles.into_iter().map(|(role,)| role).collect(),
             joined_at: row.joined_at,
         }))
     }
