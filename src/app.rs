@@ -55,13 +55,23 @@ pub struct Services {
     probes: Vec<Arc<dyn HealthProbe>>,
 }
 
+/// The data directory holds the database, the instance secret and the signing keys: created
+/// for Keel's user alone.
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
+}
+
 impl Services {
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         // One TLS backend for the process (sqlx, fred): aws-lc-rs. Installing twice is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
         if config.database_url.starts_with("sqlite:") || config.jwt_private_key_file.is_none() {
-            std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            create_private_dir(&config.data_dir).with_context(|| {
                 format!("KEEL_DATA_DIR: creating {}", config.data_dir.display())
             })?;
         }
@@ -133,7 +143,11 @@ impl Services {
             access.clone(),
             clock.clone(),
         ));
-        let hasher = Arc::new(Argon2Hasher::new(config.argon2, config.hash_concurrency)?);
+        let hasher = Arc::new(Argon2Hasher::new(
+            config.argon2,
+            config.hash_concurrency,
+            config.hash_queue_limit,
+        )?);
         let (delivery, outbox) = match &config.smtp_url {
             Some(url) => (Delivery::smtp(url, &config.mail_from)?, None),
             None => {
@@ -196,6 +210,9 @@ impl Services {
                     ),
                     refresh_token_ttl: chrono::Duration::seconds(
                         config.refresh_token_ttl_seconds.into(),
+                    ),
+                    session_max_lifetime: chrono::Duration::seconds(
+                        config.session_max_lifetime_seconds.into(),
                     ),
                     password_policy: config.password_policy.clone(),
                     throttle: ThrottleSettings {
@@ -271,6 +288,7 @@ impl Keel {
             max_body_bytes: config.max_body_bytes,
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
+            metrics_token: config.metrics_token.clone(),
         })
         .await?;
         let listener = TcpListener::bind(config.listen)

@@ -51,6 +51,10 @@ pub struct Settings {
     /// Session lifetime without a refresh, in seconds [default: 604800, 7 days]
     #[arg(long, env = "KEEL_REFRESH_TOKEN_TTL_SECONDS")]
     pub refresh_token_ttl_seconds: Option<String>,
+    /// Longest a session lives, however often it is refreshed, in seconds [default: 2592000,
+    /// 30 days]
+    #[arg(long, env = "KEEL_SESSION_MAX_LIFETIME_SECONDS")]
+    pub session_max_lifetime_seconds: Option<String>,
     /// argon2id memory in KiB [default: 19456]
     #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<String>,
@@ -63,6 +67,10 @@ pub struct Settings {
     /// Password hashes computed at once [default: number of cores]
     #[arg(long, env = "KEEL_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<String>,
+    /// Password hashes allowed to wait for a hashing thread; past it, calls that need one are
+    /// refused at once with 503 / RESOURCE_EXHAUSTED [default: 4 × KEEL_HASH_CONCURRENCY]
+    #[arg(long, env = "KEEL_HASH_QUEUE_LIMIT")]
+    pub hash_queue_limit: Option<String>,
     /// Minimum password length [default: 8]
     #[arg(long, env = "KEEL_PASSWORD_MIN_LENGTH")]
     pub password_min_length: Option<String>,
@@ -113,6 +121,9 @@ pub struct Settings {
     /// Apply pending database migrations at start [default: true]
     #[arg(long, env = "KEEL_MIGRATE_ON_START")]
     pub migrate_on_start: Option<String>,
+    /// Bearer token that `/metrics` requires; unset, `/metrics` is open [default: none]
+    #[arg(long, env = "KEEL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "KEEL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -146,10 +157,12 @@ impl Settings {
             jwt_private_key_file,
             access_token_ttl_seconds,
             refresh_token_ttl_seconds,
+            session_max_lifetime_seconds,
             argon2_memory_kib,
             argon2_iterations,
             argon2_parallelism,
             hash_concurrency,
+            hash_queue_limit,
             password_min_length,
             password_require_lowercase,
             password_require_uppercase,
@@ -166,6 +179,7 @@ impl Settings {
             cors_allowed_origins,
             max_body_bytes,
             migrate_on_start,
+            metrics_token,
             log_format,
         )
     }
@@ -192,8 +206,10 @@ pub struct Config {
     pub jwt_private_key_file: Option<PathBuf>,
     pub access_token_ttl_seconds: u32,
     pub refresh_token_ttl_seconds: u32,
+    pub session_max_lifetime_seconds: u32,
     pub argon2: Argon2Settings,
     pub hash_concurrency: usize,
+    pub hash_queue_limit: usize,
     pub password_policy: PasswordPolicy,
     pub smtp_url: Option<String>,
     pub mail_from: String,
@@ -206,6 +222,7 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub migrate_on_start: bool,
+    pub metrics_token: Option<String>,
     pub log_format: LogFormat,
 }
 
@@ -344,6 +361,15 @@ impl Config {
         {
             bail!("KEEL_SMTP_URL: must start with smtp:// or smtps://");
         }
+        let hash_concurrency = parse_positive(
+            text(&settings.hash_concurrency),
+            "KEEL_HASH_CONCURRENCY",
+            cores,
+        )?;
+        let metrics_token = text(&settings.metrics_token).map(str::to_owned);
+        if metrics_token.as_ref().is_some_and(|token| token.len() < 16) {
+            bail!("KEEL_METRICS_TOKEN: must be at least 16 characters");
+        }
         let log_format = match text(&settings.log_format).unwrap_or("text") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -369,6 +395,11 @@ impl Config {
                 "KEEL_REFRESH_TOKEN_TTL_SECONDS",
                 7 * 24 * 3600,
             )?,
+            session_max_lifetime_seconds: parse_positive(
+                text(&settings.session_max_lifetime_seconds),
+                "KEEL_SESSION_MAX_LIFETIME_SECONDS",
+                30 * 24 * 3600,
+            )?,
             argon2: Argon2Settings {
                 memory_kib: parse_positive(
                     text(&settings.argon2_memory_kib),
@@ -386,10 +417,11 @@ impl Config {
                     argon2_defaults.parallelism,
                 )?,
             },
-            hash_concurrency: parse_positive(
-                text(&settings.hash_concurrency),
-                "KEEL_HASH_CONCURRENCY",
-                cores,
+            hash_concurrency,
+            hash_queue_limit: parse_positive(
+                text(&settings.hash_queue_limit),
+                "KEEL_HASH_QUEUE_LIMIT",
+                4 * hash_concurrency,
             )?,
             password_policy,
             smtp_url,
@@ -433,6 +465,7 @@ impl Config {
                 "KEEL_MIGRATE_ON_START",
                 true,
             )?,
+            metrics_token,
             log_format,
             data_dir,
         })

@@ -46,6 +46,7 @@ use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
 use pb::keel::user::v1::user_service_server::UserServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
+use tonic::server::NamedService;
 use tower::util::BoxCloneSyncService;
 use tower::{Layer, ServiceExt};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -74,6 +75,8 @@ pub struct ApiDependencies {
     /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
     pub cors_allowed_origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
+    /// The bearer token `/metrics` requires, if any.
+    pub metrics_token: Option<String>,
 }
 
 /// The gRPC stack as the listener sees it: gRPC-web translation in front of the guarded
@@ -85,39 +88,25 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     let contract = dependencies.contract.clone();
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AuthServiceServer<grpc::AuthApi>>()
-        .await;
-    health_reporter
-        .set_serving::<SessionServiceServer<grpc::SessionApi>>()
-        .await;
-    health_reporter
-        .set_serving::<ApiKeyServiceServer<grpc::ApiKeyApi>>()
-        .await;
-    health_reporter
-        .set_serving::<TotpServiceServer<grpc::TotpApi>>()
-        .await;
-    health_reporter
-        .set_serving::<AdminServiceServer<grpc::AdminApi>>()
-        .await;
-    health_reporter
-        .set_serving::<OrganizationServiceServer<grpc::OrganizationApi>>()
-        .await;
-    health_reporter
-        .set_serving::<RoleServiceServer<grpc::RoleApi>>()
-        .await;
-    health_reporter
-        .set_serving::<InvitationServiceServer<grpc::InvitationApi>>()
-        .await;
-    health_reporter
-        .set_serving::<TeamServiceServer<grpc::TeamApi>>()
-        .await;
-    health_reporter
-        .set_serving::<UserServiceServer<grpc::UserApi>>()
-        .await;
-    health_reporter
-        .set_serving::<QuotaServiceServer<grpc::QuotaApi>>()
-        .await;
+    let health = Arc::new(web::Health::new(
+        dependencies.probes,
+        health_reporter,
+        vec![
+            AuthServiceServer::<grpc::AuthApi>::NAME,
+            SessionServiceServer::<grpc::SessionApi>::NAME,
+            ApiKeyServiceServer::<grpc::ApiKeyApi>::NAME,
+            TotpServiceServer::<grpc::TotpApi>::NAME,
+            AdminServiceServer::<grpc::AdminApi>::NAME,
+            OrganizationServiceServer::<grpc::OrganizationApi>::NAME,
+            RoleServiceServer::<grpc::RoleApi>::NAME,
+            InvitationServiceServer::<grpc::InvitationApi>::NAME,
+            TeamServiceServer::<grpc::TeamApi>::NAME,
+            UserServiceServer::<grpc::UserApi>::NAME,
+            QuotaServiceServer::<grpc::QuotaApi>::NAME,
+        ],
+    ));
+    health.check().await;
+    tokio::spawn(web::Health::watch(Arc::downgrade(&health)));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -182,18 +171,25 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         dependencies.max_body_bytes,
     ));
     let openapi = openapi::document(&contract, &dependencies.public_url);
+    let hsts = dependencies
+        .public_url
+        .starts_with("https://")
+        .then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
 
     let router = Router::new()
         .route("/api/{*path}", any(rest::handle).with_state(transcoder))
-        .route(
-            "/health",
-            get(web::health).with_state(Arc::new(dependencies.probes)),
-        )
+        .route("/health", get(web::health).with_state(health))
         .route(
             "/.well-known/jwks.json",
             get(web::jwks).with_state(Arc::new(dependencies.jwks)),
         )
-        .route("/metrics", get(web::metrics).with_state(metrics))
+        .route(
+            "/metrics",
+            get(web::metrics).with_state(Arc::new(web::MetricsEndpoint {
+                metrics,
+                token: dependencies.metrics_token.clone(),
+            })),
+        )
         .route("/redoc", get(web::redoc_page))
         .route("/redoc/redoc.standalone.js", get(web::redoc_script))
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", openapi))
@@ -219,6 +215,11 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
+        ))
+        // Browsers that reached Keel over https keep to https.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            move |_: &Response| hsts.clone(),
         ))
         .layer(cors(&dependencies.cors_allowed_origins)?);
     Ok(router)

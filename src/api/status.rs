@@ -12,6 +12,7 @@ use serde_json::json;
 use tonic::Code;
 
 const ERROR_DOMAIN: &str = "keel";
+const SERVER_BUSY: &str = "SERVER_BUSY";
 
 fn any(type_name: &str, message: &impl Message) -> prost_types::Any {
     prost_types::Any {
@@ -160,6 +161,10 @@ impl RestError {
                 && let Ok(info) = rpc::ErrorInfo::decode(detail.value.as_slice())
             {
                 error.reason = info.reason;
+                // The whole server out of capacity is 503 (RFC 9110), a caller's own limit 429.
+                if error.reason == SERVER_BUSY {
+                    error.http_status = StatusCode::SERVICE_UNAVAILABLE;
+                }
             }
             if detail.type_url.ends_with("/google.rpc.RetryInfo")
                 && let Ok(retry) = rpc::RetryInfo::decode(detail.value.as_slice())

@@ -6,29 +6,81 @@ use crate::domain::health::HealthProbe;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often gRPC health is brought up to date between `/health` requests.
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The server's readiness: the backing services' probes, reported on `/health` and, with the
+/// same answer, on `grpc.health.v1` (for the whole server, `""`, and each Keel service).
+pub struct Health {
+    probes: Vec<Arc<dyn HealthProbe>>,
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    pub fn new(
+        probes: Vec<Arc<dyn HealthProbe>>,
+        reporter: HealthReporter,
+        services: Vec<&'static str>,
+    ) -> Self {
+        Self {
+            probes,
+            reporter,
+            services,
+        }
+    }
+
+    /// Runs every probe, tells gRPC health the outcome, and answers it per probe.
+    pub async fn check(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
+        let mut checks = serde_json::Map::new();
+        let mut healthy = true;
+        for probe in &self.probes {
+            let outcome = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
+            let ok = matches!(outcome, Ok(Ok(())));
+            if !ok {
+                tracing::warn!(service = probe.name(), "health check failed");
+            }
+            healthy &= ok;
+            checks.insert(
+                probe.name().to_owned(),
+                json!(if ok { "ok" } else { "unavailable" }),
+            );
+        }
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for service in std::iter::once("").chain(self.services.iter().copied()) {
+            self.reporter.set_service_status(service, status).await;
+        }
+        (healthy, checks)
+    }
+
+    /// Keeps gRPC health current while the server lives.
+    pub async fn watch(health: Weak<Health>) {
+        loop {
+            tokio::time::sleep(WATCH_INTERVAL).await;
+            let Some(health) = health.upgrade() else {
+                return;
+            };
+            health.check().await;
+        }
+    }
+}
 
 /// `GET /health`: 200 when every backing service answers, 503 naming the ones that do not.
-pub async fn health(State(probes): State<Arc<Vec<Arc<dyn HealthProbe>>>>) -> Response {
-    let mut checks = serde_json::Map::new();
-    let mut healthy = true;
-    for probe in probes.iter() {
-        let outcome = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
-        let ok = matches!(outcome, Ok(Ok(())));
-        if !ok {
-            tracing::warn!(service = probe.name(), "health check failed");
-        }
-        healthy &= ok;
-        checks.insert(
-            probe.name().to_owned(),
-            json!(if ok { "ok" } else { "unavailable" }),
-        );
-    }
+pub async fn health(State(health): State<Arc<Health>>) -> Response {
+    let (healthy, checks) = health.check().await;
     let (status, label) = if healthy {
         (StatusCode::OK, "ok")
     } else {
@@ -96,11 +148,37 @@ pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Respons
     .into_response()
 }
 
+pub struct MetricsEndpoint {
+    pub metrics: Arc<Metrics>,
+    /// When set, scrapers present it as a bearer token.
+    pub token: Option<String>,
+}
+
 /// `GET /metrics`, in the Prometheus text format.
-pub async fn metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+pub async fn metrics(State(endpoint): State<Arc<MetricsEndpoint>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &endpoint.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+            let mut response = RestError::new(
+                StatusCode::UNAUTHORIZED,
+                tonic::Code::Unauthenticated,
+                "METRICS_TOKEN_REQUIRED",
+                "/metrics needs the bearer token set in KEEL_METRICS_TOKEN",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+        endpoint.metrics.render(),
     )
         .into_response()
 }

@@ -4,7 +4,9 @@ use crate::domain::Error;
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
 use crate::domain::health::HealthProbe;
-use fred::prelude::{Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface};
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, ReconnectPolicy,
+};
 use std::time::Duration;
 
 pub struct RedisCache {
@@ -14,10 +16,24 @@ pub struct RedisCache {
 }
 
 impl RedisCache {
+    /// Connects, then keeps reconnecting with backoff whenever the connection drops. While Redis
+    /// is away, each command fails after `COMMAND_TIMEOUT` (the request answers UNAVAILABLE)
+    /// instead of waiting for it.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let config = Config::from_url(url)
             .map_err(|error| anyhow::anyhow!("KEEL_REDIS_URL is not a Redis URL: {error}"))?;
-        let client = Builder::from_config(config).build()?;
+        let client = Builder::from_config(config)
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = COMMAND_TIMEOUT;
+            })
+            .with_connection_config(|connection| {
+                connection.connection_timeout = COMMAND_TIMEOUT;
+                connection.internal_command_timeout = COMMAND_TIMEOUT;
+                connection.unresponsive.max_timeout = Some(COMMAND_TIMEOUT);
+            })
+            // Forever, from 100 ms doubling to 2 s between attempts.
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+            .build()?;
         client.init().await?;
         Ok(Self {
             client,
@@ -36,8 +52,13 @@ impl RedisCache {
     }
 }
 
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn redis_error(error: fred::error::Error) -> Error {
-    Error::unavailable("CACHE_UNAVAILABLE", error)
+    Error {
+        retry_after: Some(Duration::from_secs(2)),
+        ..Error::unavailable("CACHE_UNAVAILABLE", error)
+    }
 }
 
 #[async_trait::async_trait]

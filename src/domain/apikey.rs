@@ -58,6 +58,8 @@ pub trait ApiKeyStore: Send + Sync {
     async fn find_api_key(&self, id: Uuid) -> Result<Option<ApiKey>>;
     async fn find_api_key_by_prefix(&self, prefix: &str) -> Result<Option<StoredApiKey>>;
     async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Revokes every live key of the user; answers their prefixes.
+    async fn revoke_user_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<String>>;
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
 }
 
@@ -123,8 +125,10 @@ impl ApiKeyService {
         }
     }
 
-    /// Creates a key for the caller; answers the record and the whole key, shown only now. A
-    /// key bound to an organization needs the `api_key:create` permission there.
+    /// Creates a key for the caller; answers the record and the whole key, shown only now. The
+    /// caller's email address must be verified: a key made before the address is proven would
+    /// outlive the proof (account pre-hijacking). A key bound to an organization needs the
+    /// `api_key:create` permission there.
     pub async fn create(
         &self,
         owner: &Principal,
@@ -134,6 +138,13 @@ impl ApiKeyService {
         organization_id: Option<&str>,
     ) -> Result<(ApiKey, String)> {
         owner.session_id()?;
+        if !owner.user.email_verified {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                "EMAIL_NOT_VERIFIED",
+                "verify your email address before creating API keys",
+            ));
+        }
         let organization_id = match organization_id.filter(|id| !id.trim().is_empty()) {
             Some(organization_id) => Some(
                 self.access
@@ -245,6 +256,20 @@ impl ApiKeyService {
         self.cache.delete(&record_key(&key.prefix)).await?;
         tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key revoked");
         Ok(())
+    }
+
+    /// Revokes every key of a user (a password reset, the first proof of the address); answers
+    /// how many.
+    pub async fn revoke_all_of(&self, user_id: Uuid) -> Result<usize> {
+        let prefixes = self
+            .store
+            .revoke_user_api_keys(user_id, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.forget(&prefixes).await?;
+        if !prefixes.is_empty() {
+            tracing::info!(user_id = %user_id, count = prefixes.len(), "API keys revoked");
+        }
+        Ok(prefixes.len())
     }
 
     /// Drops cached records of keys revoked elsewhere (with their organization).

@@ -17,9 +17,10 @@ pub struct OutgoingMail {
 /// request neither waits for it nor reveals by its timing whether a message was due).
 pub type MailJob = Pin<Box<dyn Future<Output = Result<Option<OutgoingMail>>> + Send + 'static>>;
 
-/// Delivers mail in the background, retrying failures; never blocks or fails the caller.
+/// Delivers mail in the background, retrying failures; never blocks the caller. A message it
+/// cannot take (its queue is full) is refused with `UNAVAILABLE`, never silently dropped.
 pub trait Mailer: Send + Sync {
-    fn send_later(&self, job: MailJob);
+    fn send_later(&self, job: MailJob) -> Result<()>;
 }
 
 /// A message the development outbox kept instead of sending.
@@ -40,6 +41,8 @@ pub enum Template {
     ResetPassword,
     MagicLink,
     Invitation,
+    /// Tells the owner of an account with 2FA that its password was reset.
+    PasswordResetNotice,
 }
 
 impl Template {
@@ -64,6 +67,11 @@ impl Template {
                 "You are invited to join an organization",
                 include_str!("../../templates/mail/invitation.txt"),
                 include_str!("../../templates/mail/invitation.html"),
+            ),
+            Template::PasswordResetNotice => (
+                "Your password was reset",
+                include_str!("../../templates/mail/password_reset_notice.txt"),
+                include_str!("../../templates/mail/password_reset_notice.html"),
             ),
         }
     }

@@ -198,7 +198,8 @@ impl TotpService {
         })
     }
 
-    pub async fn enable(&self, principal: &Principal, code: &str) -> Result<()> {
+    /// Turns 2FA on: the current password, then a code from the enrolled secret.
+    pub async fn enable(&self, principal: &Principal, code: &str, password: &str) -> Result<()> {
         let credential = self
             .store
             .find_totp(principal.user.id)
@@ -210,6 +211,12 @@ impl TotpService {
             return Err(failed_precondition(
                 "TOTP_ALREADY_ENABLED",
                 "two-factor authentication is already on",
+            ));
+        }
+        if !self.password_matches(principal.user.id, password).await? {
+            return Err(Error::invalid_argument(
+                "REAUTHENTICATION_FAILED",
+                "give the account's current password",
             ));
         }
         if !self
@@ -286,12 +293,7 @@ impl TotpService {
             ));
         }
         let proven = if !proof.password.is_empty() {
-            let stored = self
-                .users
-                .find_password_hash(user.id)
-                .await?
-                .unwrap_or_default();
-            self.hasher.verify(proof.password, &stored).await? != PasswordCheck::Mismatch
+            self.password_matches(user.id, proof.password).await?
         } else if !proof.code.is_empty() {
             self.verify_second_factor(user.id, &user.email, proof.code)
                 .await?
@@ -305,6 +307,25 @@ impl TotpService {
             ));
         }
         Ok(())
+    }
+
+    /// Removes an enrolment, enabled or not, made before the account's address was proven.
+    pub async fn remove_unproven(&self, user_id: Uuid) -> Result<()> {
+        if self.store.find_totp(user_id).await?.is_some() {
+            self.store.delete_totp(user_id).await?;
+            tracing::info!(user_id = %user_id, "two-factor enrolment made before the address was proven removed");
+        }
+        Ok(())
+    }
+
+    async fn password_matches(&self, user_id: Uuid, password: &str) -> Result<bool> {
+        if password.is_empty() {
+            return Ok(false);
+        }
+        let Some(stored) = self.users.find_password_hash(user_id).await? else {
+            return Ok(false);
+        };
+        Ok(self.hasher.verify(password, &stored).await? != PasswordCheck::Mismatch)
     }
 
     pub async fn is_enabled(&self, user_id: Uuid) -> Result<bool> {

@@ -1,9 +1,11 @@
 //! The mail adapter: a bounded in-process queue whose worker runs deferred mail jobs and
 //! delivers their messages over SMTP (lettre) or, on the embedded defaults, to a development
-//! outbox that logs each message with its links and keeps the newest for operators. Failed deliveries are retried with backoff; a
-//! message that still fails is logged as an error. (The jobs capability will move this queue
-//! to durable storage.)
+//! outbox that logs that each message went and keeps the newest for operators. Failed
+//! deliveries are retried with backoff; a message that still fails is logged as an error. A
+//! full queue refuses new messages (the caller answers UNAVAILABLE). (The jobs capability will
+//! move this queue to durable storage.)
 
+use crate::domain::error::{Error, ErrorKind, Result};
 use crate::domain::mail::{KeptMail, MailJob, Mailer, Outbox, OutgoingMail};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
-/// Jobs waiting for the worker; beyond this a new one is dropped (and logged).
+/// Jobs waiting for the worker; beyond this a new one is refused.
 const QUEUE_CAPACITY: usize = 1024;
 const CONCURRENT_DELIVERIES: usize = 4;
 const ATTEMPTS: u32 = 5;
@@ -77,8 +79,8 @@ enum DeliveryError {
     Permanent(String),
 }
 
-/// The development outbox: logs each message with its links and keeps the newest ones for
-/// `AdminService/ListOutboxMessages`.
+/// The development outbox: logs that a message went (never its body: its links are
+/// credentials) and keeps the newest ones for `AdminService/ListOutboxMessages`.
 #[derive(Default)]
 pub struct MemoryOutbox {
     messages: Mutex<VecDeque<KeptMail>>,
@@ -89,7 +91,6 @@ impl MemoryOutbox {
         tracing::info!(
             to = %mail.to,
             subject = %mail.subject,
-            body = %mail.text,
             "mail not sent (no KEEL_SMTP_URL): kept in the outbox"
         );
         let mut messages = self
@@ -173,9 +174,14 @@ async fn run_job(job: MailJob, delivery: &Delivery) {
 }
 
 impl Mailer for MailQueue {
-    fn send_later(&self, job: MailJob) {
-        if self.jobs.try_send(job).is_err() {
-            tracing::error!("mail queue full or stopped: a message was dropped");
-        }
+    fn send_later(&self, job: MailJob) -> Result<()> {
+        self.jobs.try_send(job).map_err(|_| Error {
+            retry_after: Some(std::time::Duration::from_secs(5)),
+            ..Error::new(
+                ErrorKind::Unavailable,
+                "MAIL_QUEUE_FULL",
+                "too much mail is waiting to be sent, try again in a moment",
+            )
+        })
     }
 }

@@ -1,11 +1,13 @@
 //! argon2id password hashing on dedicated threads, verifying legacy bcrypt hashes too.
 
 use crate::domain::Error;
+use crate::domain::ErrorKind;
 use crate::domain::error::Result;
 use crate::domain::password::{PasswordCheck, PasswordHasher};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,15 +32,19 @@ impl Default for Argon2Settings {
 /// reuses for every hash. At most `workers` hashes run at once, async workers stay free for
 /// every other request during a login flood, and memory stays at `workers` × `memory_kib`
 /// (allocating 19 MiB per hash on a growing set of threads kept hundreds of MiB resident).
+///
+/// At most `queue_limit` hashes wait for a thread: past that a call is refused at once
+/// (`SERVER_BUSY`) rather than queued, so a flood of sign-ups or sign-ins is turned away at the
+/// door instead of making every later caller wait behind it.
 pub struct Argon2Hasher {
     params: Params,
-    jobs: Mutex<std::sync::mpsc::Sender<Job>>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
 }
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
 impl Argon2Hasher {
-    pub fn new(settings: Argon2Settings, workers: usize) -> Result<Self> {
+    pub fn new(settings: Argon2Settings, workers: usize, queue_limit: usize) -> Result<Self> {
         let params = Params::new(
             settings.memory_kib,
             settings.iterations,
@@ -48,7 +54,7 @@ impl Argon2Hasher {
         .map_err(|error| {
             Error::invalid_argument("INVALID_ARGON2_PARAMS", format!("argon2 settings: {error}"))
         })?;
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(queue_limit);
         let queue = Arc::new(Mutex::new(queue));
         for index in 0..workers.max(1) {
             let queue = queue.clone();
@@ -70,10 +76,7 @@ impl Argon2Hasher {
                 })
                 .map_err(Error::internal)?;
         }
-        Ok(Self {
-            params,
-            jobs: Mutex::new(jobs),
-        })
+        Ok(Self { params, jobs })
     }
 
     /// Runs `work` on a hashing thread with that thread's memory buffer.
@@ -85,11 +88,17 @@ impl Argon2Hasher {
         let job: Job = Box::new(move |memory| {
             let _ = reply.send(work(memory));
         });
-        self.jobs
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .send(job)
-            .map_err(|_| Error::internal("the hashing threads stopped"))?;
+        self.jobs.try_send(job).map_err(|error| match error {
+            TrySendError::Full(_) => Error {
+                retry_after: Some(std::time::Duration::from_secs(1)),
+                ..Error::new(
+                    ErrorKind::ResourceExhausted,
+                    "SERVER_BUSY",
+                    "the server is busy checking passwords, try again in a moment",
+                )
+            },
+            TrySendError::Disconnected(_) => Error::internal("the hashing threads stopped"),
+        })?;
         answer
             .await
             .map_err(|_| Error::internal("a hashing thread dropped its job"))?
@@ -214,7 +223,7 @@ mod tests {
 
     #[tokio::test]
     async fn argon2_round_trip() -> Result<()> {
-        let hasher = Argon2Hasher::new(cheap(), 2)?;
+        let hasher = Argon2Hasher::new(cheap(), 2, 8)?;
         let hash = hasher.hash("Str0ng!Passw0rd").await?;
         assert!(hash.starts_with("$argon2id$"));
         assert_eq!(
@@ -233,7 +242,7 @@ mod tests {
     async fn interoperates_with_standard_phc_hashes() -> Result<()> {
         use argon2::{PasswordHasher as _, PasswordVerifier as _};
         let settings = cheap();
-        let hasher = Argon2Hasher::new(settings, 1)?;
+        let hasher = Argon2Hasher::new(settings, 1, 4)?;
         let params = Params::new(
             settings.memory_kib,
             settings.iterations,
@@ -263,14 +272,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_full_queue_refuses_at_once() -> Result<()> {
+        let hasher = Argon2Hasher::new(cheap(), 1, 1)?;
+        let outcomes = futures_util::future::join_all((0..12).map(|_| hasher.hash("pw"))).await;
+        let busy = outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome, Err(error) if error.reason == "SERVER_BUSY"))
+            .count();
+        assert!(busy >= 1, "nothing was refused");
+        assert!(outcomes.iter().any(Result::is_ok), "nothing was hashed");
+        assert_eq!(busy + outcomes.iter().filter(|o| o.is_ok()).count(), 12);
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn changed_parameters_ask_for_a_rehash() -> Result<()> {
-        let old = Argon2Hasher::new(cheap(), 1)?.hash("pw").await?;
+        let old = Argon2Hasher::new(cheap(), 1, 4)?.hash("pw").await?;
         let stronger = Argon2Hasher::new(
             Argon2Settings {
                 memory_kib: 512,
                 ..cheap()
             },
             1,
+            4,
         )?;
         assert_eq!(
             stronger.verify("pw", &old).await?,
@@ -281,7 +305,7 @@ mod tests {
 
     #[tokio::test]
     async fn legacy_bcrypt_verifies_and_asks_for_a_rehash() -> Result<()> {
-        let hasher = Argon2Hasher::new(cheap(), 1)?;
+        let hasher = Argon2Hasher::new(cheap(), 1, 4)?;
         let legacy = bcrypt::hash("Legacy1pass", 4).map_err(Error::internal)?;
         assert_eq!(
             hasher.verify("Legacy1pass", &legacy).await?,

@@ -119,6 +119,21 @@ impl ApiKeyStore for SqlStore {
         .map(|_| ())
     }
 
+    async fn revoke_user_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<String>> {
+        let prefixes: Vec<(String,)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "UPDATE api_keys SET revoked_at = $2 \
+                 WHERE user_id = $1 AND revoked_at IS NULL RETURNING prefix",
+            )
+            .bind(user_id)
+            .bind(now)
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(prefixes.into_iter().map(|(prefix,)| prefix).collect())
+    }
+
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
         execute!(
             self,

@@ -52,6 +52,19 @@ macro_rules! execute {
 }
 use execute;
 
+/// Creates the SQLite file readable by Keel's user alone before SQLite opens it (SQLite gives
+/// its `-wal` and `-shm` files the same mode).
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") || path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(|_| ())
+}
+
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,
@@ -67,6 +80,7 @@ impl SqlStore {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
+            create_private_file(options.get_filename())?;
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(8)

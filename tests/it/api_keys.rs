@@ -58,7 +58,7 @@ async fn reason(response: reqwest::Response) -> String {
 
 async fn api_keys_work_on_every_door_until_revoked(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let tokens = app.signed_in("keys@example.com").await;
+    let tokens = app.verified("keys@example.com").await;
     let response = create(
         &app,
         &tokens.access,
@@ -149,7 +149,7 @@ async fn api_keys_work_on_every_door_until_revoked(backend: Backend) {
 
 async fn api_keys_cannot_manage_the_account(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let tokens = app.signed_in("limited-key@example.com").await;
+    let tokens = app.verified("limited-key@example.com").await;
     let created: Value = create(&app, &tokens.access, json!({ "name": "robot" }))
         .await
         .json()
@@ -201,7 +201,7 @@ async fn api_keys_cannot_manage_the_account(backend: Backend) {
 
 async fn forged_and_expired_api_keys_are_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let tokens = app.signed_in("forged-key@example.com").await;
+    let tokens = app.verified("forged-key@example.com").await;
     let created: Value = create(
         &app,
         &tokens.access,
@@ -233,7 +233,7 @@ async fn forged_and_expired_api_keys_are_refused(backend: Backend) {
 
 async fn api_key_requests_are_validated(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let tokens = app.signed_in("validate-key@example.com").await;
+    let tokens = app.verified("validate-key@example.com").await;
     for (body, field, reason_expected) in [
         (json!({ "name": "" }), "name", "INVALID_NAME"),
         (json!({ "name": "x".repeat(101) }), "name", "INVALID_NAME"),
@@ -266,8 +266,8 @@ async fn api_key_requests_are_validated(backend: Backend) {
 
 async fn api_keys_are_private_to_their_owner(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let owner = app.signed_in("owner-key@example.com").await;
-    let other = app.signed_in("other-key@example.com").await;
+    let owner = app.verified("owner-key@example.com").await;
+    let other = app.verified("other-key@example.com").await;
     let created: Value = create(&app, &owner.access, json!({ "name": "mine" }))
         .await
         .json()

@@ -264,6 +264,26 @@ impl TestApp {
         self.login(email).await
     }
 
+    /// Registers, proves the address with the mailed link (message number 1 to it), then signs
+    /// in: the sessions opened before the first proof would not survive it.
+    pub async fn verified(&self, email: &str) -> Tokens {
+        self.register(email).await;
+        self.verify_email(email).await;
+        self.login(email).await
+    }
+
+    /// Follows the verification link mailed at registration.
+    pub async fn verify_email(&self, email: &str) {
+        let token = self.mailbox.token(email, 1).await;
+        let response = self
+            .post_json(
+                "/api/v1/auth/verify-email",
+                serde_json::json!({ "token": token }),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "verifying {email}");
+    }
+
     pub async fn login(&self, email: &str) -> Tokens {
         let response = self
             .post_json(

@@ -18,17 +18,9 @@ backend_tests!(
 
 /// Registers, verifies and signs in `email` (its verification is mail number 1).
 pub async fn verified_user(app: &TestApp, email: &str) -> (String, Tokens) {
-    let (id, tokens) = user(app, email).await;
-    verify(app, email).await;
-    (id, tokens)
-}
-
-async fn verify(app: &TestApp, email: &str) {
-    let token = app.mailbox.token(email, 1).await;
-    let response = app
-        .post_json("/api/v1/auth/verify-email", json!({ "token": token }))
-        .await;
-    assert_eq!(response.status(), 200);
+    let (id, _) = user(app, email).await;
+    app.verify_email(email).await;
+    (id, app.login(email).await)
 }
 
 async fn accept(app: &TestApp, token: &str, tokens: &Tokens) -> (u16, Value) {
@@ -98,7 +90,9 @@ async fn invitations_are_accepted_by_the_invited_address_once(backend: Backend) 
         (status, body["reason"].as_str()),
         (404, Some("INVITATION_NOT_FOUND"))
     );
-    verify(&app, "dave@example.com").await;
+    // Proving the address signs out the sessions opened before it.
+    app.verify_email("dave@example.com").await;
+    let dave = app.login("dave@example.com").await;
     let (status, mine) = app
         .rest(Method::GET, "/api/v1/invitations", &dave.access, None)
         .await;

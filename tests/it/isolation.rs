@@ -323,7 +323,7 @@ async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -
 
 async fn no_tenant_reaches_another(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (alice_id, alice) = user(&app, "alice@example.com").await;
+    let (alice_id, alice) = verified_user(&app, "alice@example.com").await;
     let (vic_id, vic) = user(&app, "vic@example.com").await;
     let (mallory_id, mallory) = verified_user(&app, "mallory@example.com").await;
     let org_a = create_organization(&app, &alice.access, "victim").await;

@@ -9,6 +9,7 @@ mod api_keys;
 mod cli;
 mod contract;
 mod device_sessions;
+mod hardening;
 mod invitations;
 mod isolation;
 mod mail_flows;

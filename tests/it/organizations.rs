@@ -75,7 +75,7 @@ fn get_request(organization_id: &str, token: &str) -> tonic::Request<GetOrganiza
 
 async fn organizations_are_created_listed_updated_and_deleted(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (_, alice) = user(&app, "alice@example.com").await;
+    let (_, alice) = crate::invitations::verified_user(&app, "alice@example.com").await;
     let (bob_id, bob) = user(&app, "bob@example.com").await;
 
     let (status, created) = app
@@ -637,8 +637,8 @@ async fn the_organization_can_come_from_a_header(backend: Backend) {
 
 async fn api_keys_can_be_bound_to_one_organization(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (_, alice) = user(&app, "alice@example.com").await;
-    let (_, bob) = user(&app, "bob@example.com").await;
+    let (_, alice) = crate::invitations::verified_user(&app, "alice@example.com").await;
+    let (_, bob) = crate::invitations::verified_user(&app, "bob@example.com").await;
     let acme = create_organization(&app, &alice.access, "acme").await;
     let globex = create_organization(&app, &alice.access, "globex").await;
     let create_key = |token: String, body: Value| {

@@ -47,14 +47,18 @@ impl AuthService for AuthApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let client = client_info(&request);
         let body = request.into_inner();
         let user = self
             .auth
-            .register(Registration {
-                email: &body.email,
-                password: &body.password,
-                full_name: &body.full_name,
-            })
+            .register(
+                Registration {
+                    email: &body.email,
+                    password: &body.password,
+                    full_name: &body.full_name,
+                },
+                &client,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(RegisterResponse {

@@ -45,8 +45,10 @@ impl TotpService for TotpApi {
         &self,
         request: Request<EnableTotpRequest>,
     ) -> Result<Response<EnableTotpResponse>, Status> {
-        self.totp
-            .enable(&principal(&request)?, &request.get_ref().code)
+        let caller = principal(&request)?;
+        let body = request.get_ref();
+        self.auth
+            .enable_totp(&caller, &body.code, &body.password)
             .await
             .map_err(to_status)?;
         Ok(Response::new(EnableTotpResponse { enabled: true }))

@@ -48,6 +48,13 @@ impl AuthService {
         self.load_user(caller.user.id).await
     }
 
+    /// Turns two-factor authentication on after a password check that counts towards the
+    /// account's lockout, like a sign-in.
+    pub async fn enable_totp(&self, caller: &Principal, code: &str, password: &str) -> Result<()> {
+        self.reauthenticated(caller, self.totp.enable(caller, code, password))
+            .await
+    }
+
     /// Turns two-factor authentication off after a password or code check that counts
     /// towards the account's lockout, like a sign-in.
     pub async fn disable_totp(

@@ -158,7 +158,7 @@ impl AuthService {
             .mail_for_user(user, LinkPurpose::VerifyEmail)
             .await?;
         self.mailer
-            .send_later(Box::pin(async move { Ok(Some(mail)) }));
+            .send_later(Box::pin(async move { Ok(Some(mail)) }))?;
         Ok(())
     }
 
@@ -172,8 +172,7 @@ impl AuthService {
     ) -> Result<()> {
         self.admit_rate("mail", &account_key(email), client).await?;
         let job: MailJob = Box::pin(self.link_mailer().mail_for_email(email.to_owned(), purpose));
-        self.mailer.send_later(job);
-        Ok(())
+        self.mailer.send_later(job)
     }
 
     pub async fn resend_verification(&self, email: &str, client: &ClientInfo) -> Result<()> {
@@ -204,25 +203,36 @@ impl AuthService {
         self.user(user_id).await
     }
 
-    async fn mark_verified(&self, user: &User) -> Result<()> {
-        if !user.email_verified {
-            self.users
-                .mark_email_verified(user.id, truncate_to_micros(self.clock.now()))
-                .await?;
-            self.forget_user(user.id).await?;
+    /// Records that a link from the mailbox proved the address. The first proof of a
+    /// never-verified address ends everything made before it, since whoever registered the
+    /// address may not own it (account pre-hijacking): sessions, API keys and any 2FA
+    /// enrolment go. Answers whether this was the first proof.
+    async fn prove_address(&self, user: &User) -> Result<bool> {
+        if user.email_verified {
+            return Ok(false);
         }
-        Ok(())
+        self.users
+            .mark_email_verified(user.id, truncate_to_micros(self.clock.now()))
+            .await?;
+        self.forget_user(user.id).await?;
+        self.revoke_sessions_of(user.id, None).await?;
+        self.api_keys.revoke_all_of(user.id).await?;
+        self.totp.remove_unproven(user.id).await?;
+        tracing::info!(user_id = %user.id, "address proven for the first time: earlier sessions, keys and 2FA ended");
+        Ok(true)
     }
 
     pub async fn verify_email(&self, token: &str) -> Result<()> {
         let user = self.consume(token, LinkPurpose::VerifyEmail).await?;
-        self.mark_verified(&user).await?;
+        self.prove_address(&user).await?;
         tracing::info!(user_id = %user.id, "email verified");
         Ok(())
     }
 
-    /// Sets a new password from a reset link, signs out every session and lifts a lockout.
-    /// The policy is checked before the link is spent, so a weak password costs nothing.
+    /// Sets a new password from a reset link (which also proves the address), signs out every
+    /// session, revokes every API key and lifts a lockout; the owner of an account with 2FA is
+    /// told by mail. The policy is checked before the link is spent, so a weak password costs
+    /// nothing.
     pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
         let violations = self
             .settings
@@ -233,24 +243,39 @@ impl AuthService {
         }
         let user = self.consume(token, LinkPurpose::ResetPassword).await?;
         let hash = self.hasher.hash(new_password).await?;
+        self.prove_address(&user).await?;
         self.users
             .update_password_hash(user.id, &hash, truncate_to_micros(self.clock.now()))
             .await?;
         self.forget_user(user.id).await?;
         self.revoke_sessions_of(user.id, None).await?;
+        self.api_keys.revoke_all_of(user.id).await?;
         self.clear_lockout(&account_key(&user.email)).await?;
+        if self.totp.is_enabled(user.id).await? {
+            let notice = Template::PasswordResetNotice
+                .render(&user.email, &[("name", user.full_name.as_str())]);
+            self.mailer
+                .send_later(Box::pin(async move { Ok(Some(notice)) }))?;
+        }
         tracing::info!(user_id = %user.id, "password reset");
         Ok(())
     }
 
-    /// Signs in with a magic link (which also proves the email address). An account with
-    /// two-factor authentication still needs its second factor.
+    /// Signs in with a magic link (which also proves the email address). On the first proof
+    /// of a never-verified address, the password set at registration is replaced by an
+    /// unknown one as well: whoever chose it may not own the address, and the owner sets their
+    /// own by a reset. An account with two-factor authentication still needs its second factor.
     pub async fn verify_magic_link(&self, token: &str, client: ClientInfo) -> Result<LoginOutcome> {
         let user = self.consume(token, LinkPurpose::MagicLink).await?;
         if !user.is_active {
             return Err(super::account_disabled());
         }
-        self.mark_verified(&user).await?;
+        if self.prove_address(&user).await? {
+            let unknown = self.hasher.hash(&secret::generate()).await?;
+            self.users
+                .update_password_hash(user.id, &unknown, truncate_to_micros(self.clock.now()))
+                .await?;
+        }
         if self.totp.is_enabled(user.id).await? {
             return self.start_mfa(&user, client).await;
         }

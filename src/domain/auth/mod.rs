@@ -35,6 +35,8 @@ pub struct AuthSettings {
     pub access_token_ttl: Duration,
     /// How long a session lives without a refresh; each refresh extends it by this much.
     pub refresh_token_ttl: Duration,
+    /// How long a session lives at most from sign-in, however often it is refreshed.
+    pub session_max_lifetime: Duration,
     pub password_policy: PasswordPolicy,
     pub throttle: ThrottleSettings,
     /// Where mailed links point: `<link_base_url>/verify-email?token=…` and so on.
@@ -151,7 +153,19 @@ impl AuthService {
         })
     }
 
-    pub async fn register(&self, registration: Registration<'_>) -> Result<User> {
+    /// Creates an account, within the per-minute budgets per address and per client (each
+    /// sign-up costs a password hash).
+    pub async fn register(
+        &self,
+        registration: Registration<'_>,
+        client: &ClientInfo,
+    ) -> Result<User> {
+        self.admit_rate(
+            "register",
+            &throttle::account_key(registration.email),
+            client,
+        )
+        .await?;
         self.create_user(registration, false).await
     }
 
@@ -228,6 +242,11 @@ impl AuthService {
             return Err(invalid_credentials());
         };
         let user = credentials.user;
+        let second_factor = self.totp.is_enabled(user.id).await?;
+        if !second_factor {
+            // The password was the whole proof; with 2FA the count stays until the code.
+            self.record_success(&account).await?;
+        }
         if !user.is_active {
             return Err(account_disabled());
         }
@@ -235,10 +254,9 @@ impl AuthService {
         if check == PasswordCheck::MatchNeedsRehash {
             self.rehash(&user, password).await;
         }
-        if self.totp.is_enabled(user.id).await? {
+        if second_factor {
             return self.start_mfa(&user, client).await;
         }
-        self.record_success(&account).await?;
         Ok(LoginOutcome::SignedIn(
             self.open_session(&user, client).await?,
         ))
@@ -321,7 +339,11 @@ impl AuthService {
             ip_address: client.ip_address,
             created_at: now,
             last_used_at: now,
-            expires_at: now + self.settings.refresh_token_ttl,
+            expires_at: now
+                + self
+                    .settings
+                    .refresh_token_ttl
+                    .min(self.settings.session_max_lifetime),
             revoked_at: None,
         };
         let refresh_token = secret::generate();
@@ -384,7 +406,8 @@ impl AuthService {
             return Err(account_disabled());
         }
         let new_token = secret::generate();
-        let expires_at = now + self.settings.refresh_token_ttl;
+        let expires_at = (now + self.settings.refresh_token_ttl)
+            .min(session.created_at + self.settings.session_max_lifetime);
         let rotated = self
             .sessions
             .rotate_refresh_token(

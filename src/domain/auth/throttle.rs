@@ -38,24 +38,53 @@ fn seconds_until(moment: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Durati
     std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(1))
 }
 
+fn account_locked(retry_after: std::time::Duration) -> Error {
+    Error {
+        retry_after: Some(retry_after),
+        ..Error::unauthenticated(
+            "ACCOUNT_LOCKED",
+            "too many failed sign-ins: the account is locked for a while",
+        )
+    }
+}
+
 impl AuthService {
-    /// Refuses a sign-in attempt over the rate limits or on a locked account, before any
-    /// password is checked.
+    /// Admits one sign-in attempt (a password, a code) for `account`, before it is checked:
+    /// refused over the rate limits or on a locked account. The attempt is counted here, in one
+    /// atomic increment, so that N parallel guesses get at most the configured number of
+    /// checks; `record_success` clears the count, `record_failure` turns the last allowed
+    /// failure into a lock.
     pub(super) async fn admit_attempt(&self, account: &str, client: &ClientInfo) -> Result<()> {
         self.admit_rate("sign-in", account, client).await?;
+        self.refuse_if_locked(account).await?;
+        let attempts = self
+            .cache
+            .increment(&failures_key(account), 1, self.lockout_window())
+            .await?;
+        if attempts > u64::from(self.settings.throttle.lockout_threshold) {
+            // The attempts allowed are under way; the last of them to fail sets the lock.
+            return Err(account_locked(self.lockout_window()));
+        }
+        // A lock set while this attempt was counted (the count then started again from zero).
+        self.refuse_if_locked(account).await
+    }
+
+    async fn refuse_if_locked(&self, account: &str) -> Result<()> {
         let now = self.clock.now();
-        if let Some(locked_until) = self.locked_until(account).await?
-            && locked_until > now
+        if let Some(until) = self.locked_until(account).await?
+            && until > now
         {
-            return Err(Error {
-                retry_after: Some(seconds_until(locked_until, now)),
-                ..Error::unauthenticated(
-                    "ACCOUNT_LOCKED",
-                    "too many failed sign-ins: the account is locked for a while",
-                )
-            });
+            return Err(account_locked(seconds_until(until, now)));
         }
         Ok(())
+    }
+
+    fn lockout_window(&self) -> std::time::Duration {
+        self.settings
+            .throttle
+            .lockout_duration
+            .to_std()
+            .unwrap_or(std::time::Duration::from_secs(900))
     }
 
     /// Counts a request against the per-minute budgets of `scope`, per client address and
@@ -100,20 +129,18 @@ impl AuthService {
             .map(|moment| moment.with_timezone(&Utc)))
     }
 
-    /// Counts a failed attempt; the one that reaches the threshold locks the account.
+    /// Records that an admitted attempt failed; when it was the last one allowed, the account
+    /// is locked for the lockout duration and the count starts again for after the lock.
     pub(super) async fn record_failure(&self, account: &str) -> Result<()> {
-        let duration = self.settings.throttle.lockout_duration;
-        let window = duration
-            .to_std()
-            .unwrap_or(std::time::Duration::from_secs(900));
+        let window = self.lockout_window();
         let failures = self
             .cache
-            .increment(&failures_key(account), 1, window)
+            .increment(&failures_key(account), 0, window)
             .await?;
         if failures < u64::from(self.settings.throttle.lockout_threshold) {
             return Ok(());
         }
-        let locked_until = self.clock.now() + duration;
+        let locked_until = self.clock.now() + self.settings.throttle.lockout_duration;
         self.cache
             .set(
                 &lock_key(account),
@@ -132,7 +159,7 @@ impl AuthService {
         self.cache.delete(&failures_key(account)).await
     }
 
-    /// A successful sign-in clears the failure count.
+    /// A successful attempt clears the count.
     pub(super) async fn record_success(&self, account: &str) -> Result<()> {
         self.cache.delete(&failures_key(account)).await
     }

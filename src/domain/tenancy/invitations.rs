@@ -209,12 +209,12 @@ impl InvitationService {
         self.store
             .insert_invitation(&invitation, &secret::digest(&token))
             .await?;
-        self.mail(access, &invitation, &token);
+        self.mail(access, &invitation, &token)?;
         tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation sent");
         Ok(invitation)
     }
 
-    fn mail(&self, access: &Access, invitation: &Invitation, token: &str) {
+    fn mail(&self, access: &Access, invitation: &Invitation, token: &str) -> Result<()> {
         let inviter = &access.principal.user;
         let inviter = if inviter.full_name.is_empty() {
             inviter.email.clone()
@@ -232,7 +232,7 @@ impl InvitationService {
             ],
         );
         self.mailer
-            .send_later(Box::pin(async move { Ok(Some(mail)) }));
+            .send_later(Box::pin(async move { Ok(Some(mail)) }))
     }
 
     pub async fn list(
@@ -278,7 +278,7 @@ impl InvitationService {
                 invitation.expires_at,
             )
             .await?;
-        self.mail(access, &invitation, &token);
+        self.mail(access, &invitation, &token)?;
         Ok(invitation)
     }
 

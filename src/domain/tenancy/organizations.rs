@@ -398,7 +398,10 @@ impl OrganizationService {
         Ok(())
     }
 
+    /// The caller leaves. A user session only: leaving is a write, and a key (even a read-only
+    /// one) must not end its owner's membership.
     pub async fn leave(&self, access: &Access) -> Result<()> {
+        access.principal.session_id()?;
         self.find_member(access, access.user_id()).await?;
         self.remove(access.organization_id, access.user_id())
             .await?;

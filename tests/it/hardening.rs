@@ -1,0 +1,631 @@
+//! The account hardening of issue #8: pre-hijacked accounts are taken back whole by the first
+//! proof of the address, 2FA enrolment needs the password, lockouts count before they check,
+//! sign-ups and hashing are admitted under load, sessions end at their absolute lifetime, and
+//! the operational defaults (file modes, `/metrics` token, HSTS).
+
+use crate::backend_tests;
+use crate::harness::{Backend, PASSWORD, TestApp, Tokens, grpc_reason, with_token};
+use crate::totp::{code_now, enroll, mfa_token};
+use keel::api::pb::keel::apikey::v1::CreateApiKeyRequest;
+use keel::api::pb::keel::apikey::v1::api_key_service_client::ApiKeyServiceClient;
+use keel::api::pb::keel::auth::v1::{LoginMfaRequest, LoginRequest, RegisterRequest};
+use keel::api::pb::keel::organization::v1::LeaveOrganizationRequest;
+use keel::api::pb::keel::organization::v1::organization_service_client::OrganizationServiceClient;
+use keel::api::pb::keel::totp::v1::EnableTotpRequest;
+use keel::api::pb::keel::totp::v1::totp_service_client::TotpServiceClient;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tonic::Code;
+
+backend_tests!(
+    a_password_reset_takes_over_a_pre_hijacked_account,
+    a_magic_link_takes_over_a_pre_hijacked_account,
+    api_keys_need_a_verified_address_and_die_with_a_reset,
+    enabling_totp_needs_the_password,
+    parallel_wrong_passwords_get_exactly_the_threshold,
+    parallel_wrong_codes_get_exactly_the_threshold,
+    registration_is_rate_limited_per_address,
+    a_full_hashing_queue_refuses_at_once,
+    api_keys_cannot_leave_an_organization,
+    sessions_end_at_their_absolute_lifetime,
+);
+
+async fn status_and_reason(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, String) {
+    let (status, body) = app.rest(method, path, token, body).await;
+    (
+        status.as_u16(),
+        body["reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn login_status(app: &TestApp, email: &str, password: &str) -> (u16, String) {
+    let response = app
+        .post_json(
+            "/api/v1/auth/login",
+            json!({ "email": email, "password": password }),
+        )
+        .await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+async fn refresh_status(app: &TestApp, refresh_token: &str) -> (u16, String) {
+    let response = app
+        .post_json(
+            "/api/v1/auth/refresh",
+            json!({ "refresh_token": refresh_token }),
+        )
+        .await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["reason"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// The squatter's foothold on an address they do not own: a session (with its refresh token)
+/// and an authenticator of theirs enrolled as the account's second factor.
+async fn squat(app: &TestApp, email: &str) -> Tokens {
+    let squatter = app.signed_in(email).await;
+    enroll(app, &squatter.access).await;
+    let pending = mfa_token(app, email).await;
+    assert!(!pending.is_empty(), "the squatter's 2FA is on");
+    squatter
+}
+
+async fn a_password_reset_takes_over_a_pre_hijacked_account(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "victim@corp.example";
+    let squatter = squat(&app, email).await;
+
+    // The owner of the mailbox resets the password (message 1 was the verification).
+    app.post_json(
+        "/api/v1/auth/request-password-reset",
+        json!({ "email": email }),
+    )
+    .await;
+    let token = app.mailbox.token(email, 2).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/reset-password",
+            json!({ "token": token, "new_password": "An0ther!Passw0rd" }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // The squatter's session, refresh token, password and authenticator are all gone.
+    assert_eq!(
+        status_and_reason(&app, Method::GET, "/api/v1/auth/me", &squatter.access, None).await,
+        (401, "SESSION_REVOKED".to_owned())
+    );
+    assert_eq!(refresh_status(&app, &squatter.refresh).await.0, 401);
+    assert_eq!(login_status(&app, email, PASSWORD).await.0, 401);
+    let owner = app
+        .grpc()
+        .await
+        .login(LoginRequest {
+            email: email.into(),
+            password: "An0ther!Passw0rd".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!owner.mfa_required, "the squatter's 2FA enrolment is gone");
+    let me: Value = app
+        .get_with_token("/api/v1/auth/me", &owner.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email_verified"], true, "the reset proved the address");
+}
+
+async fn a_magic_link_takes_over_a_pre_hijacked_account(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "owner@corp.example";
+    let squatter = squat(&app, email).await;
+
+    app.post_json("/api/v1/auth/magic-link", json!({ "email": email }))
+        .await;
+    let token = app.mailbox.token(email, 2).await;
+    let response = app
+        .post_json("/api/v1/auth/magic-link/verify", json!({ "token": token }))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["mfa_required"], false, "the squatter's 2FA is gone");
+    let owner = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get_with_token("/api/v1/auth/me", owner).await.status(),
+        200
+    );
+
+    // The squatter keeps nothing: not the session, not the refresh token, not the password
+    // they chose at registration.
+    assert_eq!(
+        status_and_reason(&app, Method::GET, "/api/v1/auth/me", &squatter.access, None).await,
+        (401, "SESSION_REVOKED".to_owned())
+    );
+    assert_eq!(refresh_status(&app, &squatter.refresh).await.0, 401);
+    assert_eq!(
+        login_status(&app, email, PASSWORD).await,
+        (401, "INVALID_CREDENTIALS".to_owned())
+    );
+}
+
+async fn api_keys_need_a_verified_address_and_die_with_a_reset(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let unverified = app.signed_in("unproven@example.com").await;
+    assert_eq!(
+        status_and_reason(
+            &app,
+            Method::POST,
+            "/api/v1/api-keys",
+            &unverified.access,
+            Some(json!({ "name": "deploys" })),
+        )
+        .await,
+        (400, "EMAIL_NOT_VERIFIED".to_owned())
+    );
+    let refused = ApiKeyServiceClient::new(app.channel().await)
+        .create_api_key(with_token(
+            CreateApiKeyRequest {
+                name: "deploys".into(),
+                ..Default::default()
+            },
+            &unverified.access,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), grpc_reason(&refused).as_str()),
+        (Code::FailedPrecondition, "EMAIL_NOT_VERIFIED")
+    );
+
+    // A verified owner gets keys; a password reset revokes them, a change of password keeps
+    // them.
+    let email = "proven@example.com";
+    let owner = app.verified(email).await;
+    let key = |tokens: &Tokens| {
+        let access = tokens.access.clone();
+        let app = &app;
+        async move {
+            let (status, created) = app
+                .rest(
+                    Method::POST,
+                    "/api/v1/api-keys",
+                    &access,
+                    Some(json!({ "name": "deploys" })),
+                )
+                .await;
+            assert_eq!(status, 201, "{created}");
+            created["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let kept = key(&owner).await;
+    let (status, _) = app
+        .rest(
+            Method::PUT,
+            "/api/v1/users/me/password",
+            &owner.access,
+            Some(json!({ "current_password": PASSWORD, "new_password": "Chang3d!Passw0rd" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.get_with_token("/api/v1/auth/me", &kept).await.status(),
+        200,
+        "a change of password keeps the keys"
+    );
+
+    app.post_json(
+        "/api/v1/auth/request-password-reset",
+        json!({ "email": email }),
+    )
+    .await;
+    let token = app.mailbox.token(email, 2).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/reset-password",
+            json!({ "token": token, "new_password": "Res3t!Passw0rd" }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        status_and_reason(&app, Method::GET, "/api/v1/auth/me", &kept, None).await,
+        (401, "API_KEY_REVOKED".to_owned())
+    );
+}
+
+async fn enabling_totp_needs_the_password(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.lockout_threshold = Some("3".into());
+    })
+    .await;
+    let email = "enrol@example.com";
+    let tokens = app.verified(email).await;
+    let (status, setup) = app
+        .rest(
+            Method::POST,
+            "/api/v1/totp/setup",
+            &tokens.access,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let secret = setup["secret"].as_str().unwrap().to_owned();
+
+    // A stolen access token alone cannot enrol its thief's authenticator.
+    let mut totp = TotpServiceClient::new(app.channel().await);
+    let refused = totp
+        .enable_totp(with_token(
+            EnableTotpRequest {
+                code: code_now(&app, &secret),
+                password: String::new(),
+            },
+            &tokens.access,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), grpc_reason(&refused).as_str()),
+        (Code::InvalidArgument, "REAUTHENTICATION_FAILED")
+    );
+    assert_eq!(
+        status_and_reason(
+            &app,
+            Method::POST,
+            "/api/v1/totp/enable",
+            &tokens.access,
+            Some(json!({ "code": code_now(&app, &secret), "password": "Wr0ng!Passw0rd" })),
+        )
+        .await,
+        (400, "REAUTHENTICATION_FAILED".to_owned())
+    );
+    // Wrong passwords here count towards the lockout: the third locks the account.
+    assert_eq!(
+        status_and_reason(
+            &app,
+            Method::POST,
+            "/api/v1/totp/enable",
+            &tokens.access,
+            Some(json!({ "code": code_now(&app, &secret), "password": "Wr0ng!Passw0rd" })),
+        )
+        .await
+        .1,
+        "REAUTHENTICATION_FAILED"
+    );
+    assert_eq!(
+        login_status(&app, email, PASSWORD).await,
+        (401, "ACCOUNT_LOCKED".to_owned())
+    );
+    app.clock.advance(chrono::Duration::minutes(16));
+    let tokens = app.login(email).await;
+
+    totp.enable_totp(with_token(
+        EnableTotpRequest {
+            code: code_now(&app, &secret),
+            password: PASSWORD.into(),
+        },
+        &tokens.access,
+    ))
+    .await
+    .unwrap();
+    assert!(!mfa_token(&app, email).await.is_empty());
+
+    // A password reset of an account with 2FA tells its owner.
+    app.post_json(
+        "/api/v1/auth/request-password-reset",
+        json!({ "email": email }),
+    )
+    .await;
+    let token = app.mailbox.token(email, 2).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/reset-password",
+            json!({ "token": token, "new_password": "Res3t!Passw0rd" }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut notice = None;
+    for _ in 0..200 {
+        notice = app.mailbox.messages_to(email).get(2).cloned();
+        if notice.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let notice = notice.expect("a notice of the reset");
+    assert!(notice.contains("Your password was reset"), "{notice}");
+}
+
+async fn parallel_wrong_passwords_get_exactly_the_threshold(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "burst@example.com";
+    app.register(email).await;
+    let mut grpc = app.grpc().await;
+    let guesses = (0..20).map(|index| {
+        let mut grpc = grpc.clone();
+        async move {
+            let status = grpc
+                .login(LoginRequest {
+                    email: email.into(),
+                    password: format!("Wr0ng!guess{index}"),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            grpc_reason(&status)
+        }
+    });
+    let reasons = futures_util::future::join_all(guesses).await;
+    let checked = reasons
+        .iter()
+        .filter(|reason| *reason == "INVALID_CREDENTIALS")
+        .count();
+    let locked = reasons
+        .iter()
+        .filter(|reason| *reason == "ACCOUNT_LOCKED")
+        .count();
+    assert_eq!((checked, locked), (5, 15), "{reasons:?}");
+    let status = grpc
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(grpc_reason(&status), "ACCOUNT_LOCKED");
+}
+
+async fn parallel_wrong_codes_get_exactly_the_threshold(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "codes@example.com";
+    let tokens = app.verified(email).await;
+    enroll(&app, &tokens.access).await;
+    let mut grpc = app.grpc().await;
+    // The password step counts one attempt until its code arrives, so a burst of wrong codes
+    // gets the four checks left.
+    let pending = mfa_token(&app, email).await;
+    let guesses = (0..12).map(|index| {
+        let mut grpc = grpc.clone();
+        let mfa_token = pending.clone();
+        async move {
+            let status = grpc
+                .login_mfa(LoginMfaRequest {
+                    mfa_token,
+                    code: format!("{:06}", 100_000 + index),
+                })
+                .await
+                .unwrap_err();
+            grpc_reason(&status)
+        }
+    });
+    let reasons = futures_util::future::join_all(guesses).await;
+    let checked = reasons
+        .iter()
+        .filter(|reason| *reason == "INVALID_CODE")
+        .count();
+    assert_eq!(checked, 4, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|reason| reason == "INVALID_CODE" || reason == "ACCOUNT_LOCKED"),
+        "{reasons:?}"
+    );
+    let status = grpc
+        .login(LoginRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(grpc_reason(&status), "ACCOUNT_LOCKED");
+}
+
+async fn registration_is_rate_limited_per_address(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.rate_limit_auth_per_minute = Some("3".into());
+    })
+    .await;
+    for index in 0..3 {
+        app.register(&format!("flood{index}@example.com")).await;
+    }
+    let response = app
+        .post_json(
+            "/api/v1/auth/register",
+            json!({ "email": "flood3@example.com", "password": PASSWORD, "full_name": "F" }),
+        )
+        .await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let refused = app
+        .grpc()
+        .await
+        .register(RegisterRequest {
+            email: "flood4@example.com".into(),
+            password: PASSWORD.into(),
+            full_name: "F".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), grpc_reason(&refused).as_str()),
+        (Code::ResourceExhausted, "RATE_LIMITED")
+    );
+    // The next minute has a fresh budget.
+    app.clock.advance(chrono::Duration::minutes(1));
+    app.register("flood5@example.com").await;
+}
+
+async fn a_full_hashing_queue_refuses_at_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.hash_concurrency = Some("1".into());
+        settings.hash_queue_limit = Some("1".into());
+        // Slow enough hashes that a burst piles up behind one thread.
+        settings.argon2_memory_kib = Some("16384".into());
+        settings.argon2_iterations = Some("4".into());
+    })
+    .await;
+    let registrations = (0..16).map(|index| {
+        let app = &app;
+        async move {
+            let response = app
+                .post_json(
+                    "/api/v1/auth/register",
+                    json!({ "email": format!("busy{index}@example.com"), "password": PASSWORD, "full_name": "B" }),
+                )
+                .await;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, body["reason"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    let outcomes = futures_util::future::join_all(registrations).await;
+    let busy: Vec<_> = outcomes
+        .iter()
+        .filter(|(status, _, _)| *status == 503)
+        .collect();
+    assert!(!busy.is_empty(), "{outcomes:?}");
+    assert!(
+        busy.iter()
+            .all(|(_, retry_after, reason)| *retry_after && reason == "SERVER_BUSY"),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|(status, _, _)| *status == 201),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|(status, _, _)| *status == 201 || *status == 503),
+        "{outcomes:?}"
+    );
+
+    // gRPC callers see RESOURCE_EXHAUSTED with the same reason.
+    let grpc = app.grpc().await;
+    let attempts = (0..16).map(|index| {
+        let mut grpc = grpc.clone();
+        async move {
+            grpc.login(LoginRequest {
+                email: format!("busy{index}@example.com"),
+                password: PASSWORD.into(),
+                ..Default::default()
+            })
+            .await
+        }
+    });
+    let refused: Vec<_> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .filter(|status| status.code() == Code::ResourceExhausted)
+        .collect();
+    assert!(!refused.is_empty());
+    assert!(
+        refused
+            .iter()
+            .all(|status| grpc_reason(status) == "SERVER_BUSY")
+    );
+}
+
+async fn api_keys_cannot_leave_an_organization(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let owner = app.verified("leaver@example.com").await;
+    let (status, organization) = app
+        .rest(
+            Method::POST,
+            "/api/v1/organizations",
+            &owner.access,
+            Some(json!({ "name": "Leavers", "slug": "leavers" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{organization}");
+    let organization_id = organization["id"].as_str().unwrap().to_owned();
+    let (status, created) = app
+        .rest(
+            Method::POST,
+            "/api/v1/api-keys",
+            &owner.access,
+            Some(json!({ "name": "reader", "scopes": ["organization:read"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap();
+
+    assert_eq!(
+        status_and_reason(
+            &app,
+            Method::POST,
+            &format!("/api/v1/organizations/{organization_id}/leave"),
+            key,
+            None,
+        )
+        .await,
+        (403, "SESSION_REQUIRED".to_owned())
+    );
+    let refused = OrganizationServiceClient::new(app.channel().await)
+        .leave_organization(with_token(
+            LeaveOrganizationRequest {
+                organization_id: organization_id.clone(),
+            },
+            key,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), grpc_reason(&refused).as_str()),
+        (Code::PermissionDenied, "SESSION_REQUIRED")
+    );
+    let (status, _) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/organizations/{organization_id}"),
+            &owner.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "still a member");
+}
+
+async fn sessions_end_at_their_absolute_lifetime(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.session_max_lifetime_seconds = Some("3600".into());
+    })
+    .await;
+    let mut tokens = app.signed_in("lifetime@example.com").await;
+    // Refreshing keeps the session alive, but never past an hour from sign-in.
+    for _ in 0..2 {
+        app.clock.advance(chrono::Duration::minutes(25));
+        let response = app
+            .post_json(
+                "/api/v1/auth/refresh",
+                json!({ "refresh_token": tokens.refresh }),
+            )
+            .await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        tokens.refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    }
+    app.clock.advance(chrono::Duration::minutes(11));
+    assert_eq!(
+        refresh_status(&app, &tokens.refresh).await,
+        (401, "SESSION_EXPIRED".to_owned())
+    );
+}
