@@ -55,23 +55,13 @@ pub struct Services {
     probes: Vec<Arc<dyn HealthProbe>>,
 }
 
-/// The data directory holds the database, the instance secret and the signing keys: created
-/// for Keel's user alone.
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(path)
-}
-
 impl Services {
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         // One TLS backend for the process (sqlx, fred): aws-lc-rs. Installing twice is harmless.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
         if config.database_url.starts_with("sqlite:") || config.jwt_private_key_file.is_none() {
-            create_private_dir(&config.data_dir).with_context(|| {
+            crate::security::create_private_dir(&config.data_dir).with_context(|| {
                 format!("KEEL_DATA_DIR: creating {}", config.data_dir.display())
             })?;
         }

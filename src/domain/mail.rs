@@ -43,6 +43,8 @@ pub enum Template {
     Invitation,
     /// Tells the owner of an account with 2FA that its password was reset.
     PasswordResetNotice,
+    /// Tells the owner of an address that someone tried to register it again.
+    RegistrationAttempt,
 }
 
 impl Template {
@@ -72,6 +74,11 @@ impl Template {
                 "Your password was reset",
                 include_str!("../../templates/mail/password_reset_notice.txt"),
                 include_str!("../../templates/mail/password_reset_notice.html"),
+            ),
+            Template::RegistrationAttempt => (
+                "Someone tried to register with your address",
+                include_str!("../../templates/mail/registration_attempt.txt"),
+                include_str!("../../templates/mail/registration_attempt.html"),
             ),
         }
     }

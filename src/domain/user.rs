@@ -121,8 +121,10 @@ pub trait UserStore: Send + Sync {
     async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
 }
 
+pub const EMAIL_TAKEN: &str = "EMAIL_TAKEN";
+
 pub fn email_taken() -> Error {
-    Error::already_exists("EMAIL_TAKEN", "an account with this email already exists")
+    Error::already_exists(EMAIL_TAKEN, "an account with this email already exists")
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ impl AccessTokenCodec for JwtCodec {
 }
 
 fn load_or_create_keys(dir: &Path) -> anyhow::Result<Vec<Ed25519Key>> {
-    std::fs::create_dir_all(dir)
+    super::create_private_dir(dir)
         .map_err(|error| anyhow::anyhow!("creating key directory {}: {error}", dir.display()))?;
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))

@@ -13,6 +13,7 @@ mod hardening;
 mod invitations;
 mod isolation;
 mod mail_flows;
+mod operations;
 mod organizations;
 mod quotas;
 mod rest_errors;

@@ -151,15 +151,16 @@ impl AuthService {
         }
     }
 
-    /// Mails a verification link to a new user.
-    pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
-        let mail = self
-            .link_mailer()
-            .mail_for_user(user, LinkPurpose::VerifyEmail)
-            .await?;
-        self.mailer
-            .send_later(Box::pin(async move { Ok(Some(mail)) }))?;
-        Ok(())
+    /// Mails a verification link to a new user. The link is made by the mail job, after the
+    /// answer: a sign-up costs the same whether or not the address was taken.
+    pub(super) fn send_verification(&self, user: User) -> Result<()> {
+        let links = self.link_mailer();
+        self.mailer.send_later(Box::pin(async move {
+            links
+                .mail_for_user(&user, LinkPurpose::VerifyEmail)
+                .await
+                .map(Some)
+        }))
     }
 
     /// Queues the link mail for `email` after the rate limits; the answer never depends on

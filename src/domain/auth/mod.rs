@@ -19,12 +19,12 @@ use crate::domain::apikey::ApiKeyService;
 use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result};
-use crate::domain::mail::Mailer;
+use crate::domain::mail::{Mailer, Template};
 use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::secret;
 use crate::domain::totp::{TotpService, invalid_code};
-use crate::domain::user::{EmailAddress, User, UserStore, parse_full_name};
+use crate::domain::user::{EMAIL_TAKEN, EmailAddress, User, UserStore, parse_full_name};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -203,12 +203,42 @@ impl AuthService {
             created_at: now,
             updated_at: now,
         };
-        self.users.insert_user(&user, &password_hash).await?;
+        match self.users.insert_user(&user, &password_hash).await {
+            Err(error) if error.reason == EMAIL_TAKEN && self.hides_registered_addresses(superuser) => {
+                self.tell_owner_of_registration_attempt(email)?;
+                return Ok(user);
+            }
+            inserted => inserted?,
+        }
         tracing::info!(user_id = %user.id, superuser, "user registered");
         if !user.email_verified {
-            self.send_verification(&user).await?;
+            self.send_verification(user.clone())?;
         }
         Ok(user)
+    }
+
+    /// Whether a sign-up for a taken address answers as for a new one. Only when sign-in needs
+    /// a verified address: the look-alike account can then never be used, and the owner hears
+    /// of the attempt by mail. Otherwise `EMAIL_TAKEN` stays (a registration must be usable at
+    /// once, so it cannot pretend).
+    fn hides_registered_addresses(&self, superuser: bool) -> bool {
+        self.settings.require_verified_email && !superuser
+    }
+
+    /// Mails the owner of a taken address, after the answer (the owner's name is looked up by
+    /// the job, so the request costs the same as a new registration).
+    fn tell_owner_of_registration_attempt(&self, email: EmailAddress) -> Result<()> {
+        let users = self.users.clone();
+        self.mailer.send_later(Box::pin(async move {
+            let Some(credentials) = users.find_credentials_by_email(&email).await? else {
+                return Ok(None);
+            };
+            let owner = credentials.user;
+            Ok(Some(Template::RegistrationAttempt.render(
+                &owner.email,
+                &[("name", owner.full_name.as_str())],
+            )))
+        }))
     }
 
     /// Checks an email and password and opens a session. Unknown emails, wrong passwords and

@@ -1,0 +1,208 @@
+//! What operators meet: a Redis restart under a running Keel, `/health` and gRPC health telling
+//! the same, a token on `/metrics`, HSTS behind https, and data files for Keel's user alone.
+
+use crate::harness::{Backend, TestApp, services_available, test_settings};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A Redis server this test owns, on its own port, so stopping it disturbs no other test.
+struct PrivateRedis {
+    port: u16,
+    process: Option<Child>,
+}
+
+impl PrivateRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            process: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let process = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (Debian's redis-server package) on the PATH");
+        self.process = Some(process);
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {}", self.port);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill().await.unwrap();
+        }
+    }
+}
+
+async fn grpc_health(app: &TestApp) -> i32 {
+    HealthClient::new(app.channel().await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+async fn health(app: &TestApp) -> u16 {
+    app.http
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_rides_out_a_redis_restart() {
+    if !services_available() {
+        return;
+    }
+    let mut redis = PrivateRedis::start().await;
+    let url = redis.url();
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.redis_url = Some(url);
+    })
+    .await;
+    let kept = app.signed_in("steady@example.com").await;
+    let revoked = app.login("steady@example.com").await;
+    let (status, _) = app
+        .rest(
+            reqwest::Method::POST,
+            "/api/v1/auth/logout",
+            &revoked.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(health(&app).await, 200);
+    assert_eq!(grpc_health(&app).await, ServingStatus::Serving as i32);
+
+    // Redis goes away: requests fail soon with 503 and Retry-After, never hang; both health
+    // doors say so.
+    redis.stop().await;
+    let response = tokio::time::timeout(
+        Duration::from_secs(15),
+        app.get_with_token("/api/v1/auth/me", &kept.access),
+    )
+    .await
+    .expect("a request during the outage answers instead of hanging");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "CACHE_UNAVAILABLE");
+    assert_eq!(health(&app).await, 503);
+    assert_eq!(grpc_health(&app).await, ServingStatus::NotServing as i32);
+
+    // Redis comes back empty: Keel reconnects by itself and revocations still hold, since the
+    // database is their source of truth.
+    redis.restart().await;
+    let mut recovered = false;
+    for _ in 0..100 {
+        if health(&app).await == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "Keel did not reconnect to Redis");
+    assert_eq!(grpc_health(&app).await, ServingStatus::Serving as i32);
+    assert_eq!(
+        app.get_with_token("/api/v1/auth/me", &kept.access)
+            .await
+            .status(),
+        200
+    );
+    let body: Value = app
+        .get_with_token("/api/v1/auth/me", &revoked.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["reason"], "SESSION_REVOKED");
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.metrics_token = Some("scrape-me-0123456789".into());
+    })
+    .await;
+    let open = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(open.status(), 401);
+    assert_eq!(open.headers()["www-authenticate"], "Bearer");
+    let wrong = app.get_with_token("/metrics", "scrape-me-wrong").await;
+    assert_eq!(wrong.status(), 401);
+    let scraped = app.get_with_token("/metrics", "scrape-me-0123456789").await;
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped.text().await.unwrap().contains("# TYPE"));
+}
+
+#[tokio::test]
+async fn https_deployments_send_hsts() {
+    let plain = TestApp::spawn(Backend::Embedded).await;
+    let response = plain.http.get(plain.url("/health")).send().await.unwrap();
+    assert!(!response.headers().contains_key("strict-transport-security"));
+
+    let secure = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.public_url = Some("https://keel.example.com".into());
+    })
+    .await;
+    let response = secure.http.get(secure.url("/health")).send().await.unwrap();
+    assert_eq!(
+        response.headers()["strict-transport-security"],
+        "max-age=31536000; includeSubDomains"
+    );
+}
+
+#[tokio::test]
+async fn data_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let data_dir = parent.path().join("data");
+    let mut settings = test_settings(Backend::Embedded, &data_dir);
+    settings.data_dir = Some(data_dir.display().to_string());
+    let app = TestApp::spawn_settings(settings, parent).await;
+    app.signed_in("files@example.com").await;
+    let mode = |path: std::path::PathBuf| {
+        std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(data_dir.clone()), 0o700);
+    assert_eq!(mode(data_dir.join("keys")), 0o700);
+    assert_eq!(mode(data_dir.join("keel.db")), 0o600);
+    assert_eq!(mode(data_dir.join("keel.db-wal")), 0o600);
+}
