@@ -28,6 +28,7 @@ backend_tests!(
     a_full_hashing_queue_refuses_at_once,
     api_keys_cannot_leave_an_organization,
     sessions_end_at_their_absolute_lifetime,
+    a_taken_address_registers_alike_when_verification_is_required,
 );
 
 async fn status_and_reason(
@@ -628,4 +629,71 @@ async fn sessions_end_at_their_absolute_lifetime(backend: Backend) {
         refresh_status(&app, &tokens.refresh).await,
         (401, "SESSION_EXPIRED".to_owned())
     );
+}
+
+async fn a_taken_address_registers_alike_when_verification_is_required(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.require_verified_email = Some("true".into());
+    })
+    .await;
+    let email = "taken@example.com";
+    let first = app.register(email).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/register",
+            json!({ "email": email, "password": "Imp0ster!Passw0rd", "full_name": "Test User" }),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "the same answer as a new address");
+    let second: Value = response.json().await.unwrap();
+    let keys = |user: &Value| {
+        let mut keys: Vec<String> = user.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&first), keys(&second));
+    assert_eq!(
+        (&second["email"], &second["email_verified"]),
+        (&json!(email), &json!(false))
+    );
+    assert_ne!(first["id"], second["id"]);
+    app.grpc()
+        .await
+        .register(RegisterRequest {
+            email: email.into(),
+            password: "Imp0ster!Passw0rd".into(),
+            full_name: "Test User".into(),
+        })
+        .await
+        .unwrap();
+
+    // The owner hears of it; the impostor's password opens nothing.
+    let mut told = None;
+    for _ in 0..200 {
+        told = app.mailbox.messages_to(email).get(1).cloned();
+        if told.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let told = told.expect("a message to the owner");
+    assert!(
+        told.contains("Someone tried to register with your address"),
+        "{told}"
+    );
+    assert_eq!(
+        login_status(&app, email, "Imp0ster!Passw0rd").await,
+        (401, "INVALID_CREDENTIALS".to_owned())
+    );
+
+    // Without the requirement a taken address says so.
+    let open = TestApp::spawn(backend).await;
+    open.register(email).await;
+    let response = open
+        .post_json(
+            "/api/v1/auth/register",
+            json!({ "email": email, "password": PASSWORD, "full_name": "Test User" }),
+        )
+        .await;
+    assert_eq!(response.status(), 409);
 }

@@ -151,16 +151,15 @@ impl AuthService {
         }
     }
 
-    /// Mails a verification link to a new user. The link is made by the mail job, after the
-    /// answer: a sign-up costs the same whether or not the address was taken.
-    pub(super) fn send_verification(&self, user: User) -> Result<()> {
-        let links = self.link_mailer();
-        self.mailer.send_later(Box::pin(async move {
-            links
-                .mail_for_user(&user, LinkPurpose::VerifyEmail)
-                .await
-                .map(Some)
-        }))
+    /// Mails a verification link to a new user. The link is stored before the answer, so that
+    /// it is mailed ahead of any link asked for after it.
+    pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
+        let mail = self
+            .link_mailer()
+            .mail_for_user(user, LinkPurpose::VerifyEmail)
+            .await?;
+        self.mailer
+            .send_later(Box::pin(async move { Ok(Some(mail)) }))
     }
 
     /// Queues the link mail for `email` after the rate limits; the answer never depends on

@@ -204,7 +204,9 @@ impl AuthService {
             updated_at: now,
         };
         match self.users.insert_user(&user, &password_hash).await {
-            Err(error) if error.reason == EMAIL_TAKEN && self.hides_registered_addresses(superuser) => {
+            Err(error)
+                if error.reason == EMAIL_TAKEN && self.hides_registered_addresses(superuser) =>
+            {
                 self.tell_owner_of_registration_attempt(email)?;
                 return Ok(user);
             }
@@ -212,7 +214,7 @@ impl AuthService {
         }
         tracing::info!(user_id = %user.id, superuser, "user registered");
         if !user.email_verified {
-            self.send_verification(user.clone())?;
+            self.send_verification(&user).await?;
         }
         Ok(user)
     }
