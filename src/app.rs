@@ -164,6 +164,7 @@ impl Services {
         let invitations = Arc::new(InvitationService::new(
             InvitationPorts {
                 store: Arc::new(store.clone()),
+                users: Arc::new(store.clone()),
                 organizations: Arc::new(store.clone()),
                 access: access.clone(),
                 quotas: quotas.clone(),

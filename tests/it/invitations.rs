@@ -14,6 +14,7 @@ use tonic::Code;
 backend_tests!(
     invitations_are_accepted_by_the_invited_address_once,
     invitations_can_be_resent_revoked_and_expire,
+    invitations_grant_no_more_than_the_inviter_still_may,
 );
 
 /// Registers, verifies and signs in `email` (its verification is mail number 1).
@@ -325,4 +326,79 @@ async fn invitations_can_be_resent_revoked_and_expire(backend: Backend) {
     let fresh = app.mailbox.token("frank@example.com", 5).await;
     let (status, joined) = accept(&app, &fresh, &frank).await;
     assert_eq!((status, &joined["roles"]), (200, &json!(["member"])));
+}
+
+async fn invitations_grant_no_more_than_the_inviter_still_may(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, alice) = verified_user(&app, "alice@example.com").await;
+    let (bob_id, bob) = verified_user(&app, "bob@example.com").await;
+    let (_, carol) = verified_user(&app, "carol@example.com").await;
+    let (_, dave) = verified_user(&app, "dave@example.com").await;
+    let organization_id = create_organization(&app, &alice.access, "acme").await;
+    add_member(
+        &app,
+        &alice.access,
+        &organization_id,
+        &bob_id,
+        json!(["admin"]),
+    )
+    .await;
+    let (status, role) = app
+        .rest(
+            Method::POST,
+            &format!("/api/v1/organizations/{organization_id}/roles"),
+            &alice.access,
+            Some(json!({ "name": "recruiter", "permissions": ["invitation:create", "invitation:read"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{role}");
+    let invite = |email: &'static str, roles: Value| {
+        let app = &app;
+        let path = format!("/api/v1/organizations/{organization_id}/invitations");
+        let access = bob.access.clone();
+        async move {
+            let (status, body) = app
+                .rest(
+                    Method::POST,
+                    &path,
+                    &access,
+                    Some(json!({ "email": email, "roles": roles })),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+            app.mailbox.token(email, 2).await
+        }
+    };
+    let to_carol = invite("carol@example.com", json!(["admin", "viewer"])).await;
+
+    // Bob is demoted before Carol accepts: she gets only what he may still grant.
+    let (status, body) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/v1/organizations/{organization_id}/members/{bob_id}"),
+            &alice.access,
+            Some(json!({ "roles": ["viewer", "recruiter"] })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, joined) = accept(&app, &to_carol, &carol).await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(joined["roles"], json!(["viewer"]));
+
+    // Bob leaves: his pending invitation goes with him.
+    let to_dave = invite("dave@example.com", json!(["viewer"])).await;
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/organizations/{organization_id}/members/{bob_id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = accept(&app, &to_dave, &dave).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (400, Some("INVITATION_WITHDRAWN"))
+    );
 }

@@ -381,6 +381,17 @@ impl AccessControl {
         Ok(permissions_of(role_keys, &custom_roles))
     }
 
+    /// What a member holds in the organization through their organization roles (team roles
+    /// count only inside their team); `None` for a non-member.
+    pub async fn member_permissions(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Option<PermissionSet>> {
+        let (grants, custom_roles) = self.grants(organization_id, user_id).await?;
+        Ok(grants.map(|grants| permissions_of(&grants.role_keys, &custom_roles)))
+    }
+
     /// Forgets a member's cached roles (after any change to them).
     pub async fn forget_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()> {
         self.cache

@@ -11,7 +11,7 @@ use crate::domain::mail::{Mailer, Template};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Principal;
 use crate::domain::secret;
-use crate::domain::user::EmailAddress;
+use crate::domain::user::{EmailAddress, UserStore};
 use chrono::{DateTime, Duration, Utc};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -118,6 +118,7 @@ fn invitation_closed() -> Error {
 /// What the invitation use cases work with.
 pub struct InvitationPorts {
     pub store: Arc<dyn InvitationStore>,
+    pub users: Arc<dyn UserStore>,
     pub organizations: Arc<dyn OrganizationStore>,
     pub access: Arc<AccessControl>,
     pub quotas: Arc<QuotaService>,
@@ -128,6 +129,7 @@ pub struct InvitationPorts {
 
 pub struct InvitationService {
     store: Arc<dyn InvitationStore>,
+    users: Arc<dyn UserStore>,
     organizations: Arc<dyn OrganizationStore>,
     access: Arc<AccessControl>,
     quotas: Arc<QuotaService>,
@@ -142,6 +144,7 @@ impl InvitationService {
     pub fn new(ports: InvitationPorts, link_base_url: String) -> Self {
         Self {
             store: ports.store,
+            users: ports.users,
             organizations: ports.organizations,
             access: ports.access,
             quotas: ports.quotas,
@@ -317,6 +320,57 @@ impl InvitationService {
 
     /// Joins the caller to the invitation's organization; answers it with the caller's role
     /// names there.
+    /// The roles of a pending invitation that its inviter may still grant: an invitation
+    /// never grants more than its inviter holds when it is accepted. An inviter who left the
+    /// organization or lost `invitation:create` withdraws it, as does the loss of every role
+    /// it grants.
+    async fn still_grantable(
+        &self,
+        invitation: &Invitation,
+        role_keys: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let withdrawn = || {
+            Error::new(
+                ErrorKind::FailedPrecondition,
+                "INVITATION_WITHDRAWN",
+                "whoever invited you may no longer grant this invitation: ask for a new one",
+            )
+        };
+        let inviter = match invitation.invited_by {
+            Some(id) => self.users.find_user(id).await?,
+            None => None,
+        };
+        let Some(inviter) = inviter.filter(|inviter| inviter.is_active) else {
+            return Err(withdrawn());
+        };
+        if inviter.is_superuser {
+            return Ok(role_keys);
+        }
+        let organization_id = invitation.organization_id;
+        let Some(held) = self
+            .access
+            .member_permissions(organization_id, inviter.id)
+            .await?
+            .filter(|held| held.contains("invitation:create"))
+        else {
+            return Err(withdrawn());
+        };
+        let mut grantable = Vec::new();
+        for key in role_keys {
+            let wanted = self
+                .access
+                .permissions_of(organization_id, std::slice::from_ref(&key))
+                .await?;
+            if wanted.is_subset_of(held) {
+                grantable.push(key);
+            }
+        }
+        if grantable.is_empty() {
+            return Err(withdrawn());
+        }
+        Ok(grantable)
+    }
+
     pub async fn accept(&self, caller: &Principal, token: &str) -> Result<(Uuid, Vec<String>)> {
         caller.session_id()?;
         let invitation = self
@@ -359,6 +413,7 @@ impl InvitationService {
                 if role_keys.is_empty() {
                     role_keys.push(SystemRole::Member.name().to_owned());
                 }
+                let role_keys = self.still_grantable(&invitation, role_keys).await?;
                 let max_members = self
                     .quotas
                     .limits(invitation.organization_id)
