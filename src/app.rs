@@ -118,6 +118,7 @@ impl Services {
             cache.clone(),
             pages.clone(),
             clock.clone(),
+            config.rate_limit_member_per_minute,
         ));
         let organizations = Arc::new(OrganizationService::new(
             Arc::new(store.clone()),

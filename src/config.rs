@@ -108,6 +108,10 @@ pub struct Settings {
     /// Sign-in attempts per minute, per client address and per account [default: 20]
     #[arg(long, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
     pub rate_limit_auth_per_minute: Option<String>,
+    /// Calls per minute each member (and each API key) may make in one organization
+    /// [default: 1200]
+    #[arg(long, env = "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE")]
+    pub rate_limit_member_per_minute: Option<String>,
     /// Comma-separated proxy addresses or CIDR blocks whose X-Forwarded-For is believed
     /// [default: none]
     #[arg(long, env = "KEEL_TRUSTED_PROXIES")]
@@ -175,6 +179,7 @@ impl Settings {
             lockout_minutes,
             usage_flush_seconds,
             rate_limit_auth_per_minute,
+            rate_limit_member_per_minute,
             trusted_proxies,
             cors_allowed_origins,
             max_body_bytes,
@@ -218,6 +223,7 @@ pub struct Config {
     pub lockout_minutes: u32,
     pub usage_flush_seconds: u32,
     pub rate_limit_auth_per_minute: u32,
+    pub rate_limit_member_per_minute: u32,
     pub trusted_proxies: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
@@ -452,6 +458,11 @@ impl Config {
                 text(&settings.rate_limit_auth_per_minute),
                 "KEEL_RATE_LIMIT_AUTH_PER_MINUTE",
                 20,
+            )?,
+            rate_limit_member_per_minute: parse_positive(
+                text(&settings.rate_limit_member_per_minute),
+                "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE",
+                1200,
             )?,
             trusted_proxies: comma_list(&settings.trusted_proxies),
             cors_allowed_origins,

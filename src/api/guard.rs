@@ -14,6 +14,7 @@ use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::Principal;
 use crate::domain::tenancy::access::{AccessControl, Scope};
+use crate::domain::tenancy::permissions;
 use crate::domain::tenancy::quotas::QuotaService;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -33,6 +34,8 @@ const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 struct Rule {
     auth: AuthRule,
     scope_field: Option<ScopeField>,
+    /// Counted against the monthly API-call quota (everything but organization management).
+    metered: bool,
 }
 
 pub struct Guard {
@@ -55,9 +58,14 @@ impl Guard {
             .rpcs
             .iter()
             .map(|rpc| {
+                let metered = match &rpc.auth {
+                    AuthRule::Permission(permission) => !permissions::is_management(permission),
+                    _ => true,
+                };
                 let rule = Rule {
                     auth: rpc.auth.clone(),
                     scope_field: rpc.scope_field.clone(),
+                    metered,
                 };
                 (rpc.grpc_path.clone(), rule)
             })
@@ -112,8 +120,8 @@ impl Guard {
                             .await?
                     }
                 };
-                // Quota reads stay open over the limit, so an organization can see why.
-                if !permission.starts_with("quota:") {
+                self.quotas.admit_caller(&access).await?;
+                if rule.metered {
                     self.quotas.meter_api_call(access.organization_id).await?;
                 }
                 request.extensions_mut().insert(access);

@@ -85,6 +85,7 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         public_url: Some("http://keel.test".into()),
         // Every test signs in from 127.0.0.1; the throttling tests set their own limit.
         rate_limit_auth_per_minute: Some("100000".into()),
+        rate_limit_member_per_minute: Some("100000".into()),
         ..Settings::default()
     };
     if backend == Backend::Services {

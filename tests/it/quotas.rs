@@ -171,7 +171,7 @@ async fn members_and_calls_are_limited(backend: Backend) {
     let get = |tokens: &Tokens| {
         let request = app
             .http
-            .get(app.url(&format!("/api/v1/organizations/{organization_id}")))
+            .get(app.url(&format!("/api/v1/organizations/{organization_id}/teams")))
             .bearer_auth(tokens.access.clone());
         async move { request.send().await.unwrap() }
     };
@@ -184,6 +184,26 @@ async fn members_and_calls_are_limited(backend: Backend) {
     assert_eq!(body["reason"], "QUOTA_EXCEEDED");
     let over = status(&app, &alice.access, &organization_id).await;
     assert!(usage(&over, "api_calls")["percent"].as_f64().unwrap() > 100.0);
+    // Over the quota, the owners still govern: reading the organization and removing the
+    // member who spent it are never refused.
+    let (code, _) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/organizations/{organization_id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/organizations/{organization_id}/members/{bob_id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
 
     app.clock.advance(chrono::Duration::days(32));
     let alice = app.login("alice@example.com").await;
@@ -204,10 +224,11 @@ async fn usage_is_flushed_to_the_database(backend: Backend) {
     .await;
     let (_, alice) = user(&app, "alice@example.com").await;
     let organization_id = create_organization(&app, &alice.access, "acme").await;
-    let organization = format!("/api/v1/organizations/{organization_id}");
+    // Listing teams is metered (governing the organization itself is not).
+    let teams = format!("/api/v1/organizations/{organization_id}/teams");
     for _ in 0..3 {
         assert_eq!(
-            app.rest(Method::GET, &organization, &alice.access, None)
+            app.rest(Method::GET, &teams, &alice.access, None)
                 .await
                 .0,
             200
@@ -239,7 +260,7 @@ async fn usage_is_flushed_to_the_database(backend: Backend) {
     }));
     let response = app
         .http
-        .get(format!("{base_url}{organization}"))
+        .get(format!("{base_url}{teams}"))
         .bearer_auth(&alice.access)
         .send()
         .await

@@ -10,6 +10,10 @@ pub struct PermissionInfo {
     pub description: &'static str,
     /// Held by platform superusers only, never through an organization role.
     pub platform: bool,
+    /// Governing the organization itself (its members, roles, invitations, quotas): calls
+    /// needing it are not metered and never refused for the monthly API-call quota, so a
+    /// member who spent the quota cannot lock the owners out of removing them.
+    pub management: bool,
 }
 
 const fn organization(name: &'static str, description: &'static str) -> PermissionInfo {
@@ -17,6 +21,14 @@ const fn organization(name: &'static str, description: &'static str) -> Permissi
         name,
         description,
         platform: false,
+        management: false,
+    }
+}
+
+const fn management(name: &'static str, description: &'static str) -> PermissionInfo {
+    PermissionInfo {
+        management: true,
+        ..organization(name, description)
     }
 }
 
@@ -25,6 +37,7 @@ const fn platform(name: &'static str, description: &'static str) -> PermissionIn
         name,
         description,
         platform: true,
+        management: true,
     }
 }
 
@@ -42,29 +55,29 @@ pub const CATALOG: &[PermissionInfo] = &[
         "invitation:create",
         "invite people by email and resend invitations",
     ),
-    organization("invitation:delete", "revoke invitations"),
-    organization(
+    management("invitation:delete", "revoke invitations"),
+    management(
         "invitation:read",
         "list the invitations sent by the organization",
     ),
     platform("mail:read", "read the development mail outbox"),
-    organization("member:create", "add users as members"),
-    organization("member:delete", "remove members"),
-    organization("member:read", "list members and their roles"),
-    organization("member:update", "change members' roles"),
-    organization("organization:delete", "delete the organization"),
-    organization("organization:read", "see the organization"),
-    organization("organization:transfer", "transfer ownership"),
-    organization(
+    management("member:create", "add users as members"),
+    management("member:delete", "remove members"),
+    management("member:read", "list members and their roles"),
+    management("member:update", "change members' roles"),
+    management("organization:delete", "delete the organization"),
+    management("organization:read", "see the organization"),
+    management("organization:transfer", "transfer ownership"),
+    management(
         "organization:update",
         "rename the organization and change its settings",
     ),
-    organization("quota:read", "see the organization's quotas and usage"),
+    management("quota:read", "see the organization's quotas and usage"),
     platform("quota:update", "change an organization's quota limits"),
-    organization("role:create", "create custom roles"),
-    organization("role:delete", "delete custom roles"),
-    organization("role:read", "list roles and their permissions"),
-    organization("role:update", "change custom roles and their permissions"),
+    management("role:create", "create custom roles"),
+    management("role:delete", "delete custom roles"),
+    management("role:read", "list roles and their permissions"),
+    management("role:update", "change custom roles and their permissions"),
     organization("team:create", "create teams"),
     organization("team:delete", "delete teams"),
     organization("team:read", "list teams and their members"),
@@ -82,6 +95,11 @@ const _: () = assert!(
     CATALOG.len() <= 128,
     "PermissionSet holds at most 128 permissions"
 );
+
+/// Whether calls needing `name` escape the monthly API-call quota (see `management`).
+pub fn is_management(name: &str) -> bool {
+    find(name).is_some_and(|index| CATALOG[index].management)
+}
 
 pub fn find(name: &str) -> Option<usize> {
     CATALOG.binary_search_by(|info| info.name.cmp(name)).ok()

@@ -10,6 +10,7 @@ use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::page::{Page, PageTokens};
+use crate::domain::principal::Credential;
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -195,6 +196,8 @@ pub struct QuotaService {
     cache: Arc<dyn Cache>,
     pages: Arc<PageTokens>,
     clock: Arc<dyn Clock>,
+    /// Calls each caller (a user, or one API key) may make per minute in one organization.
+    caller_calls_per_minute: u32,
     /// Counters changed since the last flush.
     touched: Mutex<HashSet<Counter>>,
 }
@@ -206,6 +209,7 @@ impl QuotaService {
         cache: Arc<dyn Cache>,
         pages: Arc<PageTokens>,
         clock: Arc<dyn Clock>,
+        caller_calls_per_minute: u32,
     ) -> Self {
         Self {
             store,
@@ -213,6 +217,7 @@ impl QuotaService {
             cache,
             pages,
             clock,
+            caller_calls_per_minute,
             touched: Mutex::new(HashSet::new()),
         }
     }
@@ -302,6 +307,35 @@ impl QuotaService {
             });
         }
         Ok(())
+    }
+
+    /// Admits one call of `access`'s caller (a user, or one of their API keys) within the
+    /// per-minute budget every caller has in an organization: no single member or key can
+    /// spend the organization's capacity alone.
+    pub async fn admit_caller(&self, access: &Access) -> Result<()> {
+        let caller = match &access.principal.credential {
+            Credential::ApiKey { id, .. } => format!("key:{id}"),
+            Credential::Session(_) => format!("user:{}", access.user_id()),
+        };
+        let now = self.clock.now();
+        let minute = now.timestamp() / 60;
+        let key = format!("rate:org:{}:{caller}:{minute}", access.organization_id);
+        let calls = self
+            .cache
+            .increment(&key, 1, std::time::Duration::from_secs(60))
+            .await?;
+        if calls <= u64::from(self.caller_calls_per_minute) {
+            return Ok(());
+        }
+        let seconds_left = u64::try_from((minute + 1) * 60 - now.timestamp()).unwrap_or(1);
+        Err(Error {
+            retry_after: Some(std::time::Duration::from_secs(seconds_left.max(1))),
+            ..Error::new(
+                ErrorKind::ResourceExhausted,
+                "RATE_LIMITED",
+                "too many calls from you in this organization this minute, try again shortly",
+            )
+        })
     }
 
     /// Refuses a new member when the organization is full.
