@@ -14,10 +14,11 @@ use crate::domain::health::HealthProbe;
 use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
 use crate::domain::page::PageTokens;
+use crate::domain::rate::{Budget, RateLimits};
 use crate::domain::secret::Keyring;
 use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
-use crate::domain::tenancy::invitations::{InvitationPorts, InvitationService};
+use crate::domain::tenancy::invitations::{InvitationBudgets, InvitationPorts, InvitationService};
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
@@ -112,13 +113,15 @@ impl Services {
             access.clone(),
         ));
         let pages = Arc::new(PageTokens::new(keyring.clone()));
+        let rate_limits = Arc::new(RateLimits::new(cache.clone(), clock.clone()));
         let quotas = Arc::new(QuotaService::new(
             Arc::new(store.clone()),
             Arc::new(store.clone()),
             cache.clone(),
             pages.clone(),
             clock.clone(),
-            config.rate_limit_member_per_minute,
+            rate_limits.clone(),
+            Budget::per_minute(config.rate_limit_member_per_minute),
         ));
         let organizations = Arc::new(OrganizationService::new(
             Arc::new(store.clone()),
@@ -171,7 +174,12 @@ impl Services {
                 quotas: quotas.clone(),
                 mailer: mailer.clone(),
                 pages,
+                rate_limits: rate_limits.clone(),
                 clock: clock.clone(),
+            },
+            InvitationBudgets {
+                per_organization: Budget::per_hour(config.rate_limit_invitations_per_hour),
+                per_recipient: Budget::per_hour(config.rate_limit_mail_per_recipient_per_hour),
             },
             config.public_url.clone(),
         ));
@@ -194,6 +202,7 @@ impl Services {
                     hasher,
                     tokens: jwt.clone(),
                     cache,
+                    rate_limits,
                     clock,
                 },
                 AuthSettings {
@@ -211,6 +220,7 @@ impl Services {
                         lockout_threshold: config.lockout_threshold,
                         lockout_duration: chrono::Duration::minutes(config.lockout_minutes.into()),
                         attempts_per_minute: config.rate_limit_auth_per_minute,
+                        mail_per_recipient_per_hour: config.rate_limit_mail_per_recipient_per_hour,
                     },
                     link_base_url: config.public_url.clone(),
                     require_verified_email: config.require_verified_email,

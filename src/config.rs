@@ -108,6 +108,13 @@ pub struct Settings {
     /// Sign-in attempts per minute, per client address and per account [default: 20]
     #[arg(long, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
     pub rate_limit_auth_per_minute: Option<String>,
+    /// Messages strangers can have sent to one address per hour: verification, reset and
+    /// magic links, invitations [default: 10]
+    #[arg(long, env = "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR")]
+    pub rate_limit_mail_per_recipient_per_hour: Option<String>,
+    /// Invitations (new or resent) each organization may send per hour [default: 100]
+    #[arg(long, env = "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR")]
+    pub rate_limit_invitations_per_hour: Option<String>,
     /// Calls per minute each member (and each API key) may make in one organization
     /// [default: 1200]
     #[arg(long, env = "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE")]
@@ -180,6 +187,8 @@ impl Settings {
             usage_flush_seconds,
             rate_limit_auth_per_minute,
             rate_limit_member_per_minute,
+            rate_limit_mail_per_recipient_per_hour,
+            rate_limit_invitations_per_hour,
             trusted_proxies,
             cors_allowed_origins,
             max_body_bytes,
@@ -224,6 +233,8 @@ pub struct Config {
     pub usage_flush_seconds: u32,
     pub rate_limit_auth_per_minute: u32,
     pub rate_limit_member_per_minute: u32,
+    pub rate_limit_mail_per_recipient_per_hour: u32,
+    pub rate_limit_invitations_per_hour: u32,
     pub trusted_proxies: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
@@ -463,6 +474,16 @@ impl Config {
                 text(&settings.rate_limit_member_per_minute),
                 "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE",
                 1200,
+            )?,
+            rate_limit_mail_per_recipient_per_hour: parse_positive(
+                text(&settings.rate_limit_mail_per_recipient_per_hour),
+                "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR",
+                10,
+            )?,
+            rate_limit_invitations_per_hour: parse_positive(
+                text(&settings.rate_limit_invitations_per_hour),
+                "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR",
+                100,
             )?,
             trusted_proxies: comma_list(&settings.trusted_proxies),
             cors_allowed_origins,

@@ -11,6 +11,7 @@ pub mod mail;
 pub mod page;
 pub mod password;
 pub mod principal;
+pub mod rate;
 pub mod secret;
 pub mod tenancy;
 pub mod totp;

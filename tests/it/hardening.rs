@@ -30,6 +30,7 @@ backend_tests!(
     sessions_end_at_their_absolute_lifetime,
     a_taken_address_registers_alike_when_verification_is_required,
     each_caller_has_a_budget_inside_an_organization,
+    mail_to_one_address_and_invitations_are_bounded,
 );
 
 async fn status_and_reason(
@@ -733,4 +734,77 @@ async fn each_caller_has_a_budget_inside_an_organization(backend: Backend) {
     app.clock.advance(chrono::Duration::minutes(1));
     let (status, _) = app.rest(Method::GET, &teams, &viewer.access, None).await;
     assert_eq!(status, 200, "a new minute, a new budget");
+}
+
+async fn mail_to_one_address_and_invitations_are_bounded(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.rate_limit_mail_per_recipient_per_hour = Some("3".into());
+        settings.rate_limit_invitations_per_hour = Some("2".into());
+    })
+    .await;
+    // Every kind of mail to one address, whoever asks, shares its budget; an address without
+    // an account is bounded alike, so the refusal says nothing about existence.
+    app.register("target@example.com").await;
+    for email in ["target@example.com", "stranger@example.com"] {
+        let mut answers = Vec::new();
+        for path in [
+            "/api/v1/auth/request-password-reset",
+            "/api/v1/auth/magic-link",
+            "/api/v1/auth/resend-verification",
+            "/api/v1/auth/magic-link",
+        ] {
+            let response = app.post_json(path, json!({ "email": email })).await;
+            answers.push(response.status().as_u16());
+        }
+        let expected = if email == "target@example.com" {
+            vec![200, 200, 429, 429]
+        } else {
+            vec![200, 200, 200, 429]
+        };
+        assert_eq!(answers, expected, "{email}");
+    }
+
+    // An organization sends a bounded number of invitations, resends included.
+    let (_, owner) = crate::invitations::verified_user(&app, "inviter@example.com").await;
+    let organization_id =
+        crate::organizations::create_organization(&app, &owner.access, "inviters").await;
+    let invitations = format!("/api/v1/organizations/{organization_id}/invitations");
+    let (status, first) = app
+        .rest(
+            Method::POST,
+            &invitations,
+            &owner.access,
+            Some(json!({ "email": "guest1@example.com" })),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let first_id = first["id"].as_str().unwrap();
+    let (status, _) = app
+        .rest(
+            Method::POST,
+            &format!("{invitations}/{first_id}/resend"),
+            &owner.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        status_and_reason(
+            &app,
+            Method::POST,
+            &invitations,
+            &owner.access,
+            Some(json!({ "email": "guest2@example.com" })),
+        )
+        .await,
+        (429, "RATE_LIMITED".to_owned())
+    );
+    let (_, listed) = app
+        .rest(Method::GET, &invitations, &owner.access, None)
+        .await;
+    assert_eq!(
+        listed["invitations"].as_array().unwrap().len(),
+        1,
+        "a refused invitation leaves nothing behind"
+    );
 }

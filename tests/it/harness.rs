@@ -86,6 +86,8 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         // Every test signs in from 127.0.0.1; the throttling tests set their own limit.
         rate_limit_auth_per_minute: Some("100000".into()),
         rate_limit_member_per_minute: Some("100000".into()),
+        rate_limit_mail_per_recipient_per_hour: Some("100000".into()),
+        rate_limit_invitations_per_hour: Some("100000".into()),
         ..Settings::default()
     };
     if backend == Backend::Services {

@@ -228,9 +228,7 @@ async fn usage_is_flushed_to_the_database(backend: Backend) {
     let teams = format!("/api/v1/organizations/{organization_id}/teams");
     for _ in 0..3 {
         assert_eq!(
-            app.rest(Method::GET, &teams, &alice.access, None)
-                .await
-                .0,
+            app.rest(Method::GET, &teams, &alice.access, None).await.0,
             200
         );
     }

@@ -171,6 +171,7 @@ impl AuthService {
         purpose: LinkPurpose,
     ) -> Result<()> {
         self.admit_rate("mail", &account_key(email), client).await?;
+        self.admit_mail_to(email).await?;
         let job: MailJob = Box::pin(self.link_mailer().mail_for_email(email.to_owned(), purpose));
         self.mailer.send_later(job)
     }

@@ -22,6 +22,7 @@ use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::mail::{Mailer, Template};
 use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
 use crate::domain::principal::{Credential, Principal};
+use crate::domain::rate::RateLimits;
 use crate::domain::secret;
 use crate::domain::totp::{TotpService, invalid_code};
 use crate::domain::user::{EMAIL_TAKEN, EmailAddress, User, UserStore, parse_full_name};
@@ -84,6 +85,7 @@ pub struct AuthPorts {
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn AccessTokenCodec>,
     pub cache: Arc<dyn Cache>,
+    pub rate_limits: Arc<RateLimits>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -97,6 +99,7 @@ pub struct AuthService {
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn AccessTokenCodec>,
     cache: Arc<dyn Cache>,
+    rate_limits: Arc<RateLimits>,
     clock: Arc<dyn Clock>,
     settings: AuthSettings,
     /// A hash of a random password, verified when the email is unknown so that an unknown
@@ -147,6 +150,7 @@ impl AuthService {
             hasher: ports.hasher,
             tokens: ports.tokens,
             cache: ports.cache,
+            rate_limits: ports.rate_limits,
             clock: ports.clock,
             settings,
             decoy_hash,
@@ -166,6 +170,8 @@ impl AuthService {
             client,
         )
         .await?;
+        // The verification mail (or, for a taken address, the owner's notice) is due.
+        self.admit_mail_to(registration.email).await?;
         self.create_user(registration, false).await
     }
 

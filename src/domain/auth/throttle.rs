@@ -7,7 +7,8 @@
 
 use super::AuthService;
 use super::session::ClientInfo;
-use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::error::{Error, Result};
+use crate::domain::rate::Budget;
 use crate::domain::secret;
 use chrono::{DateTime, Duration, Utc};
 
@@ -18,6 +19,8 @@ pub struct ThrottleSettings {
     pub lockout_duration: Duration,
     /// Sign-in attempts per minute, per client address and per account.
     pub attempts_per_minute: u32,
+    /// Messages a stranger can have sent to one address (links, invitations), per hour.
+    pub mail_per_recipient_per_hour: u32,
 }
 
 /// The throttling identity of an email: a digest, so raw addresses never sit in the cache.
@@ -95,28 +98,15 @@ impl AuthService {
         account: &str,
         client: &ClientInfo,
     ) -> Result<()> {
-        let now = self.clock.now();
-        let window = now.timestamp() / 60;
-        let window_end = DateTime::<Utc>::from_timestamp((window + 1) * 60, 0).unwrap_or(now);
-        let mut subjects = vec![format!("rate:{scope}:account:{account}:{window}")];
+        let budget = Budget::per_minute(self.settings.throttle.attempts_per_minute);
+        let message = "too many attempts, try again later";
+        self.rate_limits
+            .admit(&format!("{scope}:account:{account}"), budget, message)
+            .await?;
         if let Some(ip) = &client.ip_address {
-            subjects.push(format!("rate:{scope}:ip:{ip}:{window}"));
-        }
-        for key in subjects {
-            let attempts = self
-                .cache
-                .increment(&key, 1, std::time::Duration::from_secs(60))
+            self.rate_limits
+                .admit(&format!("{scope}:ip:{ip}"), budget, message)
                 .await?;
-            if attempts > u64::from(self.settings.throttle.attempts_per_minute) {
-                return Err(Error {
-                    retry_after: Some(seconds_until(window_end, now)),
-                    ..Error::new(
-                        ErrorKind::ResourceExhausted,
-                        "RATE_LIMITED",
-                        "too many attempts, try again later",
-                    )
-                });
-            }
         }
         Ok(())
     }
@@ -151,6 +141,12 @@ impl AuthService {
         self.cache.delete(&failures_key(account)).await?;
         tracing::warn!(account, %locked_until, "account locked after repeated failed sign-ins");
         Ok(())
+    }
+
+    /// One more message to `email` within the per-recipient budget.
+    pub(super) async fn admit_mail_to(&self, email: &str) -> Result<()> {
+        let budget = Budget::per_hour(self.settings.throttle.mail_per_recipient_per_hour);
+        self.rate_limits.admit_mail_to(email, budget).await
     }
 
     /// Lifts a lock and its failure count (after a password reset).

@@ -10,6 +10,7 @@ use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::mail::{Mailer, Template};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Principal;
+use crate::domain::rate::{Budget, RateLimits};
 use crate::domain::secret;
 use crate::domain::user::{EmailAddress, UserStore};
 use chrono::{DateTime, Duration, Utc};
@@ -124,7 +125,17 @@ pub struct InvitationPorts {
     pub quotas: Arc<QuotaService>,
     pub mailer: Arc<dyn Mailer>,
     pub pages: Arc<PageTokens>,
+    pub rate_limits: Arc<RateLimits>,
     pub clock: Arc<dyn Clock>,
+}
+
+/// How much mail invitations may cause.
+#[derive(Debug, Clone, Copy)]
+pub struct InvitationBudgets {
+    /// Invitations (new or resent) per organization.
+    pub per_organization: Budget,
+    /// Messages of any kind to one address.
+    pub per_recipient: Budget,
 }
 
 pub struct InvitationService {
@@ -135,13 +146,15 @@ pub struct InvitationService {
     quotas: Arc<QuotaService>,
     mailer: Arc<dyn Mailer>,
     pages: Arc<PageTokens>,
+    rate_limits: Arc<RateLimits>,
+    budgets: InvitationBudgets,
     clock: Arc<dyn Clock>,
     /// Where mailed links point: `<link_base_url>/accept-invitation?token=…`.
     link_base_url: String,
 }
 
 impl InvitationService {
-    pub fn new(ports: InvitationPorts, link_base_url: String) -> Self {
+    pub fn new(ports: InvitationPorts, budgets: InvitationBudgets, link_base_url: String) -> Self {
         Self {
             store: ports.store,
             users: ports.users,
@@ -150,6 +163,8 @@ impl InvitationService {
             quotas: ports.quotas,
             mailer: ports.mailer,
             pages: ports.pages,
+            rate_limits: ports.rate_limits,
+            budgets,
             clock: ports.clock,
             link_base_url,
         }
@@ -193,6 +208,7 @@ impl InvitationService {
                 "this address belongs to a member already",
             ));
         }
+        self.admit_mail(organization.id, email.as_str()).await?;
         let now = truncate_to_micros(self.clock.now());
         let invitation = Invitation {
             id: Uuid::now_v7(),
@@ -215,6 +231,20 @@ impl InvitationService {
         self.mail(access, &invitation, &token)?;
         tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation sent");
         Ok(invitation)
+    }
+
+    /// One more invitation mail from the organization to `email`, within both budgets.
+    async fn admit_mail(&self, organization_id: Uuid, email: &str) -> Result<()> {
+        self.rate_limits
+            .admit(
+                &format!("invitations:{organization_id}"),
+                self.budgets.per_organization,
+                "the organization sent too many invitations lately, try again later",
+            )
+            .await?;
+        self.rate_limits
+            .admit_mail_to(email, self.budgets.per_recipient)
+            .await
     }
 
     fn mail(&self, access: &Access, invitation: &Invitation, token: &str) -> Result<()> {
@@ -272,6 +302,8 @@ impl InvitationService {
         ) {
             return Err(invitation_closed());
         }
+        self.admit_mail(invitation.organization_id, &invitation.email)
+            .await?;
         let token = secret::generate();
         invitation.expires_at = now + Duration::days(invitation.valid_days.into());
         self.store

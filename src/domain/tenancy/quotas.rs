@@ -11,6 +11,7 @@ use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Credential;
+use crate::domain::rate::{Budget, RateLimits};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -196,8 +197,9 @@ pub struct QuotaService {
     cache: Arc<dyn Cache>,
     pages: Arc<PageTokens>,
     clock: Arc<dyn Clock>,
-    /// Calls each caller (a user, or one API key) may make per minute in one organization.
-    caller_calls_per_minute: u32,
+    rate_limits: Arc<RateLimits>,
+    /// What each caller (a user, or one API key) may call in one organization.
+    caller_budget: Budget,
     /// Counters changed since the last flush.
     touched: Mutex<HashSet<Counter>>,
 }
@@ -209,7 +211,8 @@ impl QuotaService {
         cache: Arc<dyn Cache>,
         pages: Arc<PageTokens>,
         clock: Arc<dyn Clock>,
-        caller_calls_per_minute: u32,
+        rate_limits: Arc<RateLimits>,
+        caller_budget: Budget,
     ) -> Self {
         Self {
             store,
@@ -217,7 +220,8 @@ impl QuotaService {
             cache,
             pages,
             clock,
-            caller_calls_per_minute,
+            rate_limits,
+            caller_budget,
             touched: Mutex::new(HashSet::new()),
         }
     }
@@ -317,25 +321,13 @@ impl QuotaService {
             Credential::ApiKey { id, .. } => format!("key:{id}"),
             Credential::Session(_) => format!("user:{}", access.user_id()),
         };
-        let now = self.clock.now();
-        let minute = now.timestamp() / 60;
-        let key = format!("rate:org:{}:{caller}:{minute}", access.organization_id);
-        let calls = self
-            .cache
-            .increment(&key, 1, std::time::Duration::from_secs(60))
-            .await?;
-        if calls <= u64::from(self.caller_calls_per_minute) {
-            return Ok(());
-        }
-        let seconds_left = u64::try_from((minute + 1) * 60 - now.timestamp()).unwrap_or(1);
-        Err(Error {
-            retry_after: Some(std::time::Duration::from_secs(seconds_left.max(1))),
-            ..Error::new(
-                ErrorKind::ResourceExhausted,
-                "RATE_LIMITED",
+        self.rate_limits
+            .admit(
+                &format!("org:{}:{caller}", access.organization_id),
+                self.caller_budget,
                 "too many calls from you in this organization this minute, try again shortly",
             )
-        })
+            .await
     }
 
     /// Refuses a new member when the organization is full.
