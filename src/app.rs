@@ -321,7 +321,12 @@ impl Keel {
     ) -> anyhow::Result<()> {
         let purge = tokio::spawn(purge_ended_sessions(self.services.auth.clone()));
         let quotas = self.services.quotas.clone();
-        let flush = tokio::spawn(flush_usage(quotas.clone(), self.usage_flush_interval));
+        let (stop_flushing, flushing_stopped) = tokio::sync::oneshot::channel::<()>();
+        let flush = tokio::spawn(flush_usage(
+            quotas.clone(),
+            self.usage_flush_interval,
+            flushing_stopped,
+        ));
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -332,11 +337,16 @@ impl Keel {
                 tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
             }
         });
+        // In order: stop accepting and let requests in flight finish (axum), let a flush under
+        // way finish (aborting it would lose the counts it took), write what is left, close.
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
         purge.abort();
-        flush.abort();
+        let _ = stop_flushing.send(());
+        if let Err(error) = flush.await {
+            tracing::warn!(%error, "the usage flush task failed");
+        }
         if let Err(error) = quotas.flush().await {
             tracing::warn!(%error, "writing usage counters at shutdown failed");
         }
@@ -345,11 +355,19 @@ impl Keel {
     }
 }
 
-/// Writes the usage counters from the cache to the database every `interval`.
-async fn flush_usage(quotas: Arc<QuotaService>, interval: std::time::Duration) {
+/// Writes the usage counters from the cache to the database every `interval`, until `stop`
+/// (never in the middle of a flush).
+async fn flush_usage(
+    quotas: Arc<QuotaService>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut ticks = tokio::time::interval(interval);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = &mut stop => return,
+        }
         if let Err(error) = quotas.flush().await {
             tracing::warn!(%error, "writing usage counters failed; kept for the next flush");
         }

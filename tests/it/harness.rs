@@ -71,7 +71,8 @@ pub struct TestApp {
     pub clock: Arc<ShiftedClock>,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
-    _data_dir: tempfile::TempDir,
+    server: Option<tokio::task::JoinHandle<()>>,
+    data_dir: Option<tempfile::TempDir>,
 }
 
 /// Cheap argon2 parameters keep the suite fast; the OWASP defaults are exercised by the
@@ -153,7 +154,7 @@ impl TestApp {
             .expect("keel starts");
         let address = keel.local_addr().expect("bound address");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
             let stop = async move {
                 let _ = stopped.await;
             };
@@ -170,7 +171,8 @@ impl TestApp {
             clock,
             config,
             shutdown: Some(shutdown),
-            _data_dir: data_dir,
+            server: Some(server),
+            data_dir: Some(data_dir),
         }
     }
 
@@ -306,6 +308,20 @@ impl TestApp {
                 .expect("refresh_token")
                 .to_owned(),
         }
+    }
+}
+
+impl TestApp {
+    /// Shuts the server down as an operator would and waits until it has exited; answers its
+    /// data directory, kept for a next server.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("the server task ends");
+        }
+        self.data_dir.take().expect("the data directory")
     }
 }
 

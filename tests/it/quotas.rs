@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 backend_tests!(
     members_and_calls_are_limited,
-    usage_is_flushed_to_the_database
+    usage_is_flushed_to_the_database,
+    shutdown_writes_the_last_counts,
 );
 
 fn usage<'a>(status: &'a Value, metric: &str) -> &'a Value {
@@ -277,5 +278,45 @@ async fn usage_is_flushed_to_the_database(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(usage(&status, "api_calls")["used"], "4", "{status}");
+    let _ = stop.send(());
+}
+
+/// Counts taken just before a shutdown reach the database: the server stops accepting, lets
+/// requests finish, lets a flush under way finish, then writes what is left.
+async fn shutdown_writes_the_last_counts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.usage_flush_seconds = Some("3600".into())
+    })
+    .await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+    let organization_id = create_organization(&app, &alice.access, "acme").await;
+    let teams = format!("/api/v1/organizations/{organization_id}/teams");
+    for _ in 0..3 {
+        assert_eq!(
+            app.rest(Method::GET, &teams, &alice.access, None).await.0,
+            200
+        );
+    }
+    let (config, clock) = (app.config.clone(), app.clock.clone());
+    let _data_dir = app.stop().await;
+
+    let next = Keel::build(&config, clock).await.unwrap();
+    let base_url = format!("http://{}", next.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(next.serve(async move {
+        let _ = stopped.await;
+    }));
+    let logs: Value = reqwest::Client::new()
+        .get(format!(
+            "{base_url}/api/v1/quota/usage-logs?organization_id={organization_id}"
+        ))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logs["usage_logs"][0]["count"], "3", "{logs}");
     let _ = stop.send(());
 }
