@@ -94,7 +94,18 @@ impl SqlStore {
                 PgPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(5))
+                    // A ping on every acquire costs a round trip per query; a connection that
+                    // sat idle is pinged instead, so those a database restart killed are
+                    // replaced before a request meets them.
                     .test_before_acquire(false)
+                    .before_acquire(|connection, metadata| {
+                        Box::pin(async move {
+                            if metadata.idle_for >= PING_AFTER_IDLE {
+                                sqlx::Connection::ping(connection).await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .connect_with(options)
                     .await?,
             )
@@ -138,13 +149,34 @@ impl HealthProbe for SqlStore {
     }
 }
 
-/// Connection trouble is `Unavailable` (worth a retry); anything else is a bug.
+/// A pooled PostgreSQL connection idle this long is pinged before it serves a query.
+const PING_AFTER_IDLE: Duration = Duration::from_millis(500);
+
+/// Connection trouble is `Unavailable` (worth a retry, and said so with `Retry-After`);
+/// anything else is a bug.
 fn database_error(error: sqlx::Error) -> Error {
+    if is_connection_trouble(&error) {
+        return Error {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Error::unavailable("DATABASE_UNAVAILABLE", error)
+        };
+    }
+    Error::internal(error)
+}
+
+/// The database cannot be reached or dropped the connection: the pool, the network, or
+/// PostgreSQL's SQLSTATE classes 08 (connection exception) and 57P (shutdown, restart).
+fn is_connection_trouble(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            Error::unavailable("DATABASE_UNAVAILABLE", error)
-        }
-        other => Error::internal(other),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
     }
 }
 

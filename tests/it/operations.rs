@@ -1,5 +1,6 @@
-//! What operators meet: a Redis restart under a running Keel, `/health` and gRPC health telling
-//! the same, a token on `/metrics`, HSTS behind https, and data files for Keel's user alone.
+//! What operators meet: Redis and PostgreSQL restarts under a running Keel, `/health` and
+//! gRPC health telling the same, a token on `/metrics`, HSTS behind https, and data files for
+//! Keel's user alone.
 
 use crate::harness::{Backend, TestApp, services_available, test_settings};
 use serde_json::Value;
@@ -60,6 +61,122 @@ impl PrivateRedis {
             process.kill().await.unwrap();
         }
     }
+}
+
+/// A PostgreSQL cluster this test owns (Debian's binaries, `initdb` + `pg_ctl` in a temporary
+/// directory, on its own port), so restarting it disturbs no other test.
+struct PrivatePostgres {
+    directory: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    async fn start() -> Self {
+        let directory = tempfile::tempdir().unwrap();
+        // PostgreSQL will not run as root: the cluster belongs to the postgres user then.
+        std::fs::set_permissions(
+            directory.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Self { directory, port };
+        cluster
+            .run(
+                "initdb",
+                &["-U", "postgres", "--auth=trust", "--no-sync", "-D"],
+            )
+            .await;
+        cluster.pg_ctl(&["start"]).await;
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.directory.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    async fn pg_ctl(&self, action: &[&str]) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.directory.path().display()
+        );
+        let log = self.directory.path().join("log").display().to_string();
+        let mut arguments = vec!["-w", "-m", "fast", "-l", &log, "-o", &options];
+        arguments.extend_from_slice(action);
+        arguments.push("-D");
+        self.run("pg_ctl", &arguments).await;
+    }
+
+    /// Runs a PostgreSQL program with `arguments` and the data directory last.
+    async fn run(&self, program: &str, arguments: &[&str]) {
+        let binary = postgres_binary(program);
+        let data = self.data();
+        let mut command = if is_root().await {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&binary);
+            command
+        } else {
+            Command::new(&binary)
+        };
+        let output = command
+            .args(arguments)
+            .arg(&data)
+            .output()
+            .await
+            .unwrap_or_else(|error| panic!("{}: {error}", binary.display()));
+        assert!(
+            output.status.success(),
+            "{program} {arguments:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let binary = postgres_binary("pg_ctl");
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&binary)
+            .args(["stop", "-m", "immediate", "-D", &self.data()])
+            .output()
+            .or_else(|_| {
+                std::process::Command::new(&binary)
+                    .args(["stop", "-m", "immediate", "-D", &self.data()])
+                    .output()
+            });
+    }
+}
+
+/// Debian's PostgreSQL program `name`, of the newest installed version.
+fn postgres_binary(name: &str) -> std::path::PathBuf {
+    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("Debian's PostgreSQL under /usr/lib/postgresql")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .collect();
+    versions.sort();
+    versions
+        .last()
+        .expect("a PostgreSQL version")
+        .join("bin")
+        .join(name)
+}
+
+async fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .await
+        .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
 async fn grpc_health(app: &TestApp) -> i32 {
@@ -150,6 +267,56 @@ async fn keel_rides_out_a_redis_restart() {
         .await
         .unwrap();
     assert_eq!(body["reason"], "SESSION_REVOKED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_rides_out_a_postgres_restart() {
+    if !services_available() {
+        return;
+    }
+    let postgres = PrivatePostgres::start().await;
+    let url = postgres.url();
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.database_url = Some(url);
+    })
+    .await;
+    let tokens = app.signed_in("durable@example.com").await;
+    // Listing sessions reads the database on every call; a burst fills the pool.
+    let sessions = || app.get_with_token("/api/v1/sessions", &tokens.access);
+    let burst = futures_util::future::join_all((0..6).map(|_| sessions())).await;
+    assert!(burst.iter().all(|response| response.status() == 200));
+
+    // A restart kills every pooled connection; the next requests never see it.
+    postgres.pg_ctl(&["restart"]).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = futures_util::future::join_all((0..12).map(|_| sessions())).await;
+    let statuses: Vec<u16> = after
+        .iter()
+        .map(|response| response.status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+
+    // While it is down: 503 with Retry-After, never 500; health says so on both doors.
+    postgres.pg_ctl(&["stop"]).await;
+    let response = sessions().await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "DATABASE_UNAVAILABLE");
+    assert_eq!(health(&app).await, 503);
+    assert_eq!(grpc_health(&app).await, ServingStatus::NotServing as i32);
+
+    postgres.pg_ctl(&["start"]).await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if health(&app).await == 200 {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(recovered, "Keel did not reconnect to PostgreSQL");
+    assert_eq!(sessions().await.status(), 200);
 }
 
 #[tokio::test]
