@@ -25,6 +25,7 @@ use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
 use crate::mail::{Delivery, MailQueue, MemoryOutbox};
+use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
@@ -200,6 +201,10 @@ impl Services {
                     one_time_tokens: Arc::new(store.clone()),
                     mailer,
                     hasher,
+                    breaches: match &config.breached_passwords_dir {
+                        Some(directory) => Some(Arc::new(RangeFiles::open(directory.clone())?)),
+                        None => None,
+                    },
                     tokens: jwt.clone(),
                     cache,
                     rate_limits,

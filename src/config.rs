@@ -71,21 +71,25 @@ pub struct Settings {
     /// refused at once with 503 / RESOURCE_EXHAUSTED [default: 4 × KEEL_HASH_CONCURRENCY]
     #[arg(long, env = "KEEL_HASH_QUEUE_LIMIT")]
     pub hash_queue_limit: Option<String>,
-    /// Minimum password length [default: 8]
+    /// Minimum password length [default: 12]
     #[arg(long, env = "KEEL_PASSWORD_MIN_LENGTH")]
     pub password_min_length: Option<String>,
-    /// Require a lower-case letter [default: true]
+    /// Require a lower-case letter [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_LOWERCASE")]
     pub password_require_lowercase: Option<String>,
-    /// Require an upper-case letter [default: true]
+    /// Require an upper-case letter [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_UPPERCASE")]
     pub password_require_uppercase: Option<String>,
-    /// Require a digit [default: true]
+    /// Require a digit [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_DIGIT")]
     pub password_require_digit: Option<String>,
     /// Require a symbol [default: false]
     #[arg(long, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
     pub password_require_symbol: Option<String>,
+    /// A directory of Have I Been Pwned range files (`21BD1.txt`…); new passwords found there
+    /// are refused [default: none]
+    #[arg(long, env = "KEEL_BREACHED_PASSWORDS_DIR")]
+    pub breached_passwords_dir: Option<String>,
     /// smtp://host:port or smtps://user:password@host:port [default: dev outbox, logged]
     #[arg(long, env = "KEEL_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
@@ -179,6 +183,7 @@ impl Settings {
             password_require_uppercase,
             password_require_digit,
             password_require_symbol,
+            breached_passwords_dir,
             smtp_url,
             mail_from,
             require_verified_email,
@@ -225,6 +230,7 @@ pub struct Config {
     pub hash_concurrency: usize,
     pub hash_queue_limit: usize,
     pub password_policy: PasswordPolicy,
+    pub breached_passwords_dir: Option<PathBuf>,
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub require_verified_email: bool,
@@ -441,6 +447,7 @@ impl Config {
                 4 * hash_concurrency,
             )?,
             password_policy,
+            breached_passwords_dir: text(&settings.breached_passwords_dir).map(PathBuf::from),
             smtp_url,
             mail_from: text(&settings.mail_from)
                 .unwrap_or("Keel <no-reply@localhost>")

@@ -29,16 +29,32 @@ pub struct PasswordPolicy {
 }
 
 impl Default for PasswordPolicy {
+    /// ASVS 4 (2.1.1, 2.1.2, 2.1.9): at least 12 characters, up to 128, no composition rules.
     fn default() -> Self {
         Self {
-            min_length: 8,
+            min_length: 12,
             max_length: 128,
-            require_lowercase: true,
-            require_uppercase: true,
-            require_digit: true,
+            require_lowercase: false,
+            require_uppercase: false,
+            require_digit: false,
             require_symbol: false,
         }
     }
+}
+
+/// Passwords known from breaches (ASVS 2.1.7), looked up where the password never leaves
+/// Keel.
+#[async_trait::async_trait]
+pub trait BreachedPasswords: Send + Sync {
+    async fn is_breached(&self, password: &str) -> Result<bool>;
+}
+
+pub fn breached(field: &str) -> FieldViolation {
+    FieldViolation::new(
+        field,
+        "PASSWORD_BREACHED",
+        "appears in a list of passwords exposed in data breaches: choose another",
+    )
 }
 
 impl PasswordPolicy {
@@ -88,17 +104,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_policy_accepts_a_strong_password() {
-        assert!(
-            PasswordPolicy::default()
-                .check("password", "Str0ng!Passw0rd")
-                .is_empty()
+    fn default_policy_wants_length_not_composition() {
+        let policy = PasswordPolicy::default();
+        assert!(policy.check("password", "Str0ng!Passw0rd").is_empty());
+        assert!(policy.check("password", "correct horse battery").is_empty());
+        assert_eq!(
+            policy.check("password", "Sh0rt!pass")[0].reason,
+            "PASSWORD_TOO_SHORT"
         );
     }
 
     #[test]
     fn every_broken_rule_is_reported() {
         let policy = PasswordPolicy {
+            min_length: 8,
+            require_lowercase: true,
+            require_uppercase: true,
+            require_digit: true,
             require_symbol: true,
             ..PasswordPolicy::default()
         };

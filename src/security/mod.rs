@@ -1,6 +1,7 @@
-//! Cryptographic adapters of domain ports: password hashing (argon2id, legacy bcrypt) and
-//! access-token signing (EdDSA or HS256 JWTs).
+//! Cryptographic adapters of domain ports: password hashing (argon2id, legacy bcrypt), the
+//! breached-password list, and access-token signing (EdDSA or HS256 JWTs).
 
+pub mod breached;
 pub mod jwt;
 pub mod keyring;
 pub mod password;

@@ -212,8 +212,16 @@ async fn duplicate_email_conflicts(backend: Backend) {
     assert_eq!(grpc_reason(&status), "EMAIL_TAKEN");
 }
 
+/// The seed's policy (composition rules) stays available by configuration; the default is
+/// ASVS's length-only rule (see hardening::breached_and_short_passwords_are_refused).
 async fn weak_password_lists_every_violation(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.password_min_length = Some("8".into());
+        settings.password_require_lowercase = Some("true".into());
+        settings.password_require_uppercase = Some("true".into());
+        settings.password_require_digit = Some("true".into());
+    })
+    .await;
     let response = app
         .post_json(
             "/api/v1/auth/register",

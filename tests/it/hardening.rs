@@ -31,6 +31,7 @@ backend_tests!(
     a_taken_address_registers_alike_when_verification_is_required,
     each_caller_has_a_budget_inside_an_organization,
     mail_to_one_address_and_invitations_are_bounded,
+    breached_and_short_passwords_are_refused,
 );
 
 async fn status_and_reason(
@@ -807,4 +808,82 @@ async fn mail_to_one_address_and_invitations_are_bounded(backend: Backend) {
         1,
         "a refused invitation leaves nothing behind"
     );
+}
+
+/// ASVS defaults: twelve characters at least, no composition rules, and (when a list is
+/// configured) no password known from a breach.
+async fn breached_and_short_passwords_are_refused(backend: Backend) {
+    let breached = "correct horse battery staple";
+    let digest: String = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        breached.as_bytes(),
+    )
+    .as_ref()
+    .iter()
+    .map(|byte| format!("{byte:02X}"))
+    .collect();
+    let list = tempfile::tempdir().unwrap();
+    std::fs::write(
+        list.path().join(format!("{}.txt", &digest[..5])),
+        format!("{}:42\n", &digest[5..]),
+    )
+    .unwrap();
+    let directory = list.path().display().to_string();
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.breached_passwords_dir = Some(directory);
+    })
+    .await;
+    let register = |password: &'static str| {
+        let app = &app;
+        async move {
+            let response = app
+                .post_json(
+                    "/api/v1/auth/register",
+                    json!({ "email": "asvs@example.com", "password": password, "full_name": "A" }),
+                )
+                .await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            let reasons: Vec<String> = body["details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|detail| detail["field_violations"].as_array())
+                .flatten()
+                .map(|violation| violation["reason"].as_str().unwrap().to_owned())
+                .collect();
+            (status, reasons)
+        }
+    };
+    assert_eq!(
+        register("Sh0rt!pass").await,
+        (400, vec!["PASSWORD_TOO_SHORT".to_owned()])
+    );
+    assert_eq!(
+        register(breached).await,
+        (400, vec!["PASSWORD_BREACHED".to_owned()])
+    );
+    assert_eq!(register("no digits or capitals needed").await.0, 201);
+
+    // A reset to a breached password is refused too, before the link is spent.
+    app.post_json(
+        "/api/v1/auth/request-password-reset",
+        json!({ "email": "asvs@example.com" }),
+    )
+    .await;
+    let token = app.mailbox.token("asvs@example.com", 2).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/reset-password",
+            json!({ "token": token, "new_password": breached }),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let response = app
+        .post_json(
+            "/api/v1/auth/reset-password",
+            json!({ "token": token, "new_password": "an unlisted passphrase" }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
 }

@@ -235,13 +235,8 @@ impl AuthService {
     /// told by mail. The policy is checked before the link is spent, so a weak password costs
     /// nothing.
     pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
-        let violations = self
-            .settings
-            .password_policy
-            .check("new_password", new_password);
-        if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
-        }
+        self.check_new_password("new_password", new_password)
+            .await?;
         let user = self.consume(token, LinkPurpose::ResetPassword).await?;
         let hash = self.hasher.hash(new_password).await?;
         self.prove_address(&user).await?;

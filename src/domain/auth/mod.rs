@@ -20,7 +20,9 @@ use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::mail::{Mailer, Template};
-use crate::domain::password::{PasswordCheck, PasswordHasher, PasswordPolicy};
+use crate::domain::password::{
+    self, BreachedPasswords, PasswordCheck, PasswordHasher, PasswordPolicy,
+};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::rate::RateLimits;
 use crate::domain::secret;
@@ -83,6 +85,8 @@ pub struct AuthPorts {
     pub one_time_tokens: Arc<dyn OneTimeTokenStore>,
     pub mailer: Arc<dyn Mailer>,
     pub hasher: Arc<dyn PasswordHasher>,
+    /// The list of breached passwords new ones are checked against, if configured.
+    pub breaches: Option<Arc<dyn BreachedPasswords>>,
     pub tokens: Arc<dyn AccessTokenCodec>,
     pub cache: Arc<dyn Cache>,
     pub rate_limits: Arc<RateLimits>,
@@ -97,6 +101,7 @@ pub struct AuthService {
     one_time_tokens: Arc<dyn OneTimeTokenStore>,
     mailer: Arc<dyn Mailer>,
     hasher: Arc<dyn PasswordHasher>,
+    breaches: Option<Arc<dyn BreachedPasswords>>,
     tokens: Arc<dyn AccessTokenCodec>,
     cache: Arc<dyn Cache>,
     rate_limits: Arc<RateLimits>,
@@ -148,6 +153,7 @@ impl AuthService {
             one_time_tokens: ports.one_time_tokens,
             mailer: ports.mailer,
             hasher: ports.hasher,
+            breaches: ports.breaches,
             tokens: ports.tokens,
             cache: ports.cache,
             rate_limits: ports.rate_limits,
@@ -196,6 +202,8 @@ impl AuthService {
         let (Some(email), Some(full_name), true) = (email, full_name, violations.is_empty()) else {
             return Err(Error::invalid_fields(violations));
         };
+        self.refuse_breached("password", registration.password)
+            .await?;
 
         let password_hash = self.hasher.hash(registration.password).await?;
         let now = truncate_to_micros(self.clock.now());
@@ -223,6 +231,25 @@ impl AuthService {
             self.send_verification(&user).await?;
         }
         Ok(user)
+    }
+
+    /// A new password, against the policy and the list of breached passwords when there is
+    /// one.
+    pub(super) async fn check_new_password(&self, field: &str, password: &str) -> Result<()> {
+        let violations = self.settings.password_policy.check(field, password);
+        if !violations.is_empty() {
+            return Err(Error::invalid_fields(violations));
+        }
+        self.refuse_breached(field, password).await
+    }
+
+    async fn refuse_breached(&self, field: &str, password: &str) -> Result<()> {
+        if let Some(breaches) = &self.breaches
+            && breaches.is_breached(password).await?
+        {
+            return Err(Error::invalid_fields(vec![password::breached(field)]));
+        }
+        Ok(())
     }
 
     /// Whether a sign-up for a taken address answers as for a new one. Only when sign-in needs

@@ -133,13 +133,8 @@ impl AuthService {
         new_password: &str,
     ) -> Result<usize> {
         let current_session = principal.session_id()?;
-        let violations = self
-            .settings
-            .password_policy
-            .check("new_password", new_password);
-        if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
-        }
+        self.check_new_password("new_password", new_password)
+            .await?;
         // Guessing the current password from a stolen session meets the sign-in defences.
         let account = account_key(&principal.user.email);
         self.admit_attempt(&account, &ClientInfo::default()).await?;
