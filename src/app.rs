@@ -3,7 +3,7 @@
 
 use crate::api::client_address::TrustedProxies;
 use crate::api::contract::Contract;
-use crate::api::{self, ApiDependencies};
+use crate::api::{self, ApiDependencies, RequestLimits};
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Config;
 use crate::domain::apikey::ApiKeyService;
@@ -293,6 +293,10 @@ impl Keel {
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
+            request_limits: RequestLimits {
+                max_in_flight: config.max_concurrent_requests,
+                timeout: std::time::Duration::from_secs(config.request_timeout_seconds.into()),
+            },
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
             metrics_token: config.metrics_token.clone(),

@@ -130,6 +130,14 @@ pub struct Settings {
     /// Comma-separated browser origins allowed by CORS (https://app.example.com) [default: none]
     #[arg(long, env = "KEEL_CORS_ALLOWED_ORIGINS")]
     pub cors_allowed_origins: Option<String>,
+    /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
+    /// `SERVER_BUSY` [default: 1024]
+    #[arg(long, env = "KEEL_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<String>,
+    /// Seconds an RPC may take before its caller is answered 503 / UNAVAILABLE
+    /// `REQUEST_TIMEOUT` (the work itself still completes) [default: 30]
+    #[arg(long, env = "KEEL_REQUEST_TIMEOUT_SECONDS")]
+    pub request_timeout_seconds: Option<String>,
     /// Largest accepted REST request body in bytes [default: 1048576]
     #[arg(long, env = "KEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<String>,
@@ -196,6 +204,8 @@ impl Settings {
             rate_limit_invitations_per_hour,
             trusted_proxies,
             cors_allowed_origins,
+            max_concurrent_requests,
+            request_timeout_seconds,
             max_body_bytes,
             migrate_on_start,
             metrics_token,
@@ -243,6 +253,8 @@ pub struct Config {
     pub rate_limit_invitations_per_hour: u32,
     pub trusted_proxies: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
+    pub max_concurrent_requests: usize,
+    pub request_timeout_seconds: u32,
     pub max_body_bytes: usize,
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
@@ -494,6 +506,16 @@ impl Config {
             )?,
             trusted_proxies: comma_list(&settings.trusted_proxies),
             cors_allowed_origins,
+            max_concurrent_requests: parse_positive(
+                text(&settings.max_concurrent_requests),
+                "KEEL_MAX_CONCURRENT_REQUESTS",
+                1024,
+            )?,
+            request_timeout_seconds: parse_positive(
+                text(&settings.request_timeout_seconds),
+                "KEEL_REQUEST_TIMEOUT_SECONDS",
+                30,
+            )?,
             max_body_bytes: parse_positive(
                 text(&settings.max_body_bytes),
                 "KEEL_MAX_BODY_BYTES",

@@ -9,13 +9,13 @@
 use super::contract::{AuthRule, Contract, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
-use crate::domain::Error;
 use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::Principal;
 use crate::domain::tenancy::access::{AccessControl, Scope};
 use crate::domain::tenancy::permissions;
 use crate::domain::tenancy::quotas::QuotaService;
+use crate::domain::{Error, ErrorKind};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -25,6 +25,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic::body::Body;
 
@@ -44,6 +45,16 @@ pub struct Guard {
     access: Arc<AccessControl>,
     quotas: Arc<QuotaService>,
     metrics: Arc<Metrics>,
+    limits: RequestLimits,
+    /// One permit per RPC in flight.
+    in_flight: Arc<Semaphore>,
+}
+
+/// How much work the server takes on at once, and how long a caller waits for an answer.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_in_flight: usize,
+    pub timeout: std::time::Duration,
 }
 
 impl Guard {
@@ -53,6 +64,7 @@ impl Guard {
         access: Arc<AccessControl>,
         quotas: Arc<QuotaService>,
         metrics: Arc<Metrics>,
+        limits: RequestLimits,
     ) -> Self {
         let rules = contract
             .rpcs
@@ -76,6 +88,8 @@ impl Guard {
             access,
             quotas,
             metrics,
+            limits,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
         }
     }
 
@@ -137,6 +151,31 @@ impl Guard {
 }
 
 const ORGANIZATION_HEADER: Option<&str> = Some("x-organization-id");
+
+fn server_busy() -> Error {
+    Error {
+        retry_after: Some(std::time::Duration::from_secs(1)),
+        ..Error::new(
+            ErrorKind::ResourceExhausted,
+            "SERVER_BUSY",
+            "the server is at capacity, try again in a moment",
+        )
+    }
+}
+
+fn request_timeout(timeout: std::time::Duration) -> Error {
+    Error {
+        retry_after: Some(std::time::Duration::from_secs(1)),
+        ..Error::new(
+            ErrorKind::Unavailable,
+            "REQUEST_TIMEOUT",
+            format!(
+                "no answer within {} s; the request may still complete, check before repeating it",
+                timeout.as_secs()
+            ),
+        )
+    }
+}
 
 /// The id a request names in `field`, else in the header `header_name` (both set must agree).
 /// Reads the one unary gRPC message and puts it back for tonic.
@@ -298,6 +337,10 @@ where
         self.inner.poll_ready(context)
     }
 
+    /// Runs the call as its own task, holding one of the in-flight permits: past the limit a
+    /// call is refused at once (`SERVER_BUSY`), and past the timeout the caller is answered
+    /// `REQUEST_TIMEOUT` while the task still runs to its end, so no change is left half made
+    /// by a cancelled future.
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         // The clone is not ready; keep the ready service for this call (tower's usual swap).
         let clone = self.inner.clone();
@@ -306,9 +349,27 @@ where
         Box::pin(async move {
             let started = Instant::now();
             let method = request.uri().path().to_owned();
-            let response = match guard.admit(&mut request).await {
-                Ok(()) => inner.call(request).await?,
-                Err(error) => to_status(error).into_http(),
+            let response = match guard.in_flight.clone().try_acquire_owned() {
+                Err(_) => to_status(server_busy()).into_http(),
+                Ok(permit) => {
+                    let admitting = guard.clone();
+                    let work = tokio::spawn(async move {
+                        let _permit = permit;
+                        match admitting.admit(&mut request).await {
+                            Ok(()) => inner.call(request).await,
+                            Err(error) => Ok(to_status(error).into_http()),
+                        }
+                    });
+                    match tokio::time::timeout(guard.limits.timeout, work).await {
+                        Ok(Ok(Ok(response))) => response,
+                        Ok(Ok(Err(infallible))) => match infallible {},
+                        Ok(Err(failed)) => {
+                            to_status(Error::internal(format!("a request task failed: {failed}")))
+                                .into_http()
+                        }
+                        Err(_) => to_status(request_timeout(guard.limits.timeout)).into_http(),
+                    }
+                }
             };
             if guard.rules.contains_key(&method) {
                 guard

@@ -30,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use client_address::TrustedProxies;
 use contract::Contract;
+pub use guard::RequestLimits;
 use guard::{Guard, GuardLayer};
 use http::{HeaderName, HeaderValue, Method, header};
 use metrics::Metrics;
@@ -72,6 +73,7 @@ pub struct ApiDependencies {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
     pub max_body_bytes: usize,
+    pub request_limits: RequestLimits,
     /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
     pub cors_allowed_origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
@@ -160,6 +162,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             dependencies.access.clone(),
             dependencies.quotas.clone(),
             metrics.clone(),
+            dependencies.request_limits,
         ))
         .layer(routes),
     );

@@ -319,6 +319,90 @@ async fn keel_rides_out_a_postgres_restart() {
     assert_eq!(sessions().await.status(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_is_shed_at_the_door() {
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.max_concurrent_requests = Some("2".into());
+        settings.hash_concurrency = Some("1".into());
+        settings.hash_queue_limit = Some("64".into());
+        settings.argon2_memory_kib = Some("16384".into());
+        settings.argon2_iterations = Some("4".into());
+    })
+    .await;
+    let registrations = (0..12).map(|index| {
+        let app = &app;
+        async move {
+            let response = app
+                .post_json(
+                    "/api/v1/auth/register",
+                    serde_json::json!({ "email": format!("shed{index}@example.com"), "password": crate::harness::PASSWORD, "full_name": "S" }),
+                )
+                .await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap();
+            (status, body["reason"].as_str().unwrap_or_default().to_owned())
+        }
+    });
+    let outcomes = futures_util::future::join_all(registrations).await;
+    assert!(
+        outcomes.iter().any(|(status, _)| *status == 201),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|outcome| *outcome == (503, "SERVER_BUSY".to_owned())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|(status, _)| *status == 201 || *status == 503),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_times_out_but_still_completes() {
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.request_timeout_seconds = Some("1".into());
+        // A hash of several seconds.
+        settings.argon2_memory_kib = Some("65536".into());
+        settings.argon2_iterations = Some("64".into());
+    })
+    .await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/register",
+            serde_json::json!({ "email": "slow@example.com", "password": crate::harness::PASSWORD, "full_name": "S" }),
+        )
+        .await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "REQUEST_TIMEOUT");
+
+    // The registration was not cut off half way: it finishes after the answer.
+    use keel::domain::user::{EmailAddress, UserStore};
+    let store = keel::store::SqlStore::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    let email = EmailAddress::parse("slow@example.com").unwrap();
+    let mut registered = false;
+    for _ in 0..300 {
+        if store
+            .find_credentials_by_email(&email)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(registered, "the timed-out registration never completed");
+}
+
 #[tokio::test]
 async fn metrics_can_require_a_token() {
     let app = TestApp::spawn_with(Backend::Embedded, |settings| {
