@@ -68,13 +68,15 @@ impl Cache for MemoryCache {
             .get(key)
             .filter(|(_, expires)| *expires > now)
             .and_then(|(value, expires)| {
-                Some((<[u8; 8]>::try_from(value.as_slice()).ok()?, *expires))
+                let count = std::str::from_utf8(value).ok()?.parse::<u64>().ok()?;
+                Some((count, *expires))
             });
         let (count, expires) = match live {
-            Some((bytes, expires)) => (u64::from_le_bytes(bytes).saturating_add(by), expires),
+            Some((count, expires)) => (count.saturating_add(by), expires),
             None => (by, now + ttl),
         };
-        entries.insert(key.to_owned(), (count.to_le_bytes().to_vec(), expires));
+        // Decimal text, as Redis keeps counters, so `get` reads them alike on both.
+        entries.insert(key.to_owned(), (count.to_string().into_bytes(), expires));
         Ok(count)
     }
 }
@@ -82,6 +84,27 @@ impl Cache for MemoryCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::cache::generation::{bump, current, tag, untag};
+
+    /// The race itself: a reader notes the generation and reads the store, a change bumps the
+    /// generation, then the reader writes what it read. The entry no longer counts.
+    #[tokio::test]
+    async fn a_write_from_before_a_change_is_a_miss() -> Result<()> {
+        let cache = MemoryCache::default();
+        let ttl = Duration::from_secs(60);
+        let seen = current(&cache, "user:1").await?;
+        let changed = bump(&cache, "user:1").await?;
+        cache.set("user:1", &tag(seen, b"stale"), ttl).await?;
+        let now = current(&cache, "user:1").await?;
+        assert_eq!(now, changed);
+        assert_eq!(untag(cache.get("user:1").await?, now), None);
+        cache.set("user:1", &tag(now, b"fresh"), ttl).await?;
+        assert_eq!(
+            untag(cache.get("user:1").await?, now),
+            Some(b"fresh".to_vec())
+        );
+        Ok(())
+    }
 
     #[tokio::test]
     async fn entries_expire() -> Result<()> {

@@ -6,7 +6,7 @@
 //! right here: the secret part carries 256 random bits, so there is nothing to brute-force,
 //! and the key in the digest means a copy of the database alone cannot even test a guess.
 
-use crate::domain::cache::Cache;
+use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::principal::Principal;
@@ -253,7 +253,7 @@ impl ApiKeyService {
         self.store
             .revoke_api_key(key.id, truncate_to_micros(self.clock.now()))
             .await?;
-        self.cache.delete(&record_key(&key.prefix)).await?;
+        self.forget(std::slice::from_ref(&key.prefix)).await?;
         tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key revoked");
         Ok(())
     }
@@ -272,9 +272,11 @@ impl ApiKeyService {
         Ok(prefixes.len())
     }
 
-    /// Drops cached records of keys revoked elsewhere (with their organization).
+    /// Drops the cached records of revoked keys (here or with their organization), so that
+    /// no read from before the revocation can cache them again (see `cache::generation`).
     pub async fn forget(&self, prefixes: &[String]) -> Result<()> {
         for prefix in prefixes {
+            generation::bump(self.cache.as_ref(), &record_key(prefix)).await?;
             self.cache.delete(&record_key(prefix)).await?;
         }
         Ok(())
@@ -286,7 +288,15 @@ impl ApiKeyService {
         let rest = presented.strip_prefix(KEY_PREFIX).ok_or_else(invalid_key)?;
         let (prefix, _) = rest.split_once('_').ok_or_else(invalid_key)?;
         let prefix = format!("{KEY_PREFIX}{prefix}");
-        let stored = match self.cached_record(&prefix).await? {
+        let keys = [record_key(&prefix), generation::key(&record_key(&prefix))];
+        let mut cached = self.cache.get_many(&keys).await?.into_iter();
+        let (cached_record, generation) = (
+            cached.next().flatten(),
+            generation::parse(cached.next().flatten().as_deref()),
+        );
+        let stored = match generation::untag(cached_record, generation)
+            .and_then(|bytes| serde_json::from_slice::<StoredApiKey>(&bytes).ok())
+        {
             Some(stored) => stored,
             None => {
                 let stored = self
@@ -296,7 +306,11 @@ impl ApiKeyService {
                     .ok_or_else(invalid_key)?;
                 let encoded = serde_json::to_vec(&stored).map_err(Error::internal)?;
                 self.cache
-                    .set(&record_key(&prefix), &encoded, RECORD_CACHE_TTL)
+                    .set(
+                        &record_key(&prefix),
+                        &generation::tag(generation, &encoded),
+                        RECORD_CACHE_TTL,
+                    )
                     .await?;
                 stored
             }
@@ -320,14 +334,6 @@ impl ApiKeyService {
         }
         self.touch(stored.key.id).await?;
         Ok(stored.key)
-    }
-
-    async fn cached_record(&self, prefix: &str) -> Result<Option<StoredApiKey>> {
-        Ok(self
-            .cache
-            .get(&record_key(prefix))
-            .await?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
     /// Records use at most once per `TOUCH_INTERVAL`: no write per request.

@@ -12,6 +12,55 @@ pub trait Cache: Send + Sync {
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
     /// Adds `by` to a counter (0 reads it) and answers the new count; a new counter lives for
-    /// `ttl`.
+    /// `ttl`. `get` reads a counter as decimal text.
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64>;
+}
+
+/// Cached records that a racing reader cannot bring back after they changed.
+///
+/// A reader that misses the cache reads the store and then writes the cache; a change that
+/// lands between the two would be undone by that write for the entry's whole lifetime (a
+/// revoked session or key working again, an old role set). So each subject (a user, an API
+/// key, a membership) has a generation counter: readers note it *before* reading the store and
+/// tag what they cache with it, changes bump it *after* writing the store, and an entry whose
+/// tag is not the current generation is a miss.
+pub mod generation {
+    use super::Cache;
+    use crate::domain::error::Result;
+    use std::time::Duration;
+
+    /// Outlives every entry it tags; when it lapses, entries tagged before simply miss.
+    const LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+    pub fn key(subject: &str) -> String {
+        format!("generation:{subject}")
+    }
+
+    /// A generation as `get` answers it (absent is 0).
+    pub fn parse(cached: Option<&[u8]>) -> u64 {
+        cached
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub async fn current(cache: &dyn Cache, subject: &str) -> Result<u64> {
+        Ok(parse(cache.get(&key(subject)).await?.as_deref()))
+    }
+
+    /// Marks every entry of `subject` cached so far as stale; answers the new generation.
+    pub async fn bump(cache: &dyn Cache, subject: &str) -> Result<u64> {
+        cache.increment(&key(subject), 1, LIFETIME).await
+    }
+
+    pub fn tag(generation: u64, value: &[u8]) -> Vec<u8> {
+        [generation.to_le_bytes().as_slice(), value].concat()
+    }
+
+    /// The value of an entry tagged with `generation`; `None` for a stale or foreign entry.
+    pub fn untag(entry: Option<Vec<u8>>, generation: u64) -> Option<Vec<u8>> {
+        let entry = entry?;
+        let (tagged, value) = entry.split_first_chunk::<8>()?;
+        (u64::from_le_bytes(*tagged) == generation).then(|| value.to_vec())
+    }
 }

@@ -6,6 +6,7 @@ mod smtp;
 mod accounts;
 mod admin;
 mod api_keys;
+mod cache_races;
 mod cli;
 mod contract;
 mod device_sessions;

@@ -16,7 +16,7 @@ pub use throttle::ThrottleSettings;
 pub use token::{AccessClaims, AccessTokenCodec};
 
 use crate::domain::apikey::ApiKeyService;
-use crate::domain::cache::Cache;
+use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::mail::{Mailer, Template};
@@ -491,7 +491,12 @@ impl AuthService {
 
     async fn revoke_for_reuse(&self, session_id: Uuid) -> Error {
         tracing::warn!(session_id = %session_id, "refresh token reused, revoking the session");
-        if let Err(error) = self.revoke_session(session_id).await {
+        let revoked = match self.sessions.find_session(session_id).await {
+            Ok(Some(session)) => self.revoke_session(session.id, session.user_id).await,
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = revoked {
             return error;
         }
         Error::unauthenticated(
@@ -500,21 +505,23 @@ impl AuthService {
         )
     }
 
-    /// Revokes a session: its tokens stop working on the next request, on every replica that
-    /// shares the cache.
-    pub async fn revoke_session(&self, session_id: Uuid) -> Result<()> {
+    /// Revokes a session of `user_id`: its tokens stop working on the next request, on every
+    /// replica that shares the cache.
+    pub async fn revoke_session(&self, session_id: Uuid, user_id: Uuid) -> Result<()> {
         self.sessions
             .revoke_session(session_id, truncate_to_micros(self.clock.now()))
             .await?;
-        self.mark_revoked(session_id).await
+        let generation = self.forget_user(user_id).await?;
+        self.mark_revoked(session_id, generation).await
     }
 
-    /// Records a revocation in the cache port, where every request looks.
-    async fn mark_revoked(&self, session_id: Uuid) -> Result<()> {
+    /// Records a revocation in the cache port, where every request looks, under the user's
+    /// generation after the change.
+    async fn mark_revoked(&self, session_id: Uuid, generation: u64) -> Result<()> {
         self.cache
             .set(
                 &session_key(session_id),
-                SESSION_REVOKED,
+                &generation::tag(generation, SESSION_REVOKED),
                 self.status_cache_ttl(),
             )
             .await
@@ -522,7 +529,7 @@ impl AuthService {
 
     pub async fn logout(&self, principal: &Principal) -> Result<()> {
         let session_id = principal.session_id()?;
-        self.revoke_session(session_id).await?;
+        self.revoke_session(session_id, principal.user.id).await?;
         tracing::info!(user_id = %principal.user.id, session_id = %session_id, "signed out");
         Ok(())
     }
@@ -542,16 +549,21 @@ impl AuthService {
             session_key(claims.session_id),
             user_key(claims.user_id),
             touched_key(claims.session_id),
+            generation::key(&user_key(claims.user_id)),
         ];
         let mut cached = self.cache.get_many(&keys).await?.into_iter();
-        let (cached_status, cached_user, recently_touched) = (
+        let (cached_status, cached_user, recently_touched, generation) = (
             cached.next().flatten(),
             cached.next().flatten(),
             cached.next().flatten().is_some(),
+            generation::parse(cached.next().flatten().as_deref()),
         );
-        let live = match cached_status {
+        let live = match generation::untag(cached_status, generation) {
             Some(status) => status == SESSION_LIVE,
-            None => self.load_session_status(claims.session_id).await?,
+            None => {
+                self.load_session_status(claims.session_id, generation)
+                    .await?
+            }
         };
         if !live {
             return Err(Error::unauthenticated(
@@ -559,9 +571,11 @@ impl AuthService {
                 "the session was revoked, sign in again",
             ));
         }
-        let user = match cached_user.and_then(|bytes| serde_json::from_slice::<User>(&bytes).ok()) {
+        let user = match generation::untag(cached_user, generation)
+            .and_then(|bytes| serde_json::from_slice::<User>(&bytes).ok())
+        {
             Some(user) => user,
-            None => self.load_user(claims.user_id).await?,
+            None => self.load_user_at(claims.user_id, generation).await?,
         };
         if !user.is_active {
             return Err(account_disabled());
@@ -603,8 +617,9 @@ impl AuthService {
         })
     }
 
-    /// Reads a session's status from the store and caches it.
-    async fn load_session_status(&self, session_id: Uuid) -> Result<bool> {
+    /// Reads a session's status from the store and caches it under `generation`, the user's
+    /// generation as read before the store.
+    async fn load_session_status(&self, session_id: Uuid, generation: u64) -> Result<bool> {
         let now = self.clock.now();
         let live = self
             .sessions
@@ -613,7 +628,11 @@ impl AuthService {
             .is_some_and(|session| session.is_live(now));
         let status = if live { SESSION_LIVE } else { SESSION_REVOKED };
         self.cache
-            .set(&session_key(session_id), status, self.status_cache_ttl())
+            .set(
+                &session_key(session_id),
+                &generation::tag(generation, status),
+                self.status_cache_ttl(),
+            )
             .await?;
         Ok(live)
     }
@@ -629,28 +648,47 @@ impl AuthService {
 
     /// The user record, from the cache port when it is there.
     async fn user(&self, user_id: Uuid) -> Result<User> {
-        if let Some(cached) = self.cache.get(&user_key(user_id)).await?
-            && let Ok(user) = serde_json::from_slice::<User>(&cached)
+        let keys = [user_key(user_id), generation::key(&user_key(user_id))];
+        let mut cached = self.cache.get_many(&keys).await?.into_iter();
+        let (cached_user, generation) = (
+            cached.next().flatten(),
+            generation::parse(cached.next().flatten().as_deref()),
+        );
+        if let Some(user) = generation::untag(cached_user, generation)
+            .and_then(|bytes| serde_json::from_slice::<User>(&bytes).ok())
         {
             return Ok(user);
         }
-        self.load_user(user_id).await
+        self.load_user_at(user_id, generation).await
     }
 
-    /// Drops the cached user record after a change, so the next request reads the new one.
-    async fn forget_user(&self, user_id: Uuid) -> Result<()> {
-        self.cache.delete(&user_key(user_id)).await
+    /// After a change to the user, their sessions or their record: what is cached of them is
+    /// dropped, and an older read can no longer be cached. Answers the new generation.
+    async fn forget_user(&self, user_id: Uuid) -> Result<u64> {
+        let generation = generation::bump(self.cache.as_ref(), &user_key(user_id)).await?;
+        self.cache.delete(&user_key(user_id)).await?;
+        Ok(generation)
     }
 
     /// Reads a user from the store and caches it.
     async fn load_user(&self, user_id: Uuid) -> Result<User> {
+        let generation = generation::current(self.cache.as_ref(), &user_key(user_id)).await?;
+        self.load_user_at(user_id, generation).await
+    }
+
+    /// Reads a user from the store and caches it under `generation`, read before the store.
+    async fn load_user_at(&self, user_id: Uuid, generation: u64) -> Result<User> {
         let user =
             self.users.find_user(user_id).await?.ok_or_else(|| {
                 Error::unauthenticated("USER_NOT_FOUND", "the user no longer exists")
             })?;
         let encoded = serde_json::to_vec(&user).map_err(Error::internal)?;
         self.cache
-            .set(&user_key(user_id), &encoded, USER_CACHE_TTL)
+            .set(
+                &user_key(user_id),
+                &generation::tag(generation, &encoded),
+                USER_CACHE_TTL,
+            )
             .await?;
         Ok(user)
     }

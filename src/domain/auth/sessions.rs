@@ -93,7 +93,7 @@ impl AuthService {
             .await?
             .filter(|session| session.user_id == principal.user.id)
             .ok_or_else(session_not_found)?;
-        self.revoke_session(session.id).await
+        self.revoke_session(session.id, session.user_id).await
     }
 
     /// Revokes every session of the caller, or every other one with `keep_current`.
@@ -117,8 +117,9 @@ impl AuthService {
             .sessions
             .revoke_user_sessions(user_id, keep, now)
             .await?;
+        let generation = self.forget_user(user_id).await?;
         for session_id in &revoked {
-            self.mark_revoked(*session_id).await?;
+            self.mark_revoked(*session_id, generation).await?;
         }
         tracing::info!(user_id = %user_id, count = revoked.len(), "sessions revoked");
         Ok(revoked.len())

@@ -5,7 +5,7 @@
 
 use super::permissions::{PermissionSet, SystemRole};
 use super::{CustomRole, MemberGrants, OrganizationStore, organization_not_found, team_not_found};
-use crate::domain::cache::Cache;
+use crate::domain::cache::{Cache, generation};
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::principal::{Credential, Principal};
 use std::sync::Arc;
@@ -238,20 +238,26 @@ impl AccessControl {
     }
 
     /// The user's grants in the organization (`None` for a non-member) and the organization's
-    /// custom roles, in one cache round trip.
+    /// custom roles, in one cache round trip. Both are cached under their generation (see
+    /// `cache::generation`), so a role change cannot be undone by a read that raced it.
     async fn grants(
         &self,
         organization_id: Uuid,
         user_id: Uuid,
     ) -> Result<(Option<MemberGrants>, Vec<CustomRole>)> {
+        let member = member_key(organization_id, user_id);
+        let roles = roles_key(organization_id);
         let keys = [
-            member_key(organization_id, user_id),
-            roles_key(organization_id),
+            member.clone(),
+            roles.clone(),
+            generation::key(&member),
+            generation::key(&roles),
         ];
         let mut cached = self.cache.get_many(&keys).await?.into_iter();
-        let grants = match cached
-            .next()
-            .flatten()
+        let (cached_grants, cached_roles) = (cached.next().flatten(), cached.next().flatten());
+        let member_generation = generation::parse(cached.next().flatten().as_deref());
+        let roles_generation = generation::parse(cached.next().flatten().as_deref());
+        let grants = match generation::untag(cached_grants, member_generation)
             .and_then(|bytes| serde_json::from_slice::<Option<MemberGrants>>(&bytes).ok())
         {
             Some(grants) => grants,
@@ -261,40 +267,62 @@ impl AccessControl {
                     .find_member_grants(organization_id, user_id)
                     .await?;
                 let encoded = serde_json::to_vec(&grants).map_err(Error::internal)?;
-                self.cache.set(&keys[0], &encoded, CACHE_TTL).await?;
+                self.cache
+                    .set(
+                        &member,
+                        &generation::tag(member_generation, &encoded),
+                        CACHE_TTL,
+                    )
+                    .await?;
                 grants
             }
         };
-        let custom_roles = match cached
-            .next()
-            .flatten()
+        let custom_roles = match generation::untag(cached_roles, roles_generation)
             .and_then(|bytes| serde_json::from_slice::<Vec<CustomRole>>(&bytes).ok())
         {
             Some(roles) => roles,
-            None => self.load_custom_roles(organization_id).await?,
+            None => {
+                self.load_custom_roles(organization_id, roles_generation)
+                    .await?
+            }
         };
         Ok((grants, custom_roles))
     }
 
-    async fn load_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>> {
+    async fn load_custom_roles(
+        &self,
+        organization_id: Uuid,
+        roles_generation: u64,
+    ) -> Result<Vec<CustomRole>> {
         let roles = self.store.list_custom_roles(organization_id).await?;
         let encoded = serde_json::to_vec(&roles).map_err(Error::internal)?;
         self.cache
-            .set(&roles_key(organization_id), &encoded, CACHE_TTL)
+            .set(
+                &roles_key(organization_id),
+                &generation::tag(roles_generation, &encoded),
+                CACHE_TTL,
+            )
             .await?;
         Ok(roles)
     }
 
     /// The organization's custom roles, sorted by name.
     pub async fn custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>> {
-        let cached = self
-            .cache
-            .get(&roles_key(organization_id))
-            .await?
-            .and_then(|bytes| serde_json::from_slice::<Vec<CustomRole>>(&bytes).ok());
-        match cached {
+        let roles = roles_key(organization_id);
+        let keys = [roles.clone(), generation::key(&roles)];
+        let mut cached = self.cache.get_many(&keys).await?.into_iter();
+        let (cached_roles, roles_generation) = (
+            cached.next().flatten(),
+            generation::parse(cached.next().flatten().as_deref()),
+        );
+        match generation::untag(cached_roles, roles_generation)
+            .and_then(|bytes| serde_json::from_slice::<Vec<CustomRole>>(&bytes).ok())
+        {
             Some(roles) => Ok(roles),
-            None => self.load_custom_roles(organization_id).await,
+            None => {
+                self.load_custom_roles(organization_id, roles_generation)
+                    .await
+            }
         }
     }
 
@@ -394,9 +422,9 @@ impl AccessControl {
 
     /// Forgets a member's cached roles (after any change to them).
     pub async fn forget_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()> {
-        self.cache
-            .delete(&member_key(organization_id, user_id))
-            .await
+        let member = member_key(organization_id, user_id);
+        generation::bump(self.cache.as_ref(), &member).await?;
+        self.cache.delete(&member).await
     }
 
     /// Forgets a deleted team's organization.
@@ -406,6 +434,8 @@ impl AccessControl {
 
     /// Forgets the organization's cached custom roles (after any change to them).
     pub async fn forget_roles(&self, organization_id: Uuid) -> Result<()> {
-        self.cache.delete(&roles_key(organization_id)).await
+        let roles = roles_key(organization_id);
+        generation::bump(self.cache.as_ref(), &roles).await?;
+        self.cache.delete(&roles).await
     }
 }
