@@ -271,6 +271,7 @@ pub struct Keel {
     router: axum::Router,
     listener: TcpListener,
     usage_flush_interval: std::time::Duration,
+    sqlite_wal_max_bytes: u64,
 }
 
 impl Keel {
@@ -316,6 +317,7 @@ impl Keel {
             router,
             listener,
             usage_flush_interval: std::time::Duration::from_secs(config.usage_flush_seconds.into()),
+            sqlite_wal_max_bytes: config.sqlite_wal_max_bytes,
         })
     }
 
@@ -329,6 +331,10 @@ impl Keel {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let purge = tokio::spawn(purge_ended_sessions(self.services.auth.clone()));
+        let wal = tokio::spawn(bound_wal(
+            self.services.store.clone(),
+            self.sqlite_wal_max_bytes,
+        ));
         let quotas = self.services.quotas.clone();
         let (stop_flushing, flushing_stopped) = tokio::sync::oneshot::channel::<()>();
         let flush = tokio::spawn(flush_usage(
@@ -352,6 +358,7 @@ impl Keel {
             .with_graceful_shutdown(shutdown)
             .await?;
         purge.abort();
+        wal.abort();
         let _ = stop_flushing.send(());
         if let Err(error) = flush.await {
             tracing::warn!(%error, "the usage flush task failed");
@@ -379,6 +386,19 @@ async fn flush_usage(
         }
         if let Err(error) = quotas.flush().await {
             tracing::warn!(%error, "writing usage counters failed; kept for the next flush");
+        }
+    }
+}
+
+/// How often the SQLite write-ahead log is measured against its bound.
+const WAL_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn bound_wal(store: SqlStore, limit: u64) {
+    let mut ticks = tokio::time::interval(WAL_CHECK_INTERVAL);
+    loop {
+        ticks.tick().await;
+        if let Err(error) = store.bound_wal(limit).await {
+            tracing::warn!(%error, "bounding the SQLite write-ahead log failed");
         }
     }
 }

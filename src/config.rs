@@ -141,6 +141,10 @@ pub struct Settings {
     /// Largest accepted REST request body in bytes [default: 1048576]
     #[arg(long, env = "KEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<String>,
+    /// Bound on SQLite's write-ahead log in bytes: past it, the log is checkpointed and emptied
+    /// (checked every 5 s) [default: 67108864]
+    #[arg(long, env = "KEEL_SQLITE_WAL_MAX_BYTES")]
+    pub sqlite_wal_max_bytes: Option<String>,
     /// Apply pending database migrations at start [default: true]
     #[arg(long, env = "KEEL_MIGRATE_ON_START")]
     pub migrate_on_start: Option<String>,
@@ -207,6 +211,7 @@ impl Settings {
             max_concurrent_requests,
             request_timeout_seconds,
             max_body_bytes,
+            sqlite_wal_max_bytes,
             migrate_on_start,
             metrics_token,
             log_format,
@@ -256,6 +261,7 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub request_timeout_seconds: u32,
     pub max_body_bytes: usize,
+    pub sqlite_wal_max_bytes: u64,
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
@@ -520,6 +526,11 @@ impl Config {
                 text(&settings.max_body_bytes),
                 "KEEL_MAX_BODY_BYTES",
                 1024 * 1024,
+            )?,
+            sqlite_wal_max_bytes: parse_positive(
+                text(&settings.sqlite_wal_max_bytes),
+                "KEEL_SQLITE_WAL_MAX_BYTES",
+                64 * 1024 * 1024,
             )?,
             migrate_on_start: parse(
                 text(&settings.migrate_on_start),

@@ -68,11 +68,14 @@ fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,
+    /// The SQLite database file, for the size of its write-ahead log.
+    sqlite_file: Option<std::path::PathBuf>,
 }
 
 impl SqlStore {
     /// Connects to `sqlite:…` (the file is created when missing) or `postgres://…`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let mut sqlite_file = None;
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
@@ -81,6 +84,7 @@ impl SqlStore {
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
             create_private_file(options.get_filename())?;
+            sqlite_file = Some(options.get_filename().to_owned());
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(8)
@@ -112,7 +116,44 @@ impl SqlStore {
         } else {
             anyhow::bail!("KEEL_DATABASE_URL must start with sqlite: or postgres://");
         };
-        Ok(Self { pool })
+        Ok(Self { pool, sqlite_file })
+    }
+
+    /// Keeps SQLite's write-ahead log under `limit` bytes. Readers that never all pause at
+    /// once keep the automatic checkpoint from starting the log over, so under steady load it
+    /// grows without end (958 MB in a 10-minute mixed run). Past `limit`, a TRUNCATE
+    /// checkpoint copies the log into the database and empties the file; it waits for the
+    /// readers of older snapshots (at most the busy timeout), while new readers go on. Answers
+    /// the log's size before; nothing to do on PostgreSQL.
+    pub async fn bound_wal(&self, limit: u64) -> Result<u64> {
+        let (Pool::Sqlite(pool), Some(file)) = (&self.pool, &self.sqlite_file) else {
+            return Ok(0);
+        };
+        let mut wal = file.clone().into_os_string();
+        wal.push("-wal");
+        let size = tokio::fs::metadata(&wal)
+            .await
+            .map(|metadata| metadata.len())
+            .unwrap_or(0);
+        if size <= limit {
+            return Ok(size);
+        }
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(pool)
+            .await
+            .map_err(database_error)?;
+        if busy == 0 {
+            tracing::info!(
+                wal_bytes = size,
+                "SQLite write-ahead log checkpointed and emptied"
+            );
+        } else {
+            tracing::warn!(
+                wal_bytes = size,
+                "SQLite checkpoint waited too long for readers; trying again later"
+            );
+        }
+        Ok(size)
     }
 
     pub fn backend_name(&self) -> &'static str {

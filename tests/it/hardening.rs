@@ -99,7 +99,7 @@ async fn a_password_reset_takes_over_a_pre_hijacked_account(backend: Backend) {
         json!({ "email": email }),
     )
     .await;
-    let token = app.mailbox.token(email, 2).await;
+    let token = app.mailbox.link_token(email, "reset-password").await;
     let response = app
         .post_json(
             "/api/v1/auth/reset-password",
@@ -143,7 +143,7 @@ async fn a_magic_link_takes_over_a_pre_hijacked_account(backend: Backend) {
 
     app.post_json("/api/v1/auth/magic-link", json!({ "email": email }))
         .await;
-    let token = app.mailbox.token(email, 2).await;
+    let token = app.mailbox.link_token(email, "magic-link").await;
     let response = app
         .post_json("/api/v1/auth/magic-link/verify", json!({ "token": token }))
         .await;
@@ -239,7 +239,7 @@ async fn api_keys_need_a_verified_address_and_die_with_a_reset(backend: Backend)
         json!({ "email": email }),
     )
     .await;
-    let token = app.mailbox.token(email, 2).await;
+    let token = app.mailbox.link_token(email, "reset-password").await;
     let response = app
         .post_json(
             "/api/v1/auth/reset-password",
@@ -335,7 +335,7 @@ async fn enabling_totp_needs_the_password(backend: Backend) {
         json!({ "email": email }),
     )
     .await;
-    let token = app.mailbox.token(email, 2).await;
+    let token = app.mailbox.link_token(email, "reset-password").await;
     let response = app
         .post_json(
             "/api/v1/auth/reset-password",
@@ -871,7 +871,10 @@ async fn breached_and_short_passwords_are_refused(backend: Backend) {
         json!({ "email": "asvs@example.com" }),
     )
     .await;
-    let token = app.mailbox.token("asvs@example.com", 2).await;
+    let token = app
+        .mailbox
+        .link_token("asvs@example.com", "reset-password")
+        .await;
     let response = app
         .post_json(
             "/api/v1/auth/reset-password",

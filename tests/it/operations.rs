@@ -403,6 +403,42 @@ async fn a_slow_call_times_out_but_still_completes() {
     assert!(registered, "the timed-out registration never completed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_log_stays_bounded() {
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.sqlite_wal_max_bytes = Some("131072".into());
+    })
+    .await;
+    let tokens = app.signed_in("writer@example.com").await;
+    for index in 0..200 {
+        let (status, _) = app
+            .rest(
+                reqwest::Method::PUT,
+                "/api/v1/users/me",
+                &tokens.access,
+                Some(serde_json::json!({ "full_name": format!("Writer {index}") })),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let wal = app.config.data_dir.join("keel.db-wal");
+    let size = || std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+    let grown = size();
+    let mut bounded = false;
+    for _ in 0..100 {
+        if size() <= 131_072 {
+            bounded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        bounded,
+        "the log stayed at {} bytes (grew to {grown})",
+        size()
+    );
+}
+
 #[tokio::test]
 async fn metrics_can_require_a_token() {
     let app = TestApp::spawn_with(Backend::Embedded, |settings| {

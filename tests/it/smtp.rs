@@ -91,6 +91,28 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Waits for a message to `to` with a link to `page` (`reset-password`, `magic-link`…) and
+    /// answers the token of the newest such link, whatever mail came before or between.
+    pub async fn link_token(&self, to: &str, page: &str) -> String {
+        let needle = format!("/{page}?token=");
+        for _ in 0..200 {
+            let newest = self
+                .messages_to(to)
+                .iter()
+                .map(|message| message.replace("=\r\n", "").replace("=3D", "="))
+                .filter(|decoded| decoded.contains(&needle))
+                .last()
+                .map(|decoded| link_token(&decoded[decoded.find(&needle).unwrap()..]));
+            if let Some(token) = newest {
+                return token;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no link to {page} arrived for {to}");
+    }
+}
+
 /// The `token=` parameter of the first link in a message, quoted-printable decoded.
 fn link_token(message: &str) -> String {
     let decoded = message.replace("=\r\n", "").replace("=3D", "=");
