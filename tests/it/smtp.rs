@@ -100,9 +100,9 @@ impl Mailbox {
             let newest = self
                 .messages_to(to)
                 .iter()
+                .rev()
                 .map(|message| message.replace("=\r\n", "").replace("=3D", "="))
-                .filter(|decoded| decoded.contains(&needle))
-                .last()
+                .find(|decoded| decoded.contains(&needle))
                 .map(|decoded| link_token(&decoded[decoded.find(&needle).unwrap()..]));
             if let Some(token) = newest {
                 return token;
