@@ -52,6 +52,22 @@ const SELECT_INVITATION: &str = "SELECT i.id, i.organization_id, o.name AS organ
      i.accepted_at, i.accepted_by, i.revoked_at \
      FROM invitations i JOIN organizations o ON o.id = i.organization_id";
 
+/// An organization's invitations, newest first, along the index `(organization_id, id)`.
+pub(super) fn list_invitations_sql() -> String {
+    format!(
+        "{SELECT_INVITATION} WHERE i.organization_id = $1 AND i.id < $2 \
+         ORDER BY i.id DESC LIMIT $3"
+    )
+}
+
+/// The pending invitations to an address, newest first, along the index `(email, id)`.
+pub(super) fn list_pending_invitations_sql() -> String {
+    format!(
+        "{SELECT_INVITATION} WHERE i.email = $1 AND i.accepted_at IS NULL \
+         AND i.revoked_at IS NULL AND i.expires_at > $2 ORDER BY i.id DESC LIMIT 100"
+    )
+}
+
 #[async_trait::async_trait]
 impl InvitationStore for SqlStore {
     async fn insert_invitation(
@@ -130,13 +146,10 @@ impl InvitationStore for SqlStore {
     ) -> Result<Vec<Invitation>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<InvitationRow> = with_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_INVITATION} WHERE i.organization_id = $1 AND ($2 IS NULL OR i.id < $2) \
-                 ORDER BY i.id DESC LIMIT $3"
-            )))
-            .bind(organization_id)
-            .bind(before)
-            .bind(limit)
+            sqlx::query_as(sqlx::AssertSqlSafe(list_invitations_sql()))
+                .bind(organization_id)
+                .bind(before.unwrap_or(Uuid::max()))
+                .bind(limit)
             .fetch_all(pool)
             .await
         })
@@ -150,10 +163,7 @@ impl InvitationStore for SqlStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Invitation>> {
         let rows: Vec<InvitationRow> = with_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_INVITATION} WHERE i.email = $1 AND i.accepted_at IS NULL \
-                 AND i.revoked_at IS NULL AND i.expires_at > $2 ORDER BY i.id DESC LIMIT 100"
-            )))
+            sqlx::query_as(sqlx::AssertSqlSafe(list_pending_invitations_sql()))
             .bind(email)
             .bind(now)
             .fetch_all(pool)

@@ -224,3 +224,133 @@ fn is_connection_trouble(error: &sqlx::Error) -> bool {
 fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{AssertSqlSafe, Connection, Executor};
+
+    /// Every paged list query, by what it lists, with its parameters' PostgreSQL types.
+    fn list_queries() -> Vec<(&'static str, String, &'static str)> {
+        let keyset = "uuid, uuid, bigint";
+        vec![
+            (
+                "a user's organizations",
+                organizations::list_memberships_sql(),
+                "uuid, uuid, uuid, bigint",
+            ),
+            ("members", organizations::list_members_sql(), keyset),
+            ("invitations", invitations::list_invitations_sql(), keyset),
+            (
+                "invitations to an address",
+                invitations::list_pending_invitations_sql(),
+                "text, timestamptz",
+            ),
+            ("usage logs", quotas::LIST_USAGE_LOGS.to_owned(), keyset),
+            ("teams", teams::list_teams_sql(), keyset),
+            ("team members", teams::list_team_members_sql(), keyset),
+            (
+                "users",
+                users::list_users_sql(),
+                "uuid, text, boolean, boolean, bigint",
+            ),
+        ]
+    }
+
+    fn placeholders(sql: &str) -> usize {
+        sql.split('$')
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A list costs its page, not its collection: SQLite searches an index that yields the
+    /// rows in the order asked (no scan, no sort of the whole set).
+    #[tokio::test]
+    async fn sqlite_lists_walk_an_index_in_order() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", directory.path().join("plans.db").display());
+        let store = SqlStore::connect(&url).await?;
+        store.migrate().await?;
+        let Pool::Sqlite(pool) = &store.pool else {
+            anyhow::bail!("not SQLite");
+        };
+        for (list, sql, _) in list_queries() {
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {sql}"
+            )));
+            for _ in 0..placeholders(&sql) {
+                query = query.bind(None::<i64>);
+            }
+            let plan: Vec<String> = query
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|(_, _, _, step)| step)
+                .collect();
+            assert!(
+                plan.iter()
+                    .all(|step| !step.starts_with("SCAN") && !step.contains("TEMP B-TREE")),
+                "{list}: {plan:?}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The same on PostgreSQL (with `KEEL_TEST_DATABASE_URL`): with sorts and sequential scans
+    /// priced out, the generic plan of every list still has neither.
+    #[tokio::test]
+    async fn postgres_lists_walk_an_index_in_order() -> anyhow::Result<()> {
+        let Ok(admin_url) = std::env::var("KEEL_TEST_DATABASE_URL") else {
+            eprintln!("skipped: set KEEL_TEST_DATABASE_URL to check PostgreSQL plans");
+            return Ok(());
+        };
+        let name = format!("keel_test_plans_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+        admin
+            .execute(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let (base, _) = admin_url
+            .rsplit_once('/')
+            .ok_or_else(|| anyhow::anyhow!("KEEL_TEST_DATABASE_URL ends with /<database>"))?;
+        let url = format!("{base}/{name}");
+        let store = SqlStore::connect(&url).await?;
+        store.migrate().await?;
+        store.close().await;
+        let mut connection = sqlx::PgConnection::connect(&url).await?;
+        connection
+            .execute(
+                "SET plan_cache_mode = force_generic_plan; SET enable_sort = off; \
+                 SET enable_seqscan = off",
+            )
+            .await?;
+        for (index, (list, sql, types)) in list_queries().into_iter().enumerate() {
+            connection
+                .execute(AssertSqlSafe(format!(
+                    "PREPARE list_{index} ({types}) AS {sql}"
+                )))
+                .await?;
+            let nulls = vec!["NULL"; placeholders(&sql)].join(", ");
+            let plan: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(format!(
+                "EXPLAIN EXECUTE list_{index}({nulls})"
+            )))
+            .fetch_all(&mut connection)
+            .await?;
+            let plan: Vec<String> = plan.into_iter().map(|(line,)| line).collect();
+            assert!(
+                plan.iter()
+                    .all(|line| !line.contains("Sort") && !line.contains("Seq Scan")),
+                "{list}: {plan:#?}"
+            );
+        }
+        connection.close().await?;
+        admin
+            .execute(AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+            .await?;
+        Ok(())
+    }
+}

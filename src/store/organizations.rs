@@ -96,6 +96,25 @@ const SELECT_MEMBER: &str = "SELECT m.user_id, u.email, u.full_name, m.joined_at
 const SELECT_ROLE: &str = "SELECT id, organization_id, name, description, permissions, \
      created_at, updated_at FROM roles";
 
+/// A user's organizations, a page at a time. Walks the membership index `(user_id,
+/// organization_id)` in order from the page token and stops at the page size; the order is on
+/// the membership's column, not the organization's, or the whole set is sorted first.
+pub(super) fn list_memberships_sql() -> String {
+    format!(
+        "{SELECT_ORGANIZATION} JOIN organization_members m ON m.organization_id = o.id \
+         WHERE m.user_id = $1 AND ($2 IS NULL OR m.organization_id = $2) \
+         AND m.organization_id > $3 ORDER BY m.organization_id LIMIT $4"
+    )
+}
+
+/// An organization's members, a page at a time, along the primary key.
+pub(super) fn list_members_sql() -> String {
+    format!(
+        "{SELECT_MEMBER} WHERE m.organization_id = $1 AND m.user_id > $2 \
+         ORDER BY m.user_id LIMIT $3"
+    )
+}
+
 /// Takes the organization's write lock inside a transaction.
 pub(super) const LOCK_ORGANIZATION: &str =
     "UPDATE organizations SET updated_at = updated_at WHERE id = $1";
@@ -243,15 +262,12 @@ impl OrganizationStore for SqlStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (rows, role_rows): (Vec<OrganizationRow>, Vec<(Uuid, String)>) =
             with_pool!(self, pool => async {
-            let rows: Vec<OrganizationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_ORGANIZATION} JOIN organization_members m ON m.organization_id = o.id \
-                 WHERE m.user_id = $1 AND ($2 IS NULL OR o.id = $2) AND ($3 IS NULL OR o.id > $3) \
-                 ORDER BY o.id LIMIT $4"
-            )))
-            .bind(user_id)
-            .bind(only)
-            .bind(after)
-            .bind(limit)
+            let rows: Vec<OrganizationRow> =
+                sqlx::query_as(sqlx::AssertSqlSafe(list_memberships_sql()))
+                    .bind(user_id)
+                    .bind(only)
+                    .bind(after.unwrap_or(Uuid::nil()))
+                    .bind(limit)
             .fetch_all(pool)
             .await?;
             let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
@@ -330,13 +346,10 @@ impl OrganizationStore for SqlStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (rows, role_rows): (Vec<MemberRow>, Vec<(Uuid, String)>) =
             with_pool!(self, pool => async {
-            let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_MEMBER} WHERE m.organization_id = $1 AND ($2 IS NULL OR m.user_id > $2) \
-                 ORDER BY m.user_id LIMIT $3"
-            )))
-            .bind(organization_id)
-            .bind(after)
-            .bind(limit)
+            let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(list_members_sql()))
+                .bind(organization_id)
+                .bind(after.unwrap_or(Uuid::nil()))
+                .bind(limit)
             .fetch_all(pool)
             .await?;
             let (Some(first), Some(last)) = (rows.first(), rows.last()) else {

@@ -25,6 +25,11 @@ struct UsageRow {
     recorded_at: DateTime<Utc>,
 }
 
+/// An organization's usage windows, newest first, along the index `(organization_id, id)`.
+pub(super) const LIST_USAGE_LOGS: &str = "SELECT id, metric, window_start, window_end, count, \
+     recorded_at FROM usage_counters WHERE organization_id = $1 AND id < $2 \
+     ORDER BY id DESC LIMIT $3";
+
 #[async_trait::async_trait]
 impl QuotaStore for SqlStore {
     async fn find_limits(&self, organization_id: Uuid) -> Result<Option<QuotaLimits>> {
@@ -142,14 +147,10 @@ impl QuotaStore for SqlStore {
     ) -> Result<Vec<UsageLog>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<UsageRow> = with_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT id, metric, window_start, window_end, count, recorded_at \
-                 FROM usage_counters WHERE organization_id = $1 AND ($2 IS NULL OR id < $2) \
-                 ORDER BY id DESC LIMIT $3",
-            )
-            .bind(organization_id)
-            .bind(before)
-            .bind(limit)
+            sqlx::query_as(LIST_USAGE_LOGS)
+                .bind(organization_id)
+                .bind(before.unwrap_or(Uuid::max()))
+                .bind(limit)
             .fetch_all(pool)
             .await
         })

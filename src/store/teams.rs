@@ -60,6 +60,19 @@ fn member(row: MemberRow, role_keys: Vec<String>) -> Member {
     }
 }
 
+/// An organization's teams, a page at a time, along the index `(organization_id, id)`.
+pub(super) fn list_teams_sql() -> String {
+    format!("{SELECT_TEAM} WHERE organization_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+}
+
+/// A team's members, a page at a time, along the primary key.
+pub(super) fn list_team_members_sql() -> String {
+    format!(
+        "{SELECT_TEAM_MEMBER} WHERE m.team_id = $1 AND m.user_id > $2 \
+         ORDER BY m.user_id LIMIT $3"
+    )
+}
+
 #[async_trait::async_trait]
 impl TeamStore for SqlStore {
     async fn insert_team(&self, team: &Team) -> Result<()> {
@@ -104,12 +117,9 @@ impl TeamStore for SqlStore {
     ) -> Result<Vec<Team>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<TeamRow> = with_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_TEAM} WHERE organization_id = $1 AND ($2 IS NULL OR id > $2) \
-                 ORDER BY id LIMIT $3"
-            )))
+            sqlx::query_as(sqlx::AssertSqlSafe(list_teams_sql()))
             .bind(organization_id)
-            .bind(after)
+            .bind(after.unwrap_or(Uuid::nil()))
             .bind(limit)
             .fetch_all(pool)
             .await
@@ -166,12 +176,9 @@ impl TeamStore for SqlStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (rows, role_rows): (Vec<MemberRow>, Vec<(Uuid, String)>) =
             with_pool!(self, pool => async {
-            let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_TEAM_MEMBER} WHERE m.team_id = $1 AND ($2 IS NULL OR m.user_id > $2) \
-                 ORDER BY m.user_id LIMIT $3"
-            )))
+            let rows: Vec<MemberRow> = sqlx::query_as(sqlx::AssertSqlSafe(list_team_members_sql()))
             .bind(team_id)
-            .bind(after)
+            .bind(after.unwrap_or(Uuid::nil()))
             .bind(limit)
             .fetch_all(pool)
             .await?;

@@ -40,6 +40,17 @@ impl From<UserRow> for UserCredentials {
 const SELECT_USER: &str = "SELECT id, email, full_name, email_verified, is_superuser, is_active, \
      created_at, updated_at, password_hash FROM users";
 
+/// Users matching a search, a page at a time, along the primary key (the search filters the
+/// walk; an empty one stops at the page size).
+pub(super) fn list_users_sql() -> String {
+    format!(
+        "{SELECT_USER} WHERE id > $1 \
+         AND (LOWER(email) LIKE $2 ESCAPE '\\' OR LOWER(full_name) LIKE $2 ESCAPE '\\') \
+         AND ($3 IS NULL OR is_active = $3) AND ($4 IS NULL OR is_superuser = $4) \
+         ORDER BY id LIMIT $5"
+    )
+}
+
 #[async_trait::async_trait]
 impl UserStore for SqlStore {
     async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()> {
@@ -147,13 +158,8 @@ impl UserStore for SqlStore {
             .replace('_', "\\_");
         let pattern = format!("%{escaped}%");
         let rows: Vec<UserRow> = with_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "{SELECT_USER} WHERE ($1 IS NULL OR id > $1) \
-                 AND (LOWER(email) LIKE $2 ESCAPE '\\' OR LOWER(full_name) LIKE $2 ESCAPE '\\') \
-                 AND ($3 IS NULL OR is_active = $3) AND ($4 IS NULL OR is_superuser = $4) \
-                 ORDER BY id LIMIT $5"
-            )))
-            .bind(after)
+            sqlx::query_as(sqlx::AssertSqlSafe(list_users_sql()))
+            .bind(after.unwrap_or(Uuid::nil()))
             .bind(&pattern)
             .bind(query.is_active)
             .bind(query.is_superuser)
