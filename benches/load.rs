@@ -1,7 +1,9 @@
 //! Load tool: measures Keel's sign-in, refresh, authenticated `GetMe` and an
 //! organization-permission call (`ListRoles`: guard, role check, quota metering, no database
 //! read) over gRPC and REST, against a bare unary RPC (`grpc.health.v1.Health/Check`) as the
-//! baseline.
+//! baseline; `GetMe` again while a flood of sign-ups and sign-ins saturates password hashing
+//! (admission control keeps it from queueing behind them); and a `ListOrganizations` page for a
+//! user with 10,000 memberships behind it (a list costs its page, not its collection).
 //!
 //! ```sh
 //! cargo build --release && KEEL_RATE_LIMIT_AUTH_PER_MINUTE=10000000 ./target/release/keel &
@@ -12,8 +14,8 @@
 
 use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
 use keel::api::pb::keel::auth::v1::{GetMeRequest, LoginRequest, RefreshRequest, RegisterRequest};
-use keel::api::pb::keel::organization::v1::CreateOrganizationRequest;
 use keel::api::pb::keel::organization::v1::organization_service_client::OrganizationServiceClient;
+use keel::api::pb::keel::organization::v1::{CreateOrganizationRequest, ListOrganizationsRequest};
 use keel::api::pb::keel::role::v1::ListRolesRequest;
 use keel::api::pb::keel::role::v1::role_service_client::RoleServiceClient;
 use keel::app::Keel;
@@ -27,6 +29,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 const PASSWORD: &str = "Str0ng!Passw0rd";
+/// Concurrent callers of the sign-up and sign-in flood.
+const FLOODERS: usize = 64;
+/// The memberships behind the `ListOrganizations` page.
+const MEMBERSHIPS: usize = 10_000;
 
 /// A worker's client and the refresh token its next call spends.
 type RefreshChain = (AuthServiceClient<Channel>, Arc<Mutex<String>>);
@@ -78,6 +84,14 @@ struct Report {
     latencies: Vec<Duration>,
 }
 
+/// Whether the scenario `name` runs (`--only` picks by a part of the name).
+fn wanted(options: &Options, name: &str) -> bool {
+    options
+        .only
+        .as_deref()
+        .is_none_or(|only| name.contains(only))
+}
+
 /// Runs `connections` workers, each repeating `call` on its own state for `seconds`.
 async fn run<S, F, Fut>(options: &Options, name: &str, states: Vec<S>, call: F)
 where
@@ -85,11 +99,7 @@ where
     F: Fn(&mut S) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = bool> + Send,
 {
-    if options
-        .only
-        .as_deref()
-        .is_some_and(|only| !name.contains(only))
-    {
+    if !wanted(options, name) {
         return;
     }
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
@@ -307,6 +317,129 @@ async fn main() {
     )
     .await;
 
+    // GetMe while sign-ups and sign-ins flood password hashing for the whole run.
+    if wanted(&options, "grpc GetMe (flood)") {
+        let flood_deadline = Instant::now() + Duration::from_secs(options.seconds + 1);
+        let flooders: Vec<_> = (0..FLOODERS)
+            .map(|flooder| {
+                let mut client = AuthServiceClient::new(channels[flooder % channels.len()].clone());
+                let login = login.clone();
+                tokio::spawn(async move {
+                    let (mut calls, mut refused) = (0_u64, 0_u64);
+                    while Instant::now() < flood_deadline {
+                        let outcome = if calls % 2 == 0 {
+                            client
+                                .register(RegisterRequest {
+                                    email: format!(
+                                        "flood-{}@example.com",
+                                        uuid::Uuid::now_v7().simple()
+                                    ),
+                                    password: PASSWORD.into(),
+                                    full_name: "Flood".into(),
+                                })
+                                .await
+                                .map(|_| ())
+                        } else {
+                            client.login(login.clone()).await.map(|_| ())
+                        };
+                        calls += 1;
+                        refused += u64::from(outcome.is_err());
+                    }
+                    (calls, refused)
+                })
+            })
+            .collect();
+        let token = access.clone();
+        run(
+            &options,
+            "grpc GetMe (flood)",
+            channels.clone(),
+            move |channel: &mut Channel| {
+                let mut client = AuthServiceClient::new(channel.clone());
+                let request = bearer(GetMeRequest {}, &token);
+                async move { client.get_me(request).await.is_ok() }
+            },
+        )
+        .await;
+        let (mut calls, mut refused) = (0, 0);
+        for flooder in flooders {
+            let (flooder_calls, flooder_refused) = flooder.await.expect("flooder");
+            calls += flooder_calls;
+            refused += flooder_refused;
+        }
+        println!(
+            "  the flood: {calls} sign-ups and sign-ins, {refused} refused (SERVER_BUSY or limits)"
+        );
+    }
+
+    // One user in 10,000 organizations lists a page of them.
+    if wanted(&options, "grpc ListOrganizations") {
+        let member = format!("lists-{}@example.com", uuid::Uuid::now_v7().simple());
+        grpc.register(RegisterRequest {
+            email: member.clone(),
+            password: PASSWORD.into(),
+            full_name: "Lists".into(),
+        })
+        .await
+        .expect("register the list user");
+        let member_token = grpc
+            .login(LoginRequest {
+                email: member,
+                password: PASSWORD.into(),
+                username: String::new(),
+            })
+            .await
+            .expect("login")
+            .into_inner()
+            .access_token;
+        let creators: Vec<_> = channels
+            .iter()
+            .enumerate()
+            .map(|(worker, channel)| {
+                let mut client = OrganizationServiceClient::new(channel.clone());
+                let token = member_token.clone();
+                let share = MEMBERSHIPS.div_ceil(channels.len());
+                tokio::spawn(async move {
+                    for index in 0..share {
+                        let slug =
+                            format!("many-{worker}-{index}-{}", uuid::Uuid::now_v7().simple());
+                        client
+                            .create_organization(bearer(
+                                CreateOrganizationRequest {
+                                    name: slug.clone(),
+                                    slug,
+                                    settings: None,
+                                },
+                                &token,
+                            ))
+                            .await
+                            .expect("create an organization");
+                    }
+                })
+            })
+            .collect();
+        for creator in creators {
+            creator.await.expect("creator");
+        }
+        run(
+            &options,
+            "grpc ListOrganizations",
+            channels.clone(),
+            move |channel: &mut Channel| {
+                let mut client = OrganizationServiceClient::new(channel.clone());
+                let request = bearer(
+                    ListOrganizationsRequest {
+                        page_size: 50,
+                        page_token: String::new(),
+                    },
+                    &member_token,
+                );
+                async move { client.list_organizations(request).await.is_ok() }
+            },
+        )
+        .await;
+    }
+
     // Refresh: every worker follows its own session's rotation chain.
     let mut chains = Vec::new();
     for channel in &channels {
@@ -379,6 +512,7 @@ async fn start_in_process() -> String {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data_dir.display().to_string()),
         rate_limit_auth_per_minute: Some("10000000".into()),
+        rate_limit_mail_per_recipient_per_hour: Some("10000000".into()),
         ..Settings::default()
     };
     let config = Config::from_settings(&settings).expect("config");
