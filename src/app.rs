@@ -88,7 +88,10 @@ impl Services {
                 probes.push(redis.clone());
                 (redis.clone(), Some(redis))
             }
-            None => (Arc::new(MemoryCache::default()), None),
+            None => (
+                Arc::new(MemoryCache::new(config.memory_cache_max_bytes)),
+                None,
+            ),
         };
 
         let keys = match (&config.jwt_hs256_secret, &config.jwt_private_key_file) {

@@ -26,6 +26,9 @@ pub struct Settings {
     /// redis://… for a shared cache [default: in-process memory]
     #[arg(long, env = "KEEL_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Bound on the in-process cache (without Redis), in bytes [default: 67108864]
+    #[arg(long, env = "KEEL_MEMORY_CACHE_MAX_BYTES")]
+    pub memory_cache_max_bytes: Option<String>,
     /// Prefix of every Redis key [default: keel:]
     #[arg(long, env = "KEEL_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
@@ -176,6 +179,7 @@ impl Settings {
             data_dir,
             database_url,
             redis_url,
+            memory_cache_max_bytes,
             redis_prefix,
             public_url,
             jwt_audience,
@@ -232,6 +236,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: String,
     pub redis_url: Option<String>,
+    pub memory_cache_max_bytes: u64,
     pub redis_prefix: String,
     pub public_url: String,
     pub jwt_audience: String,
@@ -420,6 +425,11 @@ impl Config {
             listen,
             database_url,
             redis_url,
+            memory_cache_max_bytes: parse_positive(
+                text(&settings.memory_cache_max_bytes),
+                "KEEL_MEMORY_CACHE_MAX_BYTES",
+                64 * 1024 * 1024,
+            )?,
             redis_prefix: text(&settings.redis_prefix).unwrap_or("keel:").to_owned(),
             public_url,
             jwt_audience: text(&settings.jwt_audience).unwrap_or("keel").to_owned(),

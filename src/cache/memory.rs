@@ -1,83 +1,115 @@
-//! The in-process cache: a map with per-entry expiry, for a single replica.
+//! The in-process cache (moka): per-entry expiry and a bound on its size, for a single
+//! replica. Past the bound the least useful entries are evicted (TinyLFU), so memory stays flat
+//! however many distinct keys (addresses, sessions, rate-limit windows) pass through.
 
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
-use std::collections::HashMap;
-use std::sync::Mutex;
+use moka::Expiry;
+use moka::sync::Cache as Moka;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Above this many entries, a write first drops the expired ones.
-const PURGE_THRESHOLD: usize = 100_000;
+/// What an entry costs beyond its key and value (moka's bookkeeping, roughly).
+const ENTRY_OVERHEAD: usize = 96;
 
-#[derive(Default)]
+#[derive(Clone)]
+struct Stored {
+    value: Arc<[u8]>,
+    /// The lifetime this write gives the entry; `None` keeps the one it has (a counter's
+    /// increment does not extend its window).
+    ttl: Option<Duration>,
+}
+
+struct PerEntryLifetime;
+
+impl Expiry<String, Stored> for PerEntryLifetime {
+    fn expire_after_create(&self, _: &String, stored: &Stored, _: Instant) -> Option<Duration> {
+        stored.ttl
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        stored: &Stored,
+        _: Instant,
+        remaining: Option<Duration>,
+    ) -> Option<Duration> {
+        stored.ttl.or(remaining)
+    }
+}
+
 pub struct MemoryCache {
-    entries: Mutex<HashMap<String, (Vec<u8>, Instant)>>,
+    entries: Moka<String, Stored>,
 }
 
 impl MemoryCache {
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<u8>, Instant)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// A cache holding at most about `max_bytes` of keys and values.
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            entries: Moka::builder()
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, stored: &Stored| {
+                    u32::try_from(key.len() + stored.value.len() + ENTRY_OVERHEAD)
+                        .unwrap_or(u32::MAX)
+                })
+                .expire_after(PerEntryLifetime)
+                .build(),
+        }
     }
+}
+
+fn counter(stored: &Stored) -> Option<u64> {
+    std::str::from_utf8(&stored.value).ok()?.parse().ok()
 }
 
 #[async_trait::async_trait]
 impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let entries = self.entries();
-        Ok(entries
-            .get(key)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(value, _)| value.clone()))
+        Ok(self.entries.get(key).map(|stored| stored.value.to_vec()))
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let entries = self.entries();
-        let now = Instant::now();
         Ok(keys
             .iter()
-            .map(|key| {
-                entries
-                    .get(key)
-                    .filter(|(_, expires)| *expires > now)
-                    .map(|(value, _)| value.clone())
-            })
+            .map(|key| self.entries.get(key).map(|stored| stored.value.to_vec()))
             .collect())
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        let now = Instant::now();
-        let mut entries = self.entries();
-        if entries.len() >= PURGE_THRESHOLD {
-            entries.retain(|_, (_, expires)| *expires > now);
-        }
-        entries.insert(key.to_owned(), (value.to_vec(), now + ttl));
+        self.entries.insert(
+            key.to_owned(),
+            Stored {
+                value: value.into(),
+                ttl: Some(ttl),
+            },
+        );
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.entries().remove(key);
+        self.entries.invalidate(key);
         Ok(())
     }
 
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64> {
-        let now = Instant::now();
-        let mut entries = self.entries();
-        let live = entries
-            .get(key)
-            .filter(|(_, expires)| *expires > now)
-            .and_then(|(value, expires)| {
-                let count = std::str::from_utf8(value).ok()?.parse::<u64>().ok()?;
-                Some((count, *expires))
+        // One atomic read-modify-write per key. Decimal text, as Redis keeps counters, so
+        // `get` reads them alike on both.
+        let entry = self
+            .entries
+            .entry(key.to_owned())
+            .and_upsert_with(|existing| {
+                match existing.as_ref().and_then(|entry| counter(entry.value())) {
+                    Some(count) => Stored {
+                        value: count.saturating_add(by).to_string().as_bytes().into(),
+                        ttl: None,
+                    },
+                    None => Stored {
+                        value: by.to_string().as_bytes().into(),
+                        ttl: Some(ttl),
+                    },
+                }
             });
-        let (count, expires) = match live {
-            Some((count, expires)) => (count.saturating_add(by), expires),
-            None => (by, now + ttl),
-        };
-        // Decimal text, as Redis keeps counters, so `get` reads them alike on both.
-        entries.insert(key.to_owned(), (count.to_string().into_bytes(), expires));
-        Ok(count)
+        Ok(counter(entry.value()).unwrap_or(by))
     }
 }
 
@@ -90,7 +122,7 @@ mod tests {
     /// generation, then the reader writes what it read. The entry no longer counts.
     #[tokio::test]
     async fn a_write_from_before_a_change_is_a_miss() -> Result<()> {
-        let cache = MemoryCache::default();
+        let cache = MemoryCache::new(1024 * 1024);
         let ttl = Duration::from_secs(60);
         let seen = current(&cache, "user:1").await?;
         let changed = bump(&cache, "user:1").await?;
@@ -107,8 +139,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_size_stays_bounded() -> Result<()> {
+        let cache = MemoryCache::new(1024 * 1024);
+        for index in 0..100_000 {
+            cache
+                .set(&format!("key:{index}"), &[0; 100], Duration::from_secs(600))
+                .await?;
+        }
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.entries.weighted_size() <= 1024 * 1024,
+            "{} bytes",
+            cache.entries.weighted_size()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn entries_expire() -> Result<()> {
-        let cache = MemoryCache::default();
+        let cache = MemoryCache::new(1024 * 1024);
         cache.set("a", b"1", Duration::from_secs(60)).await?;
         cache.set("b", b"2", Duration::ZERO).await?;
         assert_eq!(cache.get("a").await?, Some(b"1".to_vec()));

@@ -26,7 +26,7 @@ pub enum Delivery {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         from: Mailbox,
     },
-    /// The embedded default: each message, links included, goes to the log and the outbox.
+    /// The embedded default: each message goes to the outbox, and a line saying so to the log.
     Outbox(Arc<MemoryOutbox>),
 }
 
@@ -183,5 +183,21 @@ impl Mailer for MailQueue {
                 "too much mail is waiting to be sent, try again in a moment",
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_dropping() {
+        let queue = MailQueue::start(Delivery::Outbox(Arc::new(MemoryOutbox::default())));
+        // Jobs that never finish hold every delivery slot, then fill the queue.
+        let refused = (0..QUEUE_CAPACITY + CONCURRENT_DELIVERIES + 2)
+            .find_map(|_| queue.send_later(Box::pin(std::future::pending())).err())
+            .expect("a full queue refuses");
+        assert_eq!(refused.reason, "MAIL_QUEUE_FULL");
+        assert!(refused.retry_after.is_some());
     }
 }

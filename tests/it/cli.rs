@@ -134,3 +134,61 @@ fn config_file_is_read_and_validated() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no_such_setting"), "{stderr}");
 }
+
+/// The development outbox says in the log that a message went, never its body: mailed links are
+/// credentials, and logs travel further than the outbox.
+#[tokio::test]
+async fn the_log_carries_no_mailed_links() {
+    use std::io::{BufRead, BufReader};
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(Backend::Embedded, data_dir.path());
+    let mut server = keel_command(&settings)
+        .env("KEEL_LISTEN", "127.0.0.1:0")
+        .env("KEEL_ARGON2_MEMORY_KIB", "1024")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_out, lines) = std::sync::mpsc::channel::<String>();
+    let stdout = server.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_out.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = || {
+        lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a log line")
+    };
+    let address = loop {
+        let line = next_line();
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/api/v1/auth/register"))
+        .json(&serde_json::json!({ "email": "logged@example.com", "password": PASSWORD, "full_name": "L" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let mut seen = Vec::new();
+    let kept = loop {
+        let line = next_line();
+        seen.push(line.clone());
+        if line.contains("kept in the outbox") {
+            break line;
+        }
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(kept.contains("logged@example.com"), "{kept}");
+    assert!(
+        seen.iter().all(|line| !line.contains("token=")),
+        "{seen:#?}"
+    );
+}
