@@ -5,6 +5,7 @@
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
 use moka::Expiry;
+use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +92,21 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
+    async fn decrement(&self, key: &str) -> Result<()> {
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|existing| {
+                match existing.as_ref().and_then(|entry| counter(entry.value())) {
+                    Some(count) if count > 0 => Op::Put(Stored {
+                        value: (count - 1).to_string().as_bytes().into(),
+                        ttl: None,
+                    }),
+                    _ => Op::Nop,
+                }
+            });
+        Ok(())
+    }
+
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64> {
         // One atomic read-modify-write per key. Decimal text, as Redis keeps counters, so
         // `get` reads them alike on both.
@@ -170,6 +186,10 @@ mod tests {
         assert_eq!(cache.increment("n", 1, Duration::from_secs(60)).await?, 1);
         assert_eq!(cache.increment("n", 5, Duration::from_secs(60)).await?, 6);
         assert_eq!(cache.increment("n", 0, Duration::from_secs(60)).await?, 6);
+        cache.decrement("n").await?;
+        assert_eq!(cache.increment("n", 0, Duration::from_secs(60)).await?, 5);
+        cache.decrement("missing").await?;
+        assert_eq!(cache.get("missing").await?, None);
         assert_eq!(cache.increment("gone", 1, Duration::ZERO).await?, 1);
         assert_eq!(cache.increment("gone", 1, Duration::ZERO).await?, 1);
         cache.delete("a").await?;

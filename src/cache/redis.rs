@@ -110,6 +110,14 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 
+    async fn decrement(&self, key: &str) -> Result<()> {
+        self.client
+            .eval::<i64, _, _, _>(DECREMENT_SCRIPT, vec![self.key(key)], Vec::<i64>::new())
+            .await
+            .map(|_| ())
+            .map_err(redis_error)
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         self.client
             .del::<i64, _>(self.key(key))
@@ -124,6 +132,11 @@ impl Cache for RedisCache {
 const INCREMENT_SCRIPT: &str = "local count = redis.call('INCRBY', KEYS[1], ARGV[2]) \
     if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
     return count";
+
+/// DECR of a counter above zero (keeping its expiry); a missing counter is left alone.
+const DECREMENT_SCRIPT: &str = "local count = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    if count > 0 then return redis.call('DECR', KEYS[1]) end \
+    return 0";
 
 #[async_trait::async_trait]
 impl HealthProbe for RedisCache {

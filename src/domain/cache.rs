@@ -14,6 +14,8 @@ pub trait Cache: Send + Sync {
     /// Adds `by` to a counter (0 reads it) and answers the new count; a new counter lives for
     /// `ttl`. `get` reads a counter as decimal text.
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64>;
+    /// Takes one back from a counter, never below zero; a missing counter stays missing.
+    async fn decrement(&self, key: &str) -> Result<()>;
 }
 
 /// Cached records that a racing reader cannot bring back after they changed.

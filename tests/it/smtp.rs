@@ -92,6 +92,23 @@ impl Mailbox {
 }
 
 impl Mailbox {
+    /// Waits until `count` messages to `to` contain `needle`; answers how many did.
+    pub async fn wait_for(&self, to: &str, needle: &str, count: usize) -> usize {
+        let mut found = 0;
+        for _ in 0..200 {
+            found = self
+                .messages_to(to)
+                .iter()
+                .filter(|message| message.contains(needle))
+                .count();
+            if found >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        found
+    }
+
     /// Waits for a message to `to` with a link to `page` (`reset-password`, `magic-link`…) and
     /// answers the token of the newest such link, whatever mail came before or between.
     pub async fn link_token(&self, to: &str, page: &str) -> String {

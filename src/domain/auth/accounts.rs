@@ -90,7 +90,10 @@ impl AuthService {
                 self.record_failure(&account).await?;
                 Err(error)
             }
-            Err(error) => Err(error),
+            Err(error) => {
+                self.release_attempt(&account).await?;
+                Err(error)
+            }
             Ok(value) => {
                 self.record_success(&account).await?;
                 Ok(value)

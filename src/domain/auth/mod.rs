@@ -27,7 +27,9 @@ use crate::domain::principal::{Credential, Principal};
 use crate::domain::rate::RateLimits;
 use crate::domain::secret;
 use crate::domain::totp::{TotpService, invalid_code};
-use crate::domain::user::{EMAIL_TAKEN, EmailAddress, User, UserStore, parse_full_name};
+use crate::domain::user::{
+    EMAIL_TAKEN, EmailAddress, User, UserCredentials, UserStore, parse_full_name,
+};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -287,21 +289,9 @@ impl AuthService {
     ) -> Result<LoginOutcome> {
         let account = throttle::account_key(email);
         self.admit_attempt(&account, &client).await?;
-        let credentials = match EmailAddress::parse(email) {
-            Ok(email) => self.users.find_credentials_by_email(&email).await?,
-            Err(_) => None,
-        };
-        let check = match &credentials {
-            Some(credentials) => {
-                self.hasher
-                    .verify(password, &credentials.password_hash)
-                    .await?
-            }
-            None => {
-                self.hasher.verify(password, &self.decoy_hash).await?;
-                PasswordCheck::Mismatch
-            }
-        };
+        let (credentials, check) = self
+            .judged(&account, self.check_password(email, password))
+            .await?;
         let Some(credentials) = credentials.filter(|_| check != PasswordCheck::Mismatch) else {
             self.record_failure(&account).await?;
             return Err(invalid_credentials());
@@ -325,6 +315,31 @@ impl AuthService {
         Ok(LoginOutcome::SignedIn(
             self.open_session(&user, client).await?,
         ))
+    }
+
+    /// The account of `email` and whether `password` is its password; an unknown or malformed
+    /// email costs the same hashing as a wrong password.
+    async fn check_password(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<(Option<UserCredentials>, PasswordCheck)> {
+        let credentials = match EmailAddress::parse(email) {
+            Ok(email) => self.users.find_credentials_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let check = match &credentials {
+            Some(credentials) => {
+                self.hasher
+                    .verify(password, &credentials.password_hash)
+                    .await?
+            }
+            None => {
+                self.hasher.verify(password, &self.decoy_hash).await?;
+                PasswordCheck::Mismatch
+            }
+        };
+        Ok((credentials, check))
     }
 
     /// Parks a password-verified sign-in until its second factor arrives.
@@ -362,11 +377,13 @@ impl AuthService {
         let user = self.user(pending.user_id).await?;
         let account = throttle::account_key(&user.email);
         self.admit_attempt(&account, &pending.client).await?;
-        if !self
-            .totp
-            .verify_second_factor(user.id, &user.email, code)
-            .await?
-        {
+        let verified = self
+            .judged(
+                &account,
+                self.totp.verify_second_factor(user.id, &user.email, code),
+            )
+            .await?;
+        if !verified {
             self.record_failure(&account).await?;
             return Err(invalid_code());
         }

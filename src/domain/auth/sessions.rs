@@ -139,12 +139,18 @@ impl AuthService {
         // Guessing the current password from a stolen session meets the sign-in defences.
         let account = account_key(&principal.user.email);
         self.admit_attempt(&account, &ClientInfo::default()).await?;
-        let stored_hash = self
-            .users
-            .find_password_hash(principal.user.id)
-            .await?
-            .ok_or_else(|| Error::unauthenticated("USER_NOT_FOUND", "the user no longer exists"))?;
-        let check = self.hasher.verify(current_password, &stored_hash).await?;
+        let check = self
+            .judged(&account, async {
+                let stored_hash = self
+                    .users
+                    .find_password_hash(principal.user.id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::unauthenticated("USER_NOT_FOUND", "the user no longer exists")
+                    })?;
+                self.hasher.verify(current_password, &stored_hash).await
+            })
+            .await?;
         if check == PasswordCheck::Mismatch {
             self.record_failure(&account).await?;
             return Err(Error {

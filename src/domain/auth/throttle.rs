@@ -11,6 +11,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::rate::Budget;
 use crate::domain::secret;
 use chrono::{DateTime, Duration, Utc};
+use std::future::Future;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleSettings {
@@ -56,7 +57,7 @@ impl AuthService {
     /// refused over the rate limits or on a locked account. The attempt is counted here, in one
     /// atomic increment, so that N parallel guesses get at most the configured number of
     /// checks; `record_success` clears the count, `record_failure` turns the last allowed
-    /// failure into a lock.
+    /// failure into a lock, `release_attempt` takes back an attempt that was never judged.
     pub(super) async fn admit_attempt(&self, account: &str, client: &ClientInfo) -> Result<()> {
         self.admit_rate("sign-in", account, client).await?;
         self.refuse_if_locked(account).await?;
@@ -147,6 +148,29 @@ impl AuthService {
     pub(super) async fn admit_mail_to(&self, email: &str) -> Result<()> {
         let budget = Budget::per_hour(self.settings.throttle.mail_per_recipient_per_hour);
         self.rate_limits.admit_mail_to(email, budget).await
+    }
+
+    /// Runs the check of an admitted attempt; when it fails before a verdict (an error rather
+    /// than a yes or no), the attempt is taken back.
+    pub(super) async fn judged<T>(
+        &self,
+        account: &str,
+        check: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match check.await {
+            Ok(verdict) => Ok(verdict),
+            Err(error) => {
+                self.release_attempt(account).await?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes back an admitted attempt that ended without a verdict (the server was busy, a
+    /// backing service failed, a precondition did not hold): only a checked password or code
+    /// counts towards the lockout.
+    pub(super) async fn release_attempt(&self, account: &str) -> Result<()> {
+        self.cache.decrement(&failures_key(account)).await
     }
 
     /// Lifts a lock and its failure count (after a password reset).
