@@ -14,6 +14,10 @@ pub enum PasswordCheck {
 /// login flood cannot starve other requests.
 #[async_trait::async_trait]
 pub trait PasswordHasher: Send + Sync {
+    /// Refuses at once (`SERVER_BUSY`) while as many hashes wait as may: called first by the
+    /// calls that end in a hash, so that turning one away costs nothing else (no lookup, no
+    /// rate-limit counter, no lockout attempt).
+    fn admit(&self) -> Result<()>;
     async fn hash(&self, password: &str) -> Result<String>;
     async fn verify(&self, password: &str, stored_hash: &str) -> Result<PasswordCheck>;
 }

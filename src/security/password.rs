@@ -7,6 +7,7 @@ use crate::domain::password::{PasswordCheck, PasswordHasher};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::TrySendError;
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +40,9 @@ impl Default for Argon2Settings {
 pub struct Argon2Hasher {
     params: Params,
     jobs: std::sync::mpsc::SyncSender<Job>,
+    /// Hashes waiting for a thread, for the early check of `admit`.
+    waiting: Arc<AtomicUsize>,
+    queue_limit: usize,
 }
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
@@ -56,11 +60,14 @@ impl Argon2Hasher {
         })?;
         let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(queue_limit);
         let queue = Arc::new(Mutex::new(queue));
+        let waiting = Arc::new(AtomicUsize::new(0));
         for index in 0..workers.max(1) {
             let queue = queue.clone();
+            let waiting = waiting.clone();
             std::thread::Builder::new()
                 .name(format!("keel-hash-{index}"))
                 .spawn(move || {
+                    yield_to_request_threads();
                     // Grown on the first hash, then reused.
                     let mut memory = Vec::new();
                     loop {
@@ -69,14 +76,22 @@ impl Argon2Hasher {
                             .unwrap_or_else(|poisoned| poisoned.into_inner())
                             .recv();
                         match next {
-                            Ok(job) => job(&mut memory),
+                            Ok(job) => {
+                                waiting.fetch_sub(1, Ordering::Relaxed);
+                                job(&mut memory)
+                            }
                             Err(_) => return,
                         }
                     }
                 })
                 .map_err(Error::internal)?;
         }
-        Ok(Self { params, jobs })
+        Ok(Self {
+            params,
+            jobs,
+            waiting,
+            queue_limit,
+        })
     }
 
     /// Runs `work` on a hashing thread with that thread's memory buffer.
@@ -88,20 +103,46 @@ impl Argon2Hasher {
         let job: Job = Box::new(move |memory| {
             let _ = reply.send(work(memory));
         });
-        self.jobs.try_send(job).map_err(|error| match error {
-            TrySendError::Full(_) => Error {
-                retry_after: Some(std::time::Duration::from_secs(1)),
-                ..Error::new(
-                    ErrorKind::ResourceExhausted,
-                    "SERVER_BUSY",
-                    "the server is busy checking passwords, try again in a moment",
-                )
-            },
-            TrySendError::Disconnected(_) => Error::internal("the hashing threads stopped"),
-        })?;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = self.jobs.try_send(job) {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(match error {
+                TrySendError::Full(_) => busy(),
+                TrySendError::Disconnected(_) => Error::internal("the hashing threads stopped"),
+            });
+        }
         answer
             .await
             .map_err(|_| Error::internal("a hashing thread dropped its job"))?
+    }
+}
+
+/// Lowers the calling hashing thread's scheduling priority (nice 10): when hashes and requests
+/// compete for the cores, the scheduler gives the request threads about nine tenths, so a
+/// flood of sign-ins slows sign-ins, not every other call; idle cores still go to hashing.
+fn yield_to_request_threads() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority takes plain integers; on Linux, `who = 0` with PRIO_PROCESS
+        // names the calling thread. Failure (no permission) leaves the priority as it was.
+        let outcome = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, HASHING_NICENESS) };
+        if outcome != 0 {
+            tracing::debug!("could not lower the hashing threads' priority");
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+const HASHING_NICENESS: libc::c_int = 10;
+
+fn busy() -> Error {
+    Error {
+        retry_after: Some(std::time::Duration::from_secs(1)),
+        ..Error::new(
+            ErrorKind::ResourceExhausted,
+            "SERVER_BUSY",
+            "the server is busy checking passwords, try again in a moment",
+        )
     }
 }
 
@@ -140,6 +181,13 @@ fn argon2_output(
 
 #[async_trait::async_trait]
 impl PasswordHasher for Argon2Hasher {
+    fn admit(&self) -> Result<()> {
+        if self.waiting.load(Ordering::Relaxed) >= self.queue_limit {
+            return Err(busy());
+        }
+        Ok(())
+    }
+
     async fn hash(&self, password: &str) -> Result<String> {
         let password = password.to_owned();
         let params = self.params.clone();

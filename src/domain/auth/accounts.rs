@@ -83,6 +83,7 @@ impl AuthService {
         caller: &Principal,
         change: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        self.hasher.admit()?;
         let account = account_key(&caller.user.email);
         self.admit_attempt(&account, &ClientInfo::default()).await?;
         match change.await {

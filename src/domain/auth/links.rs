@@ -235,6 +235,7 @@ impl AuthService {
     /// told by mail. The policy is checked before the link is spent, so a weak password costs
     /// nothing.
     pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
+        self.hasher.admit()?;
         self.check_new_password("new_password", new_password)
             .await?;
         let user = self.consume(token, LinkPurpose::ResetPassword).await?;

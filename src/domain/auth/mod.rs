@@ -172,6 +172,7 @@ impl AuthService {
         registration: Registration<'_>,
         client: &ClientInfo,
     ) -> Result<User> {
+        self.hasher.admit()?;
         self.admit_rate(
             "register",
             &throttle::account_key(registration.email),
@@ -287,6 +288,7 @@ impl AuthService {
         password: &str,
         client: ClientInfo,
     ) -> Result<LoginOutcome> {
+        self.hasher.admit()?;
         let account = throttle::account_key(email);
         self.admit_attempt(&account, &client).await?;
         let (credentials, check) = self

@@ -136,6 +136,7 @@ impl AuthService {
         let current_session = principal.session_id()?;
         self.check_new_password("new_password", new_password)
             .await?;
+        self.hasher.admit()?;
         // Guessing the current password from a stolen session meets the sign-in defences.
         let account = account_key(&principal.user.email);
         self.admit_attempt(&account, &ClientInfo::default()).await?;

@@ -67,10 +67,15 @@ impl AuthService {
             .await?;
         if attempts > u64::from(self.settings.throttle.lockout_threshold) {
             // The attempts allowed are under way; the last of them to fail sets the lock.
+            self.release_attempt(account).await?;
             return Err(account_locked(self.lockout_window()));
         }
         // A lock set while this attempt was counted (the count then started again from zero).
-        self.refuse_if_locked(account).await
+        if let Err(locked) = self.refuse_if_locked(account).await {
+            self.release_attempt(account).await?;
+            return Err(locked);
+        }
+        Ok(())
     }
 
     async fn refuse_if_locked(&self, account: &str) -> Result<()> {
