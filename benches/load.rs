@@ -31,8 +31,6 @@ use tonic_health::pb::health_client::HealthClient;
 const PASSWORD: &str = "Str0ng!Passw0rd";
 /// Concurrent callers of the sign-up and sign-in flood.
 const FLOODERS: usize = 64;
-/// The memberships behind the `ListOrganizations` page.
-const MEMBERSHIPS: usize = 10_000;
 
 /// A worker's client and the refresh token its next call spends.
 type RefreshChain = (AuthServiceClient<Channel>, Arc<Mutex<String>>);
@@ -43,6 +41,8 @@ struct Options {
     seconds: u64,
     connections: usize,
     only: Option<String>,
+    /// The memberships behind the `ListOrganizations` page.
+    memberships: usize,
 }
 
 fn options() -> Options {
@@ -52,6 +52,7 @@ fn options() -> Options {
         seconds: 5,
         connections: 32,
         only: None,
+        memberships: 10_000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -62,6 +63,7 @@ fn options() -> Options {
             "--seconds" => options.seconds = value().parse().expect("--seconds"),
             "--connections" => options.connections = value().parse().expect("--connections"),
             "--only" => options.only = Some(value()),
+            "--memberships" => options.memberships = value().parse().expect("--memberships"),
             // cargo bench passes --bench; nothing else is ours.
             _ => {}
         }
@@ -372,7 +374,7 @@ async fn main() {
         );
     }
 
-    // One user in 10,000 organizations lists a page of them.
+    // One user in 10,000 organizations (`--memberships`) lists a page of them.
     if wanted(&options, "grpc ListOrganizations") {
         let member = format!("lists-{}@example.com", uuid::Uuid::now_v7().simple());
         grpc.register(RegisterRequest {
@@ -398,7 +400,7 @@ async fn main() {
             .map(|(worker, channel)| {
                 let mut client = OrganizationServiceClient::new(channel.clone());
                 let token = member_token.clone();
-                let share = MEMBERSHIPS.div_ceil(channels.len());
+                let share = options.memberships.div_ceil(channels.len());
                 tokio::spawn(async move {
                     for index in 0..share {
                         let slug =

@@ -20,6 +20,9 @@ pub type MailJob = Pin<Box<dyn Future<Output = Result<Option<OutgoingMail>>> + S
 /// Delivers mail in the background, retrying failures; never blocks the caller. A message it
 /// cannot take (its queue is full) is refused with `UNAVAILABLE`, never silently dropped.
 pub trait Mailer: Send + Sync {
+    /// Refuses (`UNAVAILABLE`) while the queue is full: called before a change that will mail,
+    /// so the change is not made when its message could not be taken.
+    fn admit(&self) -> Result<()>;
     fn send_later(&self, job: MailJob) -> Result<()>;
 }
 

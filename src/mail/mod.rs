@@ -173,16 +173,27 @@ async fn run_job(job: MailJob, delivery: &Delivery) {
     }
 }
 
+fn queue_full() -> Error {
+    Error {
+        retry_after: Some(std::time::Duration::from_secs(5)),
+        ..Error::new(
+            ErrorKind::Unavailable,
+            "MAIL_QUEUE_FULL",
+            "too much mail is waiting to be sent, try again in a moment",
+        )
+    }
+}
+
 impl Mailer for MailQueue {
+    fn admit(&self) -> Result<()> {
+        if self.jobs.capacity() == 0 {
+            return Err(queue_full());
+        }
+        Ok(())
+    }
+
     fn send_later(&self, job: MailJob) -> Result<()> {
-        self.jobs.try_send(job).map_err(|_| Error {
-            retry_after: Some(std::time::Duration::from_secs(5)),
-            ..Error::new(
-                ErrorKind::Unavailable,
-                "MAIL_QUEUE_FULL",
-                "too much mail is waiting to be sent, try again in a moment",
-            )
-        })
+        self.jobs.try_send(job).map_err(|_| queue_full())
     }
 }
 
@@ -194,10 +205,15 @@ mod tests {
     async fn a_full_queue_refuses_instead_of_dropping() {
         let queue = MailQueue::start(Delivery::Outbox(Arc::new(MemoryOutbox::default())));
         // Jobs that never finish hold every delivery slot, then fill the queue.
+        assert!(queue.admit().is_ok());
         let refused = (0..QUEUE_CAPACITY + CONCURRENT_DELIVERIES + 2)
             .find_map(|_| queue.send_later(Box::pin(std::future::pending())).err())
             .expect("a full queue refuses");
         assert_eq!(refused.reason, "MAIL_QUEUE_FULL");
         assert!(refused.retry_after.is_some());
+        assert_eq!(
+            queue.admit().map_err(|error| error.reason),
+            Err("MAIL_QUEUE_FULL")
+        );
     }
 }

@@ -170,6 +170,7 @@ impl AuthService {
         client: &ClientInfo,
         purpose: LinkPurpose,
     ) -> Result<()> {
+        self.mailer.admit()?;
         self.admit_rate("mail", &account_key(email), client).await?;
         self.admit_mail_to(email).await?;
         let job: MailJob = Box::pin(self.link_mailer().mail_for_email(email.to_owned(), purpose));

@@ -173,6 +173,7 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<User> {
         self.hasher.admit()?;
+        self.mailer.admit()?;
         self.admit_rate(
             "register",
             &throttle::account_key(registration.email),
@@ -230,8 +231,12 @@ impl AuthService {
             inserted => inserted?,
         }
         tracing::info!(user_id = %user.id, superuser, "user registered");
-        if !user.email_verified {
-            self.send_verification(&user).await?;
+        // The queue had room a moment ago (`register`); if it filled since, the account stands
+        // and its owner can ask for a new link.
+        if !user.email_verified
+            && let Err(error) = self.send_verification(&user).await
+        {
+            tracing::warn!(user_id = %user.id, %error, "verification mail not queued");
         }
         Ok(user)
     }

@@ -228,13 +228,15 @@ impl InvitationService {
         self.store
             .insert_invitation(&invitation, &secret::digest(&token))
             .await?;
-        self.mail(access, &invitation, &token)?;
+        self.mail(access, &invitation, &token);
         tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation sent");
         Ok(invitation)
     }
 
-    /// One more invitation mail from the organization to `email`, within both budgets.
+    /// One more invitation mail from the organization to `email`: room in the mail queue and
+    /// within both budgets, checked before the invitation is stored.
     async fn admit_mail(&self, organization_id: Uuid, email: &str) -> Result<()> {
+        self.mailer.admit()?;
         self.rate_limits
             .admit(
                 &format!("invitations:{organization_id}"),
@@ -247,7 +249,9 @@ impl InvitationService {
             .await
     }
 
-    fn mail(&self, access: &Access, invitation: &Invitation, token: &str) -> Result<()> {
+    /// Queues the invitation's mail. The queue had room a moment ago (`admit_mail`); if it
+    /// filled since, the invitation stands and can be resent.
+    fn mail(&self, access: &Access, invitation: &Invitation, token: &str) {
         let inviter = &access.principal.user;
         let inviter = if inviter.full_name.is_empty() {
             inviter.email.clone()
@@ -264,8 +268,12 @@ impl InvitationService {
                 ("days", &invitation.valid_days.to_string()),
             ],
         );
-        self.mailer
+        if let Err(error) = self
+            .mailer
             .send_later(Box::pin(async move { Ok(Some(mail)) }))
+        {
+            tracing::warn!(invitation_id = %invitation.id, %error, "invitation mail not queued");
+        }
     }
 
     pub async fn list(
@@ -313,7 +321,7 @@ impl InvitationService {
                 invitation.expires_at,
             )
             .await?;
-        self.mail(access, &invitation, &token)?;
+        self.mail(access, &invitation, &token);
         Ok(invitation)
     }
 
