@@ -5,7 +5,7 @@
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
 use moka::Expiry;
-use moka::ops::compute::Op;
+use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache as Moka;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,6 +90,30 @@ impl Cache for MemoryCache {
     async fn delete(&self, key: &str) -> Result<()> {
         self.entries.invalidate(key);
         Ok(())
+    }
+
+    async fn increment_below(&self, key: &str, limit: u64, ttl: Duration) -> Result<Option<u64>> {
+        let outcome =
+            self.entries
+                .entry(key.to_owned())
+                .and_compute_with(|existing| {
+                    match existing.as_ref().map(|entry| counter(entry.value())) {
+                        Some(Some(count)) if count >= limit => Op::Nop,
+                        Some(Some(count)) => Op::Put(Stored {
+                            value: (count + 1).to_string().as_bytes().into(),
+                            ttl: None,
+                        }),
+                        _ if limit == 0 => Op::Nop,
+                        _ => Op::Put(Stored {
+                            value: b"1".as_slice().into(),
+                            ttl: Some(ttl),
+                        }),
+                    }
+                });
+        Ok(match outcome {
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => counter(entry.value()),
+            _ => None,
+        })
     }
 
     async fn decrement(&self, key: &str) -> Result<()> {
@@ -188,6 +212,11 @@ mod tests {
         assert_eq!(cache.increment("n", 0, Duration::from_secs(60)).await?, 6);
         cache.decrement("n").await?;
         assert_eq!(cache.increment("n", 0, Duration::from_secs(60)).await?, 5);
+        let minute = Duration::from_secs(60);
+        assert_eq!(cache.increment_below("b", 2, minute).await?, Some(1));
+        assert_eq!(cache.increment_below("b", 2, minute).await?, Some(2));
+        assert_eq!(cache.increment_below("b", 2, minute).await?, None);
+        assert_eq!(cache.increment("b", 0, minute).await?, 2);
         cache.decrement("missing").await?;
         assert_eq!(cache.get("missing").await?, None);
         assert_eq!(cache.increment("gone", 1, Duration::ZERO).await?, 1);

@@ -110,6 +110,21 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 
+    async fn increment_below(&self, key: &str, limit: u64, ttl: Duration) -> Result<Option<u64>> {
+        let millis = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let count = self
+            .client
+            .eval::<i64, _, _, _>(
+                INCREMENT_BELOW_SCRIPT,
+                vec![self.key(key)],
+                vec![millis, limit],
+            )
+            .await
+            .map_err(redis_error)?;
+        Ok(u64::try_from(count).ok())
+    }
+
     async fn decrement(&self, key: &str) -> Result<()> {
         self.client
             .eval::<i64, _, _, _>(DECREMENT_SCRIPT, vec![self.key(key)], Vec::<i64>::new())
@@ -130,6 +145,13 @@ impl Cache for RedisCache {
 /// INCRBY that sets the expiry when the counter has none (it was just created), atomically
 /// and in one round trip.
 const INCREMENT_SCRIPT: &str = "local count = redis.call('INCRBY', KEYS[1], ARGV[2]) \
+    if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+    return count";
+
+/// INCR unless the counter has reached ARGV[2] (then -1), setting the expiry of a new one.
+const INCREMENT_BELOW_SCRIPT: &str = "local count = tonumber(redis.call('GET', KEYS[1]) or '0') \
+    if count >= tonumber(ARGV[2]) then return -1 end \
+    count = redis.call('INCR', KEYS[1]) \
     if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
     return count";
 

@@ -14,6 +14,9 @@ pub trait Cache: Send + Sync {
     /// Adds `by` to a counter (0 reads it) and answers the new count; a new counter lives for
     /// `ttl`. `get` reads a counter as decimal text.
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64>;
+    /// Adds one to a counter unless it has reached `limit`, atomically; answers the new count,
+    /// or `None` when it was full (and is left as it was). A new counter lives for `ttl`.
+    async fn increment_below(&self, key: &str, limit: u64, ttl: Duration) -> Result<Option<u64>>;
     /// Takes one back from a counter, never below zero; a missing counter stays missing.
     async fn decrement(&self, key: &str) -> Result<()>;
 }

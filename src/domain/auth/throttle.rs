@@ -42,6 +42,9 @@ fn seconds_until(moment: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Durati
     std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(1))
 }
 
+/// When the attempts allowed are being checked, how soon another may be.
+const IN_FLIGHT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn account_locked(retry_after: std::time::Duration) -> Error {
     Error {
         retry_after: Some(retry_after),
@@ -61,14 +64,15 @@ impl AuthService {
     pub(super) async fn admit_attempt(&self, account: &str, client: &ClientInfo) -> Result<()> {
         self.admit_rate("sign-in", account, client).await?;
         self.refuse_if_locked(account).await?;
-        let attempts = self
+        let threshold = u64::from(self.settings.throttle.lockout_threshold);
+        let admitted = self
             .cache
-            .increment(&failures_key(account), 1, self.lockout_window())
+            .increment_below(&failures_key(account), threshold, self.lockout_window())
             .await?;
-        if attempts > u64::from(self.settings.throttle.lockout_threshold) {
-            // The attempts allowed are under way; the last of them to fail sets the lock.
-            self.release_attempt(account).await?;
-            return Err(account_locked(self.lockout_window()));
+        if admitted.is_none() {
+            // The attempts allowed are under way; the last of them to fail sets the lock, a
+            // success frees them all.
+            return Err(account_locked(IN_FLIGHT_RETRY));
         }
         // A lock set while this attempt was counted (the count then started again from zero).
         if let Err(locked) = self.refuse_if_locked(account).await {
