@@ -48,6 +48,8 @@ pub enum Template {
     PasswordResetNotice,
     /// Tells the owner of an address that someone tried to register it again.
     RegistrationAttempt,
+    /// Tells a user that a superuser turned their two-factor authentication off.
+    TotpReset,
 }
 
 impl Template {
@@ -82,6 +84,11 @@ impl Template {
                 "Someone tried to register with your address",
                 include_str!("../../templates/mail/registration_attempt.txt"),
                 include_str!("../../templates/mail/registration_attempt.html"),
+            ),
+            Template::TotpReset => (
+                "Two-factor authentication was turned off",
+                include_str!("../../templates/mail/totp_reset.txt"),
+                include_str!("../../templates/mail/totp_reset.html"),
             ),
         }
     }

@@ -309,11 +309,12 @@ impl TotpService {
         Ok(())
     }
 
-    /// Removes an enrolment, enabled or not, made before the account's address was proven.
-    pub async fn remove_unproven(&self, user_id: Uuid) -> Result<()> {
+    /// Removes an enrolment, enabled or not, with its backup codes: one made before the
+    /// account's address was proven, or one a superuser resets.
+    pub async fn remove(&self, user_id: Uuid) -> Result<()> {
         if self.store.find_totp(user_id).await?.is_some() {
             self.store.delete_totp(user_id).await?;
-            tracing::info!(user_id = %user_id, "two-factor enrolment made before the address was proven removed");
+            tracing::info!(user_id = %user_id, "two-factor enrolment removed");
         }
         Ok(())
     }

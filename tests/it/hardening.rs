@@ -32,6 +32,7 @@ backend_tests!(
     each_caller_has_a_budget_inside_an_organization,
     mail_to_one_address_and_invitations_are_bounded,
     breached_and_short_passwords_are_refused,
+    a_superuser_resets_lost_two_factor,
 );
 
 async fn status_and_reason(
@@ -867,4 +868,53 @@ async fn breached_and_short_passwords_are_refused(backend: Backend) {
         )
         .await;
     assert_eq!(response.status(), 200);
+}
+
+/// Authenticator and backup codes both lost: a superuser turns 2FA off, the owner hears of it.
+async fn a_superuser_resets_lost_two_factor(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    crate::admin::create_superuser(&app, "root@example.com").await;
+    let root = app.login("root@example.com").await;
+    let email = "lost-phone@example.com";
+    let owner = app.verified(email).await;
+    enroll(&app, &owner.access).await;
+    let (_, me) = app
+        .rest(Method::GET, "/api/v1/auth/me", &owner.access, None)
+        .await;
+    let path = format!("/api/v1/users/{}/totp", me["id"].as_str().unwrap());
+
+    assert_eq!(
+        status_and_reason(&app, Method::DELETE, &path, &owner.access, None).await,
+        (403, "PERMISSION_DENIED".to_owned())
+    );
+    assert_eq!(
+        status_and_reason(&app, Method::DELETE, &path, &root.access, None).await,
+        (200, String::new())
+    );
+    assert_eq!(
+        status_and_reason(&app, Method::DELETE, &path, &root.access, None).await,
+        (400, "TOTP_NOT_ENABLED".to_owned())
+    );
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/v1/auth/login",
+            "",
+            Some(json!({ "email": email, "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &body["mfa_required"]),
+        (200, &json!(false))
+    );
+    assert_eq!(
+        app.mailbox
+            .wait_for(
+                email,
+                "Subject: Two-factor authentication was turned off",
+                1
+            )
+            .await,
+        1
+    );
 }

@@ -113,4 +113,15 @@ impl UserService for UserApi {
             user: Some(user_to_proto(user)),
         }))
     }
+
+    async fn reset_user_totp(
+        &self,
+        request: Request<ResetUserTotpRequest>,
+    ) -> Result<Response<ResetUserTotpResponse>, Status> {
+        self.auth
+            .reset_totp(&principal(&request)?, &request.get_ref().user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(ResetUserTotpResponse {}))
+    }
 }

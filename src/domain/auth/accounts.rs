@@ -7,6 +7,7 @@ use super::session::ClientInfo;
 use super::throttle::account_key;
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::mail::Template;
 use crate::domain::principal::Principal;
 use crate::domain::totp::Reauthentication;
 use crate::domain::user::{User, parse_full_name};
@@ -123,6 +124,30 @@ impl AuthService {
         self.forget_user(user.id).await?;
         self.revoke_sessions_of(user.id, None).await?;
         tracing::info!(user_id = %user.id, by = %caller.user.id, "user deleted");
+        Ok(())
+    }
+
+    /// Turns a user's 2FA off for them (authenticator and backup codes lost), tells them by
+    /// mail, and logs who did it.
+    pub async fn reset_totp(&self, caller: &Principal, user_id: &str) -> Result<()> {
+        let user = self.other_user(caller, user_id).await?;
+        if !self.totp.is_enabled(user.id).await? {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                "TOTP_NOT_ENABLED",
+                "this user has no two-factor authentication to reset",
+            ));
+        }
+        self.mailer.admit()?;
+        self.totp.remove(user.id).await?;
+        let notice = Template::TotpReset.render(&user.email, &[("name", user.full_name.as_str())]);
+        if let Err(error) = self
+            .mailer
+            .send_later(Box::pin(async move { Ok(Some(notice)) }))
+        {
+            tracing::warn!(user_id = %user.id, %error, "2FA reset notice not queued");
+        }
+        tracing::warn!(user_id = %user.id, by = %caller.user.id, "two-factor authentication reset by a superuser");
         Ok(())
     }
 

@@ -219,7 +219,7 @@ impl AuthService {
         self.forget_user(user.id).await?;
         self.revoke_sessions_of(user.id, None).await?;
         self.api_keys.revoke_all_of(user.id).await?;
-        self.totp.remove_unproven(user.id).await?;
+        self.totp.remove(user.id).await?;
         tracing::info!(user_id = %user.id, "address proven for the first time: earlier sessions, keys and 2FA ended");
         Ok(true)
     }
