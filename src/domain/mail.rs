@@ -50,6 +50,8 @@ pub enum Template {
     RegistrationAttempt,
     /// Tells a user that a superuser turned their two-factor authentication off.
     TotpReset,
+    /// The code that turns two-factor authentication on without a password.
+    EnrolmentCode,
 }
 
 impl Template {
@@ -84,6 +86,11 @@ impl Template {
                 "Someone tried to register with your address",
                 include_str!("../../templates/mail/registration_attempt.txt"),
                 include_str!("../../templates/mail/registration_attempt.html"),
+            ),
+            Template::EnrolmentCode => (
+                "Your code to turn on two-factor authentication",
+                include_str!("../../templates/mail/enrolment_code.txt"),
+                include_str!("../../templates/mail/enrolment_code.html"),
             ),
             Template::TotpReset => (
                 "Two-factor authentication was turned off",

@@ -62,6 +62,13 @@ pub struct TotpStatus {
     pub enabled_at: Option<DateTime<Utc>>,
 }
 
+/// What a caller turning 2FA on proved themselves with.
+pub enum EnrolmentProof<'a> {
+    Password(&'a str),
+    /// A code mailed to the verified address, already checked.
+    MailedCode,
+}
+
 /// What a caller proves themselves with before a sensitive change.
 pub struct Reauthentication<'a> {
     pub password: &'a str,
@@ -198,8 +205,14 @@ impl TotpService {
         })
     }
 
-    /// Turns 2FA on: the current password, then a code from the enrolled secret.
-    pub async fn enable(&self, principal: &Principal, code: &str, password: &str) -> Result<()> {
+    /// Turns 2FA on: the caller's proof (the current password, or a mailed code checked
+    /// before), then a code from the enrolled secret.
+    pub async fn enable(
+        &self,
+        principal: &Principal,
+        code: &str,
+        proof: EnrolmentProof<'_>,
+    ) -> Result<()> {
         let credential = self
             .store
             .find_totp(principal.user.id)
@@ -213,10 +226,16 @@ impl TotpService {
                 "two-factor authentication is already on",
             ));
         }
-        if !self.password_matches(principal.user.id, password).await? {
+        let proven = match proof {
+            EnrolmentProof::Password(password) => {
+                self.password_matches(principal.user.id, password).await?
+            }
+            EnrolmentProof::MailedCode => true,
+        };
+        if !proven {
             return Err(Error::invalid_argument(
                 "REAUTHENTICATION_FAILED",
-                "give the account's current password",
+                "give the account's current password, or a code mailed by SendEnrolmentCode",
             ));
         }
         if !self

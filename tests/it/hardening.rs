@@ -33,6 +33,7 @@ backend_tests!(
     mail_to_one_address_and_invitations_are_bounded,
     breached_and_short_passwords_are_refused,
     a_superuser_resets_lost_two_factor,
+    an_account_without_a_known_password_enrols_with_a_mailed_code,
 );
 
 async fn status_and_reason(
@@ -271,7 +272,7 @@ async fn enabling_totp_needs_the_password(backend: Backend) {
         .enable_totp(with_token(
             EnableTotpRequest {
                 code: code_now(&app, &secret),
-                password: String::new(),
+                ..Default::default()
             },
             &tokens.access,
         ))
@@ -316,6 +317,7 @@ async fn enabling_totp_needs_the_password(backend: Backend) {
         EnableTotpRequest {
             code: code_now(&app, &secret),
             password: PASSWORD.into(),
+            ..Default::default()
         },
         &tokens.access,
     ))
@@ -917,4 +919,87 @@ async fn a_superuser_resets_lost_two_factor(backend: Backend) {
             .await,
         1
     );
+}
+
+/// An account whose first proof was a magic link knows no password: it turns 2FA on with a
+/// code mailed to its address instead.
+async fn an_account_without_a_known_password_enrols_with_a_mailed_code(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "passwordless@example.com";
+    app.register(email).await;
+    app.post_json("/api/v1/auth/magic-link", json!({ "email": email }))
+        .await;
+    let token = app.mailbox.link_token(email, "magic-link").await;
+    let signed_in: Value = app
+        .post_json("/api/v1/auth/magic-link/verify", json!({ "token": token }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let access = signed_in["access_token"].as_str().unwrap().to_owned();
+    let (status, setup) = app
+        .rest(Method::POST, "/api/v1/totp/setup", &access, Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    let secret = setup["secret"].as_str().unwrap().to_owned();
+    let enable = |body: Value| {
+        let app = &app;
+        let access = access.clone();
+        async move {
+            status_and_reason(
+                app,
+                Method::POST,
+                "/api/v1/totp/enable",
+                &access,
+                Some(body),
+            )
+            .await
+        }
+    };
+    // The registration's password is no longer the account's.
+    assert_eq!(
+        enable(json!({ "code": code_now(&app, &secret), "password": PASSWORD })).await,
+        (400, "REAUTHENTICATION_FAILED".to_owned())
+    );
+
+    let (status, _) = app
+        .rest(
+            Method::POST,
+            "/api/v1/totp/enrolment-code",
+            &access,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let subject = "Subject: Your code to turn on two-factor authentication";
+    assert_eq!(app.mailbox.wait_for(email, subject, 1).await, 1);
+    let message = app
+        .mailbox
+        .messages_to(email)
+        .into_iter()
+        .find(|message| message.contains(subject))
+        .unwrap();
+    let mailed = message
+        .lines()
+        .map(str::trim)
+        .find(|line| line.len() == 6 && line.chars().all(|c| c.is_ascii_digit()))
+        .unwrap()
+        .to_owned();
+    let wrong = if mailed == "000000" {
+        "000001"
+    } else {
+        "000000"
+    };
+    assert_eq!(
+        enable(json!({ "code": code_now(&app, &secret), "email_code": wrong })).await,
+        (400, "REAUTHENTICATION_FAILED".to_owned())
+    );
+    assert_eq!(
+        enable(json!({ "code": code_now(&app, &secret), "email_code": mailed })).await,
+        (200, String::new())
+    );
+    let (_, status) = app
+        .rest(Method::GET, "/api/v1/totp/status", &access, None)
+        .await;
+    assert_eq!(status["enabled"], true);
 }

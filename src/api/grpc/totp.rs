@@ -48,10 +48,21 @@ impl TotpService for TotpApi {
         let caller = principal(&request)?;
         let body = request.get_ref();
         self.auth
-            .enable_totp(&caller, &body.code, &body.password)
+            .enable_totp(&caller, &body.code, &body.password, &body.email_code)
             .await
             .map_err(to_status)?;
         Ok(Response::new(EnableTotpResponse { enabled: true }))
+    }
+
+    async fn send_enrolment_code(
+        &self,
+        request: Request<SendEnrolmentCodeRequest>,
+    ) -> Result<Response<SendEnrolmentCodeResponse>, Status> {
+        self.auth
+            .send_enrolment_code(&principal(&request)?)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(SendEnrolmentCodeResponse {}))
     }
 
     async fn get_totp_status(

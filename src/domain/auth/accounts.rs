@@ -9,10 +9,21 @@ use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Result};
 use crate::domain::mail::Template;
 use crate::domain::principal::Principal;
-use crate::domain::totp::Reauthentication;
+use crate::domain::secret;
+use crate::domain::totp::{EnrolmentProof, Reauthentication};
 use crate::domain::user::{User, parse_full_name};
+use rand::Rng;
 use std::future::Future;
 use uuid::Uuid;
+
+const ENROLMENT_PURPOSE: &str = "totp_enrolment";
+const ENROLMENT_CODE_MINUTES: i64 = 10;
+
+/// A six-digit code is no secret on its own: its digest is bound to its user, so that no
+/// code can be spent by another account, and guesses meet the lockout.
+fn enrolment_digest(user_id: Uuid, code: &str) -> [u8; 32] {
+    secret::digest(&format!("{user_id}:{code}"))
+}
 
 fn user_not_found() -> Error {
     Error::not_found("USER_NOT_FOUND", "no such user")
@@ -49,11 +60,81 @@ impl AuthService {
         self.load_user(caller.user.id).await
     }
 
-    /// Turns two-factor authentication on after a password check that counts towards the
-    /// account's lockout, like a sign-in.
-    pub async fn enable_totp(&self, caller: &Principal, code: &str, password: &str) -> Result<()> {
-        self.reauthenticated(caller, self.totp.enable(caller, code, password))
-            .await
+    /// Turns two-factor authentication on after a password or mailed-code check that counts
+    /// towards the account's lockout, like a sign-in.
+    pub async fn enable_totp(
+        &self,
+        caller: &Principal,
+        code: &str,
+        password: &str,
+        email_code: &str,
+    ) -> Result<()> {
+        self.reauthenticated(caller, async {
+            let proof = if password.is_empty() && !email_code.trim().is_empty() {
+                self.spend_enrolment_code(caller, email_code).await?;
+                EnrolmentProof::MailedCode
+            } else {
+                EnrolmentProof::Password(password)
+            };
+            self.totp.enable(caller, code, proof).await
+        })
+        .await
+    }
+
+    /// Mails a six-digit code that `enable_totp` takes instead of the password.
+    pub async fn send_enrolment_code(&self, caller: &Principal) -> Result<()> {
+        caller.session_id()?;
+        let user = &caller.user;
+        if !user.email_verified {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                "EMAIL_NOT_VERIFIED",
+                "verify your email address first",
+            ));
+        }
+        self.mailer.admit()?;
+        self.admit_mail_to(&user.email).await?;
+        let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
+        let now = truncate_to_micros(self.clock.now());
+        self.one_time_tokens
+            .issue_token(
+                &enrolment_digest(user.id, &code),
+                user.id,
+                ENROLMENT_PURPOSE,
+                now,
+                now + chrono::Duration::minutes(ENROLMENT_CODE_MINUTES),
+            )
+            .await?;
+        let minutes = ENROLMENT_CODE_MINUTES.to_string();
+        let mail = Template::EnrolmentCode.render(
+            &user.email,
+            &[
+                ("name", user.full_name.as_str()),
+                ("code", code.as_str()),
+                ("minutes", minutes.as_str()),
+            ],
+        );
+        self.mailer
+            .send_later(Box::pin(async move { Ok(Some(mail)) }))
+    }
+
+    /// Spends the caller's mailed enrolment code; a wrong one is a failed re-authentication.
+    async fn spend_enrolment_code(&self, caller: &Principal, email_code: &str) -> Result<()> {
+        let owner = self
+            .one_time_tokens
+            .consume_token(
+                &enrolment_digest(caller.user.id, email_code.trim()),
+                ENROLMENT_PURPOSE,
+                truncate_to_micros(self.clock.now()),
+            )
+            .await?;
+        if owner != Some(caller.user.id) {
+            return Err(Error::invalid_argument(
+                "REAUTHENTICATION_FAILED",
+                "the mailed code is not valid: it expired, was used, or a newer one was sent",
+            ));
+        }
+        Ok(())
     }
 
     /// Turns two-factor authentication off after a password or code check that counts
