@@ -8,6 +8,7 @@ use crate::harness::{Backend, PASSWORD, TestApp, Tokens, grpc_reason, with_token
 use crate::totp::{code_now, enroll, mfa_token};
 use keel::api::pb::keel::apikey::v1::CreateApiKeyRequest;
 use keel::api::pb::keel::apikey::v1::api_key_service_client::ApiKeyServiceClient;
+use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
 use keel::api::pb::keel::auth::v1::{LoginMfaRequest, LoginRequest, RegisterRequest};
 use keel::api::pb::keel::organization::v1::LeaveOrganizationRequest;
 use keel::api::pb::keel::organization::v1::organization_service_client::OrganizationServiceClient;
@@ -63,6 +64,23 @@ async fn login_status(app: &TestApp, email: &str, password: &str) -> (u16, Strin
         status,
         body["reason"].as_str().unwrap_or_default().to_owned(),
     )
+}
+
+/// Why a gRPC sign-in of `email` with `password` is refused.
+async fn refused_sign_in(
+    grpc: &mut AuthServiceClient<tonic::transport::Channel>,
+    email: &str,
+    password: &str,
+) -> String {
+    let status = grpc
+        .login(LoginRequest {
+            email: email.into(),
+            password: password.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    grpc_reason(&status)
 }
 
 async fn refresh_status(app: &TestApp, refresh_token: &str) -> (u16, String) {
@@ -342,17 +360,7 @@ async fn parallel_wrong_passwords_get_exactly_the_threshold(backend: Backend) {
     let mut grpc = app.grpc().await;
     let guesses = (0..20).map(|index| {
         let mut grpc = grpc.clone();
-        async move {
-            let status = grpc
-                .login(LoginRequest {
-                    email: email.into(),
-                    password: format!("Wr0ng!guess{index}"),
-                    ..Default::default()
-                })
-                .await
-                .unwrap_err();
-            grpc_reason(&status)
-        }
+        async move { refused_sign_in(&mut grpc, email, &format!("Wr0ng!guess{index}")).await }
     });
     let reasons = futures_util::future::join_all(guesses).await;
     let checked = reasons
@@ -364,15 +372,10 @@ async fn parallel_wrong_passwords_get_exactly_the_threshold(backend: Backend) {
         .filter(|reason| *reason == "ACCOUNT_LOCKED")
         .count();
     assert_eq!((checked, locked), (5, 15), "{reasons:?}");
-    let status = grpc
-        .login(LoginRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(grpc_reason(&status), "ACCOUNT_LOCKED");
+    assert_eq!(
+        refused_sign_in(&mut grpc, email, PASSWORD).await,
+        "ACCOUNT_LOCKED"
+    );
 }
 
 async fn parallel_wrong_codes_get_exactly_the_threshold(backend: Backend) {
@@ -410,15 +413,10 @@ async fn parallel_wrong_codes_get_exactly_the_threshold(backend: Backend) {
             .all(|reason| reason == "INVALID_CODE" || reason == "ACCOUNT_LOCKED"),
         "{reasons:?}"
     );
-    let status = grpc
-        .login(LoginRequest {
-            email: email.into(),
-            password: PASSWORD.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(grpc_reason(&status), "ACCOUNT_LOCKED");
+    assert_eq!(
+        refused_sign_in(&mut grpc, email, PASSWORD).await,
+        "ACCOUNT_LOCKED"
+    );
 }
 
 async fn registration_is_rate_limited_per_address(backend: Backend) {
