@@ -358,8 +358,6 @@ impl InvitationService {
             .await
     }
 
-    /// Joins the caller to the invitation's organization; answers it with the caller's role
-    /// names there.
     /// The roles of a pending invitation that its inviter may still grant: an invitation
     /// never grants more than its inviter holds when it is accepted. An inviter who left the
     /// organization or lost `invitation:create` withdraws it, as does the loss of every role
@@ -411,6 +409,8 @@ impl InvitationService {
         Ok(grantable)
     }
 
+    /// Joins the caller to the invitation's organization; answers it with the caller's role
+    /// names there.
     pub async fn accept(&self, caller: &Principal, token: &str) -> Result<(Uuid, Vec<String>)> {
         caller.session_id()?;
         let invitation = self
