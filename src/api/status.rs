@@ -110,10 +110,13 @@ pub struct RestError {
     pub message: String,
     pub details: Vec<serde_json::Value>,
     pub retry_after_seconds: Option<u64>,
+    /// The methods a 405's path takes (RFC 9110 requires `Allow` on every 405).
+    pub allow: Option<String>,
 }
 
 impl RestError {
-    /// An error raised by the REST layer itself (routing, body parsing), before any RPC runs.
+    /// An error raised by the REST layer itself (routing, body parsing), before any RPC runs;
+    /// it carries its reason as a `google.rpc.ErrorInfo` detail, as RPC errors do.
     pub fn new(
         http_status: StatusCode,
         code: Code,
@@ -121,12 +124,38 @@ impl RestError {
         message: impl Into<String>,
     ) -> Self {
         Self {
+            details: vec![json!({
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": reason,
+                "domain": ERROR_DOMAIN,
+            })],
+            ..Self::bare(http_status, code, reason, message)
+        }
+    }
+
+    fn bare(http_status: StatusCode, code: Code, reason: &str, message: impl Into<String>) -> Self {
+        Self {
             http_status,
             code,
             reason: reason.to_owned(),
             message: message.into(),
             details: Vec::new(),
             retry_after_seconds: None,
+            allow: None,
+        }
+    }
+
+    /// 405 for `method` on `path`, which takes `allowed` instead.
+    pub fn method_not_allowed(method: &http::Method, path: &str, allowed: &[&str]) -> Self {
+        let allowed = allowed.join(", ");
+        Self {
+            allow: Some(allowed.clone()),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                "METHOD_NOT_ALLOWED",
+                format!("{method} is not allowed on {path}; use {allowed}"),
+            )
         }
     }
 
@@ -147,7 +176,7 @@ impl RestError {
     /// Renders a gRPC status, decoding its `google.rpc.Status` details through the descriptor
     /// pool so that each detail keeps its `@type`.
     pub fn from_status(status: &tonic::Status, pool: &DescriptorPool) -> Self {
-        let mut error = Self::new(
+        let mut error = Self::bare(
             http_status(status.code()),
             status.code(),
             "",
@@ -208,6 +237,12 @@ impl IntoResponse for RestError {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(allow) = self
+            .allow
+            .and_then(|allow| HeaderValue::from_str(&allow).ok())
+        {
+            response.headers_mut().insert(http::header::ALLOW, allow);
         }
         response
     }

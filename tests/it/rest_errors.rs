@@ -32,6 +32,14 @@ fn assert_error_shape(body: &Value) {
     for key in ["code", "message", "reason", "details"] {
         assert!(body.get(key).is_some(), "{key} missing in {body}");
     }
+    // The reason also travels as an ErrorInfo detail, as on gRPC.
+    assert!(
+        body["details"].as_array().unwrap().iter().any(|detail| {
+            detail["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+                && detail["reason"] == body["reason"]
+        }),
+        "no ErrorInfo in {body}"
+    );
 }
 
 async fn bad_bodies_get_clear_errors(backend: Backend) {
@@ -181,6 +189,11 @@ async fn routing_errors_use_the_error_shape(backend: Backend) {
         .unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["content-type"], "application/json");
+    assert_eq!(
+        response.headers()["allow"],
+        "POST",
+        "RFC 9110 wants Allow on a 405"
+    );
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["reason"], "METHOD_NOT_ALLOWED");
     assert_error_shape(&error);

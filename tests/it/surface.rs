@@ -337,6 +337,7 @@ async fn plain_routes_answer_json_errors_and_security_headers() {
     let app = TestApp::spawn(Backend::Embedded).await;
     let response = app.http.post(app.url("/health")).send().await.unwrap();
     assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
     assert_eq!(response.headers()["x-content-type-options"], "nosniff");
     assert_eq!(response.headers()["x-frame-options"], "DENY");
     assert!(response.headers().get("x-request-id").is_some());

@@ -101,15 +101,7 @@ impl Transcoder {
         }
         allowed.sort_unstable();
         allowed.dedup();
-        Err(RestError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            Code::Unimplemented,
-            "METHOD_NOT_ALLOWED",
-            format!(
-                "{method} is not allowed on {path}; use {}",
-                allowed.join(", ")
-            ),
-        ))
+        Err(RestError::method_not_allowed(method, path, &allowed))
     }
 
     async fn handle(&self, request: axum::extract::Request) -> Result<Response, RestError> {
