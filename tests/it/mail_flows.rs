@@ -86,6 +86,35 @@ async fn registration_mails_a_verification_link(backend: Backend) {
     .await;
     assert_eq!(known, unknown);
 
+    // No address, or not an address, is refused with a field violation on every link route.
+    for path in [
+        "/api/v1/auth/resend-verification",
+        "/api/v1/auth/request-password-reset",
+        "/api/v1/auth/magic-link",
+    ] {
+        for body in [
+            json!({}),
+            json!({ "email": "" }),
+            json!({ "email": "not an address" }),
+        ] {
+            let (status, error) = post(&app, path, body.clone()).await;
+            assert_eq!(
+                (status, &error["details"][1]["field_violations"][0]["field"]),
+                (400, &json!("email")),
+                "{path} {body}: {error}"
+            );
+        }
+    }
+    let refused = app
+        .grpc()
+        .await
+        .request_password_reset(RequestPasswordResetRequest {
+            email: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
     let status = app
         .grpc()
         .await

@@ -163,13 +163,15 @@ impl AuthService {
     }
 
     /// Queues the link mail for `email` after the rate limits; the answer never depends on
-    /// whether the account exists.
+    /// whether the account exists. A missing or malformed address is refused with a field
+    /// violation: that says nothing about accounts.
     async fn request_link(
         &self,
         email: &str,
         client: &ClientInfo,
         purpose: LinkPurpose,
     ) -> Result<()> {
+        EmailAddress::parse(email).map_err(|violation| Error::invalid_fields(vec![violation]))?;
         self.mailer.admit()?;
         self.admit_rate("mail", &account_key(email), client).await?;
         self.admit_mail_to(email).await?;
