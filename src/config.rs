@@ -15,147 +15,161 @@ use std::str::FromStr;
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address to listen on [default: 127.0.0.1:8000]
-    #[arg(long, env = "KEEL_LISTEN")]
+    #[arg(long, global = true, env = "KEEL_LISTEN")]
     pub listen: Option<String>,
     /// Directory for the SQLite database and signing keys [default: ./data]
-    #[arg(long, env = "KEEL_DATA_DIR")]
+    #[arg(long, global = true, env = "KEEL_DATA_DIR")]
     pub data_dir: Option<String>,
     /// sqlite:… or postgres://… [default: sqlite in the data dir]
-    #[arg(long, env = "KEEL_DATABASE_URL")]
+    #[arg(long, global = true, env = "KEEL_DATABASE_URL")]
     pub database_url: Option<String>,
     /// redis://… for a shared cache [default: in-process memory]
-    #[arg(long, env = "KEEL_REDIS_URL")]
+    #[arg(long, global = true, env = "KEEL_REDIS_URL")]
     pub redis_url: Option<String>,
     /// Bound on the in-process cache (without Redis), in bytes [default: 67108864]
-    #[arg(long, env = "KEEL_MEMORY_CACHE_MAX_BYTES")]
+    #[arg(long, global = true, env = "KEEL_MEMORY_CACHE_MAX_BYTES")]
     pub memory_cache_max_bytes: Option<String>,
     /// Prefix of every Redis key [default: keel:]
-    #[arg(long, env = "KEEL_REDIS_PREFIX")]
+    #[arg(long, global = true, env = "KEEL_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
     /// The URL clients reach Keel at; the token issuer and the base of links [default: http://<listen>]
-    #[arg(long, env = "KEEL_PUBLIC_URL")]
+    #[arg(long, global = true, env = "KEEL_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// The `aud` claim of access tokens [default: keel]
-    #[arg(long, env = "KEEL_JWT_AUDIENCE")]
+    #[arg(long, global = true, env = "KEEL_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
     /// Base64 instance secret (at least 32 bytes) for keyed digests; share it between replicas
     /// [default: generated in the data dir]
-    #[arg(long, env = "KEEL_SECRET_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "KEEL_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Sign access tokens with HS256 and this secret (at least 32 bytes) instead of EdDSA
-    #[arg(long, env = "KEEL_JWT_HS256_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_JWT_HS256_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_hs256_secret: Option<String>,
     /// An Ed25519 PKCS#8 PEM file to sign with [default: generated under <data dir>/keys]
-    #[arg(long, env = "KEEL_JWT_PRIVATE_KEY_FILE")]
+    #[arg(long, global = true, env = "KEEL_JWT_PRIVATE_KEY_FILE")]
     pub jwt_private_key_file: Option<String>,
     /// Access token lifetime in seconds [default: 900]
-    #[arg(long, env = "KEEL_ACCESS_TOKEN_TTL_SECONDS")]
+    #[arg(long, global = true, env = "KEEL_ACCESS_TOKEN_TTL_SECONDS")]
     pub access_token_ttl_seconds: Option<String>,
     /// Session lifetime without a refresh, in seconds [default: 604800, 7 days]
-    #[arg(long, env = "KEEL_REFRESH_TOKEN_TTL_SECONDS")]
+    #[arg(long, global = true, env = "KEEL_REFRESH_TOKEN_TTL_SECONDS")]
     pub refresh_token_ttl_seconds: Option<String>,
     /// Longest a session lives, however often it is refreshed, in seconds [default: 2592000,
     /// 30 days]
-    #[arg(long, env = "KEEL_SESSION_MAX_LIFETIME_SECONDS")]
+    #[arg(long, global = true, env = "KEEL_SESSION_MAX_LIFETIME_SECONDS")]
     pub session_max_lifetime_seconds: Option<String>,
     /// argon2id memory in KiB [default: 19456]
-    #[arg(long, env = "KEEL_ARGON2_MEMORY_KIB")]
+    #[arg(long, global = true, env = "KEEL_ARGON2_MEMORY_KIB")]
     pub argon2_memory_kib: Option<String>,
     /// argon2id iterations [default: 2]
-    #[arg(long, env = "KEEL_ARGON2_ITERATIONS")]
+    #[arg(long, global = true, env = "KEEL_ARGON2_ITERATIONS")]
     pub argon2_iterations: Option<String>,
     /// argon2id parallelism [default: 1]
-    #[arg(long, env = "KEEL_ARGON2_PARALLELISM")]
+    #[arg(long, global = true, env = "KEEL_ARGON2_PARALLELISM")]
     pub argon2_parallelism: Option<String>,
     /// Password hashes computed at once [default: number of cores]
-    #[arg(long, env = "KEEL_HASH_CONCURRENCY")]
+    #[arg(long, global = true, env = "KEEL_HASH_CONCURRENCY")]
     pub hash_concurrency: Option<String>,
     /// Password hashes allowed to wait for a hashing thread; past it, calls that need one are
     /// refused at once with 503 / RESOURCE_EXHAUSTED [default: 4 × KEEL_HASH_CONCURRENCY]
-    #[arg(long, env = "KEEL_HASH_QUEUE_LIMIT")]
+    #[arg(long, global = true, env = "KEEL_HASH_QUEUE_LIMIT")]
     pub hash_queue_limit: Option<String>,
     /// Minimum password length [default: 12]
-    #[arg(long, env = "KEEL_PASSWORD_MIN_LENGTH")]
+    #[arg(long, global = true, env = "KEEL_PASSWORD_MIN_LENGTH")]
     pub password_min_length: Option<String>,
     /// Require a lower-case letter [default: false]
-    #[arg(long, env = "KEEL_PASSWORD_REQUIRE_LOWERCASE")]
+    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_LOWERCASE")]
     pub password_require_lowercase: Option<String>,
     /// Require an upper-case letter [default: false]
-    #[arg(long, env = "KEEL_PASSWORD_REQUIRE_UPPERCASE")]
+    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_UPPERCASE")]
     pub password_require_uppercase: Option<String>,
     /// Require a digit [default: false]
-    #[arg(long, env = "KEEL_PASSWORD_REQUIRE_DIGIT")]
+    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_DIGIT")]
     pub password_require_digit: Option<String>,
     /// Require a symbol [default: false]
-    #[arg(long, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
+    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
     pub password_require_symbol: Option<String>,
     /// A directory of Have I Been Pwned range files (`21BD1.txt`…); new passwords found there
     /// are refused [default: none]
-    #[arg(long, env = "KEEL_BREACHED_PASSWORDS_DIR")]
+    #[arg(long, global = true, env = "KEEL_BREACHED_PASSWORDS_DIR")]
     pub breached_passwords_dir: Option<String>,
     /// smtp://host:port or smtps://user:password@host:port [default: dev outbox, logged]
-    #[arg(long, env = "KEEL_SMTP_URL", hide_env_values = true)]
+    #[arg(long, global = true, env = "KEEL_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// Sender of Keel's mail [default: Keel <no-reply@localhost>]
-    #[arg(long, env = "KEEL_MAIL_FROM")]
+    #[arg(long, global = true, env = "KEEL_MAIL_FROM")]
     pub mail_from: Option<String>,
     /// Refuse sign-in until the email address is verified [default: false]
-    #[arg(long, env = "KEEL_REQUIRE_VERIFIED_EMAIL")]
+    #[arg(long, global = true, env = "KEEL_REQUIRE_VERIFIED_EMAIL")]
     pub require_verified_email: Option<String>,
     /// Consecutive failed sign-ins that lock an account [default: 5]
-    #[arg(long, env = "KEEL_LOCKOUT_THRESHOLD")]
+    #[arg(long, global = true, env = "KEEL_LOCKOUT_THRESHOLD")]
     pub lockout_threshold: Option<String>,
     /// How long a locked account stays locked, in minutes [default: 15]
-    #[arg(long, env = "KEEL_LOCKOUT_MINUTES")]
+    #[arg(long, global = true, env = "KEEL_LOCKOUT_MINUTES")]
     pub lockout_minutes: Option<String>,
     /// Seconds between writes of the usage counters (API calls) from the cache to the
     /// database [default: 10]
-    #[arg(long, env = "KEEL_USAGE_FLUSH_SECONDS")]
+    #[arg(long, global = true, env = "KEEL_USAGE_FLUSH_SECONDS")]
     pub usage_flush_seconds: Option<String>,
     /// Sign-in attempts per minute, per client address and per account [default: 20]
-    #[arg(long, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
+    #[arg(long, global = true, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
     pub rate_limit_auth_per_minute: Option<String>,
     /// Messages strangers can have sent to one address per hour: verification, reset and
     /// magic links, invitations [default: 10]
-    #[arg(long, env = "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR"
+    )]
     pub rate_limit_mail_per_recipient_per_hour: Option<String>,
     /// Invitations (new or resent) each organization may send per hour [default: 100]
-    #[arg(long, env = "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR")]
+    #[arg(long, global = true, env = "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR")]
     pub rate_limit_invitations_per_hour: Option<String>,
     /// Calls per minute each member (and each API key) may make in one organization
     /// [default: 1200]
-    #[arg(long, env = "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE")]
+    #[arg(long, global = true, env = "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE")]
     pub rate_limit_member_per_minute: Option<String>,
     /// Comma-separated proxy addresses or CIDR blocks whose X-Forwarded-For is believed
     /// [default: none]
-    #[arg(long, env = "KEEL_TRUSTED_PROXIES")]
+    #[arg(long, global = true, env = "KEEL_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
     /// Comma-separated browser origins allowed by CORS (https://app.example.com) [default: none]
-    #[arg(long, env = "KEEL_CORS_ALLOWED_ORIGINS")]
+    #[arg(long, global = true, env = "KEEL_CORS_ALLOWED_ORIGINS")]
     pub cors_allowed_origins: Option<String>,
     /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
     /// `SERVER_BUSY` [default: 1024]
-    #[arg(long, env = "KEEL_MAX_CONCURRENT_REQUESTS")]
+    #[arg(long, global = true, env = "KEEL_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<String>,
     /// Seconds an RPC may take before its caller is answered 503 / UNAVAILABLE
     /// `REQUEST_TIMEOUT` (the work itself still completes) [default: 30]
-    #[arg(long, env = "KEEL_REQUEST_TIMEOUT_SECONDS")]
+    #[arg(long, global = true, env = "KEEL_REQUEST_TIMEOUT_SECONDS")]
     pub request_timeout_seconds: Option<String>,
     /// Largest accepted REST request body in bytes [default: 1048576]
-    #[arg(long, env = "KEEL_MAX_BODY_BYTES")]
+    #[arg(long, global = true, env = "KEEL_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<String>,
     /// Bound on SQLite's write-ahead log in bytes: past it, the log is checkpointed and emptied
     /// (checked every 5 s) [default: 67108864]
-    #[arg(long, env = "KEEL_SQLITE_WAL_MAX_BYTES")]
+    #[arg(long, global = true, env = "KEEL_SQLITE_WAL_MAX_BYTES")]
     pub sqlite_wal_max_bytes: Option<String>,
     /// Apply pending database migrations at start [default: true]
-    #[arg(long, env = "KEEL_MIGRATE_ON_START")]
+    #[arg(long, global = true, env = "KEEL_MIGRATE_ON_START")]
     pub migrate_on_start: Option<String>,
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open [default: none]
-    #[arg(long, env = "KEEL_METRICS_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_METRICS_TOKEN",
+        hide_env_values = true
+    )]
     pub metrics_token: Option<String>,
     /// Log format: text or json [default: text]
-    #[arg(long, env = "KEEL_LOG_FORMAT")]
+    #[arg(long, global = true, env = "KEEL_LOG_FORMAT")]
     pub log_format: Option<String>,
 }
 

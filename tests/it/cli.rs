@@ -192,3 +192,22 @@ async fn the_log_carries_no_mailed_links() {
         "{seen:#?}"
     );
 }
+
+/// Settings are accepted before or after the subcommand (`keel migrate --data-dir …`).
+#[test]
+fn flags_go_before_or_after_the_subcommand() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let directory = data_dir.path().join("after");
+    let migrate = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .env_clear()
+        .args(["migrate", "--data-dir"])
+        .arg(&directory)
+        .output()
+        .unwrap();
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(directory.join("keel.db").exists());
+}
