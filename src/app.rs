@@ -313,6 +313,7 @@ impl Keel {
             address = %listener.local_addr()?,
             database = services.store.backend_name(),
             cache = if services.redis.is_some() { "redis" } else { "memory" },
+            mail = if services.outbox.is_some() { "dev outbox (in memory, GET /api/v1/admin/outbox)" } else { "smtp" },
             "keel listening (gRPC, gRPC-web, REST, docs at /docs)"
         );
         Ok(Self {

@@ -83,8 +83,20 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// An error ends the process with one line naming its causes (never a backtrace: a bad
+/// setting is no crash).
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file_settings = match &cli.config {
         Some(path) => Settings::from_file(path)?,

@@ -119,11 +119,13 @@ fn config_file_is_read_and_validated() {
     let settings = test_settings(Backend::Embedded, data_dir.path());
     let output = keel_command(&settings)
         .args(["--config", file.to_str().unwrap(), "migrate"])
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("KEEL_LISTEN"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one clean line: {stderr}");
 
     std::fs::write(&file, "listen = \"127.0.0.1:0\"\nno_such_setting = 1\n").unwrap();
     let output = keel_command(&settings)
