@@ -182,6 +182,23 @@ async fn wrong_password_and_unknown_email_answer_alike(backend: Backend) {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(grpc_reason(&status), "INVALID_CREDENTIALS");
+
+    // Nothing to check is no failed sign-in: a 400 naming what is missing.
+    for (body, missing) in [
+        (json!({}), json!(["email", "password"])),
+        (json!({ "email": "known@example.com" }), json!(["password"])),
+    ] {
+        let response = app.post_json("/api/v1/auth/login", body).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        let fields: Vec<&Value> = error["details"][1]["field_violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|violation| &violation["field"])
+            .collect();
+        assert_eq!(json!(fields), missing, "{error}");
+    }
 }
 
 async fn duplicate_email_conflicts(backend: Backend) {

@@ -288,7 +288,7 @@ impl AuthService {
     pub(super) fn require_verified(&self, user: &User) -> Result<()> {
         if self.settings.require_verified_email && !user.email_verified {
             return Err(Error::new(
-                ErrorKind::PermissionDenied,
+                ErrorKind::FailedPrecondition,
                 "EMAIL_NOT_VERIFIED",
                 "confirm your email address first: see the message we sent, or ask for a new one",
             ));

@@ -293,6 +293,14 @@ impl AuthService {
         password: &str,
         client: ClientInfo,
     ) -> Result<LoginOutcome> {
+        let missing: Vec<FieldViolation> = [("email", email.trim()), ("password", password)]
+            .into_iter()
+            .filter(|(_, value)| value.is_empty())
+            .map(|(field, _)| FieldViolation::new(field, "REQUIRED", "is required"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid_fields(missing));
+        }
         self.hasher.admit()?;
         let account = throttle::account_key(email);
         self.admit_attempt(&account, &client).await?;
