@@ -221,7 +221,8 @@ fn load_or_create_keys(dir: &Path) -> anyhow::Result<Vec<Ed25519Key>> {
 
 fn write_new_key(path: &Path) -> anyhow::Result<()> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
-    let document = Ed25519KeyPair::generate_pkcs8(&rng)
+    // PKCS#8 v1 (no public key inside): what OpenSSL 3.0 and Python's cryptography read.
+    let document = Ed25519KeyPair::generate_pkcs8v1(&rng)
         .map_err(|_| anyhow::anyhow!("generating an Ed25519 key failed"))?;
     let body = STANDARD.encode(document.as_ref());
     let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");

@@ -213,3 +213,28 @@ fn flags_go_before_or_after_the_subcommand() {
     );
     assert!(directory.join("keel.db").exists());
 }
+
+/// The signing key Keel generates is a PEM that OpenSSL reads, as the README's rotation
+/// instructions assume.
+#[test]
+fn the_generated_signing_key_is_readable_by_openssl() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(Backend::Embedded, data_dir.path());
+    let migrate = keel_command(&settings).arg("migrate").output().unwrap();
+    assert!(migrate.status.success());
+    let key = std::fs::read_dir(data_dir.path().join("keys"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "pem"))
+        .expect("a generated key");
+    let openssl = Command::new("openssl")
+        .args(["pkey", "-noout", "-in"])
+        .arg(&key)
+        .output()
+        .expect("openssl on the PATH");
+    assert!(
+        openssl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+}
