@@ -81,6 +81,13 @@ pub fn to_status(error: Error) -> tonic::Status {
     tonic::Status::with_details(code, error.message, encoded.into())
 }
 
+/// Lets gRPC handlers answer a use-case error with `?`.
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        to_status(error)
+    }
+}
+
 /// The HTTP status for a gRPC code (the mapping of grpc-gateway and Google's APIs).
 pub fn http_status(code: Code) -> StatusCode {
     match code {

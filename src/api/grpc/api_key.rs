@@ -3,7 +3,6 @@
 use super::{principal, timestamp};
 use crate::api::pb::keel::apikey::v1::api_key_service_server::ApiKeyService;
 use crate::api::pb::keel::apikey::v1::*;
-use crate::api::status::to_status;
 use crate::domain::apikey;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -52,8 +51,7 @@ impl ApiKeyService for ApiKeyApi {
                 body.scopes,
                 body.organization_id.as_deref(),
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(CreateApiKeyResponse {
             api_key: Some(api_key_to_proto(key)),
             key: secret,
@@ -64,11 +62,7 @@ impl ApiKeyService for ApiKeyApi {
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
-        let keys = self
-            .api_keys
-            .list(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        let keys = self.api_keys.list(&principal(&request)?).await?;
         Ok(Response::new(ListApiKeysResponse {
             api_keys: keys.into_iter().map(api_key_to_proto).collect(),
         }))
@@ -81,8 +75,7 @@ impl ApiKeyService for ApiKeyApi {
         let key = self
             .api_keys
             .get(&principal(&request)?, &request.get_ref().api_key_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GetApiKeyResponse {
             api_key: Some(api_key_to_proto(key)),
         }))
@@ -94,8 +87,7 @@ impl ApiKeyService for ApiKeyApi {
     ) -> Result<Response<RevokeApiKeyResponse>, Status> {
         self.api_keys
             .revoke(&principal(&request)?, &request.get_ref().api_key_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RevokeApiKeyResponse {}))
     }
 }

@@ -3,7 +3,6 @@
 use super::{client_info, principal, user_to_proto};
 use crate::api::pb::keel::auth::v1::auth_service_server::AuthService;
 use crate::api::pb::keel::auth::v1::*;
-use crate::api::status::to_status;
 use crate::domain::auth::{self, LoginOutcome, Registration, TokenPair};
 use crate::domain::user::User;
 use std::sync::Arc;
@@ -59,8 +58,7 @@ impl AuthService for AuthApi {
                 },
                 &client,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RegisterResponse {
             user: Some(user_to_proto(user)),
         }))
@@ -77,11 +75,7 @@ impl AuthService for AuthApi {
         } else {
             &body.email
         };
-        let outcome = self
-            .auth
-            .login(email, &body.password, client)
-            .await
-            .map_err(to_status)?;
+        let outcome = self.auth.login(email, &body.password, client).await?;
         Ok(Response::new(match outcome {
             LoginOutcome::SignedIn(tokens) => {
                 let tokens = TokenReply::from(tokens);
@@ -106,12 +100,7 @@ impl AuthService for AuthApi {
         request: Request<LoginMfaRequest>,
     ) -> Result<Response<LoginMfaResponse>, Status> {
         let body = request.into_inner();
-        let tokens = TokenReply::from(
-            self.auth
-                .login_mfa(&body.mfa_token, &body.code)
-                .await
-                .map_err(to_status)?,
-        );
+        let tokens = TokenReply::from(self.auth.login_mfa(&body.mfa_token, &body.code).await?);
         Ok(Response::new(LoginMfaResponse {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
@@ -127,8 +116,7 @@ impl AuthService for AuthApi {
         let tokens = TokenReply::from(
             self.auth
                 .refresh(&request.into_inner().refresh_token)
-                .await
-                .map_err(to_status)?,
+                .await?,
         );
         Ok(Response::new(RefreshResponse {
             access_token: tokens.access_token,
@@ -142,10 +130,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutResponse>, Status> {
-        self.auth
-            .logout(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        self.auth.logout(&principal(&request)?).await?;
         Ok(Response::new(LogoutResponse {}))
     }
 
@@ -153,10 +138,7 @@ impl AuthService for AuthApi {
         &self,
         request: Request<VerifyEmailRequest>,
     ) -> Result<Response<VerifyEmailResponse>, Status> {
-        self.auth
-            .verify_email(&request.get_ref().token)
-            .await
-            .map_err(to_status)?;
+        self.auth.verify_email(&request.get_ref().token).await?;
         Ok(Response::new(VerifyEmailResponse { verified: true }))
     }
 
@@ -167,8 +149,7 @@ impl AuthService for AuthApi {
         let client = client_info(&request);
         self.auth
             .resend_verification(&request.get_ref().email, &client)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ResendVerificationResponse {
             message: LINK_SENT.to_owned(),
         }))
@@ -181,8 +162,7 @@ impl AuthService for AuthApi {
         let client = client_info(&request);
         self.auth
             .request_password_reset(&request.get_ref().email, &client)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RequestPasswordResetResponse {
             message: LINK_SENT.to_owned(),
         }))
@@ -195,8 +175,7 @@ impl AuthService for AuthApi {
         let body = request.get_ref();
         self.auth
             .reset_password(&body.token, &body.new_password)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ResetPasswordResponse {}))
     }
 
@@ -207,8 +186,7 @@ impl AuthService for AuthApi {
         let client = client_info(&request);
         self.auth
             .request_magic_link(&request.get_ref().email, &client)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RequestMagicLinkResponse {
             message: LINK_SENT.to_owned(),
         }))
@@ -222,8 +200,7 @@ impl AuthService for AuthApi {
         let outcome = self
             .auth
             .verify_magic_link(&request.get_ref().token, client)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(match outcome {
             LoginOutcome::SignedIn(tokens) => {
                 let tokens = TokenReply::from(tokens);
@@ -252,8 +229,7 @@ impl AuthService for AuthApi {
         let revoked = self
             .auth
             .change_password(&caller, &body.current_password, &body.new_password)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ChangePasswordResponse {
             revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
         }))

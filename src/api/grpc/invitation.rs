@@ -3,7 +3,6 @@
 use super::{access, principal, timestamp};
 use crate::api::pb::keel::invitation::v1::invitation_service_server::InvitationService;
 use crate::api::pb::keel::invitation::v1::*;
-use crate::api::status::to_status;
 use crate::domain::tenancy::invitations::{self, InvitationStatus as DomainStatus};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -18,11 +17,7 @@ impl InvitationApi {
     }
 
     async fn to_proto(&self, invitation: invitations::Invitation) -> Result<Invitation, Status> {
-        let roles = self
-            .invitations
-            .role_names(&invitation)
-            .await
-            .map_err(to_status)?;
+        let roles = self.invitations.role_names(&invitation).await?;
         let status = match self.invitations.status(&invitation) {
             DomainStatus::Pending => InvitationStatus::Pending,
             DomainStatus::Accepted => InvitationStatus::Accepted,
@@ -73,8 +68,7 @@ impl InvitationService for InvitationApi {
                 &body.roles,
                 body.expires_in_days,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(CreateInvitationResponse {
             invitation: Some(self.to_proto(invitation).await?),
         }))
@@ -88,8 +82,7 @@ impl InvitationService for InvitationApi {
         let page = self
             .invitations
             .list(&access(&request)?, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListInvitationsResponse {
             invitations: self.all_to_proto(page.items).await?,
             next_page_token: page.next_page_token,
@@ -103,8 +96,7 @@ impl InvitationService for InvitationApi {
         let invitation = self
             .invitations
             .get(&access(&request)?, &request.get_ref().invitation_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GetInvitationResponse {
             invitation: Some(self.to_proto(invitation).await?),
         }))
@@ -117,8 +109,7 @@ impl InvitationService for InvitationApi {
         let invitation = self
             .invitations
             .resend(&access(&request)?, &request.get_ref().invitation_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ResendInvitationResponse {
             invitation: Some(self.to_proto(invitation).await?),
         }))
@@ -130,8 +121,7 @@ impl InvitationService for InvitationApi {
     ) -> Result<Response<RevokeInvitationResponse>, Status> {
         self.invitations
             .revoke(&access(&request)?, &request.get_ref().invitation_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RevokeInvitationResponse {}))
     }
 
@@ -139,11 +129,7 @@ impl InvitationService for InvitationApi {
         &self,
         request: Request<ListMyInvitationsRequest>,
     ) -> Result<Response<ListMyInvitationsResponse>, Status> {
-        let invitations = self
-            .invitations
-            .list_mine(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        let invitations = self.invitations.list_mine(&principal(&request)?).await?;
         Ok(Response::new(ListMyInvitationsResponse {
             invitations: self.all_to_proto(invitations).await?,
         }))
@@ -156,8 +142,7 @@ impl InvitationService for InvitationApi {
         let (organization_id, roles) = self
             .invitations
             .accept(&principal(&request)?, &request.get_ref().token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(AcceptInvitationResponse {
             organization_id: organization_id.to_string(),
             roles,

@@ -3,7 +3,6 @@
 use super::{access, json_to_struct, principal, struct_to_json, timestamp};
 use crate::api::pb::keel::organization::v1::organization_service_server::OrganizationService;
 use crate::api::pb::keel::organization::v1::*;
-use crate::api::status::to_status;
 use crate::domain::tenancy;
 use crate::domain::tenancy::organizations::MemberView;
 use std::sync::Arc;
@@ -56,8 +55,7 @@ impl OrganizationService for OrganizationApi {
                 &body.slug,
                 body.settings.map(struct_to_json).unwrap_or_default(),
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(CreateOrganizationResponse {
             organization: Some(organization_to_proto(organization)),
         }))
@@ -72,8 +70,7 @@ impl OrganizationService for OrganizationApi {
         let page = self
             .organizations
             .list_mine(&caller, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListOrganizationsResponse {
             memberships: page
                 .items
@@ -91,11 +88,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<GetOrganizationRequest>,
     ) -> Result<Response<GetOrganizationResponse>, Status> {
-        let organization = self
-            .organizations
-            .get(&access(&request)?)
-            .await
-            .map_err(to_status)?;
+        let organization = self.organizations.get(&access(&request)?).await?;
         Ok(Response::new(GetOrganizationResponse {
             organization: Some(organization_to_proto(organization)),
         }))
@@ -115,8 +108,7 @@ impl OrganizationService for OrganizationApi {
                 body.slug.as_deref(),
                 body.settings.map(struct_to_json),
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateOrganizationResponse {
             organization: Some(organization_to_proto(organization)),
         }))
@@ -126,10 +118,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<DeleteOrganizationRequest>,
     ) -> Result<Response<DeleteOrganizationResponse>, Status> {
-        self.organizations
-            .delete(&access(&request)?)
-            .await
-            .map_err(to_status)?;
+        self.organizations.delete(&access(&request)?).await?;
         Ok(Response::new(DeleteOrganizationResponse {}))
     }
 
@@ -139,8 +128,7 @@ impl OrganizationService for OrganizationApi {
     ) -> Result<Response<TransferOwnershipResponse>, Status> {
         self.organizations
             .transfer_ownership(&access(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(TransferOwnershipResponse {}))
     }
 
@@ -152,8 +140,7 @@ impl OrganizationService for OrganizationApi {
         let (page, total) = self
             .organizations
             .list_members(&access(&request)?, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListMembersResponse {
             members: page.items.into_iter().map(member_to_proto).collect(),
             next_page_token: page.next_page_token,
@@ -168,8 +155,7 @@ impl OrganizationService for OrganizationApi {
         let member = self
             .organizations
             .get_member(&access(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GetMemberResponse {
             member: Some(member_to_proto(member)),
         }))
@@ -183,8 +169,7 @@ impl OrganizationService for OrganizationApi {
         let member = self
             .organizations
             .add_member(&access(&request)?, &body.user_id, &body.roles)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(AddMemberResponse {
             member: Some(member_to_proto(member)),
         }))
@@ -198,8 +183,7 @@ impl OrganizationService for OrganizationApi {
         let member = self
             .organizations
             .update_member(&access(&request)?, &body.user_id, &body.roles)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateMemberResponse {
             member: Some(member_to_proto(member)),
         }))
@@ -211,8 +195,7 @@ impl OrganizationService for OrganizationApi {
     ) -> Result<Response<RemoveMemberResponse>, Status> {
         self.organizations
             .remove_member(&access(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }
 
@@ -220,10 +203,7 @@ impl OrganizationService for OrganizationApi {
         &self,
         request: Request<LeaveOrganizationRequest>,
     ) -> Result<Response<LeaveOrganizationResponse>, Status> {
-        self.organizations
-            .leave(&access(&request)?)
-            .await
-            .map_err(to_status)?;
+        self.organizations.leave(&access(&request)?).await?;
         Ok(Response::new(LeaveOrganizationResponse {}))
     }
 }

@@ -3,7 +3,6 @@
 use super::{access, timestamp};
 use crate::api::pb::keel::quota::v1::quota_service_server::QuotaService;
 use crate::api::pb::keel::quota::v1::*;
-use crate::api::status::to_status;
 use crate::domain::tenancy::quotas::{self, LimitChanges};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -35,7 +34,7 @@ impl QuotaService for QuotaApi {
         request: Request<GetQuotaStatusRequest>,
     ) -> Result<Response<GetQuotaStatusResponse>, Status> {
         let access = access(&request)?;
-        let status = self.quotas.status(&access).await.map_err(to_status)?;
+        let status = self.quotas.status(&access).await?;
         Ok(Response::new(GetQuotaStatusResponse {
             organization_id: access.organization_id.to_string(),
             limits: Some(limits_to_proto(status.limits)),
@@ -68,8 +67,7 @@ impl QuotaService for QuotaApi {
         let limits = self
             .quotas
             .update_limits(&body.organization_id, changes)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateQuotaLimitsResponse {
             limits: Some(limits_to_proto(limits)),
         }))
@@ -83,8 +81,7 @@ impl QuotaService for QuotaApi {
         let page = self
             .quotas
             .usage_logs(&access(&request)?, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListUsageLogsResponse {
             usage_logs: page
                 .items

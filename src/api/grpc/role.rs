@@ -3,7 +3,6 @@
 use super::{access, timestamp};
 use crate::api::pb::keel::role::v1::role_service_server::RoleService;
 use crate::api::pb::keel::role::v1::*;
-use crate::api::status::to_status;
 use crate::domain::tenancy::permissions::CATALOG;
 use crate::domain::tenancy::roles::{self, RoleView};
 use std::sync::Arc;
@@ -57,11 +56,7 @@ impl RoleService for RoleApi {
         &self,
         request: Request<ListRolesRequest>,
     ) -> Result<Response<ListRolesResponse>, Status> {
-        let roles = self
-            .roles
-            .list(&access(&request)?)
-            .await
-            .map_err(to_status)?;
+        let roles = self.roles.list(&access(&request)?).await?;
         Ok(Response::new(ListRolesResponse {
             roles: roles.into_iter().map(role_to_proto).collect(),
         }))
@@ -74,8 +69,7 @@ impl RoleService for RoleApi {
         let role = self
             .roles
             .get(&access(&request)?, &request.get_ref().role)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GetRoleResponse {
             role: Some(role_to_proto(role)),
         }))
@@ -94,8 +88,7 @@ impl RoleService for RoleApi {
                 &body.description,
                 &body.permissions,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(CreateRoleResponse {
             role: Some(role_to_proto(role)),
         }))
@@ -114,8 +107,7 @@ impl RoleService for RoleApi {
                 body.name.as_deref(),
                 body.description.as_deref(),
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateRoleResponse {
             role: Some(role_to_proto(role)),
         }))
@@ -127,8 +119,7 @@ impl RoleService for RoleApi {
     ) -> Result<Response<DeleteRoleResponse>, Status> {
         self.roles
             .delete(&access(&request)?, &request.get_ref().role)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(DeleteRoleResponse {}))
     }
 
@@ -140,8 +131,7 @@ impl RoleService for RoleApi {
         let role = self
             .roles
             .add_permission(&access(&request)?, &body.role, &body.permission)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(AddRolePermissionResponse {
             role: Some(role_to_proto(role)),
         }))
@@ -155,8 +145,7 @@ impl RoleService for RoleApi {
         let role = self
             .roles
             .remove_permission(&access(&request)?, &body.role, &body.permission)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RemoveRolePermissionResponse {
             role: Some(role_to_proto(role)),
         }))

@@ -3,7 +3,6 @@
 use super::{principal, timestamp};
 use crate::api::pb::keel::session::v1::session_service_server::SessionService;
 use crate::api::pb::keel::session::v1::*;
-use crate::api::status::to_status;
 use crate::domain::auth::{AuthService, SessionView};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -50,8 +49,7 @@ impl SessionService for SessionApi {
         let views = self
             .auth
             .list_sessions(&caller, request.get_ref().include_inactive)
-            .await
-            .map_err(to_status)?;
+            .await?;
         let active = views.iter().filter(|view| view.is_active).count();
         Ok(Response::new(ListSessionsResponse {
             total: count(views.len()),
@@ -64,11 +62,7 @@ impl SessionService for SessionApi {
         &self,
         request: Request<GetSessionStatsRequest>,
     ) -> Result<Response<GetSessionStatsResponse>, Status> {
-        let stats = self
-            .auth
-            .session_stats(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        let stats = self.auth.session_stats(&principal(&request)?).await?;
         Ok(Response::new(GetSessionStatsResponse {
             active_sessions: count(stats.active),
             revoked_sessions: count(stats.revoked),
@@ -88,8 +82,7 @@ impl SessionService for SessionApi {
     ) -> Result<Response<RevokeSessionResponse>, Status> {
         self.auth
             .revoke_own_session(&principal(&request)?, &request.get_ref().session_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RevokeSessionResponse {}))
     }
 
@@ -100,8 +93,7 @@ impl SessionService for SessionApi {
         let revoked = self
             .auth
             .revoke_all_sessions(&principal(&request)?, request.get_ref().keep_current)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RevokeAllSessionsResponse {
             revoked_count: count(revoked),
         }))

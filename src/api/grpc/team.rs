@@ -3,7 +3,6 @@
 use super::{access, timestamp};
 use crate::api::pb::keel::team::v1::team_service_server::TeamService;
 use crate::api::pb::keel::team::v1::*;
-use crate::api::status::to_status;
 use crate::domain::tenancy::teams::{self, TeamMemberView};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -55,8 +54,7 @@ impl TeamService for TeamApi {
                 &body.slug,
                 &body.description,
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(CreateTeamResponse {
             team: Some(team_to_proto(team)),
         }))
@@ -70,8 +68,7 @@ impl TeamService for TeamApi {
         let page = self
             .teams
             .list(&access(&request)?, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListTeamsResponse {
             teams: page.items.into_iter().map(team_to_proto).collect(),
             next_page_token: page.next_page_token,
@@ -82,11 +79,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<GetTeamRequest>,
     ) -> Result<Response<GetTeamResponse>, Status> {
-        let team = self
-            .teams
-            .get(&access(&request)?)
-            .await
-            .map_err(to_status)?;
+        let team = self.teams.get(&access(&request)?).await?;
         Ok(Response::new(GetTeamResponse {
             team: Some(team_to_proto(team)),
         }))
@@ -105,8 +98,7 @@ impl TeamService for TeamApi {
                 body.slug.as_deref(),
                 body.description.as_deref(),
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateTeamResponse {
             team: Some(team_to_proto(team)),
         }))
@@ -116,10 +108,7 @@ impl TeamService for TeamApi {
         &self,
         request: Request<DeleteTeamRequest>,
     ) -> Result<Response<DeleteTeamResponse>, Status> {
-        self.teams
-            .delete(&access(&request)?)
-            .await
-            .map_err(to_status)?;
+        self.teams.delete(&access(&request)?).await?;
         Ok(Response::new(DeleteTeamResponse {}))
     }
 
@@ -131,8 +120,7 @@ impl TeamService for TeamApi {
         let page = self
             .teams
             .list_members(&access(&request)?, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListTeamMembersResponse {
             members: page.items.into_iter().map(member_to_proto).collect(),
             next_page_token: page.next_page_token,
@@ -147,8 +135,7 @@ impl TeamService for TeamApi {
         let member = self
             .teams
             .add_member(&access(&request)?, &body.user_id, &body.roles)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(AddTeamMemberResponse {
             member: Some(member_to_proto(member)),
         }))
@@ -162,8 +149,7 @@ impl TeamService for TeamApi {
         let member = self
             .teams
             .update_member(&access(&request)?, &body.user_id, &body.roles)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateTeamMemberResponse {
             member: Some(member_to_proto(member)),
         }))
@@ -175,8 +161,7 @@ impl TeamService for TeamApi {
     ) -> Result<Response<RemoveTeamMemberResponse>, Status> {
         self.teams
             .remove_member(&access(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RemoveTeamMemberResponse {}))
     }
 }

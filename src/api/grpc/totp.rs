@@ -3,7 +3,6 @@
 use super::{principal, timestamp};
 use crate::api::pb::keel::totp::v1::totp_service_server::TotpService;
 use crate::api::pb::keel::totp::v1::*;
-use crate::api::status::to_status;
 use crate::domain::auth::AuthService;
 use crate::domain::totp::{self, Reauthentication};
 use std::sync::Arc;
@@ -28,11 +27,7 @@ impl TotpService for TotpApi {
         &self,
         request: Request<SetupTotpRequest>,
     ) -> Result<Response<SetupTotpResponse>, Status> {
-        let enrolment = self
-            .totp
-            .setup(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        let enrolment = self.totp.setup(&principal(&request)?).await?;
         Ok(Response::new(SetupTotpResponse {
             secret: enrolment.secret_base32,
             provisioning_uri: enrolment.provisioning_uri,
@@ -49,8 +44,7 @@ impl TotpService for TotpApi {
         let body = request.get_ref();
         self.auth
             .enable_totp(&caller, &body.code, &body.password, &body.email_code)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(EnableTotpResponse { enabled: true }))
     }
 
@@ -58,10 +52,7 @@ impl TotpService for TotpApi {
         &self,
         request: Request<SendEnrolmentCodeRequest>,
     ) -> Result<Response<SendEnrolmentCodeResponse>, Status> {
-        self.auth
-            .send_enrolment_code(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        self.auth.send_enrolment_code(&principal(&request)?).await?;
         Ok(Response::new(SendEnrolmentCodeResponse {}))
     }
 
@@ -69,11 +60,7 @@ impl TotpService for TotpApi {
         &self,
         request: Request<GetTotpStatusRequest>,
     ) -> Result<Response<GetTotpStatusResponse>, Status> {
-        let status = self
-            .totp
-            .status(&principal(&request)?)
-            .await
-            .map_err(to_status)?;
+        let status = self.totp.status(&principal(&request)?).await?;
         Ok(Response::new(GetTotpStatusResponse {
             enabled: status.enabled,
             backup_codes_remaining: i32::try_from(status.backup_codes_remaining).unwrap_or(0),
@@ -95,8 +82,7 @@ impl TotpService for TotpApi {
                     code: &body.code,
                 },
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(DisableTotpResponse { enabled: false }))
     }
 
@@ -115,8 +101,7 @@ impl TotpService for TotpApi {
                     code: &body.code,
                 },
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RegenerateBackupCodesResponse {
             backup_codes,
         }))

@@ -3,7 +3,6 @@
 use super::{principal, user_to_proto};
 use crate::api::pb::keel::user::v1::user_service_server::UserService;
 use crate::api::pb::keel::user::v1::*;
-use crate::api::status::to_status;
 use crate::domain::auth::AuthService;
 use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::user::UserQuery;
@@ -33,8 +32,7 @@ impl UserService for UserApi {
                 &principal(&request)?,
                 request.get_ref().full_name.as_deref(),
             )
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(UpdateMeResponse {
             user: Some(user_to_proto(user)),
         }))
@@ -53,8 +51,7 @@ impl UserService for UserApi {
         let page = self
             .directory
             .list(&query, body.page_size, &body.page_token)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ListUsersResponse {
             users: page.items.into_iter().map(user_to_proto).collect(),
             next_page_token: page.next_page_token,
@@ -68,8 +65,7 @@ impl UserService for UserApi {
         let user = self
             .directory
             .get(&principal(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GetUserResponse {
             user: Some(user_to_proto(user)),
         }))
@@ -81,8 +77,7 @@ impl UserService for UserApi {
     ) -> Result<Response<DeleteUserResponse>, Status> {
         self.auth
             .delete_user(&principal(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(DeleteUserResponse {}))
     }
 
@@ -93,8 +88,7 @@ impl UserService for UserApi {
         let user = self
             .auth
             .set_superuser(&principal(&request)?, &request.get_ref().user_id, true)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(GrantSuperuserResponse {
             user: Some(user_to_proto(user)),
         }))
@@ -107,8 +101,7 @@ impl UserService for UserApi {
         let user = self
             .auth
             .set_superuser(&principal(&request)?, &request.get_ref().user_id, false)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(RevokeSuperuserResponse {
             user: Some(user_to_proto(user)),
         }))
@@ -120,8 +113,7 @@ impl UserService for UserApi {
     ) -> Result<Response<ResetUserTotpResponse>, Status> {
         self.auth
             .reset_totp(&principal(&request)?, &request.get_ref().user_id)
-            .await
-            .map_err(to_status)?;
+            .await?;
         Ok(Response::new(ResetUserTotpResponse {}))
     }
 }
