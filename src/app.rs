@@ -209,6 +209,7 @@ impl Services {
                         None => None,
                     },
                     tokens: jwt.clone(),
+                    keyring: keyring.clone(),
                     cache,
                     rate_limits,
                     clock,

@@ -9,7 +9,6 @@ use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Result};
 use crate::domain::mail::Template;
 use crate::domain::principal::Principal;
-use crate::domain::secret;
 use crate::domain::totp::{EnrolmentProof, Reauthentication};
 use crate::domain::user::{User, parse_full_name};
 use rand::Rng;
@@ -18,12 +17,6 @@ use uuid::Uuid;
 
 const ENROLMENT_PURPOSE: &str = "totp_enrolment";
 const ENROLMENT_CODE_MINUTES: i64 = 10;
-
-/// A six-digit code is no secret on its own: its digest is bound to its user, so that no
-/// code can be spent by another account, and guesses meet the lockout.
-fn enrolment_digest(user_id: Uuid, code: &str) -> [u8; 32] {
-    secret::digest(&format!("{user_id}:{code}"))
-}
 
 fn user_not_found() -> Error {
     Error::not_found("USER_NOT_FOUND", "no such user")
@@ -98,7 +91,7 @@ impl AuthService {
         let now = truncate_to_micros(self.clock.now());
         self.one_time_tokens
             .issue_token(
-                &enrolment_digest(user.id, &code),
+                &self.enrolment_digest(user.id, &code),
                 user.id,
                 ENROLMENT_PURPOSE,
                 now,
@@ -118,12 +111,24 @@ impl AuthService {
             .send_later(Box::pin(async move { Ok(Some(mail)) }))
     }
 
+    /// A six-digit code is no secret on its own: its digest is keyed with the instance secret
+    /// (a copy of the database cannot test the million candidates) and bound to its user (no
+    /// code is spent by another account); guesses meet the lockout.
+    fn enrolment_digest(&self, user_id: Uuid, code: &str) -> [u8; 32] {
+        self.keyring.mac(
+            ENROLMENT_PURPOSE,
+            [user_id.as_bytes().as_slice(), code.as_bytes()]
+                .concat()
+                .as_slice(),
+        )
+    }
+
     /// Spends the caller's mailed enrolment code; a wrong one is a failed re-authentication.
     async fn spend_enrolment_code(&self, caller: &Principal, email_code: &str) -> Result<()> {
         let owner = self
             .one_time_tokens
             .consume_token(
-                &enrolment_digest(caller.user.id, email_code.trim()),
+                &self.enrolment_digest(caller.user.id, email_code.trim()),
                 ENROLMENT_PURPOSE,
                 truncate_to_micros(self.clock.now()),
             )

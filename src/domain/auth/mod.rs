@@ -25,7 +25,7 @@ use crate::domain::password::{
 };
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::rate::RateLimits;
-use crate::domain::secret;
+use crate::domain::secret::{self, Keyring};
 use crate::domain::totp::{TotpService, invalid_code};
 use crate::domain::user::{
     EMAIL_TAKEN, EmailAddress, User, UserCredentials, UserStore, parse_full_name,
@@ -90,6 +90,8 @@ pub struct AuthPorts {
     /// The list of breached passwords new ones are checked against, if configured.
     pub breaches: Option<Arc<dyn BreachedPasswords>>,
     pub tokens: Arc<dyn AccessTokenCodec>,
+    /// Keys the digests of short codes.
+    pub keyring: Arc<dyn Keyring>,
     pub cache: Arc<dyn Cache>,
     pub rate_limits: Arc<RateLimits>,
     pub clock: Arc<dyn Clock>,
@@ -105,6 +107,7 @@ pub struct AuthService {
     hasher: Arc<dyn PasswordHasher>,
     breaches: Option<Arc<dyn BreachedPasswords>>,
     tokens: Arc<dyn AccessTokenCodec>,
+    keyring: Arc<dyn Keyring>,
     cache: Arc<dyn Cache>,
     rate_limits: Arc<RateLimits>,
     clock: Arc<dyn Clock>,
@@ -157,6 +160,7 @@ impl AuthService {
             hasher: ports.hasher,
             breaches: ports.breaches,
             tokens: ports.tokens,
+            keyring: ports.keyring,
             cache: ports.cache,
             rate_limits: ports.rate_limits,
             clock: ports.clock,
