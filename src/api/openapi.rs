@@ -8,6 +8,9 @@ use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, Va
 use serde_json::{Map, Value as Json, json};
 use std::collections::{BTreeMap, HashMap};
 
+/// The RPC whose REST route is also an OAuth2 password grant (`username=…&password=…`).
+const OAUTH2_PASSWORD_FORM_RPC: &str = "/keel.auth.v1.AuthService/Login";
+
 const FIELD_BEHAVIOR_REQUIRED: i32 = 2;
 const FIELD_BEHAVIOR_OUTPUT_ONLY: i32 = 3;
 const FIELD_BEHAVIOR_INPUT_ONLY: i32 = 4;
@@ -148,15 +151,14 @@ impl Generator {
         match &binding.body {
             BodyRule::None => {}
             BodyRule::Whole => {
-                // The transcoder also takes form bodies here (the OAuth2 password form).
                 let schema = self.message_ref(&input);
-                operation["requestBody"] = json!({
-                    "required": true,
-                    "content": {
-                        "application/json": { "schema": schema },
-                        "application/x-www-form-urlencoded": { "schema": schema }
-                    }
-                });
+                let mut content = json!({ "application/json": { "schema": schema } });
+                // The transcoder takes form bodies anywhere, but only sign-in is meant for one
+                // (the OAuth2 password form); declaring it everywhere breaks generated clients.
+                if rpc.grpc_path == OAUTH2_PASSWORD_FORM_RPC {
+                    content["application/x-www-form-urlencoded"] = json!({ "schema": schema });
+                }
+                operation["requestBody"] = json!({ "required": true, "content": content });
             }
             BodyRule::Field(field) => {
                 operation["requestBody"] = json!({

@@ -196,6 +196,12 @@ async fn openapi_covers_every_http_rule() {
     );
     let login_request = &document["components"]["schemas"]["keel.auth.v1.LoginRequest"];
     assert!(login_request["properties"]["password"].is_object());
+    // The form body is declared where it is meant (the OAuth2 password grant), nowhere else.
+    let form = "application/x-www-form-urlencoded";
+    let login = &document["paths"]["/api/v1/auth/login"]["post"];
+    assert!(login["requestBody"]["content"][form].is_object());
+    assert!(register["requestBody"]["content"][form].is_null());
+    assert!(register["requestBody"]["content"]["application/json"].is_object());
 }
 
 #[tokio::test]
