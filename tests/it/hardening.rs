@@ -37,20 +37,6 @@ backend_tests!(
     an_account_without_a_known_password_enrols_with_a_mailed_code,
 );
 
-async fn status_and_reason(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, String) {
-    let (status, body) = app.rest(method, path, token, body).await;
-    (
-        status.as_u16(),
-        body["reason"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
 async fn login_status(app: &TestApp, email: &str, password: &str) -> (u16, String) {
     let response = app
         .post_json(
@@ -135,7 +121,8 @@ async fn a_password_reset_takes_over_a_pre_hijacked_account(backend: Backend) {
 
     // The squatter's session, refresh token, password and authenticator are all gone.
     assert_eq!(
-        status_and_reason(&app, Method::GET, "/api/v1/auth/me", &squatter.access, None).await,
+        app.status_and_reason(Method::GET, "/api/v1/auth/me", &squatter.access, None)
+            .await,
         (401, "SESSION_REVOKED".to_owned())
     );
     assert_eq!(refresh_status(&app, &squatter.refresh).await.0, 401);
@@ -184,7 +171,8 @@ async fn a_magic_link_takes_over_a_pre_hijacked_account(backend: Backend) {
     // The squatter keeps nothing: not the session, not the refresh token, not the password
     // they chose at registration.
     assert_eq!(
-        status_and_reason(&app, Method::GET, "/api/v1/auth/me", &squatter.access, None).await,
+        app.status_and_reason(Method::GET, "/api/v1/auth/me", &squatter.access, None)
+            .await,
         (401, "SESSION_REVOKED".to_owned())
     );
     assert_eq!(refresh_status(&app, &squatter.refresh).await.0, 401);
@@ -198,8 +186,7 @@ async fn api_keys_need_a_verified_address_and_die_with_a_reset(backend: Backend)
     let app = TestApp::spawn(backend).await;
     let unverified = app.signed_in("unproven@example.com").await;
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::POST,
             "/api/v1/api-keys",
             &unverified.access,
@@ -261,7 +248,8 @@ async fn api_keys_need_a_verified_address_and_die_with_a_reset(backend: Backend)
 
     assert_eq!(reset_by_mail(&app, email, "Res3t!Passw0rd").await, 200);
     assert_eq!(
-        status_and_reason(&app, Method::GET, "/api/v1/auth/me", &kept, None).await,
+        app.status_and_reason(Method::GET, "/api/v1/auth/me", &kept, None)
+            .await,
         (401, "API_KEY_REVOKED".to_owned())
     );
 }
@@ -301,8 +289,7 @@ async fn enabling_totp_needs_the_password(backend: Backend) {
         (Code::InvalidArgument, "REAUTHENTICATION_FAILED")
     );
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::POST,
             "/api/v1/totp/enable",
             &tokens.access,
@@ -313,8 +300,7 @@ async fn enabling_totp_needs_the_password(backend: Backend) {
     );
     // Wrong passwords here count towards the lockout: the third locks the account.
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::POST,
             "/api/v1/totp/enable",
             &tokens.access,
@@ -560,8 +546,7 @@ async fn api_keys_cannot_leave_an_organization(backend: Backend) {
     let key = created["key"].as_str().unwrap();
 
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::POST,
             &format!("/api/v1/organizations/{organization_id}/leave"),
             key,
@@ -769,8 +754,7 @@ async fn mail_to_one_address_and_invitations_are_bounded(backend: Backend) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::POST,
             &invitations,
             &owner.access,
@@ -884,15 +868,18 @@ async fn a_superuser_resets_lost_two_factor(backend: Backend) {
     let path = format!("/api/v1/users/{}/totp", me["id"].as_str().unwrap());
 
     assert_eq!(
-        status_and_reason(&app, Method::DELETE, &path, &owner.access, None).await,
+        app.status_and_reason(Method::DELETE, &path, &owner.access, None)
+            .await,
         (403, "PERMISSION_DENIED".to_owned())
     );
     assert_eq!(
-        status_and_reason(&app, Method::DELETE, &path, &root.access, None).await,
+        app.status_and_reason(Method::DELETE, &path, &root.access, None)
+            .await,
         (200, String::new())
     );
     assert_eq!(
-        status_and_reason(&app, Method::DELETE, &path, &root.access, None).await,
+        app.status_and_reason(Method::DELETE, &path, &root.access, None)
+            .await,
         (400, "TOTP_NOT_ENABLED".to_owned())
     );
     let (status, body) = app
@@ -944,14 +931,8 @@ async fn an_account_without_a_known_password_enrols_with_a_mailed_code(backend: 
         let app = &app;
         let access = access.clone();
         async move {
-            status_and_reason(
-                app,
-                Method::POST,
-                "/api/v1/totp/enable",
-                &access,
-                Some(body),
-            )
-            .await
+            app.status_and_reason(Method::POST, "/api/v1/totp/enable", &access, Some(body))
+                .await
         }
     };
     // The registration's password is no longer the account's.

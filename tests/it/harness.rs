@@ -251,6 +251,21 @@ impl TestApp {
         (status, json)
     }
 
+    /// A REST call's status and error reason (empty on success).
+    pub async fn status_and_reason(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
+        let (status, answer) = self.rest(method, path, token, body).await;
+        (
+            status.as_u16(),
+            answer["reason"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
     /// Registers `email` with a strong password and answers the user JSON.
     pub async fn register(&self, email: &str) -> Value {
         let response = self

@@ -5,7 +5,7 @@ use crate::backend_tests;
 use crate::harness::{Backend, TestApp};
 use crate::organizations::{add_member, create_organization, user};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 backend_tests!(
     the_permission_catalog_is_listed,
@@ -82,20 +82,6 @@ async fn the_permission_catalog_is_listed(backend: Backend) {
     );
 }
 
-async fn status_and_reason(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, String) {
-    let (status, answer) = app.rest(method, path, token, body).await;
-    (
-        status.as_u16(),
-        answer["reason"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
 async fn custom_roles_grant_what_they_hold(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, alice) = user(&app, "alice@example.com").await;
@@ -163,7 +149,8 @@ async fn custom_roles_grant_what_they_hold(backend: Backend) {
         200
     );
     assert_eq!(
-        status_and_reason(&app, Method::GET, &roles, &bob.access, None).await,
+        app.status_and_reason(Method::GET, &roles, &bob.access, None)
+            .await,
         (403, "PERMISSION_DENIED".into())
     );
 
@@ -222,8 +209,7 @@ async fn custom_roles_grant_what_they_hold(backend: Backend) {
         .await;
     assert_eq!(bob_member["roles"], json!(["auditors"]));
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::PUT,
             &format!("{roles}/admin"),
             &alice.access,
@@ -233,8 +219,7 @@ async fn custom_roles_grant_what_they_hold(backend: Backend) {
         (400, "SYSTEM_ROLE".into())
     );
     assert_eq!(
-        status_and_reason(
-            &app,
+        app.status_and_reason(
             Method::DELETE,
             &format!("{roles}/nope"),
             &alice.access,
@@ -303,7 +288,8 @@ async fn roles_cannot_be_a_way_up(backend: Backend) {
         ),
     ] {
         assert_eq!(
-            status_and_reason(&app, method, &path, &bob.access, body).await,
+            app.status_and_reason(method, &path, &bob.access, body)
+                .await,
             (403, "ROLE_ESCALATION".into()),
             "{path}"
         );
