@@ -84,21 +84,22 @@ async fn refresh_status(app: &TestApp, refresh_token: &str) -> (u16, String) {
     )
 }
 
-/// Asks for a reset link for `email` and follows it with `new_password`; answers the status.
-async fn reset_by_mail(app: &TestApp, email: &str, new_password: &str) -> u16 {
+/// Asks for a reset link for `email` and follows it with `new_password`; answers the status
+/// and the error reason (empty on success).
+async fn reset_by_mail(app: &TestApp, email: &str, new_password: &str) -> (u16, String) {
     app.post_json(
         "/api/v1/auth/request-password-reset",
         json!({ "email": email }),
     )
     .await;
     let token = app.mailbox.link_token(email, "reset-password").await;
-    app.post_json(
+    app.status_and_reason(
+        Method::POST,
         "/api/v1/auth/reset-password",
-        json!({ "token": token, "new_password": new_password }),
+        "",
+        Some(json!({ "token": token, "new_password": new_password })),
     )
     .await
-    .status()
-    .as_u16()
 }
 
 /// The squatter's foothold on an address they do not own: a session (with its refresh token)
@@ -117,7 +118,10 @@ async fn a_password_reset_takes_over_a_pre_hijacked_account(backend: Backend) {
     let squatter = squat(&app, email).await;
 
     // The owner of the mailbox resets the password.
-    assert_eq!(reset_by_mail(&app, email, "An0ther!Passw0rd").await, 200);
+    assert_eq!(
+        reset_by_mail(&app, email, "An0ther!Passw0rd").await,
+        (200, String::new())
+    );
 
     // The squatter's session, refresh token, password and authenticator are all gone.
     assert_eq!(
@@ -246,7 +250,10 @@ async fn api_keys_need_a_verified_address_and_die_with_a_reset(backend: Backend)
         "a change of password keeps the keys"
     );
 
-    assert_eq!(reset_by_mail(&app, email, "Res3t!Passw0rd").await, 200);
+    assert_eq!(
+        reset_by_mail(&app, email, "Res3t!Passw0rd").await,
+        (200, String::new())
+    );
     assert_eq!(
         app.status_and_reason(Method::GET, "/api/v1/auth/me", &kept, None)
             .await,
@@ -330,7 +337,10 @@ async fn enabling_totp_needs_the_password(backend: Backend) {
     assert!(!mfa_token(&app, email).await.is_empty());
 
     // A password reset of an account with 2FA tells its owner.
-    assert_eq!(reset_by_mail(&app, email, "Res3t!Passw0rd").await, 200);
+    assert_eq!(
+        reset_by_mail(&app, email, "Res3t!Passw0rd").await,
+        (200, String::new())
+    );
     assert_eq!(
         app.mailbox
             .wait_for(email, "Subject: Your password was reset", 1)

@@ -33,6 +33,13 @@ fn lock_key(account: &str) -> String {
     format!("lock:{account}")
 }
 
+/// Attempts admitted since the last success: being checked, or checked and failed.
+fn attempts_key(account: &str) -> String {
+    format!("login-attempts:{account}")
+}
+
+/// Attempts checked and failed since the last success; the lock comes from these alone, so
+/// attempts still being checked never lock the account early.
 fn failures_key(account: &str) -> String {
     format!("login-failures:{account}")
 }
@@ -67,7 +74,7 @@ impl AuthService {
         let threshold = u64::from(self.settings.throttle.lockout_threshold);
         let admitted = self
             .cache
-            .increment_below(&failures_key(account), threshold, self.lockout_window())
+            .increment_below(&attempts_key(account), threshold, self.lockout_window())
             .await?;
         if admitted.is_none() {
             // The attempts allowed are under way; the last of them to fail sets the lock, a
@@ -129,13 +136,13 @@ impl AuthService {
             .map(|moment| moment.with_timezone(&Utc)))
     }
 
-    /// Records that an admitted attempt failed; when it was the last one allowed, the account
-    /// is locked for the lockout duration and the count starts again for after the lock.
+    /// Records that an admitted attempt failed; the failure that reaches the threshold locks the
+    /// account for the lockout duration, and the counts start again for after the lock.
     pub(super) async fn record_failure(&self, account: &str) -> Result<()> {
         let window = self.lockout_window();
         let failures = self
             .cache
-            .increment(&failures_key(account), 0, window)
+            .increment(&failures_key(account), 1, window)
             .await?;
         if failures < u64::from(self.settings.throttle.lockout_threshold) {
             return Ok(());
@@ -148,7 +155,7 @@ impl AuthService {
                 window,
             )
             .await?;
-        self.cache.delete(&failures_key(account)).await?;
+        self.forget_attempts(account).await?;
         tracing::warn!(account, %locked_until, "account locked after repeated failed sign-ins");
         Ok(())
     }
@@ -179,17 +186,22 @@ impl AuthService {
     /// backing service failed, a precondition did not hold): only a checked password or code
     /// counts towards the lockout.
     pub(super) async fn release_attempt(&self, account: &str) -> Result<()> {
-        self.cache.decrement(&failures_key(account)).await
+        self.cache.decrement(&attempts_key(account)).await
     }
 
-    /// Lifts a lock and its failure count (after a password reset).
+    /// Lifts a lock and its counts (after a password reset).
     pub(super) async fn clear_lockout(&self, account: &str) -> Result<()> {
         self.cache.delete(&lock_key(account)).await?;
-        self.cache.delete(&failures_key(account)).await
+        self.forget_attempts(account).await
     }
 
-    /// A successful attempt clears the count.
+    /// A successful attempt clears the counts.
     pub(super) async fn record_success(&self, account: &str) -> Result<()> {
+        self.forget_attempts(account).await
+    }
+
+    async fn forget_attempts(&self, account: &str) -> Result<()> {
+        self.cache.delete(&attempts_key(account)).await?;
         self.cache.delete(&failures_key(account)).await
     }
 }
