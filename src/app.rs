@@ -305,6 +305,7 @@ impl Keel {
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
             metrics_token: config.metrics_token.clone(),
+            password_policy: config.password_policy.clone(),
         })
         .await?;
         let listener = TcpListener::bind(config.listen)

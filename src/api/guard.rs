@@ -2,13 +2,15 @@
 //! tonic services. gRPC, gRPC-web and REST (which dispatches in-process through this same
 //! stack) all pass here, so the three doors cannot differ.
 //!
-//! For organization permissions the organization in scope is read from the request message
-//! itself (its `organization_id`, decoded with the descriptor pool) or, when that is empty,
-//! from the `x-organization-id` header; the admitted `Access` travels on to the handler.
+//! A request message is decoded here (with the descriptor pool) only when its RPC needs it: to
+//! check the contract's field rules, and for organization permissions to read the organization
+//! in scope (its `organization_id`, or the `x-organization-id` header when that is empty). The
+//! admitted `Access` travels on to the handler.
 
 use super::contract::{AuthRule, Contract, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
+use super::validation::RequestValidator;
 use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::Principal;
@@ -19,7 +21,7 @@ use crate::domain::{Error, ErrorKind};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use prost_reflect::{DynamicMessage, FieldDescriptor};
+use prost_reflect::{DynamicMessage, FieldDescriptor, MessageDescriptor};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,18 +31,22 @@ use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic::body::Body;
 
-/// The largest request message the guard reads to find the organization (tonic's own limit).
+/// The largest request message the guard reads (tonic's own limit).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 struct Rule {
     auth: AuthRule,
     scope_field: Option<ScopeField>,
+    input: MessageDescriptor,
+    /// The request declares field rules.
+    validated: bool,
     /// Counted against the monthly API-call quota (everything but organization management).
     metered: bool,
 }
 
 pub struct Guard {
     rules: HashMap<String, Rule>,
+    validator: RequestValidator,
     auth: Arc<AuthService>,
     access: Arc<AccessControl>,
     quotas: Arc<QuotaService>,
@@ -65,7 +71,8 @@ impl Guard {
         quotas: Arc<QuotaService>,
         metrics: Arc<Metrics>,
         limits: RequestLimits,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
+        let validator = RequestValidator::new(contract)?;
         let rules = contract
             .rpcs
             .iter()
@@ -74,23 +81,27 @@ impl Guard {
                     AuthRule::Permission(permission) => !permissions::is_management(permission),
                     _ => true,
                 };
+                let input = rpc.descriptor.input();
                 let rule = Rule {
                     auth: rpc.auth.clone(),
                     scope_field: rpc.scope_field.clone(),
+                    validated: validator.checks(&input),
+                    input,
                     metered,
                 };
                 (rpc.grpc_path.clone(), rule)
             })
             .collect();
-        Self {
+        Ok(Self {
             rules,
+            validator,
             auth,
             access,
             quotas,
             metrics,
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
-        }
+        })
     }
 
     /// Admits or refuses a request, attaching the `Principal` for non-public RPCs. Paths that are
@@ -99,35 +110,37 @@ impl Guard {
         let Some(rule) = self.rules.get(request.uri().path()) else {
             return Ok(());
         };
-        if rule.auth == AuthRule::Public {
-            return Ok(());
-        }
-        let principal = match presented_credential(request.headers()) {
-            Some(Presented::ApiKey(key)) => self.auth.authenticate_api_key(key).await?,
-            Some(Presented::AccessToken(token)) => self.auth.authenticate(token).await?,
-            None => {
-                return Err(Error::unauthenticated(
-                    "MISSING_CREDENTIALS",
-                    "this call needs credentials: send authorization: Bearer <access token> \
-                     or x-api-key: <API key>",
-                ));
-            }
+        // Credentials first: a caller without them learns nothing, not even about field rules.
+        let principal = match rule.auth {
+            AuthRule::Public => None,
+            _ => Some(self.authenticate(request.headers()).await?),
         };
-        match (&rule.auth, &rule.scope_field) {
-            (AuthRule::Session, _) => {
+        let message = if rule.validated || rule.scope_field.is_some() {
+            Some(read_message(request, &rule.input).await?)
+        } else {
+            None
+        };
+        if let Some(message) = message.as_ref().filter(|_| rule.validated) {
+            self.validator.check(message)?;
+        }
+        let Some(principal) = principal else {
+            return Ok(());
+        };
+        match (&rule.auth, &rule.scope_field, &message) {
+            (AuthRule::Session, _, _) => {
                 principal.session_id()?;
             }
-            (AuthRule::Permission(permission), Some(scope_field)) => {
+            (AuthRule::Permission(permission), Some(scope_field), Some(message)) => {
                 let access = match scope_field {
                     ScopeField::Organization(field) => {
-                        let id = named_in_request(request, field, ORGANIZATION_HEADER).await?;
+                        let id = scope_id(message, field, request.headers(), ORGANIZATION_HEADER)?;
                         let scope = Scope::Organization(&id);
                         self.access
                             .authorize(principal.clone(), scope, permission)
                             .await?
                     }
                     ScopeField::Team(field) => {
-                        let id = named_in_request(request, field, None).await?;
+                        let id = scope_id(message, field, request.headers(), None)?;
                         let scope = Scope::Team(&id);
                         self.access
                             .authorize(principal.clone(), scope, permission)
@@ -140,13 +153,28 @@ impl Guard {
                 }
                 request.extensions_mut().insert(access);
             }
-            (AuthRule::Permission(permission), None) => {
+            (AuthRule::Permission(permission), None, _) => {
                 self.access.authorize_platform(&principal, permission)?;
             }
-            (AuthRule::Public | AuthRule::Authenticated, _) => {}
+            (AuthRule::Permission(_), Some(_), None) => {
+                unreachable!("scoped requests are always read")
+            }
+            (AuthRule::Public | AuthRule::Authenticated, _, _) => {}
         }
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
+    }
+
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Error> {
+        match presented_credential(headers) {
+            Some(Presented::ApiKey(key)) => self.auth.authenticate_api_key(key).await,
+            Some(Presented::AccessToken(token)) => self.auth.authenticate(token).await,
+            None => Err(Error::unauthenticated(
+                "MISSING_CREDENTIALS",
+                "this call needs credentials: send authorization: Bearer <access token> \
+                 or x-api-key: <API key>",
+            )),
+        }
     }
 }
 
@@ -177,19 +205,12 @@ fn request_timeout(timeout: std::time::Duration) -> Error {
     }
 }
 
-/// The id a request names in `field`, else in the header `header_name` (both set must agree).
-/// Reads the one unary gRPC message and puts it back for tonic.
-async fn named_in_request(
+/// Reads the one unary gRPC message of the request, decoded as `input`, and puts its frame
+/// back for tonic.
+async fn read_message(
     request: &mut Request<Body>,
-    field: &FieldDescriptor,
-    header_name: Option<&str>,
-) -> Result<String, Error> {
-    let header = header_name
-        .and_then(|name| request.headers().get(name))
-        .and_then(|value| value.to_str().ok())
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .map(str::to_owned);
+    input: &MessageDescriptor,
+) -> Result<DynamicMessage, Error> {
     let body = std::mem::replace(request.body_mut(), Body::empty());
     let frame = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES)
         .collect()
@@ -201,8 +222,46 @@ async fn named_in_request(
             )
         })?
         .to_bytes();
-    let named = read_string_field(&frame, field)?;
+    let message = decode_frame(&frame, input)?;
     *request.body_mut() = Body::new(http_body_util::Full::new(frame));
+    Ok(message)
+}
+
+/// Decodes the message in one uncompressed gRPC frame.
+fn decode_frame(frame: &[u8], input: &MessageDescriptor) -> Result<DynamicMessage, Error> {
+    let malformed = || {
+        Error::invalid_argument(
+            "INVALID_MESSAGE",
+            "the request is not one well-formed protobuf message",
+        )
+    };
+    let (&[compressed, length @ ..], payload) =
+        frame.split_first_chunk::<5>().ok_or_else(malformed)?;
+    if compressed != 0 {
+        return Err(Error::invalid_argument(
+            "COMPRESSED_MESSAGE",
+            "compressed requests are not supported",
+        ));
+    }
+    if usize::try_from(u32::from_be_bytes(length)).ok() != Some(payload.len()) {
+        return Err(malformed());
+    }
+    DynamicMessage::decode(input.clone(), payload).map_err(|_| malformed())
+}
+
+/// The id the request names in `field`, else in the header `header_name` (both set must agree).
+fn scope_id(
+    message: &DynamicMessage,
+    field: &FieldDescriptor,
+    headers: &http::HeaderMap,
+    header_name: Option<&str>,
+) -> Result<String, Error> {
+    let non_empty = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
+    let named = message.get_field(field).as_str().and_then(non_empty);
+    let header = header_name
+        .and_then(|name| headers.get(name))
+        .and_then(|value| value.to_str().ok())
+        .and_then(non_empty);
     match (named, header) {
         (Some(named), Some(header)) if named != header => Err(Error::invalid_argument(
             "ORGANIZATION_MISMATCH",
@@ -222,35 +281,6 @@ async fn named_in_request(
             ),
         ])),
     }
-}
-
-/// Reads a string field of the message in one uncompressed gRPC frame; `None` when empty.
-fn read_string_field(frame: &[u8], field: &FieldDescriptor) -> Result<Option<String>, Error> {
-    let malformed = || {
-        Error::invalid_argument(
-            "INVALID_MESSAGE",
-            "the request is not one well-formed protobuf message",
-        )
-    };
-    let (&[compressed, length @ ..], payload) =
-        frame.split_first_chunk::<5>().ok_or_else(malformed)?;
-    if compressed != 0 {
-        return Err(Error::invalid_argument(
-            "COMPRESSED_MESSAGE",
-            "compressed requests are not supported",
-        ));
-    }
-    if usize::try_from(u32::from_be_bytes(length)).ok() != Some(payload.len()) {
-        return Err(malformed());
-    }
-    let message =
-        DynamicMessage::decode(field.parent_message().clone(), payload).map_err(|_| malformed())?;
-    Ok(message
-        .get_field(field)
-        .as_str()
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .map(str::to_owned))
 }
 
 enum Presented<'a> {

@@ -10,12 +10,14 @@ pub mod openapi;
 pub mod pb;
 pub mod rest;
 pub mod status;
+mod validation;
 mod web;
 
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
 use crate::domain::mail::Outbox;
+use crate::domain::password::PasswordPolicy;
 use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::InvitationService;
@@ -79,6 +81,8 @@ pub struct ApiDependencies {
     pub trusted_proxies: TrustedProxies,
     /// The bearer token `/metrics` requires, if any.
     pub metrics_token: Option<String>,
+    /// Stated in the OpenAPI document on new-password fields.
+    pub password_policy: PasswordPolicy,
 }
 
 /// The gRPC stack as the listener sees it: gRPC-web translation in front of the guarded
@@ -163,7 +167,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             dependencies.quotas.clone(),
             metrics.clone(),
             dependencies.request_limits,
-        ))
+        )?)
         .layer(routes),
     );
     let listener_grpc: ListenerGrpcStack =
@@ -173,7 +177,11 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         guarded,
         dependencies.max_body_bytes,
     ));
-    let openapi = openapi::document(&contract, &dependencies.public_url);
+    let openapi = openapi::document(
+        &contract,
+        &dependencies.public_url,
+        &dependencies.password_policy,
+    );
     let hsts = dependencies
         .public_url
         .starts_with("https://")

@@ -1,9 +1,15 @@
 //! The OpenAPI 3 document, derived from the same contract table as the transcoder: one
-//! operation per HTTP binding, schemas from the message descriptors, descriptions from the
-//! proto comments. It is computed once at start and served at `/openapi.json`.
+//! operation per HTTP binding, schemas from the message descriptors with their `buf.validate`
+//! rules, descriptions from the proto comments. Rules that follow the configuration (the
+//! password policy) are stated as configured. It is computed once at start and served at
+//! `/openapi.json`.
 
 use super::contract::{AuthRule, BodyRule, Contract, HttpBinding, Rpc};
+use super::pb::buf::validate::{FieldRules, field_rules, int32_rules, int64_rules, string_rules};
 use super::rest::path_template::Segment;
+use super::validation::field_rules as declared_rules;
+use crate::domain::password::PasswordPolicy;
+use crate::domain::tenancy::permissions;
 use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, Value};
 use serde_json::{Map, Value as Json, json};
 use std::collections::{BTreeMap, HashMap};
@@ -15,10 +21,38 @@ const FIELD_BEHAVIOR_REQUIRED: i32 = 2;
 const FIELD_BEHAVIOR_OUTPUT_ONLY: i32 = 3;
 const FIELD_BEHAVIOR_INPUT_ONLY: i32 = 4;
 
-pub fn document(contract: &Contract, public_url: &str) -> Json {
+/// The statuses every operation may answer with the error body, besides its success.
+const ERROR_STATUSES: [(u16, &str); 7] = [
+    (
+        400,
+        "Invalid request: `details` holds a `google.rpc.BadRequest` with one field violation per broken rule",
+    ),
+    (401, "Missing, invalid or expired credentials"),
+    (403, "Signed in, but not allowed"),
+    (404, "No such resource, or not visible to the caller"),
+    (
+        409,
+        "Conflicts with the current state (a taken name, a duplicate)",
+    ),
+    (
+        429,
+        "Rate limited or over quota: repeat after `Retry-After` seconds",
+    ),
+    (
+        503,
+        "Busy or a backing service is down: repeat after `Retry-After` seconds",
+    ),
+];
+
+const FIELD_RULE_NEW_PASSWORD: i32 = 1;
+const FIELD_RULE_ORGANIZATION_PERMISSION: i32 = 2;
+const FIELD_RULE_PERMISSION: i32 = 3;
+
+pub fn document(contract: &Contract, public_url: &str, password_policy: &PasswordPolicy) -> Json {
     let mut generator = Generator {
         comments: HashMap::new(),
         schemas: BTreeMap::new(),
+        password_policy: password_policy.clone(),
     };
     let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
     for rpc in &contract.rpcs {
@@ -60,6 +94,15 @@ struct Generator {
     /// Leading comments by file and source path.
     comments: HashMap<String, HashMap<Vec<i32>, String>>,
     schemas: BTreeMap<String, Json>,
+    password_policy: PasswordPolicy,
+}
+
+/// Where a message's schema is used: request schemas refuse unknown fields, as the server does,
+/// and leave out the fields the path binds.
+#[derive(Clone, Copy)]
+enum Direction<'a> {
+    Request { path_fields: &'a [String] },
+    Response,
 }
 
 impl Generator {
@@ -98,12 +141,16 @@ impl Generator {
             .unwrap_or(method.name())
             .to_owned();
         let input = method.input();
+        let path_fields: Vec<String> = binding.template.variables().collect();
+        let request = Direction::Request {
+            path_fields: &path_fields,
+        };
 
         let mut parameters: Vec<Json> = Vec::new();
         for segment in &binding.template.segments {
             if let Segment::Variable(names) = segment {
                 let schema = nested_field(&input, names)
-                    .map(|field| self.field_schema(&field))
+                    .map(|field| self.field_schema(&field, request))
                     .unwrap_or_else(|| json!({ "type": "string" }));
                 parameters.push(json!({
                     "name": names.join("."),
@@ -113,7 +160,6 @@ impl Generator {
                 }));
             }
         }
-        let path_fields: Vec<String> = binding.template.variables().collect();
         if let BodyRule::None | BodyRule::Field(_) = &binding.body {
             for field in input.fields() {
                 let bound_to_body =
@@ -121,14 +167,51 @@ impl Generator {
                 if bound_to_body || path_fields.iter().any(|path| path == field.name()) {
                     continue;
                 }
-                parameters.push(json!({
+                let mut parameter = json!({
                     "name": field.name(),
                     "in": "query",
-                    "required": false,
-                    "schema": self.field_schema(&field),
-                }));
+                    "required": is_required(&field),
+                    "schema": self.field_schema(&field, request),
+                });
+                if let Some(description) = self.comment(&input.parent_file(), field.path()) {
+                    parameter["description"] = json!(description);
+                }
+                parameters.push(parameter);
             }
         }
+
+        let error = json!({ "$ref": "#/components/schemas/Error" });
+        let retry_after = json!({
+            "Retry-After": {
+                "description": "Seconds to wait before repeating the request",
+                "schema": { "type": "integer", "minimum": 0 }
+            }
+        });
+        let mut responses = Map::new();
+        responses.insert(
+            rpc.success_status.as_u16().to_string(),
+            json!({
+                "description": "OK",
+                "content": { "application/json": { "schema": self.response_schema(rpc, binding) } }
+            }),
+        );
+        for (status, meaning) in ERROR_STATUSES {
+            let mut response = json!({
+                "description": meaning,
+                "content": { "application/json": { "schema": error } }
+            });
+            if matches!(status, 429 | 503) {
+                response["headers"] = retry_after.clone();
+            }
+            responses.insert(status.to_string(), response);
+        }
+        responses.insert(
+            "default".to_owned(),
+            json!({
+                "description": "Any other error: the HTTP status follows the gRPC code",
+                "content": { "application/json": { "schema": error } }
+            }),
+        );
 
         let mut operation = json!({
             "operationId": format!("{}_{}", service.name(), method.name()),
@@ -136,34 +219,48 @@ impl Generator {
             "summary": summary,
             "description": description,
             "parameters": parameters,
-            "responses": {
-                rpc.success_status.as_u16().to_string(): {
-                    "description": "OK",
-                    "content": { "application/json": { "schema": self.response_schema(rpc, binding) } }
-                },
-                "default": {
-                    "description": "An error: the HTTP status follows the gRPC code",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-                }
-            },
+            "responses": responses,
             "x-grpc-method": rpc.grpc_path,
         });
         match &binding.body {
             BodyRule::None => {}
             BodyRule::Whole => {
-                let schema = self.message_ref(&input);
-                let mut content = json!({ "application/json": { "schema": schema } });
-                // The transcoder takes form bodies anywhere, but only sign-in is meant for one
-                // (the OAuth2 password form); declaring it everywhere breaks generated clients.
+                let mut content = Map::new();
                 if rpc.grpc_path == OAUTH2_PASSWORD_FORM_RPC {
-                    content["application/x-www-form-urlencoded"] = json!({ "schema": schema });
+                    // The transcoder takes form bodies anywhere, but only sign-in is meant for
+                    // one (the OAuth2 password form, whose `username` is the email address);
+                    // declaring it everywhere breaks generated clients.
+                    let (json_body, form_body) = self.password_grant_bodies(&input);
+                    let form_name = format!("{}_{}Form", service.name(), method.name());
+                    for (content_type, name, schema) in [
+                        ("application/json", input.full_name().to_owned(), json_body),
+                        ("application/x-www-form-urlencoded", form_name, form_body),
+                    ] {
+                        self.schemas.insert(name.clone(), schema);
+                        content.insert(
+                            content_type.into(),
+                            json!({ "schema": { "$ref": format!("#/components/schemas/{name}") } }),
+                        );
+                    }
+                } else {
+                    let schema = if path_fields.is_empty() {
+                        self.message_ref(&input, request)
+                    } else {
+                        // As grpc-gateway does: the body is the request minus the fields the
+                        // path binds, which could otherwise contradict it.
+                        let name = format!("{}_{}Body", service.name(), method.name());
+                        let schema = self.message_schema(&input, request);
+                        self.schemas.insert(name.clone(), schema);
+                        json!({ "$ref": format!("#/components/schemas/{name}") })
+                    };
+                    content.insert("application/json".into(), json!({ "schema": schema }));
                 }
                 operation["requestBody"] = json!({ "required": true, "content": content });
             }
             BodyRule::Field(field) => {
                 operation["requestBody"] = json!({
                     "required": true,
-                    "content": { "application/json": { "schema": self.field_schema(field) } }
+                    "content": { "application/json": { "schema": self.field_schema(field, request) } }
                 });
             }
         }
@@ -180,14 +277,35 @@ impl Generator {
         operation
     }
 
+    /// Sign-in's two bodies: JSON with `email`, and the OAuth2 password form with `username`.
+    fn password_grant_bodies(&mut self, input: &MessageDescriptor) -> (Json, Json) {
+        let mut json_body = self.message_schema(input, Direction::Request { path_fields: &[] });
+        let mut form_body = json_body.clone();
+        if let Some(properties) = json_body["properties"].as_object_mut() {
+            properties.remove("username");
+        }
+        json_body["required"] = json!(["email", "password"]);
+        if let Some(properties) = form_body["properties"].as_object_mut() {
+            properties.remove("email");
+            for extra in ["grant_type", "scope", "client_id", "client_secret"] {
+                properties.insert(
+                    extra.into(),
+                    json!({ "type": "string", "description": "Ignored" }),
+                );
+            }
+        }
+        form_body["required"] = json!(["username", "password"]);
+        (json_body, form_body)
+    }
+
     fn response_schema(&mut self, rpc: &Rpc, binding: &HttpBinding) -> Json {
         match &binding.response_body {
-            Some(field) => self.field_schema(field),
-            None => self.message_ref(&rpc.descriptor.output()),
+            Some(field) => self.field_schema(field, Direction::Response),
+            None => self.message_ref(&rpc.descriptor.output(), Direction::Response),
         }
     }
 
-    fn message_ref(&mut self, message: &MessageDescriptor) -> Json {
+    fn message_ref(&mut self, message: &MessageDescriptor, direction: Direction) -> Json {
         if let Some(schema) = well_known(message) {
             return schema;
         }
@@ -195,19 +313,24 @@ impl Generator {
         if !self.schemas.contains_key(&name) {
             // Placeholder first, so recursive messages terminate.
             self.schemas.insert(name.clone(), json!({}));
-            let schema = self.message_schema(message);
+            let schema = self.message_schema(message, direction);
             self.schemas.insert(name.clone(), schema);
         }
         json!({ "$ref": format!("#/components/schemas/{name}") })
     }
 
-    fn message_schema(&mut self, message: &MessageDescriptor) -> Json {
+    fn message_schema(&mut self, message: &MessageDescriptor, direction: Direction) -> Json {
         let mut properties = Map::new();
         let mut required = Vec::new();
         for field in message.fields() {
-            let mut schema = self.field_schema(&field);
+            if let Direction::Request { path_fields } = direction
+                && path_fields.iter().any(|path| path == field.name())
+            {
+                continue;
+            }
+            let mut schema = self.field_schema(&field, direction);
             let behaviors = field_behaviors(&field);
-            if behaviors.contains(&FIELD_BEHAVIOR_REQUIRED) {
+            if is_required(&field) {
                 required.push(field.name().to_owned());
             }
             if let Some(description) = self.comment(&message.parent_file(), field.path()) {
@@ -225,29 +348,114 @@ impl Generator {
         if !required.is_empty() {
             schema["required"] = json!(required);
         }
+        if let Direction::Request { .. } = direction {
+            schema["additionalProperties"] = json!(false);
+        }
         if let Some(description) = self.comment(&message.parent_file(), message.path()) {
             schema["description"] = json!(description);
         }
         schema
     }
 
-    fn field_schema(&mut self, field: &FieldDescriptor) -> Json {
+    fn field_schema(&mut self, field: &FieldDescriptor, direction: Direction) -> Json {
+        // Nested request messages carry no path fields of their own.
+        let nested = match direction {
+            Direction::Request { .. } => Direction::Request { path_fields: &[] },
+            Direction::Response => Direction::Response,
+        };
+        let rules = declared_rules(field);
         if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
                 return json!({ "type": "object" });
             };
             let value = entry.map_entry_value_field();
-            return json!({ "type": "object", "additionalProperties": self.kind_schema(&value.kind()) });
+            return json!({
+                "type": "object",
+                "additionalProperties": self.kind_schema(&value.kind(), nested),
+            });
         }
-        let item = self.kind_schema(&field.kind());
         if field.is_list() {
-            json!({ "type": "array", "items": item })
-        } else {
-            item
+            let item_rules = match rules.as_ref().and_then(|rules| rules.r#type.as_ref()) {
+                Some(field_rules::Type::Repeated(repeated)) => repeated.items.as_deref(),
+                _ => None,
+            };
+            let mut item = self.kind_schema(&field.kind(), nested);
+            apply_rules(&mut item, item_rules);
+            self.apply_field_rule(&mut item, field);
+            let mut schema = json!({ "type": "array", "items": item });
+            if let Some(field_rules::Type::Repeated(repeated)) =
+                rules.as_ref().and_then(|rules| rules.r#type.as_ref())
+            {
+                set(
+                    &mut schema,
+                    "minItems",
+                    repeated.min_items.filter(|n| *n > 0),
+                );
+                set(&mut schema, "maxItems", repeated.max_items);
+            }
+            return schema;
+        }
+        let mut schema = self.kind_schema(&field.kind(), nested);
+        apply_rules(&mut schema, rules.as_ref());
+        self.apply_field_rule(&mut schema, field);
+        schema
+    }
+
+    /// States the rules that follow configuration or the catalog (`keel.options.v1.field_rule`).
+    fn apply_field_rule(&self, schema: &mut Json, field: &FieldDescriptor) {
+        match field_rule(field) {
+            FIELD_RULE_NEW_PASSWORD => {
+                let policy = &self.password_policy;
+                tighten(schema, "minLength", policy.min_length, usize::max);
+                tighten(schema, "maxLength", policy.max_length, usize::min);
+                let mut needs = Vec::new();
+                for (required, class, what) in [
+                    (policy.require_lowercase, "[a-z]", "a lower-case letter"),
+                    (policy.require_uppercase, "[A-Z]", "an upper-case letter"),
+                    (policy.require_digit, "[0-9]", "a digit"),
+                    (policy.require_symbol, "[^A-Za-z0-9]", "a symbol"),
+                ] {
+                    if required {
+                        needs.push((class, what));
+                    }
+                }
+                if !needs.is_empty() {
+                    let lookaheads: String = needs
+                        .iter()
+                        .map(|(class, _)| format!("(?=[\\s\\S]*{class})"))
+                        .collect();
+                    schema["pattern"] = json!(format!("^{lookaheads}"));
+                }
+                let mut text = format!(
+                    "The instance's password policy: {} to {} characters",
+                    policy.min_length, policy.max_length
+                );
+                for (_, what) in &needs {
+                    text.push_str(&format!(", {what}"));
+                }
+                text.push_str("; not a known breached password where a list is configured.");
+                schema["x-keel-password-policy"] = json!(text);
+            }
+            FIELD_RULE_ORGANIZATION_PERMISSION => {
+                let names: Vec<&str> = permissions::CATALOG
+                    .iter()
+                    .filter(|permission| !permission.platform)
+                    .map(|permission| permission.name)
+                    .collect();
+                schema["enum"] = json!(names);
+            }
+            FIELD_RULE_PERMISSION => {
+                let names: Vec<&str> = permissions::CATALOG
+                    .iter()
+                    .map(|permission| permission.name)
+                    .collect();
+                schema["enum"] = json!(names);
+            }
+            _ => {}
         }
     }
 
-    fn kind_schema(&mut self, kind: &Kind) -> Json {
+    fn kind_schema(&mut self, kind: &Kind, direction: Direction) -> Json {
         match kind {
             Kind::String => json!({ "type": "string" }),
             Kind::Bool => json!({ "type": "boolean" }),
@@ -259,9 +467,11 @@ impl Generator {
             }
             // proto3 JSON writes 64-bit integers as strings.
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-                json!({ "type": "string", "format": "int64" })
+                json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$" })
             }
-            Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64" }),
+            Kind::Uint64 | Kind::Fixed64 => {
+                json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$" })
+            }
             Kind::Float => json!({ "type": "number", "format": "float" }),
             Kind::Double => json!({ "type": "number", "format": "double" }),
             Kind::Bytes => json!({ "type": "string", "format": "byte" }),
@@ -269,7 +479,7 @@ impl Generator {
                 "type": "string",
                 "enum": descriptor.values().map(|value| value.name().to_owned()).collect::<Vec<_>>(),
             }),
-            Kind::Message(message) => self.message_ref(message),
+            Kind::Message(message) => self.message_ref(message, direction),
         }
     }
 }
@@ -321,6 +531,79 @@ fn nested_field(input: &MessageDescriptor, names: &[String]) -> Option<FieldDesc
         }
     }
     message.get_field_by_name(last)
+}
+
+/// Required by `google.api.field_behavior` or by the `buf.validate` rule.
+fn is_required(field: &FieldDescriptor) -> bool {
+    field_behaviors(field).contains(&FIELD_BEHAVIOR_REQUIRED)
+        || declared_rules(field).is_some_and(|rules| rules.required == Some(true))
+}
+
+/// The field's `keel.options.v1.field_rule`, 0 when none.
+fn field_rule(field: &FieldDescriptor) -> i32 {
+    let options = field.options();
+    field
+        .parent_pool()
+        .get_extension_by_name("keel.options.v1.field_rule")
+        .filter(|extension| options.has_extension(extension))
+        .and_then(|extension| options.get_extension(&extension).as_enum_number())
+        .unwrap_or_default()
+}
+
+/// Writes a field's `buf.validate` rules as JSON Schema keywords.
+fn apply_rules(schema: &mut Json, rules: Option<&FieldRules>) {
+    let Some(rules) = rules else {
+        return;
+    };
+    match &rules.r#type {
+        Some(field_rules::Type::String(string)) => {
+            let non_empty = rules.required == Some(true);
+            set(
+                schema,
+                "minLength",
+                string.min_len.filter(|n| *n > 0).or(non_empty.then_some(1)),
+            );
+            set(schema, "maxLength", string.max_len);
+            set(schema, "pattern", string.pattern.clone());
+            let format = match string.well_known {
+                Some(string_rules::WellKnown::Email(true)) => Some("email"),
+                Some(string_rules::WellKnown::Uuid(true)) => Some("uuid"),
+                Some(string_rules::WellKnown::Uri(true)) => Some("uri"),
+                _ => None,
+            };
+            set(schema, "format", format);
+        }
+        Some(field_rules::Type::Int32(int)) => {
+            if let Some(int32_rules::GreaterThan::Gte(minimum)) = int.greater_than {
+                schema["minimum"] = json!(minimum);
+            }
+            if let Some(int32_rules::LessThan::Lte(maximum)) = int.less_than {
+                schema["maximum"] = json!(maximum);
+            }
+        }
+        Some(field_rules::Type::Int64(int)) => {
+            // Written as a decimal string (proto3 JSON): a bound shows as the pattern.
+            if let Some(int64_rules::GreaterThan::Gte(0)) = int.greater_than {
+                schema["pattern"] = json!("^[0-9]{1,19}$");
+            }
+        }
+        _ => {}
+    }
+}
+
+fn set<T: serde::Serialize>(schema: &mut Json, key: &str, value: Option<T>) {
+    if let Some(value) = value {
+        schema[key] = json!(value);
+    }
+}
+
+/// Sets a bound, keeping the tighter of the declared and the configured one.
+fn tighten(schema: &mut Json, key: &str, value: usize, tighter: fn(usize, usize) -> usize) {
+    let bound = match schema[key].as_u64().and_then(|n| usize::try_from(n).ok()) {
+        Some(declared) => tighter(declared, value),
+        None => value,
+    };
+    schema[key] = json!(bound);
 }
 
 fn field_behaviors(field: &FieldDescriptor) -> Vec<i32> {

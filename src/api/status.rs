@@ -58,7 +58,7 @@ pub fn to_status(error: Error) -> tonic::Status {
                     .map(|violation| rpc::bad_request::FieldViolation {
                         field: violation.field.clone(),
                         description: violation.description.clone(),
-                        reason: violation.reason.to_owned(),
+                        reason: violation.reason.to_string(),
                     })
                     .collect(),
             },

@@ -1,6 +1,7 @@
 //! The one error type of every use case: a closed set of kinds, a stable machine-readable reason
 //! and optional field violations. `api::status` maps it to gRPC and HTTP in one place.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -21,15 +22,21 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     pub field: String,
-    pub reason: &'static str,
+    /// Upper snake case for the domain's rules (`WEAK_PASSWORD`); the rule id (`string.email`)
+    /// for the contract's `buf.validate` rules.
+    pub reason: Cow<'static, str>,
     pub description: String,
 }
 
 impl FieldViolation {
-    pub fn new(field: &str, reason: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(
+        field: &str,
+        reason: impl Into<Cow<'static, str>>,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             field: field.to_owned(),
-            reason,
+            reason: reason.into(),
             description: description.into(),
         }
     }

@@ -144,11 +144,19 @@ async fn organizations_are_created_listed_updated_and_deleted(backend: Backend) 
         )
     );
 
-    // Outsiders cannot tell an existing organization from a missing or malformed id.
+    // Outsiders cannot tell an existing organization from a missing one; an id that is no
+    // UUID is refused as such, whoever asks.
+    let (status, body) = app
+        .rest(Method::GET, "/api/v1/organizations/xyz", &bob.access, None)
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["details"][1]["field_violations"][0]["reason"],
+        "string.uuid"
+    );
     for probe in [
         path.clone(),
         format!("/api/v1/organizations/{}", uuid::Uuid::now_v7()),
-        "/api/v1/organizations/xyz".to_owned(),
     ] {
         let (status, body) = app.rest(Method::GET, &probe, &bob.access, None).await;
         assert_eq!(

@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use keel::api::contract::Contract;
 use keel::domain::clock::SystemClock;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -194,14 +194,77 @@ async fn openapi_covers_every_http_rule() {
         document["components"]["securitySchemes"]["bearerAuth"]["scheme"],
         "bearer"
     );
-    let login_request = &document["components"]["schemas"]["keel.auth.v1.LoginRequest"];
-    assert!(login_request["properties"]["password"].is_object());
+    let schemas = &document["components"]["schemas"];
+    let login_request = &schemas["keel.auth.v1.LoginRequest"];
+    assert_eq!(login_request["required"], json!(["email", "password"]));
     // The form body is declared where it is meant (the OAuth2 password grant), nowhere else.
     let form = "application/x-www-form-urlencoded";
     let login = &document["paths"]["/api/v1/auth/login"]["post"];
     assert!(login["requestBody"]["content"][form].is_object());
+    assert_eq!(
+        schemas["AuthService_LoginForm"]["required"],
+        json!(["username", "password"])
+    );
     assert!(register["requestBody"]["content"][form].is_null());
     assert!(register["requestBody"]["content"]["application/json"].is_object());
+
+    // The field rules of the protos, and the configured password policy, are in the schemas.
+    let registration = &schemas["keel.auth.v1.RegisterRequest"];
+    assert_eq!(registration["additionalProperties"], false);
+    assert_eq!(registration["required"], json!(["email", "password"]));
+    let email = &registration["properties"]["email"];
+    assert_eq!(
+        (&email["format"], &email["maxLength"]),
+        (&json!("email"), &json!(254))
+    );
+    let password = &registration["properties"]["password"];
+    let policy = &app.config.password_policy;
+    assert_eq!(
+        (&password["minLength"], &password["maxLength"]),
+        (&json!(policy.min_length), &json!(policy.max_length))
+    );
+    let page_size = &document["paths"]["/api/v1/organizations"]["get"]["parameters"][0];
+    assert_eq!(
+        (
+            &page_size["name"],
+            &page_size["schema"]["minimum"],
+            &page_size["schema"]["maximum"]
+        ),
+        (&json!("page_size"), &json!(0), &json!(100))
+    );
+    let limits = &schemas["keel.quota.v1.UpdateQuotaLimitsRequest"]["properties"]["max_users"];
+    assert_eq!(
+        (&limits["type"], &limits["pattern"]),
+        (&json!("string"), &json!("^[0-9]{1,19}$"))
+    );
+    let role_permission = &schemas["RoleService_CreateRoleBody"]["properties"]["permissions"];
+    assert!(
+        role_permission["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("team:read"))
+    );
+
+    // Fields the path binds stay out of the body; the path parameter carries their rule.
+    let update_team = &document["paths"]["/api/v1/teams/{team_id}"]["put"];
+    assert_eq!(update_team["parameters"][0]["schema"]["format"], "uuid");
+    let body = &schemas["TeamService_UpdateTeamBody"];
+    assert!(body["properties"]["team_id"].is_null());
+    assert!(body["properties"]["name"].is_object());
+    assert_eq!(
+        update_team["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/TeamService_UpdateTeamBody"
+    );
+
+    // Every error status with the error schema; Retry-After where the server sends it.
+    for status in ["400", "401", "403", "404", "409", "429", "503"] {
+        assert_eq!(
+            register["responses"][status]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/Error",
+            "{status}"
+        );
+    }
+    assert!(register["responses"]["429"]["headers"]["Retry-After"].is_object());
 }
 
 #[tokio::test]

@@ -79,13 +79,19 @@ async fn team_roles_apply_in_their_team_only(backend: Backend) {
         assert_eq!(listed["teams"].as_array().unwrap().len(), 2);
     }
 
-    // Outsiders find no team, whatever its id.
+    // Outsiders find no team, whatever its id; an id that is no UUID is refused as such.
     let mut grpc = TeamServiceClient::new(app.channel().await);
-    for team_id in [
-        core.clone(),
-        uuid::Uuid::now_v7().to_string(),
-        "nope".to_owned(),
-    ] {
+    let malformed = grpc
+        .get_team(with_token(
+            GetTeamRequest {
+                team_id: "nope".into(),
+            },
+            &dave.access,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    for team_id in [core.clone(), uuid::Uuid::now_v7().to_string()] {
         let hidden = grpc
             .get_team(with_token(
                 GetTeamRequest {
