@@ -255,7 +255,11 @@ impl Generator {
                     };
                     content.insert("application/json".into(), json!({ "schema": schema }));
                 }
-                operation["requestBody"] = json!({ "required": true, "content": content });
+                // A body with nothing required may be left out (the server reads it as `{}`).
+                let required = input.fields().any(|field| {
+                    is_required(&field) && !path_fields.iter().any(|path| path == field.name())
+                });
+                operation["requestBody"] = json!({ "required": required, "content": content });
             }
             BodyRule::Field(field) => {
                 operation["requestBody"] = json!({
@@ -341,6 +345,12 @@ impl Generator {
             }
             if behaviors.contains(&FIELD_BEHAVIOR_INPUT_ONLY) {
                 schema = with_flag(schema, "writeOnly");
+            }
+            // proto3 JSON reads `null` as "not given".
+            if let Direction::Request { .. } = direction
+                && !is_required(&field)
+            {
+                schema = with_flag(schema, "nullable");
             }
             properties.insert(field.name().to_owned(), schema);
         }

@@ -88,17 +88,18 @@ impl From<Error> for tonic::Status {
     }
 }
 
-/// The HTTP status for a gRPC code (the mapping of grpc-gateway and Google's APIs).
+/// The HTTP status for a gRPC code: the mapping of grpc-gateway and Google's APIs, except that
+/// FAILED_PRECONDITION is 409, not 400. The request is well formed; the resource's state
+/// refuses it (the last owner leaving, an unverified address), which is what 409 says, and a
+/// client reading 400 would look for a mistake in the request.
 pub fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
         Code::PermissionDenied => StatusCode::FORBIDDEN,
         Code::Unauthenticated => StatusCode::UNAUTHORIZED,
         Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,

@@ -535,7 +535,9 @@ mod tests {
         for valid in ["a@b", "ada.l+x@example.com", "o'neil@mail-1.example.org"] {
             assert!(is_email(valid), "{valid}");
         }
-        for invalid in ["", "a", "@b", "a@", "a b@c", "a@-b.c", "a@b-.c", "a@b..c", "a@b@c"] {
+        for invalid in [
+            "", "a", "@b", "a@", "a b@c", "a@-b.c", "a@b-.c", "a@b..c", "a@b@c",
+        ] {
             assert!(!is_email(invalid), "{invalid}");
         }
     }

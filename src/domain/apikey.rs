@@ -13,6 +13,7 @@ use crate::domain::principal::Principal;
 use crate::domain::secret::{self, Keyring};
 use crate::domain::tenancy::access::{AccessControl, Scope};
 use crate::domain::tenancy::permissions;
+use crate::domain::text::{Blank, bounded_text};
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -159,14 +160,9 @@ impl ApiKeyService {
             None => None,
         };
         let mut violations = Vec::new();
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-            violations.push(FieldViolation::new(
-                "name",
-                "INVALID_NAME",
-                "must be 1 to 100 characters without control characters",
-            ));
-        }
+        let name = bounded_text("name", "INVALID_NAME", name, 100, Blank::Refused)
+            .map_err(|violation| violations.push(violation))
+            .unwrap_or_default();
         if expires_in_days.is_some_and(|days| !(1..=MAX_EXPIRY_DAYS).contains(&days)) {
             violations.push(FieldViolation::new(
                 "expires_in_days",

@@ -14,6 +14,7 @@ pub mod principal;
 pub mod rate;
 pub mod secret;
 pub mod tenancy;
+pub mod text;
 pub mod totp;
 pub mod user;
 

@@ -44,24 +44,15 @@ impl EmailAddress {
     }
 }
 
-/// A display name: trimmed, at most 200 characters, no control characters.
+/// A display name, possibly empty.
 pub fn parse_full_name(raw: &str) -> Result<String, FieldViolation> {
-    let trimmed = raw.trim();
-    if trimmed.chars().count() > 200 {
-        return Err(FieldViolation::new(
-            "full_name",
-            "INVALID_FULL_NAME",
-            "must be at most 200 characters",
-        ));
-    }
-    if trimmed.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            "full_name",
-            "INVALID_FULL_NAME",
-            "must not contain control characters",
-        ));
-    }
-    Ok(trimmed.to_owned())
+    super::text::bounded_text(
+        "full_name",
+        "INVALID_FULL_NAME",
+        raw,
+        200,
+        super::text::Blank::Allowed,
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@ use crate::domain::tenancy::permissions::PermissionSet;
 use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::{
     CustomRole, DeletedOrganization, Member, MemberGrants, Organization, OrganizationStore,
-    Settings, last_owner, slug_taken,
+    Settings, last_owner, role_name_taken, slug_taken,
 };
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -78,13 +78,6 @@ fn permission_text(permissions: PermissionSet) -> String {
 
 fn settings_text(settings: &Settings) -> Result<String> {
     serde_json::to_string(settings).map_err(Error::internal)
-}
-
-fn role_name_taken() -> Error {
-    Error::already_exists(
-        "ROLE_NAME_TAKEN",
-        "this organization already has a role with this name",
-    )
 }
 
 const SELECT_ORGANIZATION: &str =

@@ -197,7 +197,7 @@ async fn api_keys_need_a_verified_address_and_die_with_a_reset(backend: Backend)
             Some(json!({ "name": "deploys" })),
         )
         .await,
-        (400, "EMAIL_NOT_VERIFIED".to_owned())
+        (409, "EMAIL_NOT_VERIFIED".to_owned())
     );
     let refused = ApiKeyServiceClient::new(app.channel().await)
         .create_api_key(with_token(
@@ -890,7 +890,7 @@ async fn a_superuser_resets_lost_two_factor(backend: Backend) {
     assert_eq!(
         app.status_and_reason(Method::DELETE, &path, &root.access, None)
             .await,
-        (400, "TOTP_NOT_ENABLED".to_owned())
+        (409, "TOTP_NOT_ENABLED".to_owned())
     );
     let (status, body) = app
         .rest(

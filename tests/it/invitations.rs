@@ -79,7 +79,7 @@ async fn invitations_are_accepted_by_the_invited_address_once(backend: Backend) 
     let (status, body) = accept(&app, &token, &dave).await;
     assert_eq!(
         (status, body["reason"].as_str()),
-        (400, Some("EMAIL_NOT_VERIFIED"))
+        (409, Some("EMAIL_NOT_VERIFIED"))
     );
     let (status, body) = accept(&app, &token, &eve).await;
     assert_eq!(
@@ -143,7 +143,7 @@ async fn invitations_are_accepted_by_the_invited_address_once(backend: Backend) 
         .await;
     assert_eq!(
         (status.as_u16(), body["reason"].as_str()),
-        (400, Some("INVITATION_CLOSED"))
+        (409, Some("INVITATION_CLOSED"))
     );
     let (status, body) = app
         .rest(
@@ -261,7 +261,7 @@ async fn invitations_can_be_resent_revoked_and_expire(backend: Backend) {
     let (status, body) = accept(&app, &second, &frank).await;
     assert_eq!(
         (status, body["reason"].as_str()),
-        (400, Some("INVITATION_EXPIRED"))
+        (409, Some("INVITATION_EXPIRED"))
     );
     let (organization, id) = id_request();
     grpc.resend_invitation(with_token(
@@ -399,6 +399,6 @@ async fn invitations_grant_no_more_than_the_inviter_still_may(backend: Backend) 
     let (status, body) = accept(&app, &to_dave, &dave).await;
     assert_eq!(
         (status, body["reason"].as_str()),
-        (400, Some("INVITATION_WITHDRAWN"))
+        (409, Some("INVITATION_WITHDRAWN"))
     );
 }

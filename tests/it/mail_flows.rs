@@ -141,7 +141,7 @@ async fn unverified_users_cannot_sign_in_when_required(backend: Backend) {
     .await;
     assert_eq!(
         (status, body["reason"].as_str()),
-        (400, Some("EMAIL_NOT_VERIFIED"))
+        (409, Some("EMAIL_NOT_VERIFIED"))
     );
     let token = app.mailbox.token("strict@example.com", 1).await;
     post(&app, "/api/v1/auth/verify-email", json!({ "token": token })).await;

@@ -354,7 +354,10 @@ async fn members_get_what_their_roles_allow(backend: Backend) {
         .update_member(update(&carol_id, &["wizard"], &alice.access))
         .await
         .unwrap_err();
-    assert_eq!(unknown.code(), Code::InvalidArgument);
+    assert_eq!(
+        (unknown.code(), grpc_reason(&unknown).as_str()),
+        (Code::NotFound, "ROLE_NOT_FOUND")
+    );
     assert!(
         unknown.message().contains("wizard"),
         "{}",
@@ -424,7 +427,7 @@ async fn an_organization_always_keeps_an_owner(backend: Backend) {
         let (status, answer) = app.rest(method, &path, &alice.access, body).await;
         assert_eq!(
             (status.as_u16(), answer["reason"].as_str()),
-            (400, Some("LAST_OWNER")),
+            (409, Some("LAST_OWNER")),
             "{path}"
         );
     }

@@ -103,7 +103,7 @@ async fn custom_roles_grant_what_they_hold(backend: Backend) {
     let role_id = role["id"].as_str().unwrap().to_owned();
     for (body, reason) in [
         (json!({ "name": "auditor" }), "ROLE_NAME_TAKEN"),
-        (json!({ "name": "owner" }), "INVALID_FIELDS"),
+        (json!({ "name": "owner" }), "ROLE_NAME_TAKEN"),
         (
             json!({ "name": "ops", "permissions": ["mail:read"] }),
             "INVALID_FIELDS",
@@ -216,7 +216,7 @@ async fn custom_roles_grant_what_they_hold(backend: Backend) {
             Some(json!({ "description": "x" }))
         )
         .await,
-        (400, "SYSTEM_ROLE".into())
+        (409, "SYSTEM_ROLE".into())
     );
     assert_eq!(
         app.status_and_reason(

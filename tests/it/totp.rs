@@ -278,7 +278,7 @@ async fn totp_changes_need_reauthentication(backend: Backend) {
     let access = signed_in["access_token"].as_str().unwrap().to_owned();
 
     let again = post(&app, "/api/v1/totp/setup", &access, json!({})).await;
-    assert_eq!(again.status(), 400);
+    assert_eq!(again.status(), 409);
     assert_eq!(reason(again).await, "TOTP_ALREADY_ENABLED");
 
     for body in [

@@ -207,7 +207,7 @@ async fn superusers_administer_accounts(backend: Backend) {
         .await;
     assert_eq!(
         (status.as_u16(), body["reason"].as_str()),
-        (400, Some("CANNOT_CHANGE_SELF"))
+        (409, Some("CANNOT_CHANGE_SELF"))
     );
     assert_eq!(
         app.rest(

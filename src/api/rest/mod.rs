@@ -64,40 +64,45 @@ impl Transcoder {
         }
     }
 
-    /// Finds the binding for a method and path: the best-scoring template among those whose
-    /// shape matches, 405 when only other methods match, 404 when nothing does.
+    /// Finds the binding for a method and path. The most specific templates matching the path
+    /// (literal segments win over variables) name the resource; the one among them with this
+    /// method serves it, else 405 with the methods they have; 404 when nothing matches. So
+    /// `DELETE /api/v1/sessions/stats` is a 405, not a revocation of the session "stats".
     fn route(&self, method: &http::Method, path: &str) -> Result<Matched<'_>, RestError> {
-        let mut best: Option<(Vec<bool>, Matched<'_>)> = None;
-        let mut allowed: Vec<&str> = Vec::new();
+        let mut best_score: Option<Vec<bool>> = None;
+        let mut best: Vec<Matched<'_>> = Vec::new();
         for rpc in &self.contract.rpcs {
             for binding in &rpc.bindings {
                 let Some((score, captures)) = binding.template.matches(path) else {
                     continue;
                 };
-                if binding.method != *method {
-                    allowed.push(binding.method.as_str());
-                    continue;
-                }
-                if best
-                    .as_ref()
-                    .is_none_or(|(best_score, _)| score > *best_score)
-                {
-                    best = Some((
-                        score,
-                        Matched {
-                            rpc,
-                            binding,
-                            captures,
-                        },
-                    ));
+                let matched = Matched {
+                    rpc,
+                    binding,
+                    captures,
+                };
+                match best_score.as_ref().map(|best| score.cmp(best)) {
+                    Some(std::cmp::Ordering::Less) => {}
+                    Some(std::cmp::Ordering::Equal) => best.push(matched),
+                    None | Some(std::cmp::Ordering::Greater) => {
+                        best_score = Some(score);
+                        best = vec![matched];
+                    }
                 }
             }
         }
-        if let Some((_, matched)) = best {
-            return Ok(matched);
-        }
-        if allowed.is_empty() {
+        if best.is_empty() {
             return Err(RestError::not_found_route(path));
+        }
+        let mut allowed: Vec<&str> = best
+            .iter()
+            .map(|matched| matched.binding.method.as_str())
+            .collect();
+        if let Some(index) = best
+            .iter()
+            .position(|matched| matched.binding.method == *method)
+        {
+            return Ok(best.swap_remove(index));
         }
         allowed.sort_unstable();
         allowed.dedup();

@@ -151,7 +151,12 @@ impl AccessControl {
         }
         let (grants, custom_roles) = self.grants(organization_id, principal.user.id).await?;
         let held = match (&grants, principal.user.is_superuser) {
-            (_, true) => PermissionSet::all(),
+            (Some(_), true) => PermissionSet::all(),
+            // A superuser acts in any organization, but only in one that exists.
+            (None, true) => match self.store.find_organization(organization_id).await? {
+                Some(_) => PermissionSet::all(),
+                None => return Err(not_found()),
+            },
             (Some(grants), false) => {
                 let team_roles = team_id
                     .and_then(|team_id| grants.team_roles.get(&team_id))
@@ -336,6 +341,7 @@ impl AccessControl {
     ) -> Result<Vec<String>> {
         let custom_roles = self.custom_roles(organization_id).await?;
         let mut keys = Vec::new();
+        let mut unknown = Vec::new();
         let mut violations = Vec::new();
         for reference in references {
             let reference = reference.trim();
@@ -349,11 +355,19 @@ impl AccessControl {
             match key {
                 Some(key) if !keys.contains(&key) => keys.push(key),
                 Some(_) => {}
-                None => violations.push(unknown_role(field, reference)),
+                None => {
+                    unknown.push(format!("{reference:?}"));
+                    violations.push(unknown_role(field, reference));
+                }
             }
         }
         if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
+            // Like a role named in the path: not found in this organization.
+            let message = format!("no such role in this organization: {}", unknown.join(", "));
+            return Err(Error {
+                violations,
+                ..Error::not_found("ROLE_NOT_FOUND", message)
+            });
         }
         Ok(keys)
     }

@@ -166,6 +166,24 @@ pub fn last_owner() -> Error {
     )
 }
 
+/// A team's or a role's description.
+pub fn parse_description(raw: &str) -> Result<String, super::error::FieldViolation> {
+    super::text::bounded_text(
+        "description",
+        "INVALID_DESCRIPTION",
+        raw,
+        500,
+        super::text::Blank::Allowed,
+    )
+}
+
+pub fn role_name_taken() -> Error {
+    Error::already_exists(
+        "ROLE_NAME_TAKEN",
+        "this organization already has a role with this name",
+    )
+}
+
 pub fn slug_taken() -> Error {
     Error::already_exists(
         "SLUG_TAKEN",

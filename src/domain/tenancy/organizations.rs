@@ -14,6 +14,7 @@ use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::{Credential, Principal};
+use crate::domain::text::{Blank, bounded_text};
 use crate::domain::user::UserStore;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -43,15 +44,7 @@ pub struct OrganizationService {
 }
 
 pub fn parse_name(raw: &str) -> Result<String, FieldViolation> {
-    let name = raw.trim();
-    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            "name",
-            "INVALID_NAME",
-            "must be 1 to 200 characters without control characters",
-        ));
-    }
-    Ok(name.to_owned())
+    bounded_text("name", "INVALID_NAME", raw, 200, Blank::Refused)
 }
 
 pub fn parse_slug(raw: &str) -> Result<String, FieldViolation> {

@@ -3,7 +3,7 @@
 
 use super::access::{Access, AccessControl};
 use super::permissions::{self, PermissionSet, SystemRole};
-use super::{CustomRole, OrganizationStore};
+use super::{CustomRole, OrganizationStore, parse_description, role_name_taken};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use chrono::{DateTime, Utc};
@@ -53,6 +53,14 @@ impl From<CustomRole> for RoleView {
     }
 }
 
+/// The system roles' names are taken in every organization.
+fn refuse_system_name(name: &str) -> Result<()> {
+    match SystemRole::parse(name) {
+        Some(_) => Err(role_name_taken()),
+        None => Ok(()),
+    }
+}
+
 fn role_not_found() -> Error {
     Error::not_found("ROLE_NOT_FOUND", "no such role in this organization")
 }
@@ -79,13 +87,6 @@ fn parse_role_name(raw: &str) -> Result<String, FieldViolation> {
             "must be 1 to 64 characters of a-z, 0-9, - and _, starting with a letter or digit",
         ));
     }
-    if SystemRole::parse(name).is_some() {
-        return Err(FieldViolation::new(
-            "name",
-            "INVALID_ROLE_NAME",
-            format!("{name} is a system role name"),
-        ));
-    }
     if Uuid::parse_str(name).is_ok() {
         return Err(FieldViolation::new(
             "name",
@@ -94,18 +95,6 @@ fn parse_role_name(raw: &str) -> Result<String, FieldViolation> {
         ));
     }
     Ok(name.to_owned())
-}
-
-fn parse_description(raw: &str) -> Result<String, FieldViolation> {
-    let description = raw.trim();
-    if description.chars().count() > 500 || description.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            "description",
-            "INVALID_DESCRIPTION",
-            "must be at most 500 characters without control characters",
-        ));
-    }
-    Ok(description.to_owned())
 }
 
 /// Parses permission names that an organization role may carry.
@@ -210,6 +199,7 @@ impl RoleService {
         else {
             return Err(Error::invalid_fields(violations));
         };
+        refuse_system_name(&name)?;
         access.ensure_covers(permissions)?;
         if self
             .access
@@ -265,6 +255,7 @@ impl RoleService {
         if !violations.is_empty() {
             return Err(Error::invalid_fields(violations));
         }
+        refuse_system_name(&role.name)?;
         self.save(access, role).await
     }
 
@@ -330,21 +321,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn role_names_are_keys_distinct_from_system_roles_and_ids() {
+    fn role_names_are_keys_distinct_from_ids() {
         assert_eq!(
             parse_role_name("billing-manager"),
             Ok("billing-manager".to_owned())
         );
-        for bad in [
-            "",
-            "Billing",
-            "-x",
-            "owner",
-            "a b",
-            &Uuid::now_v7().to_string(),
-        ] {
+        for bad in ["", "Billing", "-x", "a b", &Uuid::now_v7().to_string()] {
             assert!(parse_role_name(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn system_role_names_are_taken() {
+        assert_eq!(
+            refuse_system_name("owner").map_err(|error| error.reason),
+            Err("ROLE_NAME_TAKEN")
+        );
+        assert!(refuse_system_name("billing-manager").is_ok());
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 use super::access::{Access, AccessControl};
 use super::organizations::{parse_name, parse_slug};
+use super::parse_description;
 use super::{Member, OrganizationStore, member_not_found, team_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::error::{Error, Result};
 use crate::domain::page::{Page, PageTokens};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -65,18 +66,6 @@ pub trait TeamStore: Send + Sync {
 
 fn team_member_not_found() -> Error {
     Error::not_found("TEAM_MEMBER_NOT_FOUND", "no such member in this team")
-}
-
-fn parse_description(raw: &str) -> Result<String, FieldViolation> {
-    let description = raw.trim();
-    if description.chars().count() > 500 || description.chars().any(char::is_control) {
-        return Err(FieldViolation::new(
-            "description",
-            "INVALID_DESCRIPTION",
-            "must be at most 500 characters without control characters",
-        ));
-    }
-    Ok(description.to_owned())
 }
 
 fn parse_user_id(raw: &str, not_found: fn() -> Error) -> Result<Uuid> {
