@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The RPC whose REST route is also an OAuth2 password grant (`username=…&password=…`).
 const OAUTH2_PASSWORD_FORM_RPC: &str = "/keel.auth.v1.AuthService/Login";
+/// Sign-in's binding that is documented as the OAuth2 token endpoint (form body).
+const OAUTH2_TOKEN_PATH: &str = "/api/v1/auth/token";
 
 const FIELD_BEHAVIOR_REQUIRED: i32 = 2;
 const FIELD_BEHAVIOR_OUTPUT_ONLY: i32 = 3;
@@ -56,8 +58,8 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
     };
     let mut paths: BTreeMap<String, Map<String, Json>> = BTreeMap::new();
     for rpc in &contract.rpcs {
-        for binding in &rpc.bindings {
-            let operation = generator.operation(rpc, binding);
+        for (index, binding) in rpc.bindings.iter().enumerate() {
+            let operation = generator.operation(rpc, binding, index);
             paths
                 .entry(binding.template.text.clone())
                 .or_default()
@@ -83,7 +85,7 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
                 "apiKeyHeader": { "type": "apiKey", "in": "header", "name": "x-api-key" },
                 "oauth2Password": {
                     "type": "oauth2",
-                    "flows": { "password": { "tokenUrl": "/api/v1/auth/login", "scopes": {} } }
+                    "flows": { "password": { "tokenUrl": OAUTH2_TOKEN_PATH, "scopes": {} } }
                 }
             }
         }
@@ -129,10 +131,11 @@ impl Generator {
         })
     }
 
-    fn operation(&mut self, rpc: &Rpc, binding: &HttpBinding) -> Json {
+    /// The operation of `rpc`'s binding number `index`; bindings after the first are aliases.
+    fn operation(&mut self, rpc: &Rpc, binding: &HttpBinding, index: usize) -> Json {
         let method = &rpc.descriptor;
         let service = method.parent_service();
-        let description = self
+        let mut description = self
             .comment(&method.parent_file(), method.path())
             .unwrap_or_default();
         let summary = description
@@ -140,6 +143,17 @@ impl Generator {
             .next()
             .unwrap_or(method.name())
             .to_owned();
+        // Operation ids are unique: an alias (another route of the same RPC, such as the
+        // original's path) is numbered after the RPC's first route.
+        let mut operation_id = format!("{}_{}", service.name(), method.name());
+        if index > 0 {
+            operation_id.push_str(&(index + 1).to_string());
+            let first = &rpc.bindings[0];
+            description = format!(
+                "Alias of `{} {}`, the same RPC.\n\n{description}",
+                first.method, first.template.text
+            );
+        }
         let input = method.input();
         let path_fields: Vec<String> = binding.template.variables().collect();
         let request = Direction::Request {
@@ -149,9 +163,14 @@ impl Generator {
         let mut parameters: Vec<Json> = Vec::new();
         for segment in &binding.template.segments {
             if let Segment::Variable(names) = segment {
-                let schema = nested_field(&input, names)
+                let mut schema = nested_field(&input, names)
                     .map(|field| self.field_schema(&field, request))
                     .unwrap_or_else(|| json!({ "type": "string" }));
+                // A value outside a catalog is a resource that does not exist (404), not a
+                // malformed request; and fuzzers compare the percent-encoded `role%3Aread`.
+                if let Some(schema) = schema.as_object_mut() {
+                    schema.remove("enum");
+                }
                 parameters.push(json!({
                     "name": names.join("."),
                     "in": "path",
@@ -214,7 +233,7 @@ impl Generator {
         );
 
         let mut operation = json!({
-            "operationId": format!("{}_{}", service.name(), method.name()),
+            "operationId": operation_id,
             "tags": [service.name()],
             "summary": summary,
             "description": description,
@@ -227,21 +246,26 @@ impl Generator {
             BodyRule::Whole => {
                 let mut content = Map::new();
                 if rpc.grpc_path == OAUTH2_PASSWORD_FORM_RPC {
-                    // The transcoder takes form bodies anywhere, but only sign-in is meant for
-                    // one (the OAuth2 password form, whose `username` is the email address);
-                    // declaring it everywhere breaks generated clients.
-                    let (json_body, form_body) = self.password_grant_bodies(&input);
-                    let form_name = format!("{}_{}Form", service.name(), method.name());
-                    for (content_type, name, schema) in [
-                        ("application/json", input.full_name().to_owned(), json_body),
-                        ("application/x-www-form-urlencoded", form_name, form_body),
-                    ] {
-                        self.schemas.insert(name.clone(), schema);
-                        content.insert(
-                            content_type.into(),
-                            json!({ "schema": { "$ref": format!("#/components/schemas/{name}") } }),
-                        );
-                    }
+                    // The transcoder takes form bodies anywhere, but only the OAuth2 token
+                    // endpoint is meant for one (`username` is the email address). One media
+                    // type per operation: generated clients (openapi-python-client) break on two.
+                    let (content_type, name, schema) = if binding.template.text == OAUTH2_TOKEN_PATH
+                    {
+                        let name = format!("{}_{}Form", service.name(), method.name());
+                        (
+                            "application/x-www-form-urlencoded",
+                            name,
+                            self.password_form(&input),
+                        )
+                    } else {
+                        let name = input.full_name().to_owned();
+                        ("application/json", name, self.password_json(&input))
+                    };
+                    self.schemas.insert(name.clone(), schema);
+                    content.insert(
+                        content_type.into(),
+                        json!({ "schema": { "$ref": format!("#/components/schemas/{name}") } }),
+                    );
                 } else {
                     let schema = if path_fields.is_empty() {
                         self.message_ref(&input, request)
@@ -281,25 +305,30 @@ impl Generator {
         operation
     }
 
-    /// Sign-in's two bodies: JSON with `email`, and the OAuth2 password form with `username`.
-    fn password_grant_bodies(&mut self, input: &MessageDescriptor) -> (Json, Json) {
-        let mut json_body = self.message_schema(input, Direction::Request { path_fields: &[] });
-        let mut form_body = json_body.clone();
-        if let Some(properties) = json_body["properties"].as_object_mut() {
+    /// Sign-in as JSON: `email` and `password`.
+    fn password_json(&mut self, input: &MessageDescriptor) -> Json {
+        let mut body = self.message_schema(input, Direction::Request { path_fields: &[] });
+        if let Some(properties) = body["properties"].as_object_mut() {
             properties.remove("username");
         }
-        json_body["required"] = json!(["email", "password"]);
-        if let Some(properties) = form_body["properties"].as_object_mut() {
+        require(&mut body, &["email", "password"]);
+        body
+    }
+
+    /// Sign-in as the OAuth2 password form: `username` (the email address) and `password`.
+    fn password_form(&mut self, input: &MessageDescriptor) -> Json {
+        let mut body = self.message_schema(input, Direction::Request { path_fields: &[] });
+        if let Some(properties) = body["properties"].as_object_mut() {
             properties.remove("email");
             for extra in ["grant_type", "scope", "client_id", "client_secret"] {
                 properties.insert(
                     extra.into(),
-                    json!({ "type": "string", "description": "Ignored" }),
+                    json!({ "type": "string", "nullable": true, "description": "Ignored" }),
                 );
             }
         }
-        form_body["required"] = json!(["username", "password"]);
-        (json_body, form_body)
+        require(&mut body, &["username", "password"]);
+        body
     }
 
     fn response_schema(&mut self, rpc: &Rpc, binding: &HttpBinding) -> Json {
@@ -543,10 +572,25 @@ fn nested_field(input: &MessageDescriptor, names: &[String]) -> Option<FieldDesc
     message.get_field_by_name(last)
 }
 
-/// Required by `google.api.field_behavior` or by the `buf.validate` rule.
+/// Makes `fields` of an object schema required (and so not `null`).
+fn require(schema: &mut Json, fields: &[&str]) {
+    for field in fields {
+        if let Some(property) = schema["properties"][field].as_object_mut() {
+            property.remove("nullable");
+        }
+    }
+    schema["required"] = json!(fields);
+}
+
+/// Required by `google.api.field_behavior` or by the `buf.validate` rules (`required`, or a
+/// list that must not be empty).
 fn is_required(field: &FieldDescriptor) -> bool {
     field_behaviors(field).contains(&FIELD_BEHAVIOR_REQUIRED)
-        || declared_rules(field).is_some_and(|rules| rules.required == Some(true))
+        || declared_rules(field).is_some_and(|rules| {
+            rules.required == Some(true)
+                || matches!(&rules.r#type, Some(field_rules::Type::Repeated(repeated))
+                    if repeated.min_items.is_some_and(|min| min > 0))
+        })
 }
 
 /// The field's `keel.options.v1.field_rule`, 0 when none.

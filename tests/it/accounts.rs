@@ -60,24 +60,27 @@ async fn register_login_and_me_over_rest(backend: Backend) {
 async fn login_takes_the_oauth2_password_form(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("form@example.com").await;
-    let response = app
-        .http
-        .post(app.url("/api/v1/auth/login"))
-        .form(&[
-            ("grant_type", "password"),
-            ("username", "form@example.com"),
-            ("password", PASSWORD),
-            ("scope", ""),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let tokens: Value = response.json().await.unwrap();
-    let me = app
-        .get_with_token("/api/v1/auth/me", tokens["access_token"].as_str().unwrap())
-        .await;
-    assert_eq!(me.status(), 200);
+    // The OAuth2 token endpoint, and the original's sign-in route.
+    for path in ["/api/v1/auth/token", "/api/v1/auth/login"] {
+        let response = app
+            .http
+            .post(app.url(path))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "form@example.com"),
+                ("password", PASSWORD),
+                ("scope", ""),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let tokens: Value = response.json().await.unwrap();
+        let me = app
+            .get_with_token("/api/v1/auth/me", tokens["access_token"].as_str().unwrap())
+            .await;
+        assert_eq!(me.status(), 200);
+    }
 }
 
 async fn register_login_and_me_over_grpc(backend: Backend) {

@@ -2,14 +2,10 @@
 //! and by their API keys that carry the `mail:read` scope, by nobody else.
 
 use crate::backend_tests;
-use crate::harness::{Backend, PASSWORD, TestApp, grpc_reason};
+use crate::harness::{Backend, TestApp, grpc_reason};
 use keel::api::pb::keel::admin::v1::ListOutboxMessagesRequest;
 use keel::api::pb::keel::admin::v1::admin_service_client::AdminServiceClient;
-use keel::app::Services;
-use keel::domain::auth::Registration;
-use keel::domain::clock::SystemClock;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tonic::Code;
 
 backend_tests!(
@@ -28,22 +24,6 @@ async fn outbox(app: &TestApp, header: (&str, String)) -> reqwest::Response {
 
 fn bearer(token: &str) -> (&'static str, String) {
     ("authorization", format!("Bearer {token}"))
-}
-
-pub async fn create_superuser(app: &TestApp, email: &str) {
-    let services = Services::build(&app.config, Arc::new(SystemClock))
-        .await
-        .unwrap();
-    services
-        .auth
-        .create_superuser(Registration {
-            email,
-            password: PASSWORD,
-            full_name: "Root",
-        })
-        .await
-        .unwrap();
-    services.close().await;
 }
 
 async fn key_with_scopes(app: &TestApp, token: &str, scopes: Value) -> String {
@@ -71,7 +51,7 @@ async fn outbox_is_for_superusers_and_scoped_keys(backend: Backend) {
     let body: Value = denied.json().await.unwrap();
     assert_eq!(body["reason"], "PERMISSION_DENIED");
 
-    create_superuser(&app, "root@example.com").await;
+    app.create_superuser("root@example.com").await;
     let root = app.login("root@example.com").await;
     let response = outbox(&app, bearer(&root.access)).await;
     assert_eq!(response.status(), 200);
@@ -136,7 +116,7 @@ async fn outbox_is_for_superusers_and_scoped_keys(backend: Backend) {
 
 async fn outbox_is_empty_with_smtp(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    create_superuser(&app, "root@example.com").await;
+    app.create_superuser("root@example.com").await;
     let root = app.login("root@example.com").await;
     let body: Value = outbox(&app, bearer(&root.access))
         .await

@@ -867,7 +867,7 @@ async fn breached_and_short_passwords_are_refused(backend: Backend) {
 /// Authenticator and backup codes both lost: a superuser turns 2FA off, the owner hears of it.
 async fn a_superuser_resets_lost_two_factor(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    crate::admin::create_superuser(&app, "root@example.com").await;
+    app.create_superuser("root@example.com").await;
     let root = app.login("root@example.com").await;
     let email = "lost-phone@example.com";
     let owner = app.verified(email).await;

@@ -6,7 +6,7 @@ use crate::smtp::Mailbox;
 use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
 use keel::app::Keel;
 use keel::config::{Config, Settings};
-use keel::domain::clock::ShiftedClock;
+use keel::domain::clock::{ShiftedClock, SystemClock};
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -61,6 +61,24 @@ pub fn services_available() -> bool {
         );
     }
     configured
+}
+
+/// A tool a test drives (a fuzzer, a client generator), from the environment variable `variable`
+/// that `.ci/run` sets. Skipped (with a note) when unset, unless CI requires every dependency.
+pub fn tool(variable: &str, name: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(variable) {
+        Some(path) => Some(path.into()),
+        None => {
+            let required =
+                std::env::var("KEEL_TEST_REQUIRE_SERVICES").is_ok_and(|value| value == "1");
+            assert!(
+                !required,
+                "KEEL_TEST_REQUIRE_SERVICES=1 but {variable} ({name}) is unset"
+            );
+            eprintln!("skipped: set {variable} to the {name} that .ci/run installs");
+            None
+        }
+    }
 }
 
 pub struct TestApp {
@@ -329,6 +347,23 @@ impl TestApp {
 impl TestApp {
     /// Shuts the server down as an operator would and waits until it has exited; answers its
     /// data directory, kept for a next server.
+    /// A platform superuser, made as `keel admin create-superuser` does (verified address).
+    pub async fn create_superuser(&self, email: &str) {
+        let services = keel::app::Services::build(&self.config, Arc::new(SystemClock))
+            .await
+            .unwrap();
+        services
+            .auth
+            .create_superuser(keel::domain::auth::Registration {
+                email,
+                password: PASSWORD,
+                full_name: "Root",
+            })
+            .await
+            .unwrap();
+        services.close().await;
+    }
+
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());

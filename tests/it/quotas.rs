@@ -2,7 +2,6 @@
 //! with RESOURCE_EXHAUSTED / 429, calendar windows, and usage counted in the cache and flushed
 //! to the database (where a restarted cache picks it up again).
 
-use crate::admin::create_superuser;
 use crate::backend_tests;
 use crate::harness::{Backend, TestApp, Tokens};
 use crate::invitations::verified_user;
@@ -48,7 +47,7 @@ async fn set_limits(app: &TestApp, token: &str, body: Value) -> (u16, Value) {
 
 async fn members_and_calls_are_limited(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    create_superuser(&app, "root@example.com").await;
+    app.create_superuser("root@example.com").await;
     let root = app.login("root@example.com").await;
     let (_, alice) = user(&app, "alice@example.com").await;
     let (bob_id, _) = user(&app, "bob@example.com").await;

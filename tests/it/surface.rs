@@ -197,10 +197,28 @@ async fn openapi_covers_every_http_rule() {
     let schemas = &document["components"]["schemas"];
     let login_request = &schemas["keel.auth.v1.LoginRequest"];
     assert_eq!(login_request["required"], json!(["email", "password"]));
-    // The form body is declared where it is meant (the OAuth2 password grant), nowhere else.
+    // The form body is declared where it is meant (the OAuth2 token endpoint), nowhere else,
+    // and one media type per operation.
     let form = "application/x-www-form-urlencoded";
+    let token = &document["paths"]["/api/v1/auth/token"]["post"];
+    assert_eq!(
+        token["requestBody"]["content"].as_object().unwrap().len(),
+        1
+    );
+    assert!(token["requestBody"]["content"][form].is_object());
+    assert_eq!(token["operationId"], "AuthService_Login2");
+    assert!(
+        token["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Alias of `POST /api/v1/auth/login`")
+    );
     let login = &document["paths"]["/api/v1/auth/login"]["post"];
-    assert!(login["requestBody"]["content"][form].is_object());
+    assert!(login["requestBody"]["content"][form].is_null());
+    assert_eq!(
+        document["components"]["securitySchemes"]["oauth2Password"]["flows"]["password"]["tokenUrl"],
+        "/api/v1/auth/token"
+    );
     assert_eq!(
         schemas["AuthService_LoginForm"]["required"],
         json!(["username", "password"])

@@ -2,7 +2,6 @@
 //! share an organization with; superusers list, delete and promote, with effect on the next
 //! request.
 
-use crate::admin::create_superuser;
 use crate::backend_tests;
 use crate::harness::{Backend, TestApp, grpc_reason, with_token};
 use crate::organizations::{add_member, create_organization, user};
@@ -109,7 +108,7 @@ async fn users_see_whom_they_share_an_organization_with(backend: Backend) {
 
 async fn superusers_administer_accounts(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    create_superuser(&app, "root@example.com").await;
+    app.create_superuser("root@example.com").await;
     let root = app.login("root@example.com").await;
     let (alice_id, alice) = user(&app, "alice@example.com").await;
     let (bob_id, bob) = user(&app, "bob@example.com").await;

@@ -290,8 +290,13 @@ impl RoleService {
         permission: &str,
     ) -> Result<RoleView> {
         let mut role = self.find_custom(access, reference).await?;
-        let added = parse_permissions("permission", &[permission.to_owned()])
-            .map_err(Error::invalid_fields)?;
+        // Named in the path: a permission outside the catalog is not found.
+        let added = parse_permissions("permission", &[permission.to_owned()]).map_err(|_| {
+            Error::not_found(
+                "PERMISSION_NOT_FOUND",
+                format!("{permission:?} is no organization permission (GET /api/v1/permissions)"),
+            )
+        })?;
         access.ensure_covers(role.permissions.union(added))?;
         if added.is_subset_of(role.permissions) {
             return Ok(role.into());
