@@ -423,3 +423,36 @@ pub fn grpc_reason(status: &tonic::Status) -> String {
         })
         .unwrap_or_default()
 }
+
+/// The field violations of a gRPC error, as `(field, reason, description)`.
+pub fn grpc_violations(status: &tonic::Status) -> Vec<(String, String, String)> {
+    use keel::api::pb::google::rpc;
+    use prost::Message;
+    let decoded = rpc::Status::decode(status.details()).expect("google.rpc.Status details");
+    decoded
+        .details
+        .iter()
+        .filter(|detail| detail.type_url.ends_with("google.rpc.BadRequest"))
+        .flat_map(|detail| {
+            rpc::BadRequest::decode(detail.value.as_slice())
+                .expect("BadRequest")
+                .field_violations
+        })
+        .map(|violation| (violation.field, violation.reason, violation.description))
+        .collect()
+}
+
+/// The field violations of a REST error body, as `(field, reason, description)`.
+pub fn rest_violations(body: &Value) -> Vec<(String, String, String)> {
+    body["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|detail| detail["field_violations"].as_array())
+        .flatten()
+        .map(|violation| {
+            let text = |key: &str| violation[key].as_str().unwrap_or_default().to_owned();
+            (text("field"), text("reason"), text("description"))
+        })
+        .collect()
+}

@@ -27,3 +27,4 @@ mod teams;
 mod throttling;
 mod totp;
 mod users;
+mod validation;
