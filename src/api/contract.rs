@@ -23,8 +23,12 @@ pub enum AuthRule {
 /// The request field that names where an organization-scoped RPC acts.
 #[derive(Debug, Clone)]
 pub enum ScopeField {
-    /// `organization_id`; the `x-organization-id` header may stand in for it.
-    Organization(FieldDescriptor),
+    /// `organization_id`; the `x-organization-id` header may stand in for it, and so may an
+    /// `invitation_id` the request also names (the original's `/api/v1/invitations/{id}`).
+    Organization {
+        field: FieldDescriptor,
+        invitation: Option<FieldDescriptor>,
+    },
     /// `team_id`: the team's organization is in scope, with the caller's roles in the team.
     Team(FieldDescriptor),
 }
@@ -145,7 +149,10 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
                         })
                 };
                 let field = string_field("organization_id")
-                    .map(ScopeField::Organization)
+                    .map(|field| ScopeField::Organization {
+                        field,
+                        invitation: string_field("invitation_id"),
+                    })
                     .or_else(|| string_field("team_id").map(ScopeField::Team))
                     .with_context(|| {
                         format!("{name} requires the organization permission {permission} but its request has no string organization_id or team_id")

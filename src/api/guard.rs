@@ -131,22 +131,11 @@ impl Guard {
                 principal.session_id()?;
             }
             (AuthRule::Permission(permission), Some(scope_field), Some(message)) => {
-                let access = match scope_field {
-                    ScopeField::Organization(field) => {
-                        let id = scope_id(message, field, request.headers(), ORGANIZATION_HEADER)?;
-                        let scope = Scope::Organization(&id);
-                        self.access
-                            .authorize(principal.clone(), scope, permission)
-                            .await?
-                    }
-                    ScopeField::Team(field) => {
-                        let id = scope_id(message, field, request.headers(), None)?;
-                        let scope = Scope::Team(&id);
-                        self.access
-                            .authorize(principal.clone(), scope, permission)
-                            .await?
-                    }
-                };
+                let named = scope_of(message, scope_field, request.headers())?;
+                let access = self
+                    .access
+                    .authorize(principal.clone(), named.scope(), permission)
+                    .await?;
                 self.quotas.admit_caller(&access).await?;
                 if rule.metered {
                     self.quotas.meter_api_call(access.organization_id).await?;
@@ -178,7 +167,7 @@ impl Guard {
     }
 }
 
-const ORGANIZATION_HEADER: Option<&str> = Some("x-organization-id");
+const ORGANIZATION_HEADER: &str = "x-organization-id";
 
 fn server_busy() -> Error {
     Error {
@@ -249,37 +238,63 @@ fn decode_frame(frame: &[u8], input: &MessageDescriptor) -> Result<DynamicMessag
     DynamicMessage::decode(input.clone(), payload).map_err(|_| malformed())
 }
 
-/// The id the request names in `field`, else in the header `header_name` (both set must agree).
-fn scope_id(
+/// The scope a request names, owned until the access check borrows it.
+enum Named {
+    Organization(String),
+    Team(String),
+    Invitation(String),
+}
+
+impl Named {
+    fn scope(&self) -> Scope<'_> {
+        match self {
+            Named::Organization(id) => Scope::Organization(id),
+            Named::Team(id) => Scope::Team(id),
+            Named::Invitation(id) => Scope::Invitation(id),
+        }
+    }
+}
+
+/// Where a request acts: the organization its `organization_id` names, else the
+/// `x-organization-id` header (both set must agree), else its invitation's; or its team.
+fn scope_of(
     message: &DynamicMessage,
-    field: &FieldDescriptor,
+    scope_field: &ScopeField,
     headers: &http::HeaderMap,
-    header_name: Option<&str>,
-) -> Result<String, Error> {
+) -> Result<Named, Error> {
     let non_empty = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
-    let named = message.get_field(field).as_str().and_then(non_empty);
-    let header = header_name
-        .and_then(|name| headers.get(name))
-        .and_then(|value| value.to_str().ok())
-        .and_then(non_empty);
-    match (named, header) {
-        (Some(named), Some(header)) if named != header => Err(Error::invalid_argument(
-            "ORGANIZATION_MISMATCH",
-            "organization_id and the x-organization-id header name different organizations",
-        )),
-        (Some(id), _) | (None, Some(id)) => Ok(id),
-        (None, None) => Err(Error::invalid_fields(vec![
-            crate::domain::FieldViolation::new(
-                field.name(),
-                "SCOPE_REQUIRED",
-                match header_name {
-                    Some(header_name) => {
-                        format!("is required (in the request or the {header_name} header)")
-                    }
-                    None => "is required".to_owned(),
-                },
-            ),
-        ])),
+    let named = |field: &FieldDescriptor| message.get_field(field).as_str().and_then(non_empty);
+    let required = |field: &FieldDescriptor, description: String| {
+        Error::invalid_fields(vec![crate::domain::FieldViolation::new(
+            field.name(),
+            "SCOPE_REQUIRED",
+            description,
+        )])
+    };
+    match scope_field {
+        ScopeField::Organization { field, invitation } => {
+            let header = headers
+                .get(ORGANIZATION_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(non_empty);
+            let invitation_id = invitation.as_ref().and_then(named);
+            match (named(field), header, invitation_id) {
+                (Some(named), Some(header), _) if named != header => Err(Error::invalid_argument(
+                    "ORGANIZATION_MISMATCH",
+                    "organization_id and the x-organization-id header name different organizations",
+                )),
+                (Some(id), _, _) | (None, Some(id), _) => Ok(Named::Organization(id)),
+                (None, None, Some(id)) => Ok(Named::Invitation(id)),
+                (None, None, None) => Err(required(
+                    field,
+                    format!("is required (in the request or the {ORGANIZATION_HEADER} header)"),
+                )),
+            }
+        }
+        ScopeField::Team(field) => match named(field) {
+            Some(id) => Ok(Named::Team(id)),
+            None => Err(required(field, "is required".to_owned())),
+        },
     }
 }
 

@@ -641,6 +641,17 @@ impl OrganizationStore for SqlStore {
         Ok(found.map(|(organization_id,)| organization_id))
     }
 
+    async fn find_invitation_organization(&self, invitation_id: Uuid) -> Result<Option<Uuid>> {
+        let found: Option<(Uuid,)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT organization_id FROM invitations WHERE id = $1")
+                .bind(invitation_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(found.map(|(organization_id,)| organization_id))
+    }
+
     async fn insert_role(&self, role: &CustomRole) -> Result<()> {
         with_pool!(self, pool => {
             sqlx::query(

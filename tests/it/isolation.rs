@@ -13,7 +13,7 @@ use crate::harness::{Backend, TestApp, Tokens, with_token};
 use crate::invitations::verified_user;
 use crate::organizations::{add_member, create_organization, user};
 use bytes::{Buf, BufMut};
-use keel::api::contract::{BodyRule, Contract, Rpc};
+use keel::api::contract::{BodyRule, Contract, HttpBinding, Rpc};
 use keel::api::rest::path_template::Segment;
 use keel::domain::tenancy::permissions::SystemRole;
 use prost::Message;
@@ -251,9 +251,37 @@ async fn call_grpc(
     }
 }
 
+/// The REST status of every route of the RPC (its aliases too), which must all agree.
 async fn call_rest(app: &TestApp, rpc: &Rpc, body: &Value, credential: &Credential<'_>) -> u16 {
-    let binding = &rpc.bindings[0];
+    let mut statuses = Vec::new();
+    for binding in &rpc.bindings {
+        statuses.push((
+            binding.template.text.clone(),
+            call_route(app, binding, body, credential).await,
+        ));
+    }
+    let first = statuses[0].1;
+    assert!(
+        statuses.iter().all(|(_, status)| *status == first),
+        "{}: {statuses:?}",
+        rpc.grpc_path
+    );
+    first
+}
+
+async fn call_route(
+    app: &TestApp,
+    binding: &HttpBinding,
+    body: &Value,
+    credential: &Credential<'_>,
+) -> u16 {
     let mut fields = body.as_object().unwrap().clone();
+    // A route that names its resource by another id alone (the original's
+    // `/api/v1/invitations/{invitation_id}`) is called without the organization.
+    let variables: Vec<String> = binding.template.variables().collect();
+    if !variables.is_empty() && !variables.iter().any(|name| name == "organization_id") {
+        fields.remove("organization_id");
+    }
     let mut path = String::new();
     for segment in &binding.template.segments {
         path.push('/');

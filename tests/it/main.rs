@@ -5,6 +5,7 @@ mod smtp;
 
 mod accounts;
 mod admin;
+mod aliases;
 mod api_keys;
 mod cache_races;
 mod cli;

@@ -4,7 +4,10 @@
 //! check) and forgotten on every change, so a role change applies on the next request.
 
 use super::permissions::{PermissionSet, SystemRole};
-use super::{CustomRole, MemberGrants, OrganizationStore, organization_not_found, team_not_found};
+use super::{
+    CustomRole, MemberGrants, OrganizationStore, invitation_not_found, organization_not_found,
+    team_not_found,
+};
 use crate::domain::cache::{Cache, generation};
 use crate::domain::error::{Error, FieldViolation, Result};
 use crate::domain::principal::{Credential, Principal};
@@ -19,6 +22,8 @@ const CACHE_TTL: Duration = Duration::from_secs(300);
 pub enum Scope<'a> {
     Organization(&'a str),
     Team(&'a str),
+    /// The organization of an invitation (the original's `/api/v1/invitations/{id}` routes).
+    Invitation(&'a str),
 }
 
 /// A caller admitted to an organization (or one of its teams).
@@ -139,6 +144,15 @@ impl AccessControl {
                     .await?
                     .ok_or_else(team_not_found)?;
                 (organization_id, Some(team_id), team_not_found)
+            }
+            Scope::Invitation(raw) => {
+                let invitation_id = Uuid::parse_str(raw).map_err(|_| invitation_not_found())?;
+                let organization_id = self
+                    .store
+                    .find_invitation_organization(invitation_id)
+                    .await?
+                    .ok_or_else(invitation_not_found)?;
+                (organization_id, None, invitation_not_found)
             }
         };
         if let Credential::ApiKey {

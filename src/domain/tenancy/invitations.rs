@@ -4,7 +4,7 @@
 use super::access::{Access, AccessControl};
 use super::permissions::SystemRole;
 use super::quotas::QuotaService;
-use super::{OrganizationStore, organization_not_found};
+use super::{OrganizationStore, invitation_not_found, organization_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
 use crate::domain::mail::{Mailer, Template};
@@ -102,10 +102,6 @@ pub trait InvitationStore: Send + Sync {
         now: DateTime<Utc>,
         max_members: i64,
     ) -> Result<()>;
-}
-
-fn invitation_not_found() -> Error {
-    Error::not_found("INVITATION_NOT_FOUND", "no such invitation")
 }
 
 fn invitation_closed() -> Error {

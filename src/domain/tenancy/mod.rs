@@ -137,6 +137,7 @@ pub trait OrganizationStore: Send + Sync {
     async fn list_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>>;
     /// The organization a team belongs to.
     async fn find_team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>>;
+    async fn find_invitation_organization(&self, invitation_id: Uuid) -> Result<Option<Uuid>>;
     /// Fails with `ROLE_NAME_TAKEN`.
     async fn insert_role(&self, role: &CustomRole) -> Result<()>;
     /// Fails with `ROLE_NAME_TAKEN`.
@@ -148,6 +149,10 @@ pub trait OrganizationStore: Send + Sync {
 
 pub fn organization_not_found() -> Error {
     Error::not_found("ORGANIZATION_NOT_FOUND", "no such organization")
+}
+
+pub fn invitation_not_found() -> Error {
+    Error::not_found("INVITATION_NOT_FOUND", "no such invitation")
 }
 
 pub fn team_not_found() -> Error {
