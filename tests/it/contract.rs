@@ -45,3 +45,16 @@ fn sqlite_and_postgres_migrations_have_the_same_versions() {
     assert!(!sqlite.is_empty());
     assert_eq!(sqlite, versions("postgres"));
 }
+
+#[test]
+fn the_readme_walkthrough_is_the_script_ci_runs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let script = std::fs::read_to_string(format!("{root}/examples/walkthrough.sh")).unwrap();
+    // The README shows the script without its header (a pasted `set -e` would close the shell).
+    let (_, body) = script.split_once("set -euo pipefail\n").unwrap();
+    let (_, try_it) = readme.split_once("## Try it").unwrap();
+    let (_, block) = try_it.split_once("```sh\n").unwrap();
+    let (block, _) = block.split_once("```\n").unwrap();
+    assert_eq!(block, body, "README's Try it and examples/walkthrough.sh differ");
+}
