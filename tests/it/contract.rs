@@ -56,5 +56,8 @@ fn the_readme_walkthrough_is_the_script_ci_runs() {
     let (_, try_it) = readme.split_once("## Try it").unwrap();
     let (_, block) = try_it.split_once("```sh\n").unwrap();
     let (block, _) = block.split_once("```\n").unwrap();
-    assert_eq!(block, body, "README's Try it and examples/walkthrough.sh differ");
+    assert_eq!(
+        block, body,
+        "README's Try it and examples/walkthrough.sh differ"
+    );
 }

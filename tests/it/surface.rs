@@ -348,6 +348,37 @@ async fn reflection_lists_the_services() {
         names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
     );
+
+    // The field rules travel with the descriptors: the file of a request imports the rules'
+    // definitions, which reflection serves too, so `buf curl` and `grpcurl` users get them.
+    let mut files = Vec::new();
+    for message_request in [
+        MessageRequest::FileContainingSymbol("keel.auth.v1.RegisterRequest".into()),
+        MessageRequest::FileByFilename("buf/validate/validate.proto".into()),
+    ] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(message_request),
+        };
+        let mut replies = client
+            .server_reflection_info(futures_util::stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(found)) = reply.message_response else {
+            panic!("unexpected reflection reply");
+        };
+        let file: prost_types::FileDescriptorProto =
+            prost::Message::decode(found.file_descriptor_proto[0].as_slice()).unwrap();
+        files.push(file);
+    }
+    assert!(
+        files[0]
+            .dependency
+            .contains(&"buf/validate/validate.proto".to_owned())
+    );
+    assert_eq!(files[1].package(), "buf.validate");
 }
 
 #[tokio::test]
