@@ -90,26 +90,93 @@ pub struct ApiDependencies {
 type ListenerGrpcStack =
     BoxCloneSyncService<Request, http::Response<tonic::body::Body>, std::convert::Infallible>;
 
+/// Keel's gRPC services as they are registered: their routes and their names.
+#[derive(Default)]
+struct KeelServices {
+    routes: tonic::service::RoutesBuilder,
+    names: Vec<&'static str>,
+}
+
+impl KeelServices {
+    fn add<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Refuses to start when a service of the contract has no implementation registered.
+    fn cover(&self, contract: &Contract) -> anyhow::Result<()> {
+        for rpc in &contract.rpcs {
+            let service = rpc.descriptor.parent_service();
+            anyhow::ensure!(
+                self.names.contains(&service.full_name()),
+                "{} is in the contract but not registered in api::router",
+                service.full_name()
+            );
+        }
+        Ok(())
+    }
+}
+
 pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     let contract = dependencies.contract.clone();
+
+    // The one list of Keel's services: each is routed and reported by gRPC health from here.
+    let keel_services = KeelServices::default()
+        .add(AuthServiceServer::new(grpc::AuthApi::new(
+            dependencies.auth.clone(),
+        )))
+        .add(SessionServiceServer::new(grpc::SessionApi::new(
+            dependencies.auth.clone(),
+        )))
+        .add(ApiKeyServiceServer::new(grpc::ApiKeyApi::new(
+            dependencies.api_keys.clone(),
+        )))
+        .add(TotpServiceServer::new(grpc::TotpApi::new(
+            dependencies.totp.clone(),
+            dependencies.auth.clone(),
+        )))
+        .add(AdminServiceServer::new(grpc::AdminApi::new(
+            dependencies.outbox.clone(),
+        )))
+        .add(OrganizationServiceServer::new(grpc::OrganizationApi::new(
+            dependencies.organizations.clone(),
+        )))
+        .add(RoleServiceServer::new(grpc::RoleApi::new(
+            dependencies.roles.clone(),
+        )))
+        .add(InvitationServiceServer::new(grpc::InvitationApi::new(
+            dependencies.invitations.clone(),
+        )))
+        .add(TeamServiceServer::new(grpc::TeamApi::new(
+            dependencies.teams.clone(),
+        )))
+        .add(UserServiceServer::new(grpc::UserApi::new(
+            dependencies.auth.clone(),
+            dependencies.directory.clone(),
+        )))
+        .add(QuotaServiceServer::new(grpc::QuotaApi::new(
+            dependencies.quotas.clone(),
+        )));
+    keel_services.cover(&contract)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health = Arc::new(web::Health::new(
         dependencies.probes,
         health_reporter,
-        vec![
-            AuthServiceServer::<grpc::AuthApi>::NAME,
-            SessionServiceServer::<grpc::SessionApi>::NAME,
-            ApiKeyServiceServer::<grpc::ApiKeyApi>::NAME,
-            TotpServiceServer::<grpc::TotpApi>::NAME,
-            AdminServiceServer::<grpc::AdminApi>::NAME,
-            OrganizationServiceServer::<grpc::OrganizationApi>::NAME,
-            RoleServiceServer::<grpc::RoleApi>::NAME,
-            InvitationServiceServer::<grpc::InvitationApi>::NAME,
-            TeamServiceServer::<grpc::TeamApi>::NAME,
-            UserServiceServer::<grpc::UserApi>::NAME,
-            QuotaServiceServer::<grpc::QuotaApi>::NAME,
-        ],
+        keel_services.names,
     ));
     health.check().await;
     tokio::spawn(web::Health::watch(Arc::downgrade(&health)));
@@ -118,45 +185,12 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let routes = tonic::service::Routes::new(AuthServiceServer::new(grpc::AuthApi::new(
-        dependencies.auth.clone(),
-    )))
-    .add_service(SessionServiceServer::new(grpc::SessionApi::new(
-        dependencies.auth.clone(),
-    )))
-    .add_service(ApiKeyServiceServer::new(grpc::ApiKeyApi::new(
-        dependencies.api_keys.clone(),
-    )))
-    .add_service(TotpServiceServer::new(grpc::TotpApi::new(
-        dependencies.totp.clone(),
-        dependencies.auth.clone(),
-    )))
-    .add_service(AdminServiceServer::new(grpc::AdminApi::new(
-        dependencies.outbox.clone(),
-    )))
-    .add_service(OrganizationServiceServer::new(grpc::OrganizationApi::new(
-        dependencies.organizations.clone(),
-    )))
-    .add_service(RoleServiceServer::new(grpc::RoleApi::new(
-        dependencies.roles.clone(),
-    )))
-    .add_service(InvitationServiceServer::new(grpc::InvitationApi::new(
-        dependencies.invitations.clone(),
-    )))
-    .add_service(TeamServiceServer::new(grpc::TeamApi::new(
-        dependencies.teams.clone(),
-    )))
-    .add_service(UserServiceServer::new(grpc::UserApi::new(
-        dependencies.auth.clone(),
-        dependencies.directory.clone(),
-    )))
-    .add_service(QuotaServiceServer::new(grpc::QuotaApi::new(
-        dependencies.quotas.clone(),
-    )))
-    .add_service(reflection().build_v1()?)
-    .add_service(reflection().build_v1alpha()?)
-    .add_service(health_service)
-    .prepare();
+    let mut routes = keel_services.routes;
+    routes
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(health_service);
+    let routes = routes.routes().prepare();
 
     let metrics = Arc::new(Metrics::default());
     let guarded: GrpcStack = BoxCloneSyncService::new(
