@@ -20,7 +20,7 @@ pub struct Settings {
     /// Directory for the SQLite database and signing keys [default: ./data]
     #[arg(long, global = true, env = "KEEL_DATA_DIR")]
     pub data_dir: Option<String>,
-    /// sqlite:… or postgres://… [default: sqlite in the data dir]
+    /// sqlite:… or postgres://… [default: sqlite://<data dir>/keel.db]
     #[arg(long, global = true, env = "KEEL_DATABASE_URL")]
     pub database_url: Option<String>,
     /// redis://… for a shared cache [default: in-process memory]

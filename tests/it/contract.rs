@@ -1,7 +1,7 @@
 //! The contract itself: every RPC declares its authorization, and both migration sets agree.
 
 use keel::api::contract::Contract;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[test]
 fn every_keel_rpc_declares_an_auth_rule_and_an_http_binding() {
@@ -60,4 +60,54 @@ fn the_readme_walkthrough_is_the_script_ci_runs() {
         block, body,
         "README's Try it and examples/walkthrough.sh differ"
     );
+}
+
+/// The README's configuration table lists every setting the server declares, nothing else,
+/// and its default where the declaration states one.
+#[test]
+fn the_readme_lists_every_setting_with_its_default() {
+    use clap::Args;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let rows: BTreeMap<String, String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `KEEL_"))
+        .filter_map(|row| {
+            let (name, rest) = row.split_once('`')?;
+            let default = rest.trim_start_matches(" |").split(" |").next()?.trim();
+            Some((format!("KEEL_{name}"), default.to_owned()))
+        })
+        .collect();
+    let command = keel::config::Settings::augment_args(clap::Command::new("keel"));
+    let declared: BTreeMap<String, String> = command
+        .get_arguments()
+        .filter_map(|argument| {
+            let env = argument.get_env()?.to_str()?.to_owned();
+            let help = argument
+                .get_help()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            Some((env, help))
+        })
+        .collect();
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        declared.keys().collect::<Vec<_>>(),
+        "the README's table and the declared settings differ"
+    );
+    // A default written as code (`900`) must be the one the declaration states.
+    let mut differing = Vec::new();
+    for (name, default) in &rows {
+        let Some(value) = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) else {
+            continue;
+        };
+        let help = declared[name].replace('\n', " ");
+        let stated = help.split_once("[default: ").map_or("", |(_, rest)| rest);
+        if !stated.starts_with(value) {
+            differing.push(format!(
+                "{name}: README {value}, declared [default: {stated}"
+            ));
+        }
+    }
+    assert!(differing.is_empty(), "{differing:#?}");
 }
