@@ -19,16 +19,25 @@ fn every_keel_rpc_declares_an_auth_rule_and_an_http_binding() {
 
 #[test]
 fn literal_segments_win_over_variables() {
+    use keel::api::rest::path_template::PathTemplate;
     let contract = Contract::load().unwrap();
-    let input = contract.rpcs[0].descriptor.input();
-    let literal =
-        keel::api::rest::path_template::PathTemplate::parse("/api/v1/auth/me", &input).unwrap();
-    let (literal_score, _) = literal.matches("/api/v1/auth/me").unwrap();
-    // Any template with a variable in the same place scores lower than the literal one.
-    let variable_score = vec![true, true, true, false];
+    let get_user = contract
+        .rpcs
+        .iter()
+        .find(|rpc| rpc.grpc_path == "/keel.user.v1.UserService/GetUser")
+        .unwrap();
+    let input = get_user.descriptor.input();
+    let literal = PathTemplate::parse("/api/v1/users/me", &input).unwrap();
+    let variable = PathTemplate::parse("/api/v1/users/{user_id}", &input).unwrap();
+    let (literal_score, _) = literal.matches("/api/v1/users/me").unwrap();
+    let (variable_score, captures) = variable.matches("/api/v1/users/me").unwrap();
     assert!(literal_score > variable_score);
-    assert!(literal.matches("/api/v1/auth/you").is_none());
-    assert!(literal.matches("/api/v1/auth/me/too").is_none());
+    assert_eq!(
+        captures,
+        vec![(vec!["user_id".to_owned()], "me".to_owned())]
+    );
+    assert!(literal.matches("/api/v1/users/you").is_none());
+    assert!(literal.matches("/api/v1/users/me/too").is_none());
 }
 
 fn versions(dir: &str) -> BTreeSet<String> {

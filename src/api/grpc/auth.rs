@@ -21,23 +21,36 @@ impl AuthApi {
 /// The answer to every request for a link: the same whether or not a message goes out.
 const LINK_SENT: &str = "if the address belongs to an account, a message is on its way";
 
-/// A token pair as every sign-in reply carries it.
-struct TokenReply {
-    access_token: String,
-    refresh_token: String,
-    token_type: String,
-    expires_in: i32,
-}
-
-impl From<TokenPair> for TokenReply {
-    fn from(tokens: TokenPair) -> Self {
-        Self {
+/// A sign-in reply of type `$reply` carrying a token pair: the four token fields are set here
+/// once for every reply that has them (generated messages share no type). Replies with more
+/// fields leave them at their defaults.
+macro_rules! token_reply {
+    ($reply:ident, $tokens:expr) => {{
+        let tokens: TokenPair = $tokens;
+        #[allow(clippy::needless_update)]
+        let reply = $reply {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
             token_type: "bearer".to_owned(),
             expires_in: i32::try_from(tokens.expires_in.num_seconds()).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
+        reply
+    }};
+}
+
+/// A sign-in reply of type `$reply` for a sign-in that may still need its second factor.
+macro_rules! login_reply {
+    ($reply:ident, $outcome:expr) => {
+        match $outcome {
+            LoginOutcome::SignedIn(tokens) => token_reply!($reply, tokens),
+            LoginOutcome::MfaRequired { mfa_token } => $reply {
+                mfa_required: true,
+                mfa_token,
+                ..Default::default()
+            },
         }
-    }
+    };
 }
 
 #[tonic::async_trait]
@@ -76,23 +89,7 @@ impl AuthService for AuthApi {
             &body.email
         };
         let outcome = self.auth.login(email, &body.password, client).await?;
-        Ok(Response::new(match outcome {
-            LoginOutcome::SignedIn(tokens) => {
-                let tokens = TokenReply::from(tokens);
-                LoginResponse {
-                    access_token: tokens.access_token,
-                    refresh_token: tokens.refresh_token,
-                    token_type: tokens.token_type,
-                    expires_in: tokens.expires_in,
-                    ..Default::default()
-                }
-            }
-            LoginOutcome::MfaRequired { mfa_token } => LoginResponse {
-                mfa_required: true,
-                mfa_token,
-                ..Default::default()
-            },
-        }))
+        Ok(Response::new(login_reply!(LoginResponse, outcome)))
     }
 
     async fn login_mfa(
@@ -100,30 +97,19 @@ impl AuthService for AuthApi {
         request: Request<LoginMfaRequest>,
     ) -> Result<Response<LoginMfaResponse>, Status> {
         let body = request.into_inner();
-        let tokens = TokenReply::from(self.auth.login_mfa(&body.mfa_token, &body.code).await?);
-        Ok(Response::new(LoginMfaResponse {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            token_type: tokens.token_type,
-            expires_in: tokens.expires_in,
-        }))
+        let tokens = self.auth.login_mfa(&body.mfa_token, &body.code).await?;
+        Ok(Response::new(token_reply!(LoginMfaResponse, tokens)))
     }
 
     async fn refresh(
         &self,
         request: Request<RefreshRequest>,
     ) -> Result<Response<RefreshResponse>, Status> {
-        let tokens = TokenReply::from(
-            self.auth
-                .refresh(&request.into_inner().refresh_token)
-                .await?,
-        );
-        Ok(Response::new(RefreshResponse {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            token_type: tokens.token_type,
-            expires_in: tokens.expires_in,
-        }))
+        let tokens = self
+            .auth
+            .refresh(&request.into_inner().refresh_token)
+            .await?;
+        Ok(Response::new(token_reply!(RefreshResponse, tokens)))
     }
 
     async fn logout(
@@ -201,23 +187,10 @@ impl AuthService for AuthApi {
             .auth
             .verify_magic_link(&request.get_ref().token, client)
             .await?;
-        Ok(Response::new(match outcome {
-            LoginOutcome::SignedIn(tokens) => {
-                let tokens = TokenReply::from(tokens);
-                VerifyMagicLinkResponse {
-                    access_token: tokens.access_token,
-                    refresh_token: tokens.refresh_token,
-                    token_type: tokens.token_type,
-                    expires_in: tokens.expires_in,
-                    ..Default::default()
-                }
-            }
-            LoginOutcome::MfaRequired { mfa_token } => VerifyMagicLinkResponse {
-                mfa_required: true,
-                mfa_token,
-                ..Default::default()
-            },
-        }))
+        Ok(Response::new(login_reply!(
+            VerifyMagicLinkResponse,
+            outcome
+        )))
     }
 
     async fn change_password(
