@@ -1,6 +1,6 @@
 //! `keel.auth.v1.AuthService`.
 
-use super::{client_info, principal, user_to_proto};
+use super::{client_info, count_i32, principal, user_to_proto};
 use crate::api::pb::keel::auth::v1::auth_service_server::AuthService;
 use crate::api::pb::keel::auth::v1::*;
 use crate::domain::auth::{self, LoginOutcome, Registration, TokenPair};
@@ -32,7 +32,7 @@ macro_rules! token_reply {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
             token_type: "bearer".to_owned(),
-            expires_in: i32::try_from(tokens.expires_in.num_seconds()).unwrap_or(i32::MAX),
+            expires_in: count_i32(tokens.expires_in.num_seconds()),
             ..Default::default()
         };
         reply
@@ -204,7 +204,7 @@ impl AuthService for AuthApi {
             .change_password(&caller, &body.current_password, &body.new_password)
             .await?;
         Ok(Response::new(ChangePasswordResponse {
-            revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
+            revoked_sessions: count_i32(revoked),
         }))
     }
 

@@ -40,6 +40,11 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// A count as the protos' `int32` fields carry it, saturating rather than wrapping.
+pub fn count_i32(value: impl TryInto<i32>) -> i32 {
+    value.try_into().unwrap_or(i32::MAX)
+}
+
 pub fn user_to_proto(user: User) -> user_pb::User {
     user_pb::User {
         id: user.id.to_string(),

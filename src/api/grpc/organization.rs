@@ -1,6 +1,6 @@
 //! `keel.organization.v1.OrganizationService`.
 
-use super::{access, json_to_struct, principal, struct_to_json, timestamp};
+use super::{access, count_i32, json_to_struct, principal, struct_to_json, timestamp};
 use crate::api::pb::keel::organization::v1::organization_service_server::OrganizationService;
 use crate::api::pb::keel::organization::v1::*;
 use crate::domain::tenancy;
@@ -144,7 +144,7 @@ impl OrganizationService for OrganizationApi {
         Ok(Response::new(ListMembersResponse {
             members: page.items.into_iter().map(member_to_proto).collect(),
             next_page_token: page.next_page_token,
-            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+            total_size: count_i32(total),
         }))
     }
 

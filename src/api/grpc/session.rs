@@ -1,6 +1,6 @@
 //! `keel.session.v1.SessionService`.
 
-use super::{principal, timestamp};
+use super::{count_i32, principal, timestamp};
 use crate::api::pb::keel::session::v1::session_service_server::SessionService;
 use crate::api::pb::keel::session::v1::*;
 use crate::domain::auth::{AuthService, SessionView};
@@ -15,10 +15,6 @@ impl SessionApi {
     pub fn new(auth: Arc<AuthService>) -> Self {
         Self { auth }
     }
-}
-
-fn count(value: usize) -> i32 {
-    i32::try_from(value).unwrap_or(i32::MAX)
 }
 
 fn session_to_proto(view: SessionView) -> Session {
@@ -52,8 +48,8 @@ impl SessionService for SessionApi {
             .await?;
         let active = views.iter().filter(|view| view.is_active).count();
         Ok(Response::new(ListSessionsResponse {
-            total: count(views.len()),
-            active: count(active),
+            total: count_i32(views.len()),
+            active: count_i32(active),
             sessions: views.into_iter().map(session_to_proto).collect(),
         }))
     }
@@ -64,13 +60,13 @@ impl SessionService for SessionApi {
     ) -> Result<Response<GetSessionStatsResponse>, Status> {
         let stats = self.auth.session_stats(&principal(&request)?).await?;
         Ok(Response::new(GetSessionStatsResponse {
-            active_sessions: count(stats.active),
-            revoked_sessions: count(stats.revoked),
-            expired_sessions: count(stats.expired),
+            active_sessions: count_i32(stats.active),
+            revoked_sessions: count_i32(stats.revoked),
+            expired_sessions: count_i32(stats.expired),
             active_by_device_type: stats
                 .active_by_device_type
                 .into_iter()
-                .map(|(device_type, sessions)| (device_type.to_owned(), count(sessions)))
+                .map(|(device_type, sessions)| (device_type.to_owned(), count_i32(sessions)))
                 .collect(),
             last_activity: stats.last_activity.map(timestamp),
         }))
@@ -95,7 +91,7 @@ impl SessionService for SessionApi {
             .revoke_all_sessions(&principal(&request)?, request.get_ref().keep_current)
             .await?;
         Ok(Response::new(RevokeAllSessionsResponse {
-            revoked_count: count(revoked),
+            revoked_count: count_i32(revoked),
         }))
     }
 }

@@ -1,6 +1,6 @@
 //! `keel.totp.v1.TotpService`.
 
-use super::{principal, timestamp};
+use super::{count_i32, principal, timestamp};
 use crate::api::pb::keel::totp::v1::totp_service_server::TotpService;
 use crate::api::pb::keel::totp::v1::*;
 use crate::domain::auth::AuthService;
@@ -63,7 +63,7 @@ impl TotpService for TotpApi {
         let status = self.totp.status(&principal(&request)?).await?;
         Ok(Response::new(GetTotpStatusResponse {
             enabled: status.enabled,
-            backup_codes_remaining: i32::try_from(status.backup_codes_remaining).unwrap_or(0),
+            backup_codes_remaining: count_i32(status.backup_codes_remaining),
             enabled_at: status.enabled_at.map(timestamp),
         }))
     }
