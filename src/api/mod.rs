@@ -222,7 +222,10 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
 
     let router = Router::new()
-        .route("/api/{*path}", any(rest::handle).with_state(transcoder))
+        .route(
+            "/api/{*path}",
+            any(rest::handle).with_state(transcoder.clone()),
+        )
         .route("/health", get(web::health).with_state(health))
         .route(
             "/.well-known/jwks.json",
@@ -266,7 +269,11 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             header::STRICT_TRANSPORT_SECURITY,
             move |_: &Response| hsts.clone(),
         ))
-        .layer(cors(&dependencies.cors_allowed_origins)?);
+        .layer(cors(&dependencies.cors_allowed_origins)?)
+        .layer(axum::middleware::from_fn_with_state(
+            transcoder,
+            rest::plain_options,
+        ));
     Ok(router)
 }
 

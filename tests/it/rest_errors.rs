@@ -197,6 +197,42 @@ async fn routing_errors_use_the_error_shape(backend: Backend) {
     let error: Value = response.json().await.unwrap();
     assert_eq!(error["reason"], "METHOD_NOT_ALLOWED");
     assert_error_shape(&error);
+    // The most specific path decides: `stats` is a literal route, not a session id.
+    let response = app
+        .http
+        .delete(app.url("/api/v1/sessions/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (response.status().as_u16(), &response.headers()["allow"]),
+        (405, &"GET".parse().unwrap())
+    );
+
+    // A plain OPTIONS (not a CORS preflight) names the path's methods.
+    for (path, allow) in [
+        (
+            "/api/v1/teams/0190c9e2-9a7b-7c3d-8e4f-0123456789ab",
+            "DELETE, GET, PUT, OPTIONS",
+        ),
+        ("/api/v1/auth/login", "POST, OPTIONS"),
+    ] {
+        let response = app
+            .http
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 204, "{path}");
+        assert_eq!(response.headers()["allow"], allow, "{path}");
+    }
+    let response = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/api/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
 
     let (status, error) =
         send_raw(&app, reqwest::Method::GET, "/api/v1/auth/me", None, vec![]).await;

@@ -69,6 +69,40 @@ impl Transcoder {
     /// method serves it, else 405 with the methods they have; 404 when nothing matches. So
     /// `DELETE /api/v1/sessions/stats` is a 405, not a revocation of the session "stats".
     fn route(&self, method: &http::Method, path: &str) -> Result<Matched<'_>, RestError> {
+        let mut best = self.best_matches(path);
+        if best.is_empty() {
+            return Err(RestError::not_found_route(path));
+        }
+        if let Some(index) = best
+            .iter()
+            .position(|matched| matched.binding.method == *method)
+        {
+            return Ok(best.swap_remove(index));
+        }
+        Err(RestError::method_not_allowed(
+            method,
+            path,
+            &allowed_methods(&best),
+        ))
+    }
+
+    /// A plain `OPTIONS` (not a CORS preflight): 204 with the path's methods in `Allow`.
+    pub fn options(&self, path: &str) -> Response {
+        let best = self.best_matches(path);
+        if best.is_empty() {
+            return RestError::not_found_route(path).into_response();
+        }
+        let mut allowed = allowed_methods(&best);
+        allowed.push("OPTIONS");
+        (
+            StatusCode::NO_CONTENT,
+            [(header::ALLOW, allowed.join(", "))],
+        )
+            .into_response()
+    }
+
+    /// The templates matching `path` with the best score, whatever their methods.
+    fn best_matches(&self, path: &str) -> Vec<Matched<'_>> {
         let mut best_score: Option<Vec<bool>> = None;
         let mut best: Vec<Matched<'_>> = Vec::new();
         for rpc in &self.contract.rpcs {
@@ -91,22 +125,7 @@ impl Transcoder {
                 }
             }
         }
-        if best.is_empty() {
-            return Err(RestError::not_found_route(path));
-        }
-        let mut allowed: Vec<&str> = best
-            .iter()
-            .map(|matched| matched.binding.method.as_str())
-            .collect();
-        if let Some(index) = best
-            .iter()
-            .position(|matched| matched.binding.method == *method)
-        {
-            return Ok(best.swap_remove(index));
-        }
-        allowed.sort_unstable();
-        allowed.dedup();
-        Err(RestError::method_not_allowed(method, path, &allowed))
+        best
     }
 
     async fn handle(&self, request: axum::extract::Request) -> Result<Response, RestError> {
@@ -243,6 +262,33 @@ fn internal(message: impl Into<String>) -> RestError {
 }
 
 /// The axum handler for every `/api/...` request.
+fn allowed_methods<'a>(matches: &[Matched<'a>]) -> Vec<&'a str> {
+    let mut allowed: Vec<&str> = matches
+        .iter()
+        .map(|matched| matched.binding.method.as_str())
+        .collect();
+    allowed.sort_unstable();
+    allowed.dedup();
+    allowed
+}
+
+/// Answers a plain `OPTIONS` on a REST path before the CORS layer, which takes every `OPTIONS`
+/// for a preflight; a preflight (with `Origin`) goes on to it.
+pub async fn plain_options(
+    State(transcoder): State<Arc<Transcoder>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path();
+    if request.method() == http::Method::OPTIONS
+        && !request.headers().contains_key(header::ORIGIN)
+        && path.starts_with("/api/")
+    {
+        return transcoder.options(path);
+    }
+    next.run(request).await
+}
+
 pub async fn handle(
     State(transcoder): State<Arc<Transcoder>>,
     request: axum::extract::Request,
