@@ -1,7 +1,7 @@
 //! `InvitationStore` on SQL.
 
 use super::organizations::{COUNT_MEMBERS, LOCK_ORGANIZATION};
-use super::{SqlStore, database_error, execute, with_pool};
+use super::{SqlStore, database_error, execute, insert_member_roles, with_pool};
 use crate::domain::error::Result;
 use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
 use crate::domain::tenancy::quotas::QuotaService;
@@ -247,17 +247,7 @@ impl InvitationStore for SqlStore {
                 if members > max_members {
                     return Ok(false);
                 }
-                for role_key in role_keys {
-                    sqlx::query(
-                        "INSERT INTO member_roles (organization_id, user_id, role_key) \
-                         VALUES ($1, $2, $3)",
-                    )
-                    .bind(invitation.organization_id)
-                    .bind(user_id)
-                    .bind(role_key)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
+                insert_member_roles!(transaction, invitation.organization_id, user_id, role_keys);
             }
             transaction.commit().await?;
             Ok::<_, sqlx::Error>(true)

@@ -43,6 +43,24 @@ macro_rules! with_pool {
 }
 use with_pool;
 
+/// Gives a member these organization role keys, inside a transaction of either backend.
+macro_rules! insert_member_roles {
+    ($transaction:expr, $organization_id:expr, $user_id:expr, $role_keys:expr) => {
+        for role_key in $role_keys {
+            sqlx::query(
+                "INSERT INTO member_roles (organization_id, user_id, role_key) \
+                 VALUES ($1, $2, $3)",
+            )
+            .bind($organization_id)
+            .bind($user_id)
+            .bind(role_key)
+            .execute(&mut *$transaction)
+            .await?;
+        }
+    };
+}
+use insert_member_roles;
+
 /// Runs one statement on either backend; answers the number of rows it affected.
 macro_rules! execute {
     ($store:expr, $query:expr) => {

@@ -2,7 +2,7 @@
 //! update: a row lock on PostgreSQL, the write lock on SQLite), so two concurrent demotions
 //! cannot leave an organization without an owner.
 
-use super::{SqlStore, database_error, is_unique_violation, with_pool};
+use super::{SqlStore, database_error, insert_member_roles, is_unique_violation, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::permissions::PermissionSet;
 use crate::domain::tenancy::quotas::QuotaService;
@@ -154,14 +154,7 @@ impl OrganizationStore for SqlStore {
             .bind(organization.created_at)
             .execute(&mut *transaction)
             .await?;
-            sqlx::query(
-                "INSERT INTO member_roles (organization_id, user_id, role_key) \
-                 VALUES ($1, $2, 'owner')",
-            )
-            .bind(organization.id)
-            .bind(owner)
-            .execute(&mut *transaction)
-            .await?;
+            insert_member_roles!(transaction, organization.id, owner, ["owner"]);
             transaction.commit().await
         }
         .await)
@@ -484,17 +477,7 @@ impl OrganizationStore for SqlStore {
             if members > max_members {
                 return Ok(false);
             }
-            for role_key in role_keys {
-                sqlx::query(
-                    "INSERT INTO member_roles (organization_id, user_id, role_key) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(organization_id)
-                .bind(user_id)
-                .bind(role_key)
-                .execute(&mut *transaction)
-                .await?;
-            }
+            insert_member_roles!(transaction, organization_id, user_id, role_keys);
             transaction.commit().await?;
             Ok(true)
         }
@@ -529,17 +512,7 @@ impl OrganizationStore for SqlStore {
                 .bind(user_id)
                 .execute(&mut *transaction)
                 .await?;
-            for role_key in role_keys {
-                sqlx::query(
-                    "INSERT INTO member_roles (organization_id, user_id, role_key) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(organization_id)
-                .bind(user_id)
-                .bind(role_key)
-                .execute(&mut *transaction)
-                .await?;
-            }
+            insert_member_roles!(transaction, organization_id, user_id, role_keys);
             let (owners,): (i64,) = sqlx::query_as(COUNT_OWNERS)
                 .bind(organization_id)
                 .fetch_one(&mut *transaction)
@@ -570,15 +543,7 @@ impl OrganizationStore for SqlStore {
                     .bind(user_id)
                     .execute(&mut *transaction)
                     .await?;
-                sqlx::query(
-                    "INSERT INTO member_roles (organization_id, user_id, role_key) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(organization_id)
-                .bind(user_id)
-                .bind(role_key)
-                .execute(&mut *transaction)
-                .await?;
+                insert_member_roles!(transaction, organization_id, user_id, [role_key]);
             }
             transaction.commit().await
         }
