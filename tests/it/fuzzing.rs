@@ -42,6 +42,27 @@ async fn schemathesis_finds_the_document_true() {
         json!({ "organization_id": organization, "name": "Core", "slug": "core" }),
     )
     .await;
+    let role = created(
+        &app,
+        &root,
+        &format!("/api/v1/organizations/{organization}/roles"),
+        json!({ "name": "auditor", "permissions": ["member:read"] }),
+    )
+    .await;
+    // A member to act on (the other superuser, so that its own session stays usable).
+    let (_, other_user) = app
+        .rest(reqwest::Method::GET, "/api/v1/auth/me", &other, None)
+        .await;
+    let member = other_user["id"].as_str().unwrap().to_owned();
+    let (status, _) = app
+        .rest(
+            reqwest::Method::POST,
+            &format!("/api/v1/organizations/{organization}/members"),
+            &root,
+            Some(json!({ "user_id": member, "roles": ["member"] })),
+        )
+        .await;
+    assert_eq!(status, 201);
 
     // Fixed, so that CI is repeatable; set another to explore.
     let seed = std::env::var("KEEL_TEST_FUZZ_SEED").unwrap_or_else(|_| "1".into());
@@ -56,6 +77,8 @@ async fn schemathesis_finds_the_document_true() {
 page_token = ""
 organization_id = "{organization}"
 team_id = "{team}"
+user_id = "{member}"
+role = "{role}"
 
 [[operations]]
 include-name = "DELETE /api/v1/organizations/{{organization_id}}"
@@ -97,7 +120,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
     );
     let summary = report
         .lines()
-        .find(|line| line.contains("generated"))
+        .find(|line| line.contains(" generated, "))
         .unwrap_or_default();
     eprintln!("schemathesis: {}", summary.trim());
 }
