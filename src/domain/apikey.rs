@@ -233,9 +233,8 @@ impl ApiKeyService {
     }
 
     /// One of the caller's keys; another user's key answers not found.
-    pub async fn get(&self, owner: &Principal, id: &str) -> Result<ApiKey> {
+    pub async fn get(&self, owner: &Principal, id: Uuid) -> Result<ApiKey> {
         owner.session_id()?;
-        let id = Uuid::parse_str(id).map_err(|_| not_found())?;
         self.store
             .find_api_key(id)
             .await?
@@ -244,7 +243,7 @@ impl ApiKeyService {
     }
 
     /// Revokes one of the caller's keys; it stops working on the next request.
-    pub async fn revoke(&self, owner: &Principal, id: &str) -> Result<()> {
+    pub async fn revoke(&self, owner: &Principal, id: Uuid) -> Result<()> {
         let key = self.get(owner, id).await?;
         self.store
             .revoke_api_key(key.id, truncate_to_micros(self.clock.now()))

@@ -1,6 +1,6 @@
 //! `keel.apikey.v1.ApiKeyService`.
 
-use super::{principal, timestamp};
+use super::{id, principal, timestamp};
 use crate::api::pb::keel::apikey::v1::api_key_service_server::ApiKeyService;
 use crate::api::pb::keel::apikey::v1::*;
 use crate::domain::apikey;
@@ -74,7 +74,10 @@ impl ApiKeyService for ApiKeyApi {
     ) -> Result<Response<GetApiKeyResponse>, Status> {
         let key = self
             .api_keys
-            .get(&principal(&request)?, &request.get_ref().api_key_id)
+            .get(
+                &principal(&request)?,
+                id("api_key_id", &request.get_ref().api_key_id)?,
+            )
             .await?;
         Ok(Response::new(GetApiKeyResponse {
             api_key: Some(api_key_to_proto(key)),
@@ -86,7 +89,10 @@ impl ApiKeyService for ApiKeyApi {
         request: Request<RevokeApiKeyRequest>,
     ) -> Result<Response<RevokeApiKeyResponse>, Status> {
         self.api_keys
-            .revoke(&principal(&request)?, &request.get_ref().api_key_id)
+            .revoke(
+                &principal(&request)?,
+                id("api_key_id", &request.get_ref().api_key_id)?,
+            )
             .await?;
         Ok(Response::new(RevokeApiKeyResponse {}))
     }

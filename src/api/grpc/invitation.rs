@@ -1,6 +1,6 @@
 //! `keel.invitation.v1.InvitationService`.
 
-use super::{access, principal, timestamp};
+use super::{access, id, principal, timestamp};
 use crate::api::pb::keel::invitation::v1::invitation_service_server::InvitationService;
 use crate::api::pb::keel::invitation::v1::*;
 use crate::domain::tenancy::invitations::{self, InvitationStatus as DomainStatus};
@@ -95,7 +95,10 @@ impl InvitationService for InvitationApi {
     ) -> Result<Response<GetInvitationResponse>, Status> {
         let invitation = self
             .invitations
-            .get(&access(&request)?, &request.get_ref().invitation_id)
+            .get(
+                &access(&request)?,
+                id("invitation_id", &request.get_ref().invitation_id)?,
+            )
             .await?;
         Ok(Response::new(GetInvitationResponse {
             invitation: Some(self.to_proto(invitation).await?),
@@ -108,7 +111,10 @@ impl InvitationService for InvitationApi {
     ) -> Result<Response<ResendInvitationResponse>, Status> {
         let invitation = self
             .invitations
-            .resend(&access(&request)?, &request.get_ref().invitation_id)
+            .resend(
+                &access(&request)?,
+                id("invitation_id", &request.get_ref().invitation_id)?,
+            )
             .await?;
         Ok(Response::new(ResendInvitationResponse {
             invitation: Some(self.to_proto(invitation).await?),
@@ -120,7 +126,10 @@ impl InvitationService for InvitationApi {
         request: Request<RevokeInvitationRequest>,
     ) -> Result<Response<RevokeInvitationResponse>, Status> {
         self.invitations
-            .revoke(&access(&request)?, &request.get_ref().invitation_id)
+            .revoke(
+                &access(&request)?,
+                id("invitation_id", &request.get_ref().invitation_id)?,
+            )
             .await?;
         Ok(Response::new(RevokeInvitationResponse {}))
     }

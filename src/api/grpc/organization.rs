@@ -1,6 +1,6 @@
 //! `keel.organization.v1.OrganizationService`.
 
-use super::{access, count_i32, json_to_struct, principal, struct_to_json, timestamp};
+use super::{access, count_i32, id, json_to_struct, principal, struct_to_json, timestamp};
 use crate::api::pb::keel::organization::v1::organization_service_server::OrganizationService;
 use crate::api::pb::keel::organization::v1::*;
 use crate::domain::tenancy;
@@ -127,7 +127,10 @@ impl OrganizationService for OrganizationApi {
         request: Request<TransferOwnershipRequest>,
     ) -> Result<Response<TransferOwnershipResponse>, Status> {
         self.organizations
-            .transfer_ownership(&access(&request)?, &request.get_ref().user_id)
+            .transfer_ownership(
+                &access(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(TransferOwnershipResponse {}))
     }
@@ -154,7 +157,10 @@ impl OrganizationService for OrganizationApi {
     ) -> Result<Response<GetMemberResponse>, Status> {
         let member = self
             .organizations
-            .get_member(&access(&request)?, &request.get_ref().user_id)
+            .get_member(
+                &access(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(GetMemberResponse {
             member: Some(member_to_proto(member)),
@@ -168,7 +174,11 @@ impl OrganizationService for OrganizationApi {
         let body = request.get_ref();
         let member = self
             .organizations
-            .add_member(&access(&request)?, &body.user_id, &body.roles)
+            .add_member(
+                &access(&request)?,
+                id("user_id", &body.user_id)?,
+                &body.roles,
+            )
             .await?;
         Ok(Response::new(AddMemberResponse {
             member: Some(member_to_proto(member)),
@@ -182,7 +192,11 @@ impl OrganizationService for OrganizationApi {
         let body = request.get_ref();
         let member = self
             .organizations
-            .update_member(&access(&request)?, &body.user_id, &body.roles)
+            .update_member(
+                &access(&request)?,
+                id("user_id", &body.user_id)?,
+                &body.roles,
+            )
             .await?;
         Ok(Response::new(UpdateMemberResponse {
             member: Some(member_to_proto(member)),
@@ -194,7 +208,10 @@ impl OrganizationService for OrganizationApi {
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<RemoveMemberResponse>, Status> {
         self.organizations
-            .remove_member(&access(&request)?, &request.get_ref().user_id)
+            .remove_member(
+                &access(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(RemoveMemberResponse {}))
     }

@@ -1,6 +1,6 @@
 //! `keel.quota.v1.QuotaService`.
 
-use super::{access, timestamp};
+use super::{access, id, timestamp};
 use crate::api::pb::keel::quota::v1::quota_service_server::QuotaService;
 use crate::api::pb::keel::quota::v1::*;
 use crate::domain::tenancy::quotas::{self, LimitChanges};
@@ -66,7 +66,7 @@ impl QuotaService for QuotaApi {
         };
         let limits = self
             .quotas
-            .update_limits(&body.organization_id, changes)
+            .update_limits(id("organization_id", &body.organization_id)?, changes)
             .await?;
         Ok(Response::new(UpdateQuotaLimitsResponse {
             limits: Some(limits_to_proto(limits)),

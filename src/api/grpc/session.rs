@@ -1,6 +1,6 @@
 //! `keel.session.v1.SessionService`.
 
-use super::{count_i32, principal, timestamp};
+use super::{count_i32, id, principal, timestamp};
 use crate::api::pb::keel::session::v1::session_service_server::SessionService;
 use crate::api::pb::keel::session::v1::*;
 use crate::domain::auth::{AuthService, SessionView};
@@ -77,7 +77,10 @@ impl SessionService for SessionApi {
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionResponse>, Status> {
         self.auth
-            .revoke_own_session(&principal(&request)?, &request.get_ref().session_id)
+            .revoke_own_session(
+                &principal(&request)?,
+                id("session_id", &request.get_ref().session_id)?,
+            )
             .await?;
         Ok(Response::new(RevokeSessionResponse {}))
     }

@@ -1,6 +1,6 @@
 //! `keel.team.v1.TeamService`.
 
-use super::{access, timestamp};
+use super::{access, id, timestamp};
 use crate::api::pb::keel::team::v1::team_service_server::TeamService;
 use crate::api::pb::keel::team::v1::*;
 use crate::domain::tenancy::teams::{self, TeamMemberView};
@@ -134,7 +134,11 @@ impl TeamService for TeamApi {
         let body = request.get_ref();
         let member = self
             .teams
-            .add_member(&access(&request)?, &body.user_id, &body.roles)
+            .add_member(
+                &access(&request)?,
+                id("user_id", &body.user_id)?,
+                &body.roles,
+            )
             .await?;
         Ok(Response::new(AddTeamMemberResponse {
             member: Some(member_to_proto(member)),
@@ -148,7 +152,11 @@ impl TeamService for TeamApi {
         let body = request.get_ref();
         let member = self
             .teams
-            .update_member(&access(&request)?, &body.user_id, &body.roles)
+            .update_member(
+                &access(&request)?,
+                id("user_id", &body.user_id)?,
+                &body.roles,
+            )
             .await?;
         Ok(Response::new(UpdateTeamMemberResponse {
             member: Some(member_to_proto(member)),
@@ -160,7 +168,10 @@ impl TeamService for TeamApi {
         request: Request<RemoveTeamMemberRequest>,
     ) -> Result<Response<RemoveTeamMemberResponse>, Status> {
         self.teams
-            .remove_member(&access(&request)?, &request.get_ref().user_id)
+            .remove_member(
+                &access(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(RemoveTeamMemberResponse {}))
     }

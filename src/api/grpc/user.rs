@@ -1,6 +1,6 @@
 //! `keel.user.v1.UserService`.
 
-use super::{principal, user_to_proto};
+use super::{id, principal, user_to_proto};
 use crate::api::pb::keel::user::v1::user_service_server::UserService;
 use crate::api::pb::keel::user::v1::*;
 use crate::domain::auth::AuthService;
@@ -64,7 +64,10 @@ impl UserService for UserApi {
     ) -> Result<Response<GetUserResponse>, Status> {
         let user = self
             .directory
-            .get(&principal(&request)?, &request.get_ref().user_id)
+            .get(
+                &principal(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(GetUserResponse {
             user: Some(user_to_proto(user)),
@@ -76,7 +79,10 @@ impl UserService for UserApi {
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
         self.auth
-            .delete_user(&principal(&request)?, &request.get_ref().user_id)
+            .delete_user(
+                &principal(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(DeleteUserResponse {}))
     }
@@ -87,7 +93,11 @@ impl UserService for UserApi {
     ) -> Result<Response<GrantSuperuserResponse>, Status> {
         let user = self
             .auth
-            .set_superuser(&principal(&request)?, &request.get_ref().user_id, true)
+            .set_superuser(
+                &principal(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+                true,
+            )
             .await?;
         Ok(Response::new(GrantSuperuserResponse {
             user: Some(user_to_proto(user)),
@@ -100,7 +110,11 @@ impl UserService for UserApi {
     ) -> Result<Response<RevokeSuperuserResponse>, Status> {
         let user = self
             .auth
-            .set_superuser(&principal(&request)?, &request.get_ref().user_id, false)
+            .set_superuser(
+                &principal(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+                false,
+            )
             .await?;
         Ok(Response::new(RevokeSuperuserResponse {
             user: Some(user_to_proto(user)),
@@ -112,7 +126,10 @@ impl UserService for UserApi {
         request: Request<ResetUserTotpRequest>,
     ) -> Result<Response<ResetUserTotpResponse>, Status> {
         self.auth
-            .reset_totp(&principal(&request)?, &request.get_ref().user_id)
+            .reset_totp(
+                &principal(&request)?,
+                id("user_id", &request.get_ref().user_id)?,
+            )
             .await?;
         Ok(Response::new(ResetUserTotpResponse {}))
     }

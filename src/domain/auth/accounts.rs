@@ -190,8 +190,7 @@ impl AuthService {
     }
 
     /// The account a superuser acts on, never their own.
-    async fn other_user(&self, caller: &Principal, user_id: &str) -> Result<User> {
-        let user_id = Uuid::parse_str(user_id.trim()).map_err(|_| user_not_found())?;
+    async fn other_user(&self, caller: &Principal, user_id: Uuid) -> Result<User> {
         if user_id == caller.user.id {
             return Err(cannot_change_self());
         }
@@ -202,7 +201,7 @@ impl AuthService {
     }
 
     /// Deactivates an account and revokes its sessions; its API keys stop working with it.
-    pub async fn delete_user(&self, caller: &Principal, user_id: &str) -> Result<()> {
+    pub async fn delete_user(&self, caller: &Principal, user_id: Uuid) -> Result<()> {
         let user = self.other_user(caller, user_id).await?;
         self.users
             .deactivate_user(user.id, truncate_to_micros(self.clock.now()))
@@ -215,7 +214,7 @@ impl AuthService {
 
     /// Turns a user's 2FA off for them (authenticator and backup codes lost), tells them by
     /// mail, and logs who did it.
-    pub async fn reset_totp(&self, caller: &Principal, user_id: &str) -> Result<()> {
+    pub async fn reset_totp(&self, caller: &Principal, user_id: Uuid) -> Result<()> {
         let user = self.other_user(caller, user_id).await?;
         if !self.totp.is_enabled(user.id).await? {
             return Err(Error::new(
@@ -241,7 +240,7 @@ impl AuthService {
     pub async fn set_superuser(
         &self,
         caller: &Principal,
-        user_id: &str,
+        user_id: Uuid,
         is_superuser: bool,
     ) -> Result<User> {
         let user = self.other_user(caller, user_id).await?;

@@ -79,14 +79,7 @@ impl AuthService {
 
     /// Revokes one of the caller's sessions. Another user's session answers not found, so
     /// that session ids reveal nothing.
-    pub async fn revoke_own_session(&self, principal: &Principal, session_id: &str) -> Result<()> {
-        let session_id = Uuid::parse_str(session_id).map_err(|_| {
-            Error::invalid_fields(vec![FieldViolation::new(
-                "session_id",
-                "INVALID_SESSION_ID",
-                "must be a session id (UUID)",
-            )])
-        })?;
+    pub async fn revoke_own_session(&self, principal: &Principal, session_id: Uuid) -> Result<()> {
         let session = self
             .sessions
             .find_session(session_id)

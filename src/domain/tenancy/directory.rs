@@ -48,8 +48,7 @@ impl UserDirectory {
         Ok(self.pages.page("users", request, rows, |user| user.id))
     }
 
-    pub async fn get(&self, caller: &Principal, user_id: &str) -> Result<User> {
-        let user_id = Uuid::parse_str(user_id.trim()).map_err(|_| user_not_found())?;
+    pub async fn get(&self, caller: &Principal, user_id: Uuid) -> Result<User> {
         let bound = match &caller.credential {
             Credential::ApiKey {
                 organization_id, ..

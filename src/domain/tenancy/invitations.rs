@@ -289,15 +289,14 @@ impl InvitationService {
             .page(&list, request, rows, |invitation| invitation.id))
     }
 
-    pub async fn get(&self, access: &Access, id: &str) -> Result<Invitation> {
-        let id = Uuid::parse_str(id.trim()).map_err(|_| invitation_not_found())?;
+    pub async fn get(&self, access: &Access, id: Uuid) -> Result<Invitation> {
         self.store
             .find_invitation(access.organization_id, id)
             .await?
             .ok_or_else(invitation_not_found)
     }
 
-    pub async fn resend(&self, access: &Access, id: &str) -> Result<Invitation> {
+    pub async fn resend(&self, access: &Access, id: Uuid) -> Result<Invitation> {
         let mut invitation = self.get(access, id).await?;
         let now = truncate_to_micros(self.clock.now());
         if matches!(
@@ -321,7 +320,7 @@ impl InvitationService {
         Ok(invitation)
     }
 
-    pub async fn revoke(&self, access: &Access, id: &str) -> Result<()> {
+    pub async fn revoke(&self, access: &Access, id: Uuid) -> Result<()> {
         let invitation = self.get(access, id).await?;
         let now = truncate_to_micros(self.clock.now());
         if matches!(

@@ -75,10 +75,6 @@ fn check_settings(settings: &Settings) -> Result<(), FieldViolation> {
     Ok(())
 }
 
-fn parse_user_id(raw: &str) -> Result<Uuid> {
-    Uuid::parse_str(raw.trim()).map_err(|_| member_not_found())
-}
-
 impl OrganizationService {
     pub fn new(
         store: Arc<dyn OrganizationStore>,
@@ -238,8 +234,7 @@ impl OrganizationService {
         Ok(())
     }
 
-    pub async fn transfer_ownership(&self, access: &Access, to: &str) -> Result<()> {
-        let to = parse_user_id(to)?;
+    pub async fn transfer_ownership(&self, access: &Access, to: Uuid) -> Result<()> {
         if !access
             .role_keys
             .iter()
@@ -312,19 +307,18 @@ impl OrganizationService {
             .ok_or_else(member_not_found)
     }
 
-    pub async fn get_member(&self, access: &Access, user_id: &str) -> Result<MemberView> {
-        let member = self.find_member(access, parse_user_id(user_id)?).await?;
+    pub async fn get_member(&self, access: &Access, user_id: Uuid) -> Result<MemberView> {
+        let member = self.find_member(access, user_id).await?;
         self.view(access.organization_id, member).await
     }
 
     pub async fn add_member(
         &self,
         access: &Access,
-        user_id: &str,
+        user_id: Uuid,
         roles: &[String],
     ) -> Result<MemberView> {
         let user_not_found = || Error::not_found("USER_NOT_FOUND", "no such user");
-        let user_id = Uuid::parse_str(user_id.trim()).map_err(|_| user_not_found())?;
         let role_keys = self.access.grantable_roles(access, roles).await?;
         self.users
             .find_user(user_id)
@@ -345,7 +339,7 @@ impl OrganizationService {
             .forget_member(access.organization_id, user_id)
             .await?;
         tracing::info!(organization_id = %access.organization_id, user_id = %user_id, by = %access.user_id(), "member added");
-        self.get_member(access, &user_id.to_string()).await
+        self.get_member(access, user_id).await
     }
 
     /// Refuses to touch a member whose permissions exceed the caller's.
@@ -360,7 +354,7 @@ impl OrganizationService {
     pub async fn update_member(
         &self,
         access: &Access,
-        user_id: &str,
+        user_id: Uuid,
         roles: &[String],
     ) -> Result<MemberView> {
         if roles.is_empty() {
@@ -370,7 +364,7 @@ impl OrganizationService {
                 "a member holds at least one role; remove the member instead",
             )]));
         }
-        let member = self.find_member(access, parse_user_id(user_id)?).await?;
+        let member = self.find_member(access, user_id).await?;
         self.ensure_outranks(access, &member).await?;
         let role_keys = self.access.grantable_roles(access, roles).await?;
         self.store
@@ -380,11 +374,11 @@ impl OrganizationService {
             .forget_member(access.organization_id, member.user_id)
             .await?;
         tracing::info!(organization_id = %access.organization_id, user_id = %member.user_id, by = %access.user_id(), "member roles changed");
-        self.get_member(access, &member.user_id.to_string()).await
+        self.get_member(access, member.user_id).await
     }
 
-    pub async fn remove_member(&self, access: &Access, user_id: &str) -> Result<()> {
-        let member = self.find_member(access, parse_user_id(user_id)?).await?;
+    pub async fn remove_member(&self, access: &Access, user_id: Uuid) -> Result<()> {
+        let member = self.find_member(access, user_id).await?;
         self.ensure_outranks(access, &member).await?;
         self.remove(access.organization_id, member.user_id).await?;
         tracing::info!(organization_id = %access.organization_id, user_id = %member.user_id, by = %access.user_id(), "member removed");

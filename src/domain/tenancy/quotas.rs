@@ -374,11 +374,9 @@ impl QuotaService {
     /// Changes limits (the caller was admitted as a platform superuser).
     pub async fn update_limits(
         &self,
-        organization_id: &str,
+        organization_id: Uuid,
         changes: LimitChanges,
     ) -> Result<QuotaLimits> {
-        let organization_id =
-            Uuid::parse_str(organization_id.trim()).map_err(|_| organization_not_found())?;
         self.organizations
             .find_organization(organization_id)
             .await?

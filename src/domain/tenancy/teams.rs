@@ -68,10 +68,6 @@ fn team_member_not_found() -> Error {
     Error::not_found("TEAM_MEMBER_NOT_FOUND", "no such member in this team")
 }
 
-fn parse_user_id(raw: &str, not_found: fn() -> Error) -> Result<Uuid> {
-    Uuid::parse_str(raw.trim()).map_err(|_| not_found())
-}
-
 /// A team member with role names rather than keys.
 pub struct TeamMemberView {
     pub member: Member,
@@ -247,8 +243,7 @@ impl TeamService {
         Ok(TeamMemberView { member, roles })
     }
 
-    async fn find_member(&self, team: &Team, user_id: &str) -> Result<Member> {
-        let user_id = parse_user_id(user_id, team_member_not_found)?;
+    async fn find_member(&self, team: &Team, user_id: Uuid) -> Result<Member> {
         self.store
             .find_team_member(team.id, user_id)
             .await?
@@ -266,11 +261,10 @@ impl TeamService {
     pub async fn add_member(
         &self,
         access: &Access,
-        user_id: &str,
+        user_id: Uuid,
         roles: &[String],
     ) -> Result<TeamMemberView> {
         let team = self.get(access).await?;
-        let user_id = parse_user_id(user_id, member_not_found)?;
         let role_keys = self.grantable(access, roles).await?;
         if self
             .organizations
@@ -291,14 +285,14 @@ impl TeamService {
         self.access
             .forget_member(team.organization_id, user_id)
             .await?;
-        let member = self.find_member(&team, &user_id.to_string()).await?;
+        let member = self.find_member(&team, user_id).await?;
         self.view(&team, member).await
     }
 
     pub async fn update_member(
         &self,
         access: &Access,
-        user_id: &str,
+        user_id: Uuid,
         roles: &[String],
     ) -> Result<TeamMemberView> {
         let team = self.get(access).await?;
@@ -315,11 +309,11 @@ impl TeamService {
         self.access
             .forget_member(team.organization_id, member.user_id)
             .await?;
-        let member = self.find_member(&team, &member.user_id.to_string()).await?;
+        let member = self.find_member(&team, member.user_id).await?;
         self.view(&team, member).await
     }
 
-    pub async fn remove_member(&self, access: &Access, user_id: &str) -> Result<()> {
+    pub async fn remove_member(&self, access: &Access, user_id: Uuid) -> Result<()> {
         let team = self.get(access).await?;
         let member = self.find_member(&team, user_id).await?;
         access.ensure_covers(
