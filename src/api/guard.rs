@@ -30,6 +30,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic::body::Body;
+use uuid::Uuid;
 
 /// The largest request message the guard reads (tonic's own limit).
 const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -131,10 +132,10 @@ impl Guard {
                 principal.session_id()?;
             }
             (AuthRule::Permission(permission), Some(scope_field), Some(message)) => {
-                let named = scope_of(message, scope_field, request.headers())?;
+                let scope = scope_of(message, scope_field, request.headers())?;
                 let access = self
                     .access
-                    .authorize(principal.clone(), named.scope(), permission)
+                    .authorize(principal.clone(), scope, permission)
                     .await?;
                 self.quotas.admit_caller(&access).await?;
                 if rule.metered {
@@ -238,62 +239,69 @@ fn decode_frame(frame: &[u8], input: &MessageDescriptor) -> Result<DynamicMessag
     DynamicMessage::decode(input.clone(), payload).map_err(|_| malformed())
 }
 
-/// The scope a request names, owned until the access check borrows it.
-enum Named {
-    Organization(String),
-    Team(String),
-    Invitation(String),
-}
-
-impl Named {
-    fn scope(&self) -> Scope<'_> {
-        match self {
-            Named::Organization(id) => Scope::Organization(id),
-            Named::Team(id) => Scope::Team(id),
-            Named::Invitation(id) => Scope::Invitation(id),
-        }
-    }
-}
-
 /// Where a request acts: the organization its `organization_id` names, else the
-/// `x-organization-id` header (both set must agree), else its invitation's; or its team.
+/// `x-organization-id` header (both set must agree), else its invitation's; or its team. The
+/// message's ids have passed the contract's `string.uuid` rule; the header is checked here.
 fn scope_of(
     message: &DynamicMessage,
     scope_field: &ScopeField,
     headers: &http::HeaderMap,
-) -> Result<Named, Error> {
-    let non_empty = |value: &str| Some(value.trim().to_owned()).filter(|value| !value.is_empty());
-    let named = |field: &FieldDescriptor| message.get_field(field).as_str().and_then(non_empty);
-    let required = |field: &FieldDescriptor, description: String| {
+) -> Result<Scope, Error> {
+    let violation = |field: &str, reason: &'static str, description: String| {
         Error::invalid_fields(vec![crate::domain::FieldViolation::new(
-            field.name(),
-            "SCOPE_REQUIRED",
+            field,
+            reason,
             description,
         )])
     };
+    let uuid = |field: &str, raw: &str| {
+        Uuid::parse_str(raw.trim()).map_err(|_| {
+            violation(
+                field,
+                "string.uuid",
+                "value must be a valid UUID".to_owned(),
+            )
+        })
+    };
+    let named = |field: &FieldDescriptor| {
+        let value = message.get_field(field);
+        match value.as_str().map(str::trim).filter(|raw| !raw.is_empty()) {
+            Some(raw) => uuid(field.name(), raw).map(Some),
+            None => Ok(None),
+        }
+    };
     match scope_field {
         ScopeField::Organization { field, invitation } => {
-            let header = headers
-                .get(ORGANIZATION_HEADER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(non_empty);
-            let invitation_id = invitation.as_ref().and_then(named);
-            match (named(field), header, invitation_id) {
+            let header = match headers.get(ORGANIZATION_HEADER).map(|value| value.to_str()) {
+                Some(Ok(raw)) if !raw.trim().is_empty() => Some(uuid(ORGANIZATION_HEADER, raw)?),
+                Some(Err(_)) => Some(uuid(ORGANIZATION_HEADER, "")?),
+                _ => None,
+            };
+            let invitation_id = match invitation {
+                Some(invitation) => named(invitation)?,
+                None => None,
+            };
+            match (named(field)?, header, invitation_id) {
                 (Some(named), Some(header), _) if named != header => Err(Error::invalid_argument(
                     "ORGANIZATION_MISMATCH",
                     "organization_id and the x-organization-id header name different organizations",
                 )),
-                (Some(id), _, _) | (None, Some(id), _) => Ok(Named::Organization(id)),
-                (None, None, Some(id)) => Ok(Named::Invitation(id)),
-                (None, None, None) => Err(required(
-                    field,
+                (Some(id), _, _) | (None, Some(id), _) => Ok(Scope::Organization(id)),
+                (None, None, Some(id)) => Ok(Scope::Invitation(id)),
+                (None, None, None) => Err(violation(
+                    field.name(),
+                    "SCOPE_REQUIRED",
                     format!("is required (in the request or the {ORGANIZATION_HEADER} header)"),
                 )),
             }
         }
-        ScopeField::Team(field) => match named(field) {
-            Some(id) => Ok(Named::Team(id)),
-            None => Err(required(field, "is required".to_owned())),
+        ScopeField::Team(field) => match named(field)? {
+            Some(id) => Ok(Scope::Team(id)),
+            None => Err(violation(
+                field.name(),
+                "SCOPE_REQUIRED",
+                "is required".to_owned(),
+            )),
         },
     }
 }

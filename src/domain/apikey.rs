@@ -136,7 +136,7 @@ impl ApiKeyService {
         name: &str,
         expires_in_days: Option<i32>,
         scopes: Vec<String>,
-        organization_id: Option<&str>,
+        organization_id: Option<Uuid>,
     ) -> Result<(ApiKey, String)> {
         owner.session_id()?;
         if !owner.user.email_verified {
@@ -146,7 +146,7 @@ impl ApiKeyService {
                 "verify your email address before creating API keys",
             ));
         }
-        let organization_id = match organization_id.filter(|id| !id.trim().is_empty()) {
+        let organization_id = match organization_id {
             Some(organization_id) => Some(
                 self.access
                     .authorize(

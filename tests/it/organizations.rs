@@ -628,6 +628,19 @@ async fn the_organization_can_come_from_a_header(backend: Backend) {
         "{}",
         missing.message()
     );
+    // The same id in another spelling is the same organization; a header that is no id is
+    // refused as such.
+    grpc.get_organization(with_header(&globex.to_uppercase(), Some(&globex)))
+        .await
+        .unwrap();
+    let malformed = grpc
+        .get_organization(with_header("", Some("acme")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        crate::harness::grpc_violations(&malformed)[0].0,
+        "x-organization-id"
+    );
 
     // The same check on the gRPC-web door (what browsers speak).
     let (transport, origin) = app.grpc_web_transport();

@@ -49,7 +49,10 @@ impl ApiKeyService for ApiKeyApi {
                 &body.name,
                 body.expires_in_days,
                 body.scopes,
-                body.organization_id.as_deref(),
+                body.organization_id
+                    .as_deref()
+                    .map(|raw| id("organization_id", raw))
+                    .transpose()?,
             )
             .await?;
         Ok(Response::new(CreateApiKeyResponse {

@@ -17,13 +17,13 @@ use uuid::Uuid;
 
 const CACHE_TTL: Duration = Duration::from_secs(300);
 
-/// Where a request acts: the organization or team it names (ids as sent).
+/// Where a request acts: the organization or team it names.
 #[derive(Debug, Clone, Copy)]
-pub enum Scope<'a> {
-    Organization(&'a str),
-    Team(&'a str),
+pub enum Scope {
+    Organization(Uuid),
+    Team(Uuid),
     /// The organization of an invitation (the original's `/api/v1/invitations/{id}` routes).
-    Invitation(&'a str),
+    Invitation(Uuid),
 }
 
 /// A caller admitted to an organization (or one of its teams).
@@ -127,26 +127,20 @@ impl AccessControl {
     pub async fn authorize(
         &self,
         principal: Principal,
-        scope: Scope<'_>,
+        scope: Scope,
         permission: &str,
     ) -> Result<Access> {
         let (organization_id, team_id, not_found): (Uuid, Option<Uuid>, fn() -> Error) = match scope
         {
-            Scope::Organization(raw) => (
-                Uuid::parse_str(raw).map_err(|_| organization_not_found())?,
-                None,
-                organization_not_found,
-            ),
-            Scope::Team(raw) => {
-                let team_id = Uuid::parse_str(raw).map_err(|_| team_not_found())?;
+            Scope::Organization(organization_id) => (organization_id, None, organization_not_found),
+            Scope::Team(team_id) => {
                 let organization_id = self
                     .team_organization(team_id)
                     .await?
                     .ok_or_else(team_not_found)?;
                 (organization_id, Some(team_id), team_not_found)
             }
-            Scope::Invitation(raw) => {
-                let invitation_id = Uuid::parse_str(raw).map_err(|_| invitation_not_found())?;
+            Scope::Invitation(invitation_id) => {
                 let organization_id = self
                     .store
                     .find_invitation_organization(invitation_id)
