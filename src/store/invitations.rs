@@ -4,7 +4,7 @@ use super::organizations::{COUNT_MEMBERS, LOCK_ORGANIZATION};
 use super::{SqlStore, database_error, execute, insert_member_roles, with_pool};
 use crate::domain::error::Result;
 use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
-use crate::domain::tenancy::quotas::QuotaService;
+use crate::domain::tenancy::quotas::members_full;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -255,7 +255,7 @@ impl InvitationStore for SqlStore {
         .await)
         .map_err(database_error)?;
         if !within_limit {
-            return Err(QuotaService::member_limit_error(max_members));
+            return Err(members_full(max_members));
         }
         Ok(())
     }

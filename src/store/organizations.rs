@@ -5,7 +5,7 @@
 use super::{SqlStore, database_error, insert_member_roles, is_unique_violation, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::permissions::PermissionSet;
-use crate::domain::tenancy::quotas::QuotaService;
+use crate::domain::tenancy::quotas::members_full;
 use crate::domain::tenancy::{
     CustomRole, DeletedOrganization, Member, MemberGrants, Organization, OrganizationStore,
     Settings, last_owner, role_name_taken, slug_taken,
@@ -490,7 +490,7 @@ impl OrganizationStore for SqlStore {
             }
         })?;
         if !within_limit {
-            return Err(QuotaService::member_limit_error(max_members));
+            return Err(members_full(max_members));
         }
         Ok(())
     }

@@ -204,6 +204,14 @@ pub struct QuotaService {
     touched: Mutex<HashSet<Counter>>,
 }
 
+/// Refuses a new member when the organization is full (the store checks it in the
+/// transaction that adds the member).
+pub fn members_full(limit: i64) -> Error {
+    quota_exceeded(format!(
+        "the organization has reached its limit of {limit} members"
+    ))
+}
+
 impl QuotaService {
     pub fn new(
         store: Arc<dyn QuotaStore>,
@@ -328,13 +336,6 @@ impl QuotaService {
                 "too many calls from you in this organization this minute, try again shortly",
             )
             .await
-    }
-
-    /// Refuses a new member when the organization is full.
-    pub fn member_limit_error(limit: i64) -> Error {
-        quota_exceeded(format!(
-            "the organization has reached its limit of {limit} members"
-        ))
     }
 
     pub async fn status(&self, access: &Access) -> Result<QuotaStatus> {
