@@ -4,6 +4,7 @@ use super::organizations::{COUNT_MEMBERS, LOCK_ORGANIZATION};
 use super::{SqlStore, database_error, execute, insert_member_roles, with_pool};
 use crate::domain::error::Result;
 use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
+use crate::domain::tenancy::permissions::RoleKey;
 use crate::domain::tenancy::quotas::members_full;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -34,7 +35,7 @@ impl From<InvitationRow> for Invitation {
             role_keys: row
                 .role_keys
                 .split_whitespace()
-                .map(str::to_owned)
+                .filter_map(RoleKey::parse)
                 .collect(),
             invited_by: row.invited_by,
             valid_days: row.valid_days,
@@ -94,7 +95,14 @@ impl InvitationStore for SqlStore {
             .bind(invitation.id)
             .bind(invitation.organization_id)
             .bind(&invitation.email)
-            .bind(invitation.role_keys.join(" "))
+            .bind(
+                invitation
+                    .role_keys
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )
             .bind(&token_digest[..])
             .bind(invitation.invited_by)
             .bind(invitation.valid_days)
@@ -205,7 +213,7 @@ impl InvitationStore for SqlStore {
         &self,
         invitation: &Invitation,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
     ) -> Result<()> {

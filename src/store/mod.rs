@@ -53,7 +53,7 @@ macro_rules! insert_member_roles {
             )
             .bind($organization_id)
             .bind($user_id)
-            .bind(role_key)
+            .bind(role_key.to_string())
             .execute(&mut *$transaction)
             .await?;
         }

@@ -4,7 +4,7 @@
 
 use super::{SqlStore, database_error, insert_member_roles, is_unique_violation, with_pool};
 use crate::domain::error::{Error, Result};
-use crate::domain::tenancy::permissions::PermissionSet;
+use crate::domain::tenancy::permissions::{PermissionSet, RoleKey, SystemRole};
 use crate::domain::tenancy::quotas::members_full;
 use crate::domain::tenancy::{
     CustomRole, DeletedOrganization, Member, MemberGrants, Organization, OrganizationStore,
@@ -119,12 +119,22 @@ const COUNT_OWNERS: &str =
     "SELECT COUNT(*) FROM member_roles WHERE organization_id = $1 AND role_key = 'owner'";
 
 /// Groups (key, role) rows into role lists per key.
-pub(super) fn group_roles(rows: Vec<(Uuid, String)>) -> HashMap<Uuid, Vec<String>> {
-    let mut grouped: HashMap<Uuid, Vec<String>> = HashMap::new();
+pub(super) fn group_roles(rows: Vec<(Uuid, String)>) -> HashMap<Uuid, Vec<RoleKey>> {
+    let mut grouped: HashMap<Uuid, Vec<RoleKey>> = HashMap::new();
     for (key, role) in rows {
-        grouped.entry(key).or_default().push(role);
+        grouped
+            .entry(key)
+            .or_default()
+            .extend(RoleKey::parse(&role));
     }
     grouped
+}
+
+/// Role keys as stored (system role names, custom role ids).
+pub(super) fn role_keys(rows: Vec<(String,)>) -> Vec<RoleKey> {
+    rows.iter()
+        .filter_map(|(role,)| RoleKey::parse(role))
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -154,7 +164,7 @@ impl OrganizationStore for SqlStore {
             .bind(organization.created_at)
             .execute(&mut *transaction)
             .await?;
-            insert_member_roles!(transaction, organization.id, owner, ["owner"]);
+            insert_member_roles!(transaction, organization.id, owner, [RoleKey::System(SystemRole::Owner)]);
             transaction.commit().await
         }
         .await)
@@ -244,7 +254,7 @@ impl OrganizationStore for SqlStore {
         only: Option<Uuid>,
         after: Option<Uuid>,
         limit: usize,
-    ) -> Result<Vec<(Organization, Vec<String>)>> {
+    ) -> Result<Vec<(Organization, Vec<RoleKey>)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let (rows, role_rows): (Vec<OrganizationRow>, Vec<(Uuid, String)>) =
             with_pool!(self, pool => async {
@@ -318,7 +328,7 @@ impl OrganizationStore for SqlStore {
         .await)
             .map_err(database_error)?;
         Ok(member.map(|_| MemberGrants {
-            role_keys: roles.into_iter().map(|(role,)| role).collect(),
+            role_keys: role_keys(roles),
             team_roles: group_roles(team_roles).into_iter().collect(),
         }))
     }
@@ -404,7 +414,7 @@ impl OrganizationStore for SqlStore {
             user_id: row.user_id,
             email: row.email,
             full_name: row.full_name,
-            role_keys: roles.into_iter().map(|(role,)| role).collect(),
+            role_keys: role_keys(roles),
             joined_at: row.joined_at,
         }))
     }
@@ -451,7 +461,7 @@ impl OrganizationStore for SqlStore {
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
     ) -> Result<()> {
@@ -499,7 +509,7 @@ impl OrganizationStore for SqlStore {
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
     ) -> Result<()> {
         let owners_left: i64 = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -537,13 +547,13 @@ impl OrganizationStore for SqlStore {
                 .bind(organization_id)
                 .execute(&mut *transaction)
                 .await?;
-            for (user_id, role_key) in [(to, "owner"), (from, "admin")] {
+            for (user_id, role_key) in [(to, SystemRole::Owner), (from, SystemRole::Admin)] {
                 sqlx::query("DELETE FROM member_roles WHERE organization_id = $1 AND user_id = $2")
                     .bind(organization_id)
                     .bind(user_id)
                     .execute(&mut *transaction)
                     .await?;
-                insert_member_roles!(transaction, organization_id, user_id, [role_key]);
+                insert_member_roles!(transaction, organization_id, user_id, [RoleKey::System(role_key)]);
             }
             transaction.commit().await
         }

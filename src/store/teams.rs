@@ -1,9 +1,10 @@
 //! `TeamStore` on SQL.
 
-use super::organizations::{MemberRow, group_roles};
+use super::organizations::{MemberRow, group_roles, role_keys};
 use super::{SqlStore, database_error, execute, is_unique_violation, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::Member;
+use crate::domain::tenancy::permissions::RoleKey;
 use crate::domain::tenancy::teams::{Team, TeamStore};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -50,7 +51,7 @@ fn slug_taken_or(error: sqlx::Error) -> Error {
     }
 }
 
-fn member(row: MemberRow, role_keys: Vec<String>) -> Member {
+fn member(row: MemberRow, role_keys: Vec<RoleKey>) -> Member {
     Member {
         user_id: row.user_id,
         email: row.email,
@@ -229,14 +230,14 @@ impl TeamStore for SqlStore {
         }
         .await)
         .map_err(database_error)?;
-        Ok(row.map(|row| member(row, roles.into_iter().map(|(role,)| role).collect())))
+        Ok(row.map(|row| member(row, role_keys(roles))))
     }
 
     async fn insert_team_member(
         &self,
         team: &Team,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
         now: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, pool => async {
@@ -257,7 +258,7 @@ impl TeamStore for SqlStore {
                 )
                 .bind(team.id)
                 .bind(user_id)
-                .bind(role_key)
+                .bind(role_key.to_string())
                 .execute(&mut *transaction)
                 .await?;
             }
@@ -277,7 +278,7 @@ impl TeamStore for SqlStore {
         &self,
         team_id: Uuid,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
     ) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -292,7 +293,7 @@ impl TeamStore for SqlStore {
                 )
                 .bind(team_id)
                 .bind(user_id)
-                .bind(role_key)
+                .bind(role_key.to_string())
                 .execute(&mut *transaction)
                 .await?;
             }

@@ -3,7 +3,7 @@
 //! A member's role keys and the organization's custom roles are cached (one `get_many` per
 //! check) and forgotten on every change, so a role change applies on the next request.
 
-use super::permissions::{PermissionSet, SystemRole};
+use super::permissions::{PermissionSet, RoleKey, SystemRole};
 use super::{
     CustomRole, MemberGrants, OrganizationStore, invitation_not_found, organization_not_found,
     team_not_found,
@@ -37,7 +37,7 @@ pub struct Access {
     /// narrowed to an API key's scopes.
     pub permissions: PermissionSet,
     /// The caller's role keys here; empty for a superuser who is not a member.
-    pub role_keys: Vec<String>,
+    pub role_keys: Vec<RoleKey>,
 }
 
 impl Access {
@@ -92,14 +92,14 @@ fn unknown_role(field: &str, role: &str) -> FieldViolation {
 }
 
 /// The permissions of a set of role keys.
-pub fn permissions_of(role_keys: &[String], custom_roles: &[CustomRole]) -> PermissionSet {
+pub fn permissions_of(role_keys: &[RoleKey], custom_roles: &[CustomRole]) -> PermissionSet {
     role_keys
         .iter()
-        .map(|key| match SystemRole::parse(key) {
-            Some(role) => role.permissions(),
-            None => custom_roles
+        .map(|key| match key {
+            RoleKey::System(role) => role.permissions(),
+            RoleKey::Custom(id) => custom_roles
                 .iter()
-                .find(|role| role.id.to_string() == *key)
+                .find(|role| role.id == *id)
                 .map_or(PermissionSet::EMPTY, |role| role.permissions),
         })
         .fold(PermissionSet::EMPTY, PermissionSet::union)
@@ -170,8 +170,8 @@ impl AccessControl {
                     .and_then(|team_id| grants.team_roles.get(&team_id))
                     .into_iter()
                     .flatten();
-                let role_keys: Vec<String> =
-                    grants.role_keys.iter().chain(team_roles).cloned().collect();
+                let role_keys: Vec<RoleKey> =
+                    grants.role_keys.iter().chain(team_roles).copied().collect();
                 // Membership itself lets one see the organization (and leave it).
                 permissions_of(&role_keys, &custom_roles)
                     .union(["organization:read"].into_iter().collect())
@@ -346,7 +346,7 @@ impl AccessControl {
         organization_id: Uuid,
         field: &str,
         references: &[String],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<RoleKey>> {
         let custom_roles = self.custom_roles(organization_id).await?;
         let mut keys = Vec::new();
         let mut unknown = Vec::new();
@@ -354,11 +354,11 @@ impl AccessControl {
         for reference in references {
             let reference = reference.trim();
             let key = match SystemRole::parse(reference) {
-                Some(role) => Some(role.name().to_owned()),
+                Some(role) => Some(RoleKey::System(role)),
                 None => custom_roles
                     .iter()
                     .find(|role| role.name == reference || role.id.to_string() == reference)
-                    .map(|role| role.id.to_string()),
+                    .map(|role| RoleKey::Custom(role.id)),
             };
             match key {
                 Some(key) if !keys.contains(&key) => keys.push(key),
@@ -384,19 +384,23 @@ impl AccessControl {
     pub async fn role_names(
         &self,
         organization_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
     ) -> Result<Vec<String>> {
-        if role_keys.iter().all(|key| SystemRole::parse(key).is_some()) {
-            return Ok(role_keys.to_vec());
-        }
-        let custom_roles = self.custom_roles(organization_id).await?;
+        let custom_roles = if role_keys
+            .iter()
+            .all(|key| matches!(key, RoleKey::System(_)))
+        {
+            Vec::new()
+        } else {
+            self.custom_roles(organization_id).await?
+        };
         Ok(role_keys
             .iter()
-            .filter_map(|key| match SystemRole::parse(key) {
-                Some(_) => Some(key.clone()),
-                None => custom_roles
+            .filter_map(|key| match key {
+                RoleKey::System(role) => Some(role.name().to_owned()),
+                RoleKey::Custom(id) => custom_roles
                     .iter()
-                    .find(|role| role.id.to_string() == *key)
+                    .find(|role| role.id == *id)
                     .map(|role| role.name.clone()),
             })
             .collect())
@@ -408,9 +412,9 @@ impl AccessControl {
         &self,
         access: &Access,
         references: &[String],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<RoleKey>> {
         let role_keys = if references.is_empty() {
-            vec![SystemRole::Member.name().to_owned()]
+            vec![RoleKey::System(SystemRole::Member)]
         } else {
             self.resolve_roles(access.organization_id, "roles", references)
                 .await?
@@ -425,7 +429,7 @@ impl AccessControl {
     pub async fn permissions_of(
         &self,
         organization_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
     ) -> Result<PermissionSet> {
         let custom_roles = self.custom_roles(organization_id).await?;
         Ok(permissions_of(role_keys, &custom_roles))

@@ -2,7 +2,7 @@
 //! verified email is the invited address can accept, and accepting again changes nothing.
 
 use super::access::{Access, AccessControl};
-use super::permissions::SystemRole;
+use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
 use super::{OrganizationStore, invitation_not_found, organization_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
@@ -26,7 +26,7 @@ pub struct Invitation {
     pub organization_id: Uuid,
     pub organization_name: String,
     pub email: String,
-    pub role_keys: Vec<String>,
+    pub role_keys: Vec<RoleKey>,
     pub invited_by: Option<Uuid>,
     pub valid_days: i32,
     pub created_at: DateTime<Utc>,
@@ -98,7 +98,7 @@ pub trait InvitationStore: Send + Sync {
         &self,
         invitation: &Invitation,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
     ) -> Result<()>;
@@ -360,8 +360,8 @@ impl InvitationService {
     async fn still_grantable(
         &self,
         invitation: &Invitation,
-        role_keys: Vec<String>,
-    ) -> Result<Vec<String>> {
+        role_keys: Vec<RoleKey>,
+    ) -> Result<Vec<RoleKey>> {
         let withdrawn = || {
             Error::new(
                 ErrorKind::FailedPrecondition,
@@ -436,17 +436,17 @@ impl InvitationService {
             InvitationStatus::Accepted => {}
             InvitationStatus::Pending => {
                 let custom_roles = self.access.custom_roles(invitation.organization_id).await?;
-                let mut role_keys: Vec<String> = invitation
+                let mut role_keys: Vec<RoleKey> = invitation
                     .role_keys
                     .iter()
-                    .filter(|key| {
-                        SystemRole::parse(key).is_some()
-                            || custom_roles.iter().any(|role| role.id.to_string() == **key)
+                    .filter(|key| match key {
+                        RoleKey::System(_) => true,
+                        RoleKey::Custom(id) => custom_roles.iter().any(|role| role.id == *id),
                     })
-                    .cloned()
+                    .copied()
                     .collect();
                 if role_keys.is_empty() {
-                    role_keys.push(SystemRole::Member.name().to_owned());
+                    role_keys.push(RoleKey::System(SystemRole::Member));
                 }
                 let role_keys = self.still_grantable(&invitation, role_keys).await?;
                 let max_members = self

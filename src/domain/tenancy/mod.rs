@@ -13,7 +13,7 @@ pub mod teams;
 
 use super::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use permissions::PermissionSet;
+use permissions::{PermissionSet, RoleKey};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -35,7 +35,7 @@ pub struct Member {
     pub user_id: Uuid,
     pub email: String,
     pub full_name: String,
-    pub role_keys: Vec<String>,
+    pub role_keys: Vec<RoleKey>,
     pub joined_at: DateTime<Utc>,
 }
 
@@ -54,8 +54,8 @@ pub struct CustomRole {
 /// the role keys that apply within that team.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberGrants {
-    pub role_keys: Vec<String>,
-    pub team_roles: std::collections::BTreeMap<Uuid, Vec<String>>,
+    pub role_keys: Vec<RoleKey>,
+    pub team_roles: std::collections::BTreeMap<Uuid, Vec<RoleKey>>,
 }
 
 /// What deleting an organization took with it, for the caches to forget.
@@ -87,7 +87,7 @@ pub trait OrganizationStore: Send + Sync {
         only: Option<Uuid>,
         after: Option<Uuid>,
         limit: usize,
-    ) -> Result<Vec<(Organization, Vec<String>)>>;
+    ) -> Result<Vec<(Organization, Vec<RoleKey>)>>;
     /// The member's grants; `None` when the user is not a member.
     async fn find_member_grants(
         &self,
@@ -118,7 +118,7 @@ pub trait OrganizationStore: Send + Sync {
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
     ) -> Result<()>;
@@ -128,7 +128,7 @@ pub trait OrganizationStore: Send + Sync {
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
     ) -> Result<()>;
     /// Makes `to` an owner and `from` an admin, atomically.
     async fn transfer_ownership(&self, organization_id: Uuid, from: Uuid, to: Uuid) -> Result<()>;

@@ -3,7 +3,7 @@
 //! than they hold, and an organization always keeps an owner.
 
 use super::access::{Access, AccessControl};
-use super::permissions::SystemRole;
+use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
 use super::{
     DeletedOrganization, Member, Organization, OrganizationStore, Settings, member_not_found,
@@ -237,8 +237,7 @@ impl OrganizationService {
     pub async fn transfer_ownership(&self, access: &Access, to: Uuid) -> Result<()> {
         if !access
             .role_keys
-            .iter()
-            .any(|key| key == SystemRole::Owner.name())
+            .contains(&RoleKey::System(SystemRole::Owner))
         {
             return Err(Error::new(
                 ErrorKind::FailedPrecondition,

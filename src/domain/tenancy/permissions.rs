@@ -180,8 +180,54 @@ impl<'a> FromIterator<&'a str> for PermissionSet {
     }
 }
 
+/// A role as a membership records it: a system role (stored by name) or an organization's
+/// custom role (stored by id). Stored and cached as that text, so the formats stay as they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RoleKey {
+    System(SystemRole),
+    Custom(uuid::Uuid),
+}
+
+impl RoleKey {
+    /// The key of a stored or cached text; `None` for text that is neither.
+    pub fn parse(text: &str) -> Option<Self> {
+        SystemRole::parse(text)
+            .map(Self::System)
+            .or_else(|| uuid::Uuid::parse_str(text).ok().map(Self::Custom))
+    }
+}
+
+impl From<SystemRole> for RoleKey {
+    fn from(role: SystemRole) -> Self {
+        Self::System(role)
+    }
+}
+
+impl std::fmt::Display for RoleKey {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::System(role) => formatter.write_str(role.name()),
+            Self::Custom(id) => write!(formatter, "{id}"),
+        }
+    }
+}
+
+impl serde::Serialize for RoleKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RoleKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is no role key")))
+    }
+}
+
 /// The roles every organization has, defined here and not editable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SystemRole {
     Owner,
     Admin,
@@ -250,6 +296,23 @@ impl SystemRole {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn role_keys_read_and_write_as_stored() {
+        let id = uuid::Uuid::now_v7();
+        for (key, text) in [
+            (RoleKey::System(SystemRole::Owner), "owner".to_owned()),
+            (RoleKey::Custom(id), id.to_string()),
+        ] {
+            assert_eq!(key.to_string(), text);
+            assert_eq!(RoleKey::parse(&text), Some(key));
+            let json = serde_json::to_string(&key).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(serde_json::from_str::<RoleKey>(&json).unwrap(), key);
+        }
+        assert_eq!(RoleKey::parse("wizard"), None);
+    }
+
     use super::*;
 
     #[test]

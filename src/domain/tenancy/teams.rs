@@ -4,6 +4,7 @@
 use super::access::{Access, AccessControl};
 use super::organizations::{parse_name, parse_slug};
 use super::parse_description;
+use super::permissions::RoleKey;
 use super::{Member, OrganizationStore, member_not_found, team_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, Result};
@@ -52,14 +53,14 @@ pub trait TeamStore: Send + Sync {
         &self,
         team: &Team,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
         now: DateTime<Utc>,
     ) -> Result<()>;
     async fn replace_team_member_roles(
         &self,
         team_id: Uuid,
         user_id: Uuid,
-        role_keys: &[String],
+        role_keys: &[RoleKey],
     ) -> Result<()>;
     async fn delete_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<()>;
 }
@@ -251,7 +252,7 @@ impl TeamService {
     }
 
     /// Team role keys, refusing roles beyond the caller's permissions in the team.
-    async fn grantable(&self, access: &Access, roles: &[String]) -> Result<Vec<String>> {
+    async fn grantable(&self, access: &Access, roles: &[String]) -> Result<Vec<RoleKey>> {
         if roles.is_empty() {
             return Ok(Vec::new());
         }
