@@ -239,8 +239,13 @@ fn is_connection_trouble(error: &sqlx::Error) -> bool {
     }
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
+/// Maps a failed statement: a unique violation is the domain's `conflict`, anything else a
+/// database error.
+fn unique_or(conflict: fn() -> Error) -> impl Fn(sqlx::Error) -> Error {
+    move |error| match &error {
+        sqlx::Error::Database(database) if database.is_unique_violation() => conflict(),
+        _ => database_error(error),
+    }
 }
 
 #[cfg(test)]

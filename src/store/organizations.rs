@@ -2,7 +2,7 @@
 //! update: a row lock on PostgreSQL, the write lock on SQLite), so two concurrent demotions
 //! cannot leave an organization without an owner.
 
-use super::{SqlStore, database_error, insert_member_roles, is_unique_violation, with_pool};
+use super::{SqlStore, database_error, insert_member_roles, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::permissions::{PermissionSet, RoleKey, SystemRole};
 use crate::domain::tenancy::quotas::members_full;
@@ -119,6 +119,10 @@ const COUNT_OWNERS: &str =
     "SELECT COUNT(*) FROM member_roles WHERE organization_id = $1 AND role_key = 'owner'";
 
 /// Groups (key, role) rows into role lists per key.
+fn already_member() -> Error {
+    Error::already_exists("ALREADY_MEMBER", "the user is already a member")
+}
+
 pub(super) fn group_roles(rows: Vec<(Uuid, String)>) -> HashMap<Uuid, Vec<RoleKey>> {
     let mut grouped: HashMap<Uuid, Vec<RoleKey>> = HashMap::new();
     for (key, role) in rows {
@@ -168,13 +172,7 @@ impl OrganizationStore for SqlStore {
             transaction.commit().await
         }
         .await)
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                slug_taken()
-            } else {
-                database_error(error)
-            }
-        })
+        .map_err(unique_or(slug_taken))
     }
 
     async fn find_organization(&self, id: Uuid) -> Result<Option<Organization>> {
@@ -204,13 +202,7 @@ impl OrganizationStore for SqlStore {
             .await
             .map(|_| ())
         })
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                slug_taken()
-            } else {
-                database_error(error)
-            }
-        })
+        .map_err(unique_or(slug_taken))
     }
 
     async fn delete_organization(
@@ -492,13 +484,7 @@ impl OrganizationStore for SqlStore {
             Ok(true)
         }
         .await)
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                Error::already_exists("ALREADY_MEMBER", "the user is already a member")
-            } else {
-                database_error(error)
-            }
-        })?;
+        .map_err(unique_or(already_member))?;
         if !within_limit {
             return Err(members_full(max_members));
         }
@@ -644,13 +630,7 @@ impl OrganizationStore for SqlStore {
             .await
             .map(|_| ())
         })
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                role_name_taken()
-            } else {
-                database_error(error)
-            }
-        })
+        .map_err(unique_or(role_name_taken))
     }
 
     async fn update_role(&self, role: &CustomRole) -> Result<()> {
@@ -669,13 +649,7 @@ impl OrganizationStore for SqlStore {
             .await
             .map(|_| ())
         })
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                role_name_taken()
-            } else {
-                database_error(error)
-            }
-        })
+        .map_err(unique_or(role_name_taken))
     }
 
     async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>> {

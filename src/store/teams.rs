@@ -1,7 +1,7 @@
 //! `TeamStore` on SQL.
 
 use super::organizations::{MemberRow, group_roles, role_keys};
-use super::{SqlStore, database_error, execute, is_unique_violation, with_pool};
+use super::{SqlStore, database_error, execute, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::tenancy::Member;
 use crate::domain::tenancy::permissions::RoleKey;
@@ -40,15 +40,15 @@ const SELECT_TEAM: &str =
 const SELECT_TEAM_MEMBER: &str = "SELECT m.user_id, u.email, u.full_name, m.joined_at \
      FROM team_members m JOIN users u ON u.id = m.user_id";
 
-fn slug_taken_or(error: sqlx::Error) -> Error {
-    if is_unique_violation(&error) {
-        Error::already_exists(
-            "TEAM_SLUG_TAKEN",
-            "this organization already has a team with this slug",
-        )
-    } else {
-        database_error(error)
-    }
+fn team_slug_taken() -> Error {
+    Error::already_exists(
+        "TEAM_SLUG_TAKEN",
+        "this organization already has a team with this slug",
+    )
+}
+
+fn already_team_member() -> Error {
+    Error::already_exists("ALREADY_TEAM_MEMBER", "the user is already in this team")
 }
 
 fn member(row: MemberRow, role_keys: Vec<RoleKey>) -> Member {
@@ -93,7 +93,7 @@ impl TeamStore for SqlStore {
             .await
             .map(|_| ())
         })
-        .map_err(slug_taken_or)
+        .map_err(unique_or(team_slug_taken))
     }
 
     async fn find_team(&self, organization_id: Uuid, id: Uuid) -> Result<Option<Team>> {
@@ -145,7 +145,7 @@ impl TeamStore for SqlStore {
             .await
             .map(|_| ())
         })
-        .map_err(slug_taken_or)
+        .map_err(unique_or(team_slug_taken))
     }
 
     async fn delete_team(&self, organization_id: Uuid, id: Uuid) -> Result<Vec<Uuid>> {
@@ -265,13 +265,7 @@ impl TeamStore for SqlStore {
             transaction.commit().await
         }
         .await)
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                Error::already_exists("ALREADY_TEAM_MEMBER", "the user is already in this team")
-            } else {
-                database_error(error)
-            }
-        })
+        .map_err(unique_or(already_team_member))
     }
 
     async fn replace_team_member_roles(

@@ -1,6 +1,6 @@
 //! `UserStore` on SQL.
 
-use super::{SqlStore, database_error, execute, is_unique_violation, with_pool};
+use super::{SqlStore, database_error, execute, unique_or, with_pool};
 use crate::domain::error::Result;
 use crate::domain::user::{EmailAddress, User, UserCredentials, UserQuery, UserStore, email_taken};
 use chrono::{DateTime, Utc};
@@ -73,11 +73,7 @@ impl UserStore for SqlStore {
             .await
             .map(|done| done.rows_affected())
         });
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(error) if is_unique_violation(&error) => Err(email_taken()),
-            Err(error) => Err(database_error(error)),
-        }
+        inserted.map(|_| ()).map_err(unique_or(email_taken))
     }
 
     async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
