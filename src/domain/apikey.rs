@@ -8,7 +8,7 @@
 
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
 use crate::domain::principal::Principal;
 use crate::domain::secret::{self, Keyring};
 use crate::domain::tenancy::access::{AccessControl, Scope};
@@ -159,9 +159,15 @@ impl ApiKeyService {
             ),
             None => None,
         };
-        let mut violations = Vec::new();
-        let name = bounded_text("name", "INVALID_NAME", name, 100, Blank::Refused)
-            .map_err(|violation| violations.push(violation))
+        let mut violations = Violations::default();
+        let name = violations
+            .check(bounded_text(
+                "name",
+                "INVALID_NAME",
+                name,
+                100,
+                Blank::Refused,
+            ))
             .unwrap_or_default();
         if expires_in_days.is_some_and(|days| !(1..=MAX_EXPIRY_DAYS).contains(&days)) {
             violations.push(FieldViolation::new(
@@ -184,9 +190,7 @@ impl ApiKeyService {
                 format!("{scope:?} is not in the permission catalog (GET /api/v1/permissions)"),
             ));
         }
-        if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
-        }
+        violations.finish()?;
         let now = truncate_to_micros(self.clock.now());
         if self
             .store

@@ -42,6 +42,42 @@ impl FieldViolation {
     }
 }
 
+/// The field violations of one request, collected so that it is refused once with all of them.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// The value of a valid field; records the violation of an invalid one.
+    pub fn check<T>(&mut self, parsed: Result<T, FieldViolation>) -> Option<T> {
+        parsed.map_err(|violation| self.0.push(violation)).ok()
+    }
+
+    /// Applies an optional change (a partial update) to `slot` when it is valid.
+    pub fn update<T>(&mut self, slot: &mut T, change: Option<Result<T, FieldViolation>>) {
+        if let Some(value) = change.and_then(|parsed| self.check(parsed)) {
+            *slot = value;
+        }
+    }
+
+    pub fn push(&mut self, violation: FieldViolation) {
+        self.0.push(violation);
+    }
+
+    /// `INVALID_ARGUMENT` with every violation recorded, if any.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self.into_error())
+        }
+    }
+
+    /// The refusal, once a field was found invalid.
+    pub fn into_error(self) -> Error {
+        Error::invalid_fields(self.0)
+    }
+}
+
 type Source = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug)]

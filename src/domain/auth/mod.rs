@@ -18,7 +18,7 @@ pub use token::{AccessClaims, AccessTokenCodec};
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::error::{Error, FieldViolation, Result, Violations};
 use crate::domain::mail::{Mailer, Template};
 use crate::domain::password::{
     self, BreachedPasswords, PasswordCheck, PasswordHasher, PasswordPolicy,
@@ -195,21 +195,20 @@ impl AuthService {
     }
 
     async fn create_user(&self, registration: Registration<'_>, superuser: bool) -> Result<User> {
-        let mut violations: Vec<FieldViolation> = Vec::new();
-        let email = EmailAddress::parse(registration.email)
-            .map_err(|violation| violations.push(violation))
-            .ok();
-        violations.extend(
-            self.settings
-                .password_policy
-                .check("password", registration.password),
-        );
-        let full_name = parse_full_name(registration.full_name)
-            .map_err(|violation| violations.push(violation))
-            .ok();
-        let (Some(email), Some(full_name), true) = (email, full_name, violations.is_empty()) else {
-            return Err(Error::invalid_fields(violations));
+        let mut violations = Violations::default();
+        let email = violations.check(EmailAddress::parse(registration.email));
+        for violation in self
+            .settings
+            .password_policy
+            .check("password", registration.password)
+        {
+            violations.push(violation);
+        }
+        let full_name = violations.check(parse_full_name(registration.full_name));
+        let (Some(email), Some(full_name)) = (email, full_name) else {
+            return Err(violations.into_error());
         };
+        violations.finish()?;
         self.refuse_breached("password", registration.password)
             .await?;
 

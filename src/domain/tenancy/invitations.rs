@@ -6,7 +6,7 @@ use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
 use super::{OrganizationStore, invitation_not_found, organization_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
 use crate::domain::mail::{Mailer, Template};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Principal;
@@ -174,10 +174,8 @@ impl InvitationService {
         expires_in_days: Option<i32>,
     ) -> Result<Invitation> {
         let valid_days = expires_in_days.unwrap_or(DEFAULT_VALID_DAYS);
-        let mut violations = Vec::new();
-        let email = EmailAddress::parse(email)
-            .map_err(|violation| violations.push(violation))
-            .ok();
+        let mut violations = Violations::default();
+        let email = violations.check(EmailAddress::parse(email));
         if !(1..=MAX_VALID_DAYS).contains(&valid_days) {
             violations.push(FieldViolation::new(
                 "expires_in_days",
@@ -185,9 +183,10 @@ impl InvitationService {
                 format!("must be between 1 and {MAX_VALID_DAYS}"),
             ));
         }
-        let Some(email) = email.filter(|_| violations.is_empty()) else {
-            return Err(Error::invalid_fields(violations));
+        let Some(email) = email else {
+            return Err(violations.into_error());
         };
+        violations.finish()?;
         let role_keys = self.access.grantable_roles(access, roles).await?;
         let organization = self
             .organizations

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::text::{Blank, bounded_text};
@@ -63,8 +63,8 @@ pub fn parse_slug(raw: &str) -> Result<String, FieldViolation> {
     Ok(slug.to_owned())
 }
 
-fn check_settings(settings: &Settings) -> Result<(), FieldViolation> {
-    let size = serde_json::to_vec(settings).map_or(usize::MAX, |encoded| encoded.len());
+fn check_settings(settings: Settings) -> Result<Settings, FieldViolation> {
+    let size = serde_json::to_vec(&settings).map_or(usize::MAX, |encoded| encoded.len());
     if size > MAX_SETTINGS_BYTES {
         return Err(FieldViolation::new(
             "settings",
@@ -72,7 +72,7 @@ fn check_settings(settings: &Settings) -> Result<(), FieldViolation> {
             format!("must be at most {MAX_SETTINGS_BYTES} bytes of JSON"),
         ));
     }
-    Ok(())
+    Ok(settings)
 }
 
 impl OrganizationService {
@@ -104,18 +104,12 @@ impl OrganizationService {
         settings: Settings,
     ) -> Result<Organization> {
         caller.session_id()?;
-        let (name, slug) = match (
-            parse_name(name),
-            parse_slug(slug),
-            check_settings(&settings),
-        ) {
-            (Ok(name), Ok(slug), Ok(())) => (name, slug),
-            (name, slug, settings) => {
-                let violations = [name.err(), slug.err(), settings.err()];
-                return Err(Error::invalid_fields(
-                    violations.into_iter().flatten().collect(),
-                ));
-            }
+        let mut violations = Violations::default();
+        let name = violations.check(parse_name(name));
+        let slug = violations.check(parse_slug(slug));
+        let settings = violations.check(check_settings(settings));
+        let (Some(name), Some(slug), Some(settings)) = (name, slug, settings) else {
+            return Err(violations.into_error());
         };
         let now = truncate_to_micros(self.clock.now());
         let organization = Organization {
@@ -187,28 +181,11 @@ impl OrganizationService {
         settings: Option<Settings>,
     ) -> Result<Organization> {
         let mut organization = self.get(access).await?;
-        let mut violations = Vec::new();
-        if let Some(name) = name {
-            match parse_name(name) {
-                Ok(name) => organization.name = name,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if let Some(slug) = slug {
-            match parse_slug(slug) {
-                Ok(slug) => organization.slug = slug,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if let Some(settings) = settings {
-            match check_settings(&settings) {
-                Ok(()) => organization.settings = settings,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
-        }
+        let mut violations = Violations::default();
+        violations.update(&mut organization.name, name.map(parse_name));
+        violations.update(&mut organization.slug, slug.map(parse_slug));
+        violations.update(&mut organization.settings, settings.map(check_settings));
+        violations.finish()?;
         organization.updated_at = truncate_to_micros(self.clock.now());
         self.store.update_organization(&organization).await?;
         Ok(organization)

@@ -5,7 +5,7 @@ use super::access::{Access, AccessControl};
 use super::permissions::{self, PermissionSet, SystemRole};
 use super::{CustomRole, OrganizationStore, parse_description, role_name_taken};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -187,17 +187,15 @@ impl RoleService {
         description: &str,
         permission_names: &[String],
     ) -> Result<RoleView> {
-        let mut violations = Vec::new();
-        let name = parse_role_name(name).map_err(|v| violations.push(v)).ok();
-        let description = parse_description(description)
-            .map_err(|v| violations.push(v))
-            .ok();
+        let mut violations = Violations::default();
+        let name = violations.check(parse_role_name(name));
+        let description = violations.check(parse_description(description));
         let permissions = parse_permissions("permissions", permission_names)
-            .map_err(|found| violations.extend(found))
+            .map_err(|found| found.into_iter().for_each(|v| violations.push(v)))
             .ok();
         let (Some(name), Some(description), Some(permissions)) = (name, description, permissions)
         else {
-            return Err(Error::invalid_fields(violations));
+            return Err(violations.into_error());
         };
         refuse_system_name(&name)?;
         access.ensure_covers(permissions)?;
@@ -239,22 +237,10 @@ impl RoleService {
     ) -> Result<RoleView> {
         let mut role = self.find_custom(access, reference).await?;
         access.ensure_covers(role.permissions)?;
-        let mut violations = Vec::new();
-        if let Some(name) = name {
-            match parse_role_name(name) {
-                Ok(name) => role.name = name,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if let Some(description) = description {
-            match parse_description(description) {
-                Ok(description) => role.description = description,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
-        }
+        let mut violations = Violations::default();
+        violations.update(&mut role.name, name.map(parse_role_name));
+        violations.update(&mut role.description, description.map(parse_description));
+        violations.finish()?;
         refuse_system_name(&role.name)?;
         self.save(access, role).await
     }

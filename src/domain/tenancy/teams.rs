@@ -7,7 +7,7 @@ use super::parse_description;
 use super::permissions::RoleKey;
 use super::{Member, OrganizationStore, member_not_found, team_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, Result};
+use crate::domain::error::{Error, Result, Violations};
 use crate::domain::page::{Page, PageTokens};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -107,18 +107,12 @@ impl TeamService {
         slug: &str,
         description: &str,
     ) -> Result<Team> {
-        let (name, slug, description) = match (
-            parse_name(name),
-            parse_slug(slug),
-            parse_description(description),
-        ) {
-            (Ok(name), Ok(slug), Ok(description)) => (name, slug, description),
-            (name, slug, description) => {
-                let violations = [name.err(), slug.err(), description.err()];
-                return Err(Error::invalid_fields(
-                    violations.into_iter().flatten().collect(),
-                ));
-            }
+        let mut violations = Violations::default();
+        let name = violations.check(parse_name(name));
+        let slug = violations.check(parse_slug(slug));
+        let description = violations.check(parse_description(description));
+        let (Some(name), Some(slug), Some(description)) = (name, slug, description) else {
+            return Err(violations.into_error());
         };
         let now = truncate_to_micros(self.clock.now());
         let team = Team {
@@ -167,28 +161,11 @@ impl TeamService {
         description: Option<&str>,
     ) -> Result<Team> {
         let mut team = self.get(access).await?;
-        let mut violations = Vec::new();
-        if let Some(name) = name {
-            match parse_name(name) {
-                Ok(name) => team.name = name,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if let Some(slug) = slug {
-            match parse_slug(slug) {
-                Ok(slug) => team.slug = slug,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if let Some(description) = description {
-            match parse_description(description) {
-                Ok(description) => team.description = description,
-                Err(violation) => violations.push(violation),
-            }
-        }
-        if !violations.is_empty() {
-            return Err(Error::invalid_fields(violations));
-        }
+        let mut violations = Violations::default();
+        violations.update(&mut team.name, name.map(parse_name));
+        violations.update(&mut team.slug, slug.map(parse_slug));
+        violations.update(&mut team.description, description.map(parse_description));
+        violations.finish()?;
         team.updated_at = truncate_to_micros(self.clock.now());
         self.store.update_team(&team).await?;
         Ok(team)
