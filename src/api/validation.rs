@@ -13,7 +13,7 @@ use super::pb::buf::validate::{
     FieldRules, Ignore, Int32Rules, Int64Rules, MessageRules, RepeatedRules, StringRules,
     field_rules, int32_rules, int64_rules, string_rules,
 };
-use crate::domain::{Error, FieldViolation};
+use crate::domain::{Error, FieldViolation, Violations};
 use anyhow::{Context, bail};
 use prost_reflect::{
     DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
@@ -121,7 +121,7 @@ impl RequestValidator {
         let Some(plan) = self.plans.get(message.descriptor().full_name()) else {
             return Ok(());
         };
-        let mut violations = Vec::new();
+        let mut violations = Violations::default();
         for (fields, required) in &plan.oneofs {
             // Named after its first field, so that a person sees which field to fill in.
             let first = fields.first().map_or("", |field| field.name());
@@ -153,11 +153,7 @@ impl RequestValidator {
         for plan in &plan.fields {
             check_field(message, plan, &mut violations);
         }
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::invalid_fields(violations))
-        }
+        violations.finish()
     }
 }
 
@@ -332,7 +328,7 @@ fn supported_repeated_rules(rules: &RepeatedRules) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check_field(message: &DynamicMessage, plan: &FieldPlan, violations: &mut Vec<FieldViolation>) {
+fn check_field(message: &DynamicMessage, plan: &FieldPlan, violations: &mut Violations) {
     let field = &plan.field;
     let rules = &plan.rules;
     let present = message.has_field(field);
@@ -405,7 +401,7 @@ fn check_string(
     text: &str,
     rules: &StringRules,
     pattern: Option<&Regex>,
-    violations: &mut Vec<FieldViolation>,
+    violations: &mut Violations,
 ) {
     let mut broken = |rule: &'static str, description: String| {
         violations.push(FieldViolation::new(path, rule, description));
@@ -454,7 +450,7 @@ fn check_range(
     number: i64,
     minimum: Option<i64>,
     maximum: Option<i64>,
-    violations: &mut Vec<FieldViolation>,
+    violations: &mut Violations,
 ) {
     let below = minimum.is_some_and(|minimum| number < minimum);
     let above = maximum.is_some_and(|maximum| number > maximum);
@@ -490,7 +486,7 @@ fn check_repeated(
     items: &[Value],
     rules: &RepeatedRules,
     pattern: Option<&Regex>,
-    violations: &mut Vec<FieldViolation>,
+    violations: &mut Violations,
 ) {
     let count = u64::try_from(items.len()).unwrap_or(u64::MAX);
     if let Some(min) = rules.min_items.filter(|min| count < *min) {

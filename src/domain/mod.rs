@@ -18,4 +18,4 @@ pub mod text;
 pub mod totp;
 pub mod user;
 
-pub use error::{Error, ErrorKind, FieldViolation};
+pub use error::{Error, ErrorKind, FieldViolation, Violations};
