@@ -111,11 +111,15 @@ impl Guard {
         let Some(rule) = self.rules.get(request.uri().path()) else {
             return Ok(());
         };
-        // Credentials first: a caller without them learns nothing, not even about field rules.
+        // Credentials first: a caller without the right kind learns nothing, not even about
+        // field rules.
         let principal = match rule.auth {
             AuthRule::Public => None,
             _ => Some(self.authenticate(request.headers()).await?),
         };
+        if let (AuthRule::Session, Some(principal)) = (&rule.auth, &principal) {
+            principal.session_id()?;
+        }
         let message = if rule.validated || rule.scope_field.is_some() {
             Some(read_message(request, &rule.input).await?)
         } else {
@@ -128,9 +132,6 @@ impl Guard {
             return Ok(());
         };
         match (&rule.auth, &rule.scope_field, &message) {
-            (AuthRule::Session, _, _) => {
-                principal.session_id()?;
-            }
             (AuthRule::Permission(permission), Some(scope_field), Some(message)) => {
                 let scope = scope_of(message, scope_field, request.headers())?;
                 let access = self
@@ -149,7 +150,7 @@ impl Guard {
             (AuthRule::Permission(_), Some(_), None) => {
                 unreachable!("scoped requests are always read")
             }
-            (AuthRule::Public | AuthRule::Authenticated, _, _) => {}
+            (AuthRule::Public | AuthRule::Authenticated | AuthRule::Session, _, _) => {}
         }
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
