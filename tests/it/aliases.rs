@@ -10,6 +10,11 @@ use serde_json::json;
 
 backend_tests!(the_originals_routes_are_served);
 
+/// The status of a call without a body.
+async fn status_of(app: &TestApp, method: Method, path: &str, token: &str) -> u16 {
+    app.rest(method, path, token, None).await.0.as_u16()
+}
+
 async fn the_originals_routes_are_served(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, owner) = verified_user(&app, "owner@example.com").await;
@@ -41,15 +46,16 @@ async fn the_originals_routes_are_served(backend: Backend) {
         (status.as_u16(), read["email"].as_str()),
         (200, Some("guest@example.com"))
     );
-    let (status, _) = app
-        .rest(
+    assert_eq!(
+        status_of(
+            &app,
             Method::POST,
             &format!("{by_id}/resend"),
-            &owner.access,
-            None,
+            &owner.access
         )
-        .await;
-    assert_eq!(status, 200);
+        .await,
+        200
+    );
     let (status, mine) = app
         .rest(Method::GET, "/api/v1/invitations/me", &guest.access, None)
         .await;
@@ -61,10 +67,14 @@ async fn the_originals_routes_are_served(backend: Backend) {
         (200, Some(1))
     );
     // The invitee does not manage the organization's invitations, by either route.
-    let (status, _) = app.rest(Method::GET, &by_id, &guest.access, None).await;
-    assert_eq!(status, 404);
-    let (status, _) = app.rest(Method::DELETE, &by_id, &owner.access, None).await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        status_of(&app, Method::GET, &by_id, &guest.access).await,
+        404
+    );
+    assert_eq!(
+        status_of(&app, Method::DELETE, &by_id, &owner.access).await,
+        200
+    );
     let (status, revoked) = app.rest(Method::GET, &by_id, &owner.access, None).await;
     assert_eq!(
         (status.as_u16(), revoked["status"].as_str()),
@@ -80,24 +90,26 @@ async fn the_originals_routes_are_served(backend: Backend) {
         json!(["member"]),
     )
     .await;
-    let (status, _) = app
-        .rest(
+    assert_eq!(
+        status_of(
+            &app,
             Method::DELETE,
             &format!("/api/v1/organizations/{organization}/members?user_id={guest_id}"),
-            &owner.access,
-            None,
+            &owner.access
         )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = app
-        .rest(
+        .await,
+        200
+    );
+    assert_eq!(
+        status_of(
+            &app,
             Method::GET,
             &format!("/api/v1/organizations/{organization}/members/{guest_id}"),
-            &owner.access,
-            None,
+            &owner.access
         )
-        .await;
-    assert_eq!(status, 404);
+        .await,
+        404
+    );
 
     // Team members too.
     add_member(
@@ -126,15 +138,16 @@ async fn the_originals_routes_are_served(backend: Backend) {
         )
         .await;
     assert_eq!(status, 201);
-    let (status, _) = app
-        .rest(
+    assert_eq!(
+        status_of(
+            &app,
             Method::DELETE,
             &format!("{team_members}?user_id={guest_id}"),
-            &owner.access,
-            None,
+            &owner.access
         )
-        .await;
-    assert_eq!(status, 200);
+        .await,
+        200
+    );
     let (_, listed) = app
         .rest(Method::GET, &team_members, &owner.access, None)
         .await;
@@ -150,22 +163,24 @@ async fn the_originals_routes_are_served(backend: Backend) {
         )
         .await;
     let key_id = created["api_key"]["id"].as_str().unwrap();
-    let (status, _) = app
-        .rest(
+    assert_eq!(
+        status_of(
+            &app,
             Method::DELETE,
             &format!("/api/v1/api-keys/{key_id}/permanent"),
-            &owner.access,
-            None,
+            &owner.access
         )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = app
-        .rest(
+        .await,
+        200
+    );
+    assert_eq!(
+        status_of(
+            &app,
             Method::GET,
             &format!("/api/v1/api-keys/{key_id}"),
-            &owner.access,
-            None,
+            &owner.access
         )
-        .await;
-    assert_eq!(status, 404);
+        .await,
+        404
+    );
 }
