@@ -261,7 +261,7 @@ fn internal(message: impl Into<String>) -> RestError {
     )
 }
 
-/// The axum handler for every `/api/...` request.
+/// The methods of the matching routes, for `Allow`.
 fn allowed_methods<'a>(matches: &[Matched<'a>]) -> Vec<&'a str> {
     let mut allowed: Vec<&str> = matches
         .iter()
@@ -289,6 +289,7 @@ pub async fn plain_options(
     next.run(request).await
 }
 
+/// The axum handler for every `/api/...` request.
 pub async fn handle(
     State(transcoder): State<Arc<Transcoder>>,
     request: axum::extract::Request,
