@@ -1,176 +1,180 @@
 //! Configuration: defaults < config file (TOML) < `KEEL_*` environment variables < flags.
-//! Everything is validated at start; an invalid value fails with a message naming the setting.
+//! Every setting is declared once, in `settings!` below: its key, environment variable,
+//! default and doc. Everything is validated at start; an invalid value fails with a message
+//! naming the setting.
 
 use crate::domain::password::PasswordPolicy;
 use crate::security::password::Argon2Settings;
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-/// The raw settings, as given by flags, the environment or the config file. Every field is
-/// text until validated so that errors can name the setting.
-#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    /// Address to listen on [default: 127.0.0.1:8000]
-    #[arg(long, global = true, env = "KEEL_LISTEN")]
-    pub listen: Option<String>,
-    /// Directory for the SQLite database and signing keys [default: ./data]
-    #[arg(long, global = true, env = "KEEL_DATA_DIR")]
-    pub data_dir: Option<String>,
-    /// sqlite:… or postgres://… [default: sqlite://<data dir>/keel.db]
-    #[arg(long, global = true, env = "KEEL_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// redis://… for a shared cache [default: in-process memory]
-    #[arg(long, global = true, env = "KEEL_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Bound on the in-process cache (without Redis), in bytes [default: 67108864]
-    #[arg(long, global = true, env = "KEEL_MEMORY_CACHE_MAX_BYTES")]
-    pub memory_cache_max_bytes: Option<String>,
-    /// Prefix of every Redis key [default: keel:]
-    #[arg(long, global = true, env = "KEEL_REDIS_PREFIX")]
-    pub redis_prefix: Option<String>,
-    /// The URL clients reach Keel at; the token issuer and the base of links [default: http://<listen>]
-    #[arg(long, global = true, env = "KEEL_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// The `aud` claim of access tokens [default: keel]
-    #[arg(long, global = true, env = "KEEL_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
+/// A setting as declared: what the README's table and `keel --help` show.
+#[derive(Debug, Clone, Copy)]
+pub struct Declared {
+    pub env: &'static str,
+    /// The value used when the setting is not given, or how Keel derives one.
+    pub default: DeclaredDefault,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum DeclaredDefault {
+    Value(&'static str),
+    Described(&'static str),
+}
+
+/// Declares the settings. Each is `key, env` then `= "value"` (a default Keel parses like
+/// given text) or `~ "description"` (a default derived from other settings, or none), then
+/// `secret` for values `--help` must not echo from the environment.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $key:ident, $env:literal $(= $value:literal)? $(~ $described:literal)? $(, $secret:ident)?;
+    )*) => {
+        /// The raw settings, as given by flags, the environment or the config file. Every
+        /// value is text until validated so that errors can name the setting.
+        #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $(
+                #[arg(
+                    long,
+                    global = true,
+                    env = $env,
+                    hide_env_values = settings!(@secret $($secret)?),
+                    help = concat!($($doc),+, " [default: ", $($value)? $($described)?, "]").trim_start(),
+                )]
+                pub $key: Option<String>,
+            )*
+        }
+
+        impl Settings {
+            pub const DECLARED: &[Declared] = &[$(Declared {
+                env: $env,
+                default: settings!(@default $($value)? $(~ $described)?),
+            }),*];
+
+            /// `self`'s values where given, `lower`'s otherwise.
+            pub fn over(self, lower: Settings) -> Settings {
+                Settings { $($key: self.$key.or(lower.$key)),* }
+            }
+
+            $(
+                fn $key(&self) -> Setting<'_> {
+                    Setting {
+                        env: $env,
+                        given: self.$key.as_deref().filter(|raw| !raw.trim().is_empty()),
+                        default: settings!(@value $($value)?),
+                    }
+                }
+            )*
+        }
+    };
+    (@secret) => { false };
+    (@secret secret) => { true };
+    (@default $value:literal) => { DeclaredDefault::Value($value) };
+    (@default ~ $described:literal) => { DeclaredDefault::Described($described) };
+    (@value) => { None };
+    (@value $value:literal) => { Some($value) };
+}
+
+settings! {
+    /// Address to listen on
+    listen, "KEEL_LISTEN" = "127.0.0.1:8000";
+    /// Directory for the SQLite database and signing keys
+    data_dir, "KEEL_DATA_DIR" = "./data";
+    /// sqlite:… or postgres://…
+    database_url, "KEEL_DATABASE_URL" ~ "sqlite://<data dir>/keel.db";
+    /// redis://… for a shared cache
+    redis_url, "KEEL_REDIS_URL" ~ "in-process memory";
+    /// Bound on the in-process cache (without Redis), in bytes
+    memory_cache_max_bytes, "KEEL_MEMORY_CACHE_MAX_BYTES" = "67108864";
+    /// Prefix of every Redis key
+    redis_prefix, "KEEL_REDIS_PREFIX" = "keel:";
+    /// The URL clients reach Keel at; the token issuer and the base of links
+    public_url, "KEEL_PUBLIC_URL" ~ "http://<listen>";
+    /// The `aud` claim of access tokens
+    jwt_audience, "KEEL_JWT_AUDIENCE" = "keel";
     /// Base64 instance secret (at least 32 bytes) for keyed digests; share it between replicas
-    /// [default: generated in the data dir]
-    #[arg(long, global = true, env = "KEEL_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    secret_key, "KEEL_SECRET_KEY" ~ "generated in the data dir", secret;
     /// Sign access tokens with HS256 and this secret (at least 32 bytes) instead of EdDSA
-    #[arg(
-        long,
-        global = true,
-        env = "KEEL_JWT_HS256_SECRET",
-        hide_env_values = true
-    )]
-    pub jwt_hs256_secret: Option<String>,
-    /// An Ed25519 PKCS#8 PEM file to sign with [default: generated under <data dir>/keys]
-    #[arg(long, global = true, env = "KEEL_JWT_PRIVATE_KEY_FILE")]
-    pub jwt_private_key_file: Option<String>,
-    /// Access token lifetime in seconds [default: 900]
-    #[arg(long, global = true, env = "KEEL_ACCESS_TOKEN_TTL_SECONDS")]
-    pub access_token_ttl_seconds: Option<String>,
-    /// Session lifetime without a refresh, in seconds [default: 604800, 7 days]
-    #[arg(long, global = true, env = "KEEL_REFRESH_TOKEN_TTL_SECONDS")]
-    pub refresh_token_ttl_seconds: Option<String>,
-    /// Longest a session lives, however often it is refreshed, in seconds [default: 2592000,
-    /// 30 days]
-    #[arg(long, global = true, env = "KEEL_SESSION_MAX_LIFETIME_SECONDS")]
-    pub session_max_lifetime_seconds: Option<String>,
-    /// argon2id memory in KiB [default: 19456]
-    #[arg(long, global = true, env = "KEEL_ARGON2_MEMORY_KIB")]
-    pub argon2_memory_kib: Option<String>,
-    /// argon2id iterations [default: 2]
-    #[arg(long, global = true, env = "KEEL_ARGON2_ITERATIONS")]
-    pub argon2_iterations: Option<String>,
-    /// argon2id parallelism [default: 1]
-    #[arg(long, global = true, env = "KEEL_ARGON2_PARALLELISM")]
-    pub argon2_parallelism: Option<String>,
-    /// Password hashes computed at once [default: number of cores]
-    #[arg(long, global = true, env = "KEEL_HASH_CONCURRENCY")]
-    pub hash_concurrency: Option<String>,
+    jwt_hs256_secret, "KEEL_JWT_HS256_SECRET" ~ "none", secret;
+    /// An Ed25519 PKCS#8 PEM file to sign with
+    jwt_private_key_file, "KEEL_JWT_PRIVATE_KEY_FILE" ~ "generated under <data dir>/keys";
+    /// Access token lifetime in seconds
+    access_token_ttl_seconds, "KEEL_ACCESS_TOKEN_TTL_SECONDS" = "900";
+    /// Session lifetime without a refresh, in seconds (7 days)
+    refresh_token_ttl_seconds, "KEEL_REFRESH_TOKEN_TTL_SECONDS" = "604800";
+    /// Longest a session lives, however often it is refreshed, in seconds (30 days)
+    session_max_lifetime_seconds, "KEEL_SESSION_MAX_LIFETIME_SECONDS" = "2592000";
+    /// argon2id memory in KiB (OWASP's recommendation, like the next two)
+    argon2_memory_kib, "KEEL_ARGON2_MEMORY_KIB" = "19456";
+    /// argon2id iterations
+    argon2_iterations, "KEEL_ARGON2_ITERATIONS" = "2";
+    /// argon2id parallelism
+    argon2_parallelism, "KEEL_ARGON2_PARALLELISM" = "1";
+    /// Password hashes computed at once
+    hash_concurrency, "KEEL_HASH_CONCURRENCY" ~ "number of cores";
     /// Password hashes allowed to wait for a hashing thread; past it, calls that need one are
-    /// refused at once with 503 / RESOURCE_EXHAUSTED [default: 4 × KEEL_HASH_CONCURRENCY]
-    #[arg(long, global = true, env = "KEEL_HASH_QUEUE_LIMIT")]
-    pub hash_queue_limit: Option<String>,
-    /// Minimum password length [default: 12]
-    #[arg(long, global = true, env = "KEEL_PASSWORD_MIN_LENGTH")]
-    pub password_min_length: Option<String>,
-    /// Require a lower-case letter [default: false]
-    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_LOWERCASE")]
-    pub password_require_lowercase: Option<String>,
-    /// Require an upper-case letter [default: false]
-    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_UPPERCASE")]
-    pub password_require_uppercase: Option<String>,
-    /// Require a digit [default: false]
-    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_DIGIT")]
-    pub password_require_digit: Option<String>,
-    /// Require a symbol [default: false]
-    #[arg(long, global = true, env = "KEEL_PASSWORD_REQUIRE_SYMBOL")]
-    pub password_require_symbol: Option<String>,
+    /// refused at once with 503 / RESOURCE_EXHAUSTED
+    hash_queue_limit, "KEEL_HASH_QUEUE_LIMIT" ~ "4 × KEEL_HASH_CONCURRENCY";
+    /// Minimum password length (ASVS 2.1.1: length, no composition rules, up to 128)
+    password_min_length, "KEEL_PASSWORD_MIN_LENGTH" = "12";
+    /// Require a lower-case letter
+    password_require_lowercase, "KEEL_PASSWORD_REQUIRE_LOWERCASE" = "false";
+    /// Require an upper-case letter
+    password_require_uppercase, "KEEL_PASSWORD_REQUIRE_UPPERCASE" = "false";
+    /// Require a digit
+    password_require_digit, "KEEL_PASSWORD_REQUIRE_DIGIT" = "false";
+    /// Require a symbol
+    password_require_symbol, "KEEL_PASSWORD_REQUIRE_SYMBOL" = "false";
     /// A directory of Have I Been Pwned range files (`21BD1.txt`…); new passwords found there
-    /// are refused [default: none]
-    #[arg(long, global = true, env = "KEEL_BREACHED_PASSWORDS_DIR")]
-    pub breached_passwords_dir: Option<String>,
-    /// smtp://host:port or smtps://user:password@host:port [default: dev outbox, logged]
-    #[arg(long, global = true, env = "KEEL_SMTP_URL", hide_env_values = true)]
-    pub smtp_url: Option<String>,
-    /// Sender of Keel's mail [default: Keel <no-reply@localhost>]
-    #[arg(long, global = true, env = "KEEL_MAIL_FROM")]
-    pub mail_from: Option<String>,
-    /// Refuse sign-in until the email address is verified [default: false]
-    #[arg(long, global = true, env = "KEEL_REQUIRE_VERIFIED_EMAIL")]
-    pub require_verified_email: Option<String>,
-    /// Consecutive failed sign-ins that lock an account [default: 5]
-    #[arg(long, global = true, env = "KEEL_LOCKOUT_THRESHOLD")]
-    pub lockout_threshold: Option<String>,
-    /// How long a locked account stays locked, in minutes [default: 15]
-    #[arg(long, global = true, env = "KEEL_LOCKOUT_MINUTES")]
-    pub lockout_minutes: Option<String>,
-    /// Seconds between writes of the usage counters (API calls) from the cache to the
-    /// database [default: 10]
-    #[arg(long, global = true, env = "KEEL_USAGE_FLUSH_SECONDS")]
-    pub usage_flush_seconds: Option<String>,
-    /// Sign-in attempts per minute, per client address and per account [default: 20]
-    #[arg(long, global = true, env = "KEEL_RATE_LIMIT_AUTH_PER_MINUTE")]
-    pub rate_limit_auth_per_minute: Option<String>,
+    /// are refused
+    breached_passwords_dir, "KEEL_BREACHED_PASSWORDS_DIR" ~ "none";
+    /// smtp://host:port or smtps://user:password@host:port
+    smtp_url, "KEEL_SMTP_URL" ~ "dev outbox, logged", secret;
+    /// Sender of Keel's mail
+    mail_from, "KEEL_MAIL_FROM" = "Keel <no-reply@localhost>";
+    /// Refuse sign-in until the email address is verified
+    require_verified_email, "KEEL_REQUIRE_VERIFIED_EMAIL" = "false";
+    /// Consecutive failed sign-ins that lock an account
+    lockout_threshold, "KEEL_LOCKOUT_THRESHOLD" = "5";
+    /// How long a locked account stays locked, in minutes
+    lockout_minutes, "KEEL_LOCKOUT_MINUTES" = "15";
+    /// Seconds between writes of the usage counters (API calls) from the cache to the database
+    usage_flush_seconds, "KEEL_USAGE_FLUSH_SECONDS" = "10";
+    /// Sign-in attempts per minute, per client address and per account
+    rate_limit_auth_per_minute, "KEEL_RATE_LIMIT_AUTH_PER_MINUTE" = "20";
     /// Messages strangers can have sent to one address per hour: verification, reset and
-    /// magic links, invitations [default: 10]
-    #[arg(
-        long,
-        global = true,
-        env = "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR"
-    )]
-    pub rate_limit_mail_per_recipient_per_hour: Option<String>,
-    /// Invitations (new or resent) each organization may send per hour [default: 100]
-    #[arg(long, global = true, env = "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR")]
-    pub rate_limit_invitations_per_hour: Option<String>,
+    /// magic links, invitations
+    rate_limit_mail_per_recipient_per_hour, "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR" = "10";
+    /// Invitations (new or resent) each organization may send per hour
+    rate_limit_invitations_per_hour, "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR" = "100";
     /// Calls per minute each member (and each API key) may make in one organization
-    /// [default: 1200]
-    #[arg(long, global = true, env = "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE")]
-    pub rate_limit_member_per_minute: Option<String>,
+    rate_limit_member_per_minute, "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE" = "1200";
     /// Comma-separated proxy addresses or CIDR blocks whose X-Forwarded-For is believed
-    /// [default: none]
-    #[arg(long, global = true, env = "KEEL_TRUSTED_PROXIES")]
-    pub trusted_proxies: Option<String>,
-    /// Comma-separated browser origins allowed by CORS (https://app.example.com) [default: none]
-    #[arg(long, global = true, env = "KEEL_CORS_ALLOWED_ORIGINS")]
-    pub cors_allowed_origins: Option<String>,
+    trusted_proxies, "KEEL_TRUSTED_PROXIES" ~ "none";
+    /// Comma-separated browser origins allowed by CORS (https://app.example.com)
+    cors_allowed_origins, "KEEL_CORS_ALLOWED_ORIGINS" ~ "none";
     /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
-    /// `SERVER_BUSY` [default: 1024]
-    #[arg(long, global = true, env = "KEEL_MAX_CONCURRENT_REQUESTS")]
-    pub max_concurrent_requests: Option<String>,
+    /// `SERVER_BUSY`
+    max_concurrent_requests, "KEEL_MAX_CONCURRENT_REQUESTS" = "1024";
     /// Seconds an RPC may take before its caller is answered 503 / UNAVAILABLE
-    /// `REQUEST_TIMEOUT` (the work itself still completes) [default: 30]
-    #[arg(long, global = true, env = "KEEL_REQUEST_TIMEOUT_SECONDS")]
-    pub request_timeout_seconds: Option<String>,
-    /// Largest accepted REST request body in bytes [default: 1048576]
-    #[arg(long, global = true, env = "KEEL_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<String>,
+    /// `REQUEST_TIMEOUT` (the work itself still completes)
+    request_timeout_seconds, "KEEL_REQUEST_TIMEOUT_SECONDS" = "30";
+    /// Largest accepted REST request body in bytes
+    max_body_bytes, "KEEL_MAX_BODY_BYTES" = "1048576";
     /// Bound on SQLite's write-ahead log in bytes: past it, the log is checkpointed and emptied
-    /// (checked every 5 s) [default: 67108864]
-    #[arg(long, global = true, env = "KEEL_SQLITE_WAL_MAX_BYTES")]
-    pub sqlite_wal_max_bytes: Option<String>,
-    /// Apply pending database migrations at start [default: true]
-    #[arg(long, global = true, env = "KEEL_MIGRATE_ON_START")]
-    pub migrate_on_start: Option<String>,
-    /// Bearer token that `/metrics` requires; unset, `/metrics` is open [default: none]
-    #[arg(
-        long,
-        global = true,
-        env = "KEEL_METRICS_TOKEN",
-        hide_env_values = true
-    )]
-    pub metrics_token: Option<String>,
-    /// Log format: text or json [default: text]
-    #[arg(long, global = true, env = "KEEL_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    /// (checked every 5 s)
+    sqlite_wal_max_bytes, "KEEL_SQLITE_WAL_MAX_BYTES" = "67108864";
+    /// Apply pending database migrations at start
+    migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
+    /// Bearer token that `/metrics` requires; unset, `/metrics` is open
+    metrics_token, "KEEL_METRICS_TOKEN" ~ "none", secret;
+    /// Log format: text or json
+    log_format, "KEEL_LOG_FORMAT" = "text";
 }
 
 impl Settings {
@@ -180,60 +184,89 @@ impl Settings {
             .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
     }
+}
 
-    /// `self`'s values where given, `lower`'s otherwise.
-    pub fn over(self, lower: Settings) -> Settings {
-        macro_rules! pick {
-            ($($field:ident),* $(,)?) => {
-                Settings { $($field: self.$field.or(lower.$field)),* }
-            };
+/// One setting's given text (blank counts as unset) and declared default.
+struct Setting<'a> {
+    env: &'static str,
+    given: Option<&'a str>,
+    default: Option<&'static str>,
+}
+
+impl<'a> Setting<'a> {
+    /// The given text, else the declared default.
+    fn text(&self) -> Option<&'a str> {
+        self.given.or(self.default)
+    }
+
+    /// An error naming the setting.
+    fn invalid(&self, why: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {why}", self.env)
+    }
+
+    /// The value, or `derived` where the declaration describes its default instead of stating it.
+    fn value<T: FromStr>(&self, derived: Option<T>) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match (self.text(), derived) {
+            (Some(raw), _) => raw
+                .trim()
+                .parse()
+                .map_err(|error| self.invalid(format!("invalid value {raw:?}: {error}"))),
+            (None, Some(derived)) => Ok(derived),
+            (None, None) => Err(self.invalid("not set")),
         }
-        pick!(
-            listen,
-            data_dir,
-            database_url,
-            redis_url,
-            memory_cache_max_bytes,
-            redis_prefix,
-            public_url,
-            jwt_audience,
-            secret_key,
-            jwt_hs256_secret,
-            jwt_private_key_file,
-            access_token_ttl_seconds,
-            refresh_token_ttl_seconds,
-            session_max_lifetime_seconds,
-            argon2_memory_kib,
-            argon2_iterations,
-            argon2_parallelism,
-            hash_concurrency,
-            hash_queue_limit,
-            password_min_length,
-            password_require_lowercase,
-            password_require_uppercase,
-            password_require_digit,
-            password_require_symbol,
-            breached_passwords_dir,
-            smtp_url,
-            mail_from,
-            require_verified_email,
-            lockout_threshold,
-            lockout_minutes,
-            usage_flush_seconds,
-            rate_limit_auth_per_minute,
-            rate_limit_member_per_minute,
-            rate_limit_mail_per_recipient_per_hour,
-            rate_limit_invitations_per_hour,
-            trusted_proxies,
-            cors_allowed_origins,
-            max_concurrent_requests,
-            request_timeout_seconds,
-            max_body_bytes,
-            sqlite_wal_max_bytes,
-            migrate_on_start,
-            metrics_token,
-            log_format,
-        )
+    }
+
+    fn parse<T: FromStr>(&self) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.value(None)
+    }
+
+    fn positive<T: FromStr + PartialOrd + Default>(&self) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.above_zero(self.value(None)?)
+    }
+
+    fn positive_or<T: FromStr + PartialOrd + Default>(&self, derived: T) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.above_zero(self.value(Some(derived))?)
+    }
+
+    fn above_zero<T: PartialOrd + Default>(&self, value: T) -> anyhow::Result<T> {
+        if value <= T::default() {
+            return Err(self.invalid("must be greater than zero"));
+        }
+        Ok(value)
+    }
+
+    /// The non-blank items of a comma-separated setting.
+    fn list(&self) -> Vec<String> {
+        self.text()
+            .map(|list| {
+                list.split(',')
+                    .map(|item| item.trim().to_owned())
+                    .filter(|item| !item.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The text as a validated URL with one of `schemes` (`"https://"`…).
+    fn url(&self, schemes: &[&str]) -> anyhow::Result<Option<String>> {
+        match self.text() {
+            Some(url) if !schemes.iter().any(|scheme| url.starts_with(scheme)) => {
+                Err(self.invalid(format!("must start with {}", schemes.join(" or "))))
+            }
+            url => Ok(url.map(str::to_owned)),
+        }
     }
 }
 
@@ -286,281 +319,117 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-fn parse<T: FromStr>(value: Option<&str>, env: &str, default: T) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match value {
-        None => Ok(default),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map_err(|error| anyhow::anyhow!("{env}: invalid value {raw:?}: {error}")),
-    }
-}
-
-fn parse_positive<T: FromStr + PartialOrd + Default>(
-    value: Option<&str>,
-    env: &str,
-    default: T,
-) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    let parsed = parse(value, env, default)?;
-    if parsed <= T::default() {
-        bail!("{env}: must be greater than zero");
-    }
-    Ok(parsed)
-}
-
-/// The non-blank items of a comma-separated setting.
-fn comma_list(value: &Option<String>) -> Vec<String> {
-    text(value)
-        .map(|list| {
-            list.split(',')
-                .map(|item| item.trim().to_owned())
-                .filter(|item| !item.is_empty())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A setting's text, with blank values counting as unset.
-fn text(value: &Option<String>) -> Option<&str> {
-    value.as_deref().filter(|raw| !raw.trim().is_empty())
-}
+/// ASVS 2.1.2: passwords of up to 128 characters are accepted (not a setting).
+const PASSWORD_MAX_LENGTH: usize = 128;
 
 impl Config {
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
-        let listen: SocketAddr = parse(
-            text(&settings.listen),
-            "KEEL_LISTEN",
-            SocketAddr::from(([127, 0, 0, 1], 8000)),
-        )?;
-        let data_dir = PathBuf::from(text(&settings.data_dir).unwrap_or("./data"));
-        let database_url = match text(&settings.database_url) {
-            Some(url) => url.to_owned(),
-            None => format!("sqlite://{}", data_dir.join("keel.db").display()),
-        };
-        if !(database_url.starts_with("sqlite:")
-            || database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://"))
-        {
-            bail!("KEEL_DATABASE_URL: must start with sqlite: or postgres://");
-        }
-        let redis_url = text(&settings.redis_url).map(str::to_owned);
-        if let Some(url) = &redis_url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            bail!("KEEL_REDIS_URL: must start with redis:// or rediss://");
-        }
-        let public_url = text(&settings.public_url)
+        let listen: SocketAddr = settings.listen().parse()?;
+        let data_dir = PathBuf::from(settings.data_dir().parse::<String>()?);
+        let database_url = settings
+            .database_url()
+            .url(&["sqlite:", "postgres://", "postgresql://"])?
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("keel.db").display()));
+        let public_url = settings
+            .public_url()
+            .url(&["http://", "https://"])?
             .map(|url| url.trim_end_matches('/').to_owned())
             .unwrap_or_else(|| format!("http://{listen}"));
-        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
-            bail!("KEEL_PUBLIC_URL: must start with http:// or https://");
-        }
-        let defaults = PasswordPolicy::default();
         let password_policy = PasswordPolicy {
-            min_length: parse_positive(
-                text(&settings.password_min_length),
-                "KEEL_PASSWORD_MIN_LENGTH",
-                defaults.min_length,
-            )?,
-            max_length: defaults.max_length,
-            require_lowercase: parse(
-                text(&settings.password_require_lowercase),
-                "KEEL_PASSWORD_REQUIRE_LOWERCASE",
-                defaults.require_lowercase,
-            )?,
-            require_uppercase: parse(
-                text(&settings.password_require_uppercase),
-                "KEEL_PASSWORD_REQUIRE_UPPERCASE",
-                defaults.require_uppercase,
-            )?,
-            require_digit: parse(
-                text(&settings.password_require_digit),
-                "KEEL_PASSWORD_REQUIRE_DIGIT",
-                defaults.require_digit,
-            )?,
-            require_symbol: parse(
-                text(&settings.password_require_symbol),
-                "KEEL_PASSWORD_REQUIRE_SYMBOL",
-                defaults.require_symbol,
-            )?,
+            min_length: settings.password_min_length().positive()?,
+            max_length: PASSWORD_MAX_LENGTH,
+            require_lowercase: settings.password_require_lowercase().parse()?,
+            require_uppercase: settings.password_require_uppercase().parse()?,
+            require_digit: settings.password_require_digit().parse()?,
+            require_symbol: settings.password_require_symbol().parse()?,
         };
-        if password_policy.min_length > password_policy.max_length {
-            bail!(
-                "KEEL_PASSWORD_MIN_LENGTH: must be at most {}",
-                password_policy.max_length
-            );
+        if password_policy.min_length > PASSWORD_MAX_LENGTH {
+            return Err(settings
+                .password_min_length()
+                .invalid(format!("must be at most {PASSWORD_MAX_LENGTH}")));
         }
-        let argon2_defaults = Argon2Settings::default();
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let jwt_hs256_secret = text(&settings.jwt_hs256_secret).map(str::to_owned);
+        let jwt_hs256_secret = settings.jwt_hs256_secret().text().map(str::to_owned);
         if jwt_hs256_secret
             .as_ref()
             .is_some_and(|secret| secret.len() < 32)
         {
-            bail!("KEEL_JWT_HS256_SECRET: must be at least 32 bytes");
+            return Err(settings
+                .jwt_hs256_secret()
+                .invalid("must be at least 32 bytes"));
         }
-        let cors_allowed_origins = comma_list(&settings.cors_allowed_origins);
+        let cors_allowed_origins = settings.cors_allowed_origins().list();
         for origin in &cors_allowed_origins {
             let scheme_ok = origin.starts_with("http://") || origin.starts_with("https://");
             let path_free = origin.splitn(4, '/').nth(3).is_none();
             if !scheme_ok || !path_free {
-                bail!(
-                    "KEEL_CORS_ALLOWED_ORIGINS: {origin:?} is not an origin like https://app.example.com"
-                );
+                return Err(settings.cors_allowed_origins().invalid(format!(
+                    "{origin:?} is not an origin like https://app.example.com"
+                )));
             }
         }
-        let smtp_url = text(&settings.smtp_url).map(str::to_owned);
-        if let Some(url) = &smtp_url
-            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
-        {
-            bail!("KEEL_SMTP_URL: must start with smtp:// or smtps://");
-        }
-        let hash_concurrency = parse_positive(
-            text(&settings.hash_concurrency),
-            "KEEL_HASH_CONCURRENCY",
-            cores,
-        )?;
-        let metrics_token = text(&settings.metrics_token).map(str::to_owned);
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let hash_concurrency = settings.hash_concurrency().positive_or(cores)?;
+        let metrics_token = settings.metrics_token().text().map(str::to_owned);
         if metrics_token.as_ref().is_some_and(|token| token.len() < 16) {
-            bail!("KEEL_METRICS_TOKEN: must be at least 16 characters");
+            return Err(settings
+                .metrics_token()
+                .invalid("must be at least 16 characters"));
         }
-        let log_format = match text(&settings.log_format).unwrap_or("text") {
+        let log_format = match settings.log_format().parse::<String>()?.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => bail!("KEEL_LOG_FORMAT: must be text or json, not {other:?}"),
+            other => {
+                return Err(settings
+                    .log_format()
+                    .invalid(format!("must be text or json, not {other:?}")));
+            }
         };
         Ok(Self {
             listen,
             database_url,
-            redis_url,
-            memory_cache_max_bytes: parse_positive(
-                text(&settings.memory_cache_max_bytes),
-                "KEEL_MEMORY_CACHE_MAX_BYTES",
-                64 * 1024 * 1024,
-            )?,
-            redis_prefix: text(&settings.redis_prefix).unwrap_or("keel:").to_owned(),
+            redis_url: settings.redis_url().url(&["redis://", "rediss://"])?,
+            memory_cache_max_bytes: settings.memory_cache_max_bytes().positive()?,
+            redis_prefix: settings.redis_prefix().parse()?,
             public_url,
-            jwt_audience: text(&settings.jwt_audience).unwrap_or("keel").to_owned(),
-            secret_key: text(&settings.secret_key).map(str::to_owned),
+            jwt_audience: settings.jwt_audience().parse()?,
+            secret_key: settings.secret_key().text().map(str::to_owned),
             jwt_hs256_secret,
-            jwt_private_key_file: text(&settings.jwt_private_key_file).map(PathBuf::from),
-            access_token_ttl_seconds: parse_positive(
-                text(&settings.access_token_ttl_seconds),
-                "KEEL_ACCESS_TOKEN_TTL_SECONDS",
-                900,
-            )?,
-            refresh_token_ttl_seconds: parse_positive(
-                text(&settings.refresh_token_ttl_seconds),
-                "KEEL_REFRESH_TOKEN_TTL_SECONDS",
-                7 * 24 * 3600,
-            )?,
-            session_max_lifetime_seconds: parse_positive(
-                text(&settings.session_max_lifetime_seconds),
-                "KEEL_SESSION_MAX_LIFETIME_SECONDS",
-                30 * 24 * 3600,
-            )?,
+            jwt_private_key_file: settings.jwt_private_key_file().text().map(PathBuf::from),
+            access_token_ttl_seconds: settings.access_token_ttl_seconds().positive()?,
+            refresh_token_ttl_seconds: settings.refresh_token_ttl_seconds().positive()?,
+            session_max_lifetime_seconds: settings.session_max_lifetime_seconds().positive()?,
             argon2: Argon2Settings {
-                memory_kib: parse_positive(
-                    text(&settings.argon2_memory_kib),
-                    "KEEL_ARGON2_MEMORY_KIB",
-                    argon2_defaults.memory_kib,
-                )?,
-                iterations: parse_positive(
-                    text(&settings.argon2_iterations),
-                    "KEEL_ARGON2_ITERATIONS",
-                    argon2_defaults.iterations,
-                )?,
-                parallelism: parse_positive(
-                    text(&settings.argon2_parallelism),
-                    "KEEL_ARGON2_PARALLELISM",
-                    argon2_defaults.parallelism,
-                )?,
+                memory_kib: settings.argon2_memory_kib().positive()?,
+                iterations: settings.argon2_iterations().positive()?,
+                parallelism: settings.argon2_parallelism().positive()?,
             },
             hash_concurrency,
-            hash_queue_limit: parse_positive(
-                text(&settings.hash_queue_limit),
-                "KEEL_HASH_QUEUE_LIMIT",
-                4 * hash_concurrency,
-            )?,
+            hash_queue_limit: settings
+                .hash_queue_limit()
+                .positive_or(4 * hash_concurrency)?,
             password_policy,
-            breached_passwords_dir: text(&settings.breached_passwords_dir).map(PathBuf::from),
-            smtp_url,
-            mail_from: text(&settings.mail_from)
-                .unwrap_or("Keel <no-reply@localhost>")
-                .to_owned(),
-            require_verified_email: parse(
-                text(&settings.require_verified_email),
-                "KEEL_REQUIRE_VERIFIED_EMAIL",
-                false,
-            )?,
-            lockout_threshold: parse_positive(
-                text(&settings.lockout_threshold),
-                "KEEL_LOCKOUT_THRESHOLD",
-                5,
-            )?,
-            lockout_minutes: parse_positive(
-                text(&settings.lockout_minutes),
-                "KEEL_LOCKOUT_MINUTES",
-                15,
-            )?,
-            usage_flush_seconds: parse_positive(
-                text(&settings.usage_flush_seconds),
-                "KEEL_USAGE_FLUSH_SECONDS",
-                10,
-            )?,
-            rate_limit_auth_per_minute: parse_positive(
-                text(&settings.rate_limit_auth_per_minute),
-                "KEEL_RATE_LIMIT_AUTH_PER_MINUTE",
-                20,
-            )?,
-            rate_limit_member_per_minute: parse_positive(
-                text(&settings.rate_limit_member_per_minute),
-                "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE",
-                1200,
-            )?,
-            rate_limit_mail_per_recipient_per_hour: parse_positive(
-                text(&settings.rate_limit_mail_per_recipient_per_hour),
-                "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR",
-                10,
-            )?,
-            rate_limit_invitations_per_hour: parse_positive(
-                text(&settings.rate_limit_invitations_per_hour),
-                "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR",
-                100,
-            )?,
-            trusted_proxies: comma_list(&settings.trusted_proxies),
+            breached_passwords_dir: settings.breached_passwords_dir().text().map(PathBuf::from),
+            smtp_url: settings.smtp_url().url(&["smtp://", "smtps://"])?,
+            mail_from: settings.mail_from().parse()?,
+            require_verified_email: settings.require_verified_email().parse()?,
+            lockout_threshold: settings.lockout_threshold().positive()?,
+            lockout_minutes: settings.lockout_minutes().positive()?,
+            usage_flush_seconds: settings.usage_flush_seconds().positive()?,
+            rate_limit_auth_per_minute: settings.rate_limit_auth_per_minute().positive()?,
+            rate_limit_member_per_minute: settings.rate_limit_member_per_minute().positive()?,
+            rate_limit_mail_per_recipient_per_hour: settings
+                .rate_limit_mail_per_recipient_per_hour()
+                .positive()?,
+            rate_limit_invitations_per_hour: settings
+                .rate_limit_invitations_per_hour()
+                .positive()?,
+            trusted_proxies: settings.trusted_proxies().list(),
             cors_allowed_origins,
-            max_concurrent_requests: parse_positive(
-                text(&settings.max_concurrent_requests),
-                "KEEL_MAX_CONCURRENT_REQUESTS",
-                1024,
-            )?,
-            request_timeout_seconds: parse_positive(
-                text(&settings.request_timeout_seconds),
-                "KEEL_REQUEST_TIMEOUT_SECONDS",
-                30,
-            )?,
-            max_body_bytes: parse_positive(
-                text(&settings.max_body_bytes),
-                "KEEL_MAX_BODY_BYTES",
-                1024 * 1024,
-            )?,
-            sqlite_wal_max_bytes: parse_positive(
-                text(&settings.sqlite_wal_max_bytes),
-                "KEEL_SQLITE_WAL_MAX_BYTES",
-                64 * 1024 * 1024,
-            )?,
-            migrate_on_start: parse(
-                text(&settings.migrate_on_start),
-                "KEEL_MIGRATE_ON_START",
-                true,
-            )?,
+            max_concurrent_requests: settings.max_concurrent_requests().positive()?,
+            request_timeout_seconds: settings.request_timeout_seconds().positive()?,
+            max_body_bytes: settings.max_body_bytes().positive()?,
+            sqlite_wal_max_bytes: settings.sqlite_wal_max_bytes().positive()?,
+            migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,
             log_format,
             data_dir,

@@ -8,7 +8,7 @@
 
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
 use crate::domain::principal::Principal;
 use crate::domain::secret::{self, Keyring};
 use crate::domain::tenancy::access::{AccessControl, Scope};
@@ -95,10 +95,6 @@ fn touched_key(id: Uuid) -> String {
 
 fn invalid_key() -> Error {
     Error::unauthenticated("INVALID_API_KEY", "the API key is not valid")
-}
-
-fn not_found() -> Error {
-    Error::not_found("API_KEY_NOT_FOUND", "no such API key")
 }
 
 pub struct ApiKeyService {
@@ -243,7 +239,7 @@ impl ApiKeyService {
             .find_api_key(id)
             .await?
             .filter(|key| key.user_id == owner.user.id && key.revoked_at.is_none())
-            .ok_or_else(not_found)
+            .ok_or_else(|| Missing::ApiKey.into())
     }
 
     /// Revokes one of the caller's keys; it stops working on the next request.

@@ -158,6 +158,38 @@ impl Error {
     }
 }
 
+/// Something a request names that does not exist, or that the caller may not know of (the
+/// same answer, so that existence does not leak).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    User,
+    Session,
+    ApiKey,
+    Organization,
+    Member,
+    Team,
+    TeamMember,
+    Invitation,
+    Role,
+}
+
+impl From<Missing> for Error {
+    fn from(missing: Missing) -> Self {
+        let (reason, message) = match missing {
+            Missing::User => ("USER_NOT_FOUND", "no such user"),
+            Missing::Session => ("SESSION_NOT_FOUND", "no such session"),
+            Missing::ApiKey => ("API_KEY_NOT_FOUND", "no such API key"),
+            Missing::Organization => ("ORGANIZATION_NOT_FOUND", "no such organization"),
+            Missing::Member => ("MEMBER_NOT_FOUND", "no such member in this organization"),
+            Missing::Team => ("TEAM_NOT_FOUND", "no such team"),
+            Missing::TeamMember => ("TEAM_MEMBER_NOT_FOUND", "no such member in this team"),
+            Missing::Invitation => ("INVITATION_NOT_FOUND", "no such invitation"),
+            Missing::Role => ("ROLE_NOT_FOUND", "no such role in this organization"),
+        };
+        Error::not_found(reason, message)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(formatter, "{} ({})", self.message, self.reason)?;

@@ -32,20 +32,6 @@ pub struct PasswordPolicy {
     pub require_symbol: bool,
 }
 
-impl Default for PasswordPolicy {
-    /// ASVS 4 (2.1.1, 2.1.2, 2.1.9): at least 12 characters, up to 128, no composition rules.
-    fn default() -> Self {
-        Self {
-            min_length: 12,
-            max_length: 128,
-            require_lowercase: false,
-            require_uppercase: false,
-            require_digit: false,
-            require_symbol: false,
-        }
-    }
-}
-
 /// Passwords known from breaches (ASVS 2.1.7), looked up where the password never leaves
 /// Keel.
 #[async_trait::async_trait]
@@ -107,9 +93,22 @@ impl PasswordPolicy {
 mod tests {
     use super::*;
 
+    /// ASVS 4 (2.1.1, 2.1.2, 2.1.9), Keel's default: at least 12 characters, up to 128, no
+    /// composition rules.
+    fn asvs() -> PasswordPolicy {
+        PasswordPolicy {
+            min_length: 12,
+            max_length: 128,
+            require_lowercase: false,
+            require_uppercase: false,
+            require_digit: false,
+            require_symbol: false,
+        }
+    }
+
     #[test]
-    fn default_policy_wants_length_not_composition() {
-        let policy = PasswordPolicy::default();
+    fn length_policy_wants_length_not_composition() {
+        let policy = asvs();
         assert!(policy.check("password", "Str0ng!Passw0rd").is_empty());
         assert!(policy.check("password", "correct horse battery").is_empty());
         assert_eq!(
@@ -126,7 +125,7 @@ mod tests {
             require_uppercase: true,
             require_digit: true,
             require_symbol: true,
-            ..PasswordPolicy::default()
+            ..asvs()
         };
         let reasons: Vec<_> = policy
             .check("password", "abc")

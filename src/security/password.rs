@@ -18,17 +18,6 @@ pub struct Argon2Settings {
     pub parallelism: u32,
 }
 
-impl Default for Argon2Settings {
-    /// OWASP's recommendation for argon2id.
-    fn default() -> Self {
-        Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
-        }
-    }
-}
-
 /// Hashing runs on a fixed set of worker threads, each owning one argon2 memory buffer that it
 /// reuses for every hash. At most `workers` hashes run at once, async workers stay free for
 /// every other request during a login flood, and memory stays at `workers` × `memory_kib`

@@ -6,7 +6,7 @@ use super::AuthService;
 use super::session::ClientInfo;
 use super::throttle::account_key;
 use crate::domain::clock::truncate_to_micros;
-use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::error::{Error, ErrorKind, Missing, Result};
 use crate::domain::mail::Template;
 use crate::domain::principal::Principal;
 use crate::domain::totp::{EnrolmentProof, Reauthentication};
@@ -17,10 +17,6 @@ use uuid::Uuid;
 
 const ENROLMENT_PURPOSE: &str = "totp_enrolment";
 const ENROLMENT_CODE_MINUTES: i64 = 10;
-
-fn user_not_found() -> Error {
-    Error::not_found("USER_NOT_FOUND", "no such user")
-}
 
 fn cannot_change_self() -> Error {
     Error::new(
@@ -197,7 +193,7 @@ impl AuthService {
         self.users
             .find_user(user_id)
             .await?
-            .ok_or_else(user_not_found)
+            .ok_or_else(|| Missing::User.into())
     }
 
     /// Deactivates an account and revokes its sessions; its API keys stop working with it.

@@ -6,7 +6,7 @@ use super::session::ClientInfo;
 use super::throttle::account_key;
 use super::{AuthService, Session};
 use crate::domain::clock::truncate_to_micros;
-use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::error::{Error, FieldViolation, Missing, Result};
 use crate::domain::password::PasswordCheck;
 use crate::domain::principal::Principal;
 use chrono::{DateTime, Duration, Utc};
@@ -29,10 +29,6 @@ pub struct SessionStats {
     pub expired: usize,
     pub active_by_device_type: BTreeMap<&'static str, usize>,
     pub last_activity: Option<DateTime<Utc>>,
-}
-
-fn session_not_found() -> Error {
-    Error::not_found("SESSION_NOT_FOUND", "no such session")
 }
 
 impl AuthService {
@@ -85,7 +81,7 @@ impl AuthService {
             .find_session(session_id)
             .await?
             .filter(|session| session.user_id == principal.user.id)
-            .ok_or_else(session_not_found)?;
+            .ok_or(Missing::Session)?;
         self.revoke_session(session.id, session.user_id).await
     }
 

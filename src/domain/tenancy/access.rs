@@ -4,12 +4,9 @@
 //! check) and forgotten on every change, so a role change applies on the next request.
 
 use super::permissions::{PermissionSet, RoleKey, SystemRole};
-use super::{
-    CustomRole, MemberGrants, OrganizationStore, invitation_not_found, organization_not_found,
-    team_not_found,
-};
+use super::{CustomRole, MemberGrants, OrganizationStore};
 use crate::domain::cache::{Cache, generation};
-use crate::domain::error::{Error, FieldViolation, Result};
+use crate::domain::error::{Error, FieldViolation, Missing, Result};
 use crate::domain::principal::{Credential, Principal};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,23 +127,22 @@ impl AccessControl {
         scope: Scope,
         permission: &str,
     ) -> Result<Access> {
-        let (organization_id, team_id, not_found): (Uuid, Option<Uuid>, fn() -> Error) = match scope
-        {
-            Scope::Organization(organization_id) => (organization_id, None, organization_not_found),
+        let (organization_id, team_id, not_found) = match scope {
+            Scope::Organization(organization_id) => (organization_id, None, Missing::Organization),
             Scope::Team(team_id) => {
                 let organization_id = self
                     .team_organization(team_id)
                     .await?
-                    .ok_or_else(team_not_found)?;
-                (organization_id, Some(team_id), team_not_found)
+                    .ok_or(Missing::Team)?;
+                (organization_id, Some(team_id), Missing::Team)
             }
             Scope::Invitation(invitation_id) => {
                 let organization_id = self
                     .store
                     .find_invitation_organization(invitation_id)
                     .await?
-                    .ok_or_else(invitation_not_found)?;
-                (organization_id, None, invitation_not_found)
+                    .ok_or(Missing::Invitation)?;
+                (organization_id, None, Missing::Invitation)
             }
         };
         if let Credential::ApiKey {
@@ -155,7 +151,7 @@ impl AccessControl {
         } = &principal.credential
             && *bound != organization_id
         {
-            return Err(not_found());
+            return Err(not_found.into());
         }
         let (grants, custom_roles) = self.grants(organization_id, principal.user.id).await?;
         let held = match (&grants, principal.user.is_superuser) {
@@ -163,7 +159,7 @@ impl AccessControl {
             // A superuser acts in any organization, but only in one that exists.
             (None, true) => match self.store.find_organization(organization_id).await? {
                 Some(_) => PermissionSet::all(),
-                None => return Err(not_found()),
+                None => return Err(not_found.into()),
             },
             (Some(grants), false) => {
                 let team_roles = team_id
@@ -176,7 +172,7 @@ impl AccessControl {
                 permissions_of(&role_keys, &custom_roles)
                     .union(["organization:read"].into_iter().collect())
             }
-            (None, false) => return Err(not_found()),
+            (None, false) => return Err(not_found.into()),
         };
         let permissions = narrow_to_credential(held, &principal);
         if !permissions.contains(permission) {
@@ -371,10 +367,11 @@ impl AccessControl {
         }
         if !violations.is_empty() {
             // Like a role named in the path: not found in this organization.
-            let message = format!("no such role in this organization: {}", unknown.join(", "));
+            let missing = Error::from(Missing::Role);
             return Err(Error {
+                message: format!("{}: {}", missing.message, unknown.join(", ")),
                 violations,
-                ..Error::not_found("ROLE_NOT_FOUND", message)
+                ..missing
             });
         }
         Ok(keys)

@@ -3,7 +3,7 @@
 //! bound API key); anyone else is not found.
 
 use super::OrganizationStore;
-use crate::domain::error::{Error, Result};
+use crate::domain::error::{Missing, Result};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::user::{User, UserQuery, UserStore};
@@ -14,10 +14,6 @@ pub struct UserDirectory {
     users: Arc<dyn UserStore>,
     organizations: Arc<dyn OrganizationStore>,
     pages: Arc<PageTokens>,
-}
-
-fn user_not_found() -> Error {
-    Error::not_found("USER_NOT_FOUND", "no such user")
 }
 
 impl UserDirectory {
@@ -62,11 +58,11 @@ impl UserDirectory {
                 .shares_organization(caller.user.id, user_id, bound)
                 .await?;
         if !visible {
-            return Err(user_not_found());
+            return Err(Missing::User.into());
         }
         self.users
             .find_user(user_id)
             .await?
-            .ok_or_else(user_not_found)
+            .ok_or_else(|| Missing::User.into())
     }
 }

@@ -1,12 +1,12 @@
 //! Invitations by email. The link's token is stored only as a digest; only the user whose
 //! verified email is the invited address can accept, and accepting again changes nothing.
 
+use super::OrganizationStore;
 use super::access::{Access, AccessControl};
 use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
-use super::{OrganizationStore, invitation_not_found, organization_not_found};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
 use crate::domain::mail::{Mailer, Template};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Principal;
@@ -192,7 +192,7 @@ impl InvitationService {
             .organizations
             .find_organization(access.organization_id)
             .await?
-            .ok_or_else(organization_not_found)?;
+            .ok_or(Missing::Organization)?;
         if self
             .organizations
             .is_member_by_email(access.organization_id, email.as_str())
@@ -292,7 +292,7 @@ impl InvitationService {
         self.store
             .find_invitation(access.organization_id, id)
             .await?
-            .ok_or_else(invitation_not_found)
+            .ok_or_else(|| Missing::Invitation.into())
     }
 
     pub async fn resend(&self, access: &Access, id: Uuid) -> Result<Invitation> {
@@ -411,7 +411,7 @@ impl InvitationService {
             .store
             .find_invitation_by_token(&secret::digest(token.trim()))
             .await?
-            .ok_or_else(invitation_not_found)?;
+            .ok_or(Missing::Invitation)?;
         if invitation.email != caller.user.email {
             return Err(Error::permission_denied(
                 "INVITATION_EMAIL_MISMATCH",
@@ -421,9 +421,9 @@ impl InvitationService {
         Self::ensure_verified(caller)?;
         let now = truncate_to_micros(self.clock.now());
         match invitation.status(now) {
-            InvitationStatus::Revoked => return Err(invitation_not_found()),
+            InvitationStatus::Revoked => return Err(Missing::Invitation.into()),
             InvitationStatus::Accepted if invitation.accepted_by != Some(caller.user.id) => {
-                return Err(invitation_not_found());
+                return Err(Missing::Invitation.into());
             }
             InvitationStatus::Expired => {
                 return Err(Error::new(

@@ -147,22 +147,6 @@ pub trait OrganizationStore: Send + Sync {
     async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>>;
 }
 
-pub fn organization_not_found() -> Error {
-    Error::not_found("ORGANIZATION_NOT_FOUND", "no such organization")
-}
-
-pub fn invitation_not_found() -> Error {
-    Error::not_found("INVITATION_NOT_FOUND", "no such invitation")
-}
-
-pub fn team_not_found() -> Error {
-    Error::not_found("TEAM_NOT_FOUND", "no such team")
-}
-
-pub fn member_not_found() -> Error {
-    Error::not_found("MEMBER_NOT_FOUND", "no such member in this organization")
-}
-
 pub fn last_owner() -> Error {
     Error::new(
         super::error::ErrorKind::FailedPrecondition,

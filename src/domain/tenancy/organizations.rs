@@ -5,13 +5,10 @@
 use super::access::{Access, AccessControl};
 use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
-use super::{
-    DeletedOrganization, Member, Organization, OrganizationStore, Settings, member_not_found,
-    organization_not_found,
-};
+use super::{DeletedOrganization, Member, Organization, OrganizationStore, Settings};
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::text::{Blank, bounded_text};
@@ -170,7 +167,7 @@ impl OrganizationService {
         self.store
             .find_organization(access.organization_id)
             .await?
-            .ok_or_else(organization_not_found)
+            .ok_or_else(|| Missing::Organization.into())
     }
 
     pub async fn update(
@@ -280,7 +277,7 @@ impl OrganizationService {
         self.store
             .find_member(access.organization_id, user_id)
             .await?
-            .ok_or_else(member_not_found)
+            .ok_or_else(|| Missing::Member.into())
     }
 
     pub async fn get_member(&self, access: &Access, user_id: Uuid) -> Result<MemberView> {
@@ -294,13 +291,12 @@ impl OrganizationService {
         user_id: Uuid,
         roles: &[String],
     ) -> Result<MemberView> {
-        let user_not_found = || Error::not_found("USER_NOT_FOUND", "no such user");
         let role_keys = self.access.grantable_roles(access, roles).await?;
         self.users
             .find_user(user_id)
             .await?
             .filter(|user| user.is_active)
-            .ok_or_else(user_not_found)?;
+            .ok_or(Missing::User)?;
         let max_members = self.quotas.limits(access.organization_id).await?.max_users;
         self.store
             .insert_member(

@@ -4,11 +4,11 @@
 //! cache) is seeded from the last flushed value. With the memory cache a crash loses at most
 //! the calls since the last flush; with Redis nothing is lost, the database only lags.
 
+use super::OrganizationStore;
 use super::access::Access;
-use super::{OrganizationStore, organization_not_found};
 use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Credential;
 use crate::domain::rate::{Budget, RateLimits};
@@ -381,7 +381,7 @@ impl QuotaService {
         self.organizations
             .find_organization(organization_id)
             .await?
-            .ok_or_else(organization_not_found)?;
+            .ok_or(Missing::Organization)?;
         let mut limits = self.limits(organization_id).await?;
         let mut violations = Vec::new();
         for (field, change, slot) in [

@@ -5,7 +5,7 @@ use super::access::{Access, AccessControl};
 use super::permissions::{self, PermissionSet, SystemRole};
 use super::{CustomRole, OrganizationStore, parse_description, role_name_taken};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, ErrorKind, FieldViolation, Result, Violations};
+use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -59,10 +59,6 @@ fn refuse_system_name(name: &str) -> Result<()> {
         Some(_) => Err(role_name_taken()),
         None => Ok(()),
     }
-}
-
-fn role_not_found() -> Error {
-    Error::not_found("ROLE_NOT_FOUND", "no such role in this organization")
 }
 
 fn system_role() -> Error {
@@ -177,7 +173,7 @@ impl RoleService {
             .await?
             .into_iter()
             .find(|role| role.name == reference || role.id.to_string() == reference)
-            .ok_or_else(role_not_found)
+            .ok_or_else(|| Missing::Role.into())
     }
 
     pub async fn create(

@@ -5,9 +5,9 @@ use super::access::{Access, AccessControl};
 use super::organizations::{parse_name, parse_slug};
 use super::parse_description;
 use super::permissions::RoleKey;
-use super::{Member, OrganizationStore, member_not_found, team_not_found};
+use super::{Member, OrganizationStore};
 use crate::domain::clock::{Clock, truncate_to_micros};
-use crate::domain::error::{Error, Result, Violations};
+use crate::domain::error::{Missing, Result, Violations};
 use crate::domain::page::{Page, PageTokens};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -63,10 +63,6 @@ pub trait TeamStore: Send + Sync {
         role_keys: &[RoleKey],
     ) -> Result<()>;
     async fn delete_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<()>;
-}
-
-fn team_member_not_found() -> Error {
-    Error::not_found("TEAM_MEMBER_NOT_FOUND", "no such member in this team")
 }
 
 /// A team member with role names rather than keys.
@@ -146,11 +142,11 @@ impl TeamService {
 
     /// The team the request addressed.
     pub async fn get(&self, access: &Access) -> Result<Team> {
-        let team_id = access.team_id.ok_or_else(team_not_found)?;
+        let team_id = access.team_id.ok_or(Missing::Team)?;
         self.store
             .find_team(access.organization_id, team_id)
             .await?
-            .ok_or_else(team_not_found)
+            .ok_or_else(|| Missing::Team.into())
     }
 
     pub async fn update(
@@ -225,7 +221,7 @@ impl TeamService {
         self.store
             .find_team_member(team.id, user_id)
             .await?
-            .ok_or_else(team_member_not_found)
+            .ok_or_else(|| Missing::TeamMember.into())
     }
 
     /// Team role keys, refusing roles beyond the caller's permissions in the team.
@@ -250,7 +246,7 @@ impl TeamService {
             .await?
             .is_none()
         {
-            return Err(member_not_found());
+            return Err(Missing::Member.into());
         }
         self.store
             .insert_team_member(
