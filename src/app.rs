@@ -24,7 +24,8 @@ use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
-use crate::mail::{Delivery, MailQueue, MemoryOutbox};
+use crate::jobs::{JobStore, MailContext, MailQueue, Workers};
+use crate::mail::{Delivery, MemoryOutbox};
 use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
@@ -52,6 +53,9 @@ pub struct Services {
     quotas: Arc<QuotaService>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
+    jobs: JobStore,
+    mail_queue: MailQueue,
+    delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
     probes: Vec<Arc<dyn HealthProbe>>,
@@ -76,6 +80,14 @@ impl Services {
                 .await
                 .context("applying database migrations")?;
         }
+
+        let jobs = JobStore::connect(&config.database_url, &config.data_dir).await?;
+        if config.migrate_on_start {
+            jobs.migrate()
+                .await
+                .context("applying the job store's migrations")?;
+        }
+        let mail_queue = MailQueue::new(&jobs, &config.jobs);
 
         let mut probes: Vec<Arc<dyn HealthProbe>> = vec![Arc::new(store.clone())];
         let (cache, redis): (Arc<dyn Cache>, Option<Arc<RedisCache>>) = match &config.redis_url {
@@ -168,7 +180,7 @@ impl Services {
             Arc::new(store.clone()),
             pages.clone(),
         ));
-        let mailer: Arc<dyn Mailer> = Arc::new(MailQueue::start(delivery));
+        let mailer: Arc<dyn Mailer> = Arc::new(mail_queue.clone());
         let invitations = Arc::new(InvitationService::new(
             InvitationPorts {
                 store: Arc::new(store.clone()),
@@ -251,6 +263,9 @@ impl Services {
             quotas,
             outbox,
             store,
+            jobs,
+            mail_queue,
+            delivery: Arc::new(delivery),
             redis,
             jwt,
             probes,
@@ -258,10 +273,25 @@ impl Services {
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        self.store.migrate().await
+        self.store.migrate().await?;
+        self.jobs.migrate().await
+    }
+
+    /// The job workers, on these services.
+    pub fn workers(&self, config: &Config) -> anyhow::Result<Workers> {
+        Workers::new(
+            &self.jobs,
+            &config.jobs,
+            MailContext {
+                auth: self.auth.clone(),
+                delivery: self.delivery.clone(),
+                queue: self.mail_queue.clone(),
+            },
+        )
     }
 
     pub async fn close(&self) {
+        self.jobs.close().await;
         if let Some(redis) = &self.redis {
             redis.close().await;
         }
@@ -272,6 +302,8 @@ impl Services {
 /// A bound, ready-to-serve Keel.
 pub struct Keel {
     services: Services,
+    /// `None` when this process serves the API only (`keel serve --no-workers`).
+    workers: Option<Workers>,
     router: axum::Router,
     listener: TcpListener,
     usage_flush_interval: std::time::Duration,
@@ -281,6 +313,7 @@ pub struct Keel {
 impl Keel {
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let services = Services::build(config, clock).await?;
+        let workers = Some(services.workers(config)?);
         let router = api::router(ApiDependencies {
             contract: services.contract.clone(),
             auth: services.auth.clone(),
@@ -320,11 +353,18 @@ impl Keel {
         );
         Ok(Self {
             services,
+            workers,
             router,
             listener,
             usage_flush_interval: std::time::Duration::from_secs(config.usage_flush_seconds.into()),
             sqlite_wal_max_bytes: config.sqlite_wal_max_bytes,
         })
+    }
+
+    /// Leaves the jobs to `keel worker` processes.
+    pub fn without_workers(mut self) -> Self {
+        self.workers = None;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -336,6 +376,13 @@ impl Keel {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let workers = self.workers.map(|workers| {
+            let mut stopping = stopping.clone();
+            tokio::spawn(workers.run(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            }))
+        });
         let purge = tokio::spawn(purge_ended_sessions(self.services.auth.clone()));
         let wal = tokio::spawn(bound_wal(
             self.services.store.clone(),
@@ -363,6 +410,14 @@ impl Keel {
         axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
             .await?;
+        let _ = stop.send(true);
+        if let Some(workers) = workers {
+            match workers.await {
+                Ok(Err(error)) => tracing::warn!(%error, "the job workers failed"),
+                Err(error) => tracing::warn!(%error, "the job workers panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
         purge.abort();
         wal.abort();
         let _ = stop_flushing.send(());

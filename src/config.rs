@@ -4,12 +4,14 @@
 //! naming the setting.
 
 use crate::domain::password::PasswordPolicy;
+use crate::jobs::JobSettings;
 use crate::security::password::Argon2Settings;
 use anyhow::{Context, anyhow};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 /// A setting as declared: what the README's table and `keel --help` show.
 #[derive(Debug, Clone, Copy)]
@@ -169,6 +171,13 @@ settings! {
     /// Bound on SQLite's write-ahead log in bytes: past it, the log is checkpointed and emptied
     /// (checked every 5 s)
     sqlite_wal_max_bytes, "KEEL_SQLITE_WAL_MAX_BYTES" = "67108864";
+    /// Wait before a failed job's second attempt, in seconds; each later wait doubles (plus up
+    /// to half again of jitter), up to an hour
+    job_retry_base_seconds, "KEEL_JOB_RETRY_BASE_SECONDS" = "10";
+    /// Attempts of a job before it is given up (left in the job store as failed)
+    job_max_attempts, "KEEL_JOB_MAX_ATTEMPTS" = "8";
+    /// How often an idle job worker looks for new jobs, in milliseconds
+    job_poll_milliseconds, "KEEL_JOB_POLL_MILLISECONDS" = "200";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -314,6 +323,7 @@ pub struct Config {
     pub request_timeout_seconds: u32,
     pub max_body_bytes: usize,
     pub sqlite_wal_max_bytes: u64,
+    pub jobs: JobSettings,
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
@@ -429,6 +439,11 @@ impl Config {
             request_timeout_seconds: settings.request_timeout_seconds().positive()?,
             max_body_bytes: settings.max_body_bytes().positive()?,
             sqlite_wal_max_bytes: settings.sqlite_wal_max_bytes().positive()?,
+            jobs: JobSettings {
+                retry_base: Duration::from_secs(settings.job_retry_base_seconds().positive()?),
+                max_attempts: settings.job_max_attempts().positive()?,
+                poll_interval: Duration::from_millis(settings.job_poll_milliseconds().positive()?),
+            },
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,
             log_format,

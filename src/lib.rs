@@ -7,6 +7,7 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod jobs;
 pub mod mail;
 pub mod security;
 pub mod store;

@@ -27,8 +27,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API (the default)
-    Serve,
+    /// Serve the API and run the job workers (the default)
+    Serve {
+        /// Serve the API only; `keel worker` processes run the jobs
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run the job workers only (to scale them out beside `keel serve --no-workers`)
+    Worker,
     /// Apply pending database migrations and exit
     Migrate,
     /// Operator tasks
@@ -105,12 +111,21 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::from_settings(&cli.settings.over(file_settings))?;
     init_tracing(config.log_format);
 
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            Keel::build(&config, Arc::new(SystemClock))
-                .await?
-                .serve(shutdown_signal())
-                .await
+    match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
+        Command::Serve { no_workers } => {
+            let keel = Keel::build(&config, Arc::new(SystemClock)).await?;
+            let keel = if no_workers {
+                keel.without_workers()
+            } else {
+                keel
+            };
+            keel.serve(shutdown_signal()).await
+        }
+        Command::Worker => {
+            let services = Services::build(&config, Arc::new(SystemClock)).await?;
+            let outcome = services.workers(&config)?.run(shutdown_signal()).await;
+            services.close().await;
+            outcome
         }
         Command::Migrate => {
             let services = Services::build(

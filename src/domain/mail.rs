@@ -1,11 +1,11 @@
 //! Outgoing mail: the message, the port that delivers it, and the templates of the account
 //! messages (kept in `templates/mail/`, rendered with `{{placeholder}}` substitution).
 
+use super::auth::LinkPurpose;
 use super::error::Result;
-use std::future::Future;
-use std::pin::Pin;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutgoingMail {
     pub to: String,
     pub subject: String,
@@ -13,17 +13,28 @@ pub struct OutgoingMail {
     pub html: String,
 }
 
-/// Work that decides and renders a message later, off the request that caused it (so the
-/// request neither waits for it nor reveals by its timing whether a message was due).
-pub type MailJob = Pin<Box<dyn Future<Output = Result<Option<OutgoingMail>>> + Send + 'static>>;
+/// A message to send. `Link` and `RegistrationAttempt` are decided and rendered by the
+/// worker, off the request that caused them, so the request neither waits for the lookup nor
+/// reveals by its timing whether a message was due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MailJob {
+    Rendered(OutgoingMail),
+    /// A link for the account of `email`, if it has one that is due such a link.
+    Link {
+        email: String,
+        purpose: LinkPurpose,
+    },
+    /// Tells the owner of `email` that someone tried to register it again.
+    RegistrationAttempt {
+        email: String,
+    },
+}
 
-/// Delivers mail in the background, retrying failures; never blocks the caller. A message it
-/// cannot take (its queue is full) is refused with `UNAVAILABLE`, never silently dropped.
+/// Queues mail durably: once `send_later` answers, the message goes out even if this process
+/// dies; delivery is retried in the background and never blocks the caller.
+#[async_trait::async_trait]
 pub trait Mailer: Send + Sync {
-    /// Refuses (`UNAVAILABLE`) while the queue is full: called before a change that will mail,
-    /// so the change is not made when its message could not be taken.
-    fn admit(&self) -> Result<()>;
-    fn send_later(&self, job: MailJob) -> Result<()>;
+    async fn send_later(&self, job: MailJob) -> Result<()>;
 }
 
 /// A message the development outbox kept instead of sending.

@@ -1,24 +1,13 @@
-//! The mail adapter: a bounded in-process queue whose worker runs deferred mail jobs and
-//! delivers their messages over SMTP (lettre) or, on the embedded defaults, to a development
-//! outbox that logs that each message went and keeps the newest for operators. Failed
-//! deliveries are retried with backoff; a message that still fails is logged as an error. A
-//! full queue refuses new messages (the caller answers UNAVAILABLE). (The jobs capability will
-//! move this queue to durable storage.)
+//! Mail delivery, for the mail jobs (`crate::jobs`): over SMTP (lettre) or, on the embedded
+//! defaults, to a development outbox that logs that each message went and keeps the newest
+//! for operators.
 
-use crate::domain::error::{Error, ErrorKind, Result};
-use crate::domain::mail::{KeptMail, MailJob, Mailer, Outbox, OutgoingMail};
+use crate::domain::mail::{KeptMail, Outbox, OutgoingMail};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
 
-/// Jobs waiting for the worker; beyond this a new one is refused.
-const QUEUE_CAPACITY: usize = 1024;
-const CONCURRENT_DELIVERIES: usize = 4;
-const ATTEMPTS: u32 = 5;
-const FIRST_RETRY_DELAY: Duration = Duration::from_secs(1);
 const OUTBOX_CAPACITY: usize = 100;
 
 pub enum Delivery {
@@ -42,7 +31,7 @@ impl Delivery {
         Ok(Delivery::Smtp { transport, from })
     }
 
-    async fn deliver(&self, mail: &OutgoingMail) -> Result<(), DeliveryError> {
+    pub async fn deliver(&self, mail: &OutgoingMail) -> Result<(), DeliveryError> {
         match self {
             Delivery::Outbox(outbox) => {
                 outbox.keep(mail.clone());
@@ -74,8 +63,10 @@ impl Delivery {
     }
 }
 
-enum DeliveryError {
+pub enum DeliveryError {
+    /// Worth another attempt (the server was unreachable or answered 4xx).
     Transient(String),
+    /// Never deliverable as it is (a bad address, a 5xx answer).
     Permanent(String),
 }
 
@@ -115,105 +106,5 @@ impl Outbox for MemoryOutbox {
             .iter()
             .cloned()
             .collect()
-    }
-}
-
-pub struct MailQueue {
-    jobs: mpsc::Sender<MailJob>,
-}
-
-impl MailQueue {
-    /// Starts the worker on the current runtime.
-    pub fn start(delivery: Delivery) -> Self {
-        let (jobs, mut queued) = mpsc::channel::<MailJob>(QUEUE_CAPACITY);
-        let delivery = Arc::new(delivery);
-        let slots = Arc::new(Semaphore::new(CONCURRENT_DELIVERIES));
-        tokio::spawn(async move {
-            while let Some(job) = queued.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let delivery = delivery.clone();
-                tokio::spawn(async move {
-                    run_job(job, &delivery).await;
-                    drop(slot);
-                });
-            }
-        });
-        Self { jobs }
-    }
-}
-
-async fn run_job(job: MailJob, delivery: &Delivery) {
-    let mail = match job.await {
-        Ok(Some(mail)) => mail,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::error!(%error, "preparing a mail failed");
-            return;
-        }
-    };
-    let mut delay = FIRST_RETRY_DELAY;
-    for attempt in 1..=ATTEMPTS {
-        match delivery.deliver(&mail).await {
-            Ok(()) => return,
-            Err(DeliveryError::Permanent(error)) => {
-                tracing::error!(subject = %mail.subject, %error, "mail undeliverable");
-                return;
-            }
-            Err(DeliveryError::Transient(error)) if attempt < ATTEMPTS => {
-                tracing::warn!(subject = %mail.subject, attempt, %error, "mail delivery failed, retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            Err(DeliveryError::Transient(error)) => {
-                tracing::error!(subject = %mail.subject, attempts = ATTEMPTS, %error, "mail undeliverable, giving up");
-            }
-        }
-    }
-}
-
-fn queue_full() -> Error {
-    Error {
-        retry_after: Some(std::time::Duration::from_secs(5)),
-        ..Error::new(
-            ErrorKind::Unavailable,
-            "MAIL_QUEUE_FULL",
-            "too much mail is waiting to be sent, try again in a moment",
-        )
-    }
-}
-
-impl Mailer for MailQueue {
-    fn admit(&self) -> Result<()> {
-        if self.jobs.capacity() == 0 {
-            return Err(queue_full());
-        }
-        Ok(())
-    }
-
-    fn send_later(&self, job: MailJob) -> Result<()> {
-        self.jobs.try_send(job).map_err(|_| queue_full())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_full_queue_refuses_instead_of_dropping() {
-        let queue = MailQueue::start(Delivery::Outbox(Arc::new(MemoryOutbox::default())));
-        // Jobs that never finish hold every delivery slot, then fill the queue.
-        assert!(queue.admit().is_ok());
-        let refused = (0..QUEUE_CAPACITY + CONCURRENT_DELIVERIES + 2)
-            .find_map(|_| queue.send_later(Box::pin(std::future::pending())).err())
-            .expect("a full queue refuses");
-        assert_eq!(refused.reason, "MAIL_QUEUE_FULL");
-        assert!(refused.retry_after.is_some());
-        assert_eq!(
-            queue.admit().map_err(|error| error.reason),
-            Err("MAIL_QUEUE_FULL")
-        );
     }
 }

@@ -15,3 +15,16 @@ pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(path)
 }
+
+/// Creates the SQLite file readable by Keel's user alone before SQLite opens it (SQLite gives
+/// its `-wal` and `-shm` files the same mode).
+pub fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") || path.exists() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map(|_| ())
+}

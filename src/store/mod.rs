@@ -70,19 +70,6 @@ macro_rules! execute {
 }
 use execute;
 
-/// Creates the SQLite file readable by Keel's user alone before SQLite opens it (SQLite gives
-/// its `-wal` and `-shm` files the same mode).
-fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
-    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") || path.exists() {
-        return Ok(());
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map(|_| ())
-}
-
 #[derive(Clone)]
 pub struct SqlStore {
     pool: Pool,
@@ -101,7 +88,7 @@ impl SqlStore {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            create_private_file(options.get_filename())?;
+            crate::security::create_private_file(options.get_filename())?;
             sqlite_file = Some(options.get_filename().to_owned());
             Pool::Sqlite(
                 SqlitePoolOptions::new()

@@ -107,6 +107,8 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         rate_limit_member_per_minute: Some("100000".into()),
         rate_limit_mail_per_recipient_per_hour: Some("100000".into()),
         rate_limit_invitations_per_hour: Some("100000".into()),
+        job_poll_milliseconds: Some("20".into()),
+        job_retry_base_seconds: Some("1".into()),
         ..Settings::default()
     };
     if backend == Backend::Services {
@@ -165,6 +167,13 @@ impl TestApp {
         // Mail goes to the harness's SMTP server unless the test chose (`Some("")`: the outbox).
         let (smtp_url, mailbox) = Mailbox::start().await;
         settings.smtp_url.get_or_insert(smtp_url);
+        // `KEEL_TEST_LOG=<filter>`: the servers' logs, shown with a failing test's output.
+        if let Ok(filter) = std::env::var("KEEL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let config = Config::from_settings(&settings).expect("valid test config");
         let clock = Arc::new(ShiftedClock::default());
         let keel = Keel::build(&config, clock.clone())

@@ -16,6 +16,7 @@ mod fuzzing;
 mod hardening;
 mod invitations;
 mod isolation;
+mod jobs;
 mod mail_flows;
 mod operations;
 mod organizations;

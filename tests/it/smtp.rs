@@ -1,6 +1,7 @@
 //! A minimal SMTP server on loopback for the tests: accepts every message and keeps it, so a
 //! test can read the links Keel mailed.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -9,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 #[derive(Clone, Default)]
 pub struct Mailbox {
     messages: Arc<Mutex<Vec<String>>>,
+    /// Messages still to refuse with a transient error (451) before accepting.
+    refusals: Arc<AtomicUsize>,
 }
 
 impl Mailbox {
@@ -51,8 +54,18 @@ impl Mailbox {
                     message.push_str(&data);
                     message.push_str("\r\n");
                 }
-                self.messages.lock().unwrap().push(message);
-                writer.write_all(b"250 queued\r\n").await?;
+                let refuse = self
+                    .refusals
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                        left.checked_sub(1)
+                    })
+                    .is_ok();
+                if refuse {
+                    writer.write_all(b"451 try again later\r\n").await?;
+                } else {
+                    self.messages.lock().unwrap().push(message);
+                    writer.write_all(b"250 queued\r\n").await?;
+                }
             } else if command.starts_with("QUIT") {
                 writer.write_all(b"221 bye\r\n").await?;
                 return Ok(());
@@ -61,6 +74,11 @@ impl Mailbox {
             }
         }
         Ok(())
+    }
+
+    /// Refuses the next `count` messages with a transient error.
+    pub fn refuse_next(&self, count: usize) {
+        self.refusals.store(count, Ordering::SeqCst);
     }
 
     /// Messages to `to` so far.

@@ -7,7 +7,7 @@ use super::session::ClientInfo;
 use super::throttle::account_key;
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Missing, Result};
-use crate::domain::mail::Template;
+use crate::domain::mail::{MailJob, Template};
 use crate::domain::principal::Principal;
 use crate::domain::totp::{EnrolmentProof, Reauthentication};
 use crate::domain::user::{User, parse_full_name};
@@ -81,7 +81,6 @@ impl AuthService {
                 "verify your email address first",
             ));
         }
-        self.mailer.admit()?;
         self.admit_mail_to(&user.email).await?;
         let code = format!("{:06}", rand::rng().random_range(0..1_000_000));
         let now = truncate_to_micros(self.clock.now());
@@ -103,8 +102,7 @@ impl AuthService {
                 ("minutes", minutes.as_str()),
             ],
         );
-        self.mailer
-            .send_later(Box::pin(async move { Ok(Some(mail)) }))
+        self.mailer.send_later(MailJob::Rendered(mail)).await
     }
 
     /// A six-digit code is no secret on its own: its digest is keyed with the instance secret
@@ -219,13 +217,9 @@ impl AuthService {
                 "this user has no two-factor authentication to reset",
             ));
         }
-        self.mailer.admit()?;
         self.totp.remove(user.id).await?;
         let notice = Template::TotpReset.render(&user.email, &[("name", user.full_name.as_str())]);
-        if let Err(error) = self
-            .mailer
-            .send_later(Box::pin(async move { Ok(Some(notice)) }))
-        {
+        if let Err(error) = self.mailer.send_later(MailJob::Rendered(notice)).await {
             tracing::warn!(user_id = %user.id, %error, "2FA reset notice not queued");
         }
         tracing::warn!(user_id = %user.id, by = %caller.user.id, "two-factor authentication reset by a superuser");

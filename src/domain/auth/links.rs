@@ -6,17 +6,17 @@
 use super::session::ClientInfo;
 use super::throttle::account_key;
 use super::{AuthService, LoginOutcome};
-use crate::domain::clock::{Clock, truncate_to_micros};
+use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Result};
 use crate::domain::mail::{MailJob, OutgoingMail, Template};
 use crate::domain::secret;
-use crate::domain::user::{EmailAddress, User, UserStore};
+use crate::domain::user::{EmailAddress, User};
 use chrono::{DateTime, Duration, Utc};
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LinkPurpose {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LinkPurpose {
     VerifyEmail,
     ResetPassword,
     MagicLink,
@@ -77,21 +77,18 @@ pub trait OneTimeTokenStore: Send + Sync {
     ) -> Result<Option<Uuid>>;
 }
 
-/// What a deferred mail job needs, cloned out of the service so the job can outlive the
-/// request.
-#[derive(Clone)]
-struct LinkMailer {
-    users: Arc<dyn UserStore>,
-    tokens: Arc<dyn OneTimeTokenStore>,
-    clock: Arc<dyn Clock>,
-    link_base_url: String,
+fn invalid_link() -> Error {
+    Error::invalid_argument(
+        "INVALID_LINK",
+        "the link is not valid: it expired, was already used, or a newer one was sent",
+    )
 }
 
-impl LinkMailer {
-    async fn mail_for_user(&self, user: &User, purpose: LinkPurpose) -> Result<OutgoingMail> {
+impl AuthService {
+    async fn link_mail(&self, user: &User, purpose: LinkPurpose) -> Result<OutgoingMail> {
         let token = secret::generate();
         let now = truncate_to_micros(self.clock.now());
-        self.tokens
+        self.one_time_tokens
             .issue_token(
                 &secret::digest(&token),
                 user.id,
@@ -100,7 +97,11 @@ impl LinkMailer {
                 now + purpose.lifetime(),
             )
             .await?;
-        let link = format!("{}{}?token={token}", self.link_base_url, purpose.path());
+        let link = format!(
+            "{}{}?token={token}",
+            self.settings.link_base_url,
+            purpose.path()
+        );
         let minutes = purpose.lifetime().num_minutes().to_string();
         Ok(purpose.template().render(
             &user.email,
@@ -112,14 +113,14 @@ impl LinkMailer {
         ))
     }
 
-    /// The message due to `email`, if any: none for an unknown or inactive account, nor a
+    /// The link mail due to `email`, if any: none for an unknown or inactive account, nor a
     /// verification for an address already verified.
-    async fn mail_for_email(
-        self,
-        email: String,
+    pub(super) async fn link_mail_for(
+        &self,
+        email: &str,
         purpose: LinkPurpose,
     ) -> Result<Option<OutgoingMail>> {
-        let Ok(email) = EmailAddress::parse(&email) else {
+        let Ok(email) = EmailAddress::parse(email) else {
             return Ok(None);
         };
         let Some(credentials) = self.users.find_credentials_by_email(&email).await? else {
@@ -130,36 +131,14 @@ impl LinkMailer {
         if !due {
             return Ok(None);
         }
-        self.mail_for_user(&user, purpose).await.map(Some)
-    }
-}
-
-fn invalid_link() -> Error {
-    Error::invalid_argument(
-        "INVALID_LINK",
-        "the link is not valid: it expired, was already used, or a newer one was sent",
-    )
-}
-
-impl AuthService {
-    fn link_mailer(&self) -> LinkMailer {
-        LinkMailer {
-            users: self.users.clone(),
-            tokens: self.one_time_tokens.clone(),
-            clock: self.clock.clone(),
-            link_base_url: self.settings.link_base_url.clone(),
-        }
+        self.link_mail(&user, purpose).await.map(Some)
     }
 
     /// Mails a verification link to a new user. The link is stored before the answer, so that
     /// it is mailed ahead of any link asked for after it.
     pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
-        let mail = self
-            .link_mailer()
-            .mail_for_user(user, LinkPurpose::VerifyEmail)
-            .await?;
-        self.mailer
-            .send_later(Box::pin(async move { Ok(Some(mail)) }))
+        let mail = self.link_mail(user, LinkPurpose::VerifyEmail).await?;
+        self.mailer.send_later(MailJob::Rendered(mail)).await
     }
 
     /// Queues the link mail for `email` after the rate limits; the answer never depends on
@@ -172,11 +151,12 @@ impl AuthService {
         purpose: LinkPurpose,
     ) -> Result<()> {
         EmailAddress::parse(email).map_err(|violation| Error::invalid_fields(vec![violation]))?;
-        self.mailer.admit()?;
         self.admit_rate("mail", &account_key(email), client).await?;
         self.admit_mail_to(email).await?;
-        let job: MailJob = Box::pin(self.link_mailer().mail_for_email(email.to_owned(), purpose));
-        self.mailer.send_later(job)
+        let email = email.to_owned();
+        self.mailer
+            .send_later(MailJob::Link { email, purpose })
+            .await
     }
 
     pub async fn resend_verification(&self, email: &str, client: &ClientInfo) -> Result<()> {
@@ -254,8 +234,7 @@ impl AuthService {
         if self.totp.is_enabled(user.id).await? {
             let notice = Template::PasswordResetNotice
                 .render(&user.email, &[("name", user.full_name.as_str())]);
-            self.mailer
-                .send_later(Box::pin(async move { Ok(Some(notice)) }))?;
+            self.mailer.send_later(MailJob::Rendered(notice)).await?;
         }
         tracing::info!(user_id = %user.id, "password reset");
         Ok(())

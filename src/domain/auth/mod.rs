@@ -9,7 +9,7 @@ mod throttle;
 mod token;
 
 pub use device::Device;
-pub use links::OneTimeTokenStore;
+pub use links::{LinkPurpose, OneTimeTokenStore};
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
 pub use throttle::ThrottleSettings;
@@ -19,7 +19,7 @@ use crate::domain::apikey::ApiKeyService;
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
-use crate::domain::mail::{Mailer, Template};
+use crate::domain::mail::{MailJob, Mailer, OutgoingMail, Template};
 use crate::domain::password::{
     self, BreachedPasswords, PasswordCheck, PasswordHasher, PasswordPolicy,
 };
@@ -177,7 +177,6 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<User> {
         self.hasher.admit()?;
-        self.mailer.admit()?;
         self.admit_rate(
             "register",
             &throttle::account_key(registration.email),
@@ -228,7 +227,10 @@ impl AuthService {
             Err(error)
                 if error.reason == EMAIL_TAKEN && self.hides_registered_addresses(superuser) =>
             {
-                self.tell_owner_of_registration_attempt(email)?;
+                let email = email.as_str().to_owned();
+                self.mailer
+                    .send_later(MailJob::RegistrationAttempt { email })
+                    .await?;
                 return Ok(user);
             }
             inserted => inserted?,
@@ -271,20 +273,27 @@ impl AuthService {
         self.settings.require_verified_email && !superuser
     }
 
-    /// Mails the owner of a taken address, after the answer (the owner's name is looked up by
-    /// the job, so the request costs the same as a new registration).
-    fn tell_owner_of_registration_attempt(&self, email: EmailAddress) -> Result<()> {
-        let users = self.users.clone();
-        self.mailer.send_later(Box::pin(async move {
-            let Some(credentials) = users.find_credentials_by_email(&email).await? else {
-                return Ok(None);
-            };
-            let owner = credentials.user;
-            Ok(Some(Template::RegistrationAttempt.render(
-                &owner.email,
-                &[("name", owner.full_name.as_str())],
-            )))
-        }))
+    /// Decides and renders a queued message (see `MailJob`); `None` when none is due.
+    pub async fn prepare_mail(&self, job: MailJob) -> Result<Option<OutgoingMail>> {
+        match job {
+            MailJob::Rendered(mail) => Ok(Some(mail)),
+            MailJob::Link { email, purpose } => self.link_mail_for(&email, purpose).await,
+            // The owner's name is looked up here, so the request cost the same as a new
+            // registration.
+            MailJob::RegistrationAttempt { email } => {
+                let Ok(email) = EmailAddress::parse(&email) else {
+                    return Ok(None);
+                };
+                let Some(credentials) = self.users.find_credentials_by_email(&email).await? else {
+                    return Ok(None);
+                };
+                let owner = credentials.user;
+                Ok(Some(Template::RegistrationAttempt.render(
+                    &owner.email,
+                    &[("name", owner.full_name.as_str())],
+                )))
+            }
+        }
     }
 
     /// Checks an email and password and opens a session. Unknown emails, wrong passwords and

@@ -7,7 +7,7 @@ use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
-use crate::domain::mail::{Mailer, Template};
+use crate::domain::mail::{MailJob, Mailer, Template};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Principal;
 use crate::domain::rate::{Budget, RateLimits};
@@ -223,15 +223,14 @@ impl InvitationService {
         self.store
             .insert_invitation(&invitation, &secret::digest(&token))
             .await?;
-        self.mail(access, &invitation, &token);
+        self.mail(access, &invitation, &token).await;
         tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation sent");
         Ok(invitation)
     }
 
-    /// One more invitation mail from the organization to `email`: room in the mail queue and
-    /// within both budgets, checked before the invitation is stored.
+    /// One more invitation mail from the organization to `email`: within both budgets,
+    /// checked before the invitation is stored.
     async fn admit_mail(&self, organization_id: Uuid, email: &str) -> Result<()> {
-        self.mailer.admit()?;
         self.rate_limits
             .admit(
                 &format!("invitations:{organization_id}"),
@@ -244,9 +243,8 @@ impl InvitationService {
             .await
     }
 
-    /// Queues the invitation's mail. The queue had room a moment ago (`admit_mail`); if it
-    /// filled since, the invitation stands and can be resent.
-    fn mail(&self, access: &Access, invitation: &Invitation, token: &str) {
+    /// Queues the invitation's mail; if that fails, the invitation stands and can be resent.
+    async fn mail(&self, access: &Access, invitation: &Invitation, token: &str) {
         let inviter = &access.principal.user;
         let inviter = if inviter.full_name.is_empty() {
             inviter.email.clone()
@@ -263,10 +261,7 @@ impl InvitationService {
                 ("days", &invitation.valid_days.to_string()),
             ],
         );
-        if let Err(error) = self
-            .mailer
-            .send_later(Box::pin(async move { Ok(Some(mail)) }))
-        {
+        if let Err(error) = self.mailer.send_later(MailJob::Rendered(mail)).await {
             tracing::warn!(invitation_id = %invitation.id, %error, "invitation mail not queued");
         }
     }
@@ -315,7 +310,7 @@ impl InvitationService {
                 invitation.expires_at,
             )
             .await?;
-        self.mail(access, &invitation, &token);
+        self.mail(access, &invitation, &token).await;
         Ok(invitation)
     }
 

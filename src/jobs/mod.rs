@@ -1,0 +1,289 @@
+//! Background work on apalis. Jobs are kept in their own SQLite file beside Keel's database
+//! (apalis and Keel would each trip over the other's migrations in one file), or in the
+//! `apalis` schema of Keel's PostgreSQL database. A job is stored before the request that
+//! queued it answers, so a crash loses nothing: the next worker to start runs it.
+//!
+//! Failed jobs are retried in the worker with exponential backoff and jitter; a job that
+//! fails every attempt, or fails for good at once, stays in the store marked `Failed` /
+//! `Killed` with its payload, last error and attempts.
+
+use crate::domain::auth::AuthService;
+use crate::domain::error::{Error, Result};
+use crate::domain::mail::{MailJob, Mailer};
+use crate::mail::{Delivery, DeliveryError};
+use anyhow::Context;
+use apalis::layers::retry::HasherRng;
+use apalis::layers::retry::backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use apalis::prelude::*;
+use apalis_postgres::PostgresStorage;
+use apalis_sqlite::SqliteStorage;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::path::Path;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+const MAIL_QUEUE: &str = "mail";
+/// Messages delivered at once by one worker process.
+const MAIL_CONCURRENCY: usize = 4;
+/// The longest wait between two attempts, however many came before.
+const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(3600);
+/// How long a worker finishes the jobs in hand once asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+pub struct JobSettings {
+    /// The wait before the second attempt; each later wait doubles (plus up to half again of
+    /// jitter), up to an hour.
+    pub retry_base: Duration,
+    pub max_attempts: u32,
+    /// How often an idle worker looks for new jobs.
+    pub poll_interval: Duration,
+}
+
+/// Where jobs are kept.
+#[derive(Clone)]
+pub enum JobStore {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl JobStore {
+    /// The store that goes with `database_url`: `<data dir>/jobs.db` for SQLite, the same
+    /// database for PostgreSQL.
+    pub async fn connect(database_url: &str, data_dir: &Path) -> anyhow::Result<Self> {
+        if database_url.starts_with("sqlite:") {
+            let file = data_dir.join("jobs.db");
+            crate::security::create_private_file(&file)?;
+            let options = SqliteConnectOptions::new()
+                .filename(&file)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .with_context(|| format!("opening the job store {}", file.display()))?;
+            Ok(Self::Sqlite(pool))
+        } else {
+            let options = sqlx::postgres::PgConnectOptions::from_str(database_url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options)
+                .await
+                .context("connecting the job store")?;
+            Ok(Self::Postgres(pool))
+        }
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Sqlite(pool) => SqliteStorage::<()>::migrations().run(pool).await?,
+            Self::Postgres(pool) => PostgresStorage::<()>::migrations().run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Self::Sqlite(pool) => pool.close().await,
+            Self::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// A job store's queue of one job type, on either backend.
+#[derive(Clone)]
+enum Queue<T> {
+    Sqlite(SqliteStorage<T>),
+    Postgres(PostgresStorage<T>),
+}
+
+impl<T> Queue<T> {
+    fn open(store: &JobStore, name: &str) -> Self {
+        match store {
+            JobStore::Sqlite(pool) => Self::Sqlite(
+                SqliteStorage::new(pool).with_config(apalis_sqlite::Config::default().queue(name)),
+            ),
+            JobStore::Postgres(pool) => Self::Postgres(
+                PostgresStorage::new(pool)
+                    .with_config(apalis_postgres::Config::default().queue(name)),
+            ),
+        }
+    }
+}
+
+/// The `Mailer` port: each message becomes a stored job.
+#[derive(Clone)]
+pub struct MailQueue {
+    queue: Queue<MailJob>,
+    max_attempts: u32,
+}
+
+impl MailQueue {
+    pub fn new(store: &JobStore, settings: &JobSettings) -> Self {
+        Self {
+            queue: Queue::open(store, MAIL_QUEUE),
+            max_attempts: settings.max_attempts,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Mailer for MailQueue {
+    async fn send_later(&self, job: MailJob) -> Result<()> {
+        let task = TaskBuilder::new(job)
+            .max_attempts(self.max_attempts as usize)
+            .build();
+        match self.queue.clone() {
+            Queue::Sqlite(mut storage) => storage.push_task(task).await.map_err(Error::internal),
+            Queue::Postgres(mut storage) => storage.push_task(task).await.map_err(Error::internal),
+        }
+    }
+}
+
+/// What the mail worker needs.
+#[derive(Clone)]
+pub struct MailContext {
+    pub auth: Arc<AuthService>,
+    pub delivery: Arc<Delivery>,
+    pub queue: MailQueue,
+}
+
+async fn send_mail(job: MailJob, context: Data<MailContext>) -> Result<(), BoxDynError> {
+    let mail = match job {
+        MailJob::Rendered(mail) => mail,
+        decided => {
+            // Decided once, then queued as rendered: a retry sends this message again rather
+            // than minting another link.
+            if let Some(mail) = context.auth.prepare_mail(decided).await? {
+                context.queue.send_later(MailJob::Rendered(mail)).await?;
+            }
+            return Ok(());
+        }
+    };
+    context
+        .delivery
+        .deliver(&mail)
+        .await
+        .map_err(|error| match error {
+            DeliveryError::Permanent(error) => AbortError::new(error).into(),
+            DeliveryError::Transient(error) => error.into(),
+        })
+}
+
+/// Wakes an idle worker every period to look for jobs. apalis's own interval strategy arms its
+/// next timer without polling it; when the timer and a fetch finish in the same wake-up, the
+/// worker then sleeps until its 30 s heartbeat (seen on PostgreSQL under load). This one
+/// always leaves a timer armed.
+struct Every {
+    period: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Every {
+    fn new(period: Duration) -> Self {
+        Self {
+            period,
+            timer: None,
+        }
+    }
+}
+
+impl PollStrategy for Every {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _: &PollSnapshot,
+    ) -> Poll<Option<()>> {
+        let mut fired = false;
+        loop {
+            let period = self.period;
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.timer = None;
+                    fired = true;
+                }
+                Poll::Pending if fired => return Poll::Ready(Some(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn backoff(settings: &JobSettings) -> anyhow::Result<ExponentialBackoff> {
+    Ok(ExponentialBackoffMaker::new(
+        settings.retry_base,
+        LONGEST_RETRY_WAIT.max(settings.retry_base),
+        0.5,
+        HasherRng::default(),
+    )?
+    .make_backoff())
+}
+
+/// The workers of every queue, run until a shutdown signal.
+pub struct Workers {
+    monitor: Monitor,
+}
+
+impl Workers {
+    pub fn new(
+        store: &JobStore,
+        settings: &JobSettings,
+        mail: MailContext,
+    ) -> anyhow::Result<Self> {
+        // Worker names must be unique among live workers, across processes and restarts.
+        let boot = uuid::Uuid::now_v7().simple();
+        let retries = settings.max_attempts.saturating_sub(1) as usize;
+        let backoff = backoff(settings)?;
+        let poll = settings.poll_interval;
+        let queue = Queue::<MailJob>::open(store, MAIL_QUEUE);
+        macro_rules! mail_worker {
+            ($storage:expr, $run:expr) => {
+                WorkerBuilder::new(format!("keel-mail-{boot}-{}", $run))
+                    .backend(PollWith::new($storage, Every::new(poll)))
+                    .data(mail.clone())
+                    .concurrency(MAIL_CONCURRENCY)
+                    .retry(RetryPolicy::retries(retries).with_backoff(backoff.clone()))
+                    .catch_panic()
+                    .build(send_mail)
+            };
+        }
+        let monitor = Monitor::new().shutdown_timeout(SHUTDOWN_GRACE);
+        let monitor = match queue {
+            Queue::Sqlite(storage) => {
+                monitor.register(move |run| mail_worker!(storage.clone(), run))
+            }
+            Queue::Postgres(storage) => {
+                monitor.register(move |run| mail_worker!(storage.clone(), run))
+            }
+        };
+        Ok(Self { monitor })
+    }
+
+    /// Runs the workers until `shutdown`, then lets the jobs in hand finish (for a while).
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!("job workers started");
+        self.monitor
+            .should_restart(|worker, error| {
+                tracing::error!(worker = %worker.name(), %error, "a job worker stopped; restarting");
+                true
+            })
+            .run_with_signal(async move {
+                shutdown.await;
+                Ok(())
+            })
+            .await
+            .context("job workers")
+    }
+}

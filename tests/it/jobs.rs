@@ -1,0 +1,166 @@
+//! Background jobs: queued mail survives a crash, failed deliveries are retried with backoff,
+//! and a job out of attempts stays in the job store as failed.
+
+use crate::harness::{Backend, PASSWORD, TestApp, test_settings};
+use crate::smtp::Mailbox;
+use keel::config::Config;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+crate::backend_tests!(
+    queued_mail_survives_a_crash_of_the_api,
+    a_refused_delivery_is_retried,
+    a_job_out_of_attempts_stays_failed
+);
+
+/// `keel <args>` on `settings`'s database, mailing to `smtp_url`; answers the process and, for
+/// `serve`, the address it listens on.
+fn start_keel(
+    settings: &keel::config::Settings,
+    smtp_url: &str,
+    args: &[&str],
+) -> (Child, Option<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEEL_DATA_DIR", settings.data_dir.clone().unwrap())
+        .env("KEEL_LISTEN", "127.0.0.1:0")
+        .env("KEEL_ARGON2_MEMORY_KIB", "1024")
+        .env("KEEL_SMTP_URL", smtp_url)
+        .env("KEEL_JOB_POLL_MILLISECONDS", "20")
+        .env("RUST_LOG", "info")
+        .args(args)
+        .stdout(Stdio::piped());
+    if let Some(url) = &settings.database_url {
+        command.env("KEEL_DATABASE_URL", url);
+    }
+    let mut child = command.spawn().expect("keel starts");
+    let stdout = child.stdout.take().unwrap();
+    let (lines_out, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_out.send(line);
+        }
+    });
+    let ready = if args.first() == Some(&"worker") {
+        "job workers started"
+    } else {
+        "address="
+    };
+    let line = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("keel logs that it started");
+        if line.contains(ready) {
+            break line;
+        }
+    };
+    let address = line
+        .split("address=")
+        .nth(1)
+        .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
+    (child, address)
+}
+
+/// The API answers once the message is stored: killed (SIGKILL) before any worker ran, it
+/// loses nothing, and a `keel worker` started later sends it.
+async fn queued_mail_survives_a_crash_of_the_api(backend: Backend) {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(backend, data_dir.path());
+    let (smtp_url, mailbox) = Mailbox::start().await;
+
+    let (mut api, address) = start_keel(&settings, &smtp_url, &["serve", "--no-workers"]);
+    let address = address.expect("the API's address");
+    let response = reqwest::Client::new()
+        .post(format!("http://{address}/api/v1/auth/register"))
+        .json(&serde_json::json!({ "email": "durable@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        mailbox.messages_to("durable@example.com").is_empty(),
+        "an API without workers sends nothing itself"
+    );
+    api.kill().unwrap();
+    api.wait().unwrap();
+
+    let (mut worker, _) = start_keel(&settings, &smtp_url, &["worker"]);
+    let token = mailbox.token("durable@example.com", 1).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(!token.is_empty());
+}
+
+/// A delivery the mail server refuses for now (4xx) is tried again, after a growing wait.
+async fn a_refused_delivery_is_retried(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.mailbox.refuse_next(2);
+    app.register("retried@example.com").await;
+    // Waits of 1 s then 2 s, each plus up to half again of jitter.
+    let mut delivered = 0;
+    for _ in 0..100 {
+        delivered = app.mailbox.messages_to("retried@example.com").len();
+        if delivered > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(delivered, 1, "delivered once, on the third attempt");
+}
+
+/// The statuses and attempts of the jobs in `config`'s job store.
+async fn stored_jobs(config: &Config) -> Vec<(String, i64, i64)> {
+    let query = "SELECT status, CAST(attempts AS BIGINT), CAST(max_attempts AS BIGINT) FROM ";
+    if config.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            config.data_dir.join("jobs.db").display()
+        ))
+        .await
+        .unwrap();
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!("{query} Jobs")))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::PgPool::connect(&config.database_url).await.unwrap();
+        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!("{query} apalis.jobs")))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows
+    }
+}
+
+/// A job that fails every attempt is given up and kept, marked failed, with its attempts.
+async fn a_job_out_of_attempts_stays_failed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.job_max_attempts = Some("2".into());
+    })
+    .await;
+    app.mailbox.refuse_next(usize::MAX);
+    app.register("refused@example.com").await;
+    let mut jobs = Vec::new();
+    for _ in 0..100 {
+        jobs = stored_jobs(&app.config).await;
+        if jobs.iter().any(|(status, ..)| status == "Failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(jobs, vec![("Failed".to_owned(), 2, 2)]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stored_jobs(&app.config).await,
+        vec![("Failed".to_owned(), 2, 2)],
+        "not tried again"
+    );
+    assert!(app.mailbox.messages_to("refused@example.com").is_empty());
+}
