@@ -11,6 +11,7 @@ use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::health::HealthProbe;
+use crate::domain::jobs::DeadLetterService;
 use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
 use crate::domain::page::PageTokens;
@@ -24,7 +25,7 @@ use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
-use crate::jobs::{JobStore, MailContext, MailQueue, Workers};
+use crate::jobs::{JobContext, JobStore, Queues, Workers};
 use crate::mail::{Delivery, MemoryOutbox};
 use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
@@ -54,7 +55,8 @@ pub struct Services {
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     jobs: JobStore,
-    mail_queue: MailQueue,
+    queues: Queues,
+    dead_letters: Arc<DeadLetterService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -87,7 +89,7 @@ impl Services {
                 .await
                 .context("applying the job store's migrations")?;
         }
-        let mail_queue = MailQueue::new(&jobs, &config.jobs);
+        let queues = Queues::new(&jobs, &config.jobs);
 
         let mut probes: Vec<Arc<dyn HealthProbe>> = vec![Arc::new(store.clone())];
         let (cache, redis): (Arc<dyn Cache>, Option<Arc<RedisCache>>) = match &config.redis_url {
@@ -180,7 +182,13 @@ impl Services {
             Arc::new(store.clone()),
             pages.clone(),
         ));
-        let mailer: Arc<dyn Mailer> = Arc::new(mail_queue.clone());
+        let mailer: Arc<dyn Mailer> = Arc::new(queues.clone());
+        let dead_letters = Arc::new(DeadLetterService::new(
+            Arc::new(store.clone()),
+            Arc::new(queues.clone()),
+            pages.clone(),
+            clock.clone(),
+        ));
         let invitations = Arc::new(InvitationService::new(
             InvitationPorts {
                 store: Arc::new(store.clone()),
@@ -264,7 +272,8 @@ impl Services {
             outbox,
             store,
             jobs,
-            mail_queue,
+            queues,
+            dead_letters,
             delivery: Arc::new(delivery),
             redis,
             jwt,
@@ -282,10 +291,11 @@ impl Services {
         Workers::new(
             &self.jobs,
             &config.jobs,
-            MailContext {
+            JobContext {
                 auth: self.auth.clone(),
                 delivery: self.delivery.clone(),
-                queue: self.mail_queue.clone(),
+                queues: self.queues.clone(),
+                dead_letters: self.dead_letters.clone(),
             },
         )
     }
@@ -327,6 +337,7 @@ impl Keel {
             directory: services.directory.clone(),
             quotas: services.quotas.clone(),
             outbox: services.outbox.clone(),
+            dead_letters: services.dead_letters.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),

@@ -16,6 +16,7 @@ mod web;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
+use crate::domain::jobs::DeadLetterService;
 use crate::domain::mail::Outbox;
 use crate::domain::password::PasswordPolicy;
 use crate::domain::tenancy::access::AccessControl;
@@ -40,6 +41,7 @@ use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
+use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
@@ -71,6 +73,7 @@ pub struct ApiDependencies {
     pub directory: Arc<UserDirectory>,
     pub quotas: Arc<QuotaService>,
     pub outbox: Option<Arc<dyn Outbox>>,
+    pub dead_letters: Arc<DeadLetterService>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
@@ -169,6 +172,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(QuotaServiceServer::new(grpc::QuotaApi::new(
             dependencies.quotas.clone(),
+        )))
+        .add(DeadLetterServiceServer::new(grpc::DeadLetterApi::new(
+            dependencies.dead_letters.clone(),
         )));
     keel_services.cover(&contract)?;
 

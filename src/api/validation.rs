@@ -10,8 +10,8 @@
 
 use super::contract::Contract;
 use super::pb::buf::validate::{
-    FieldRules, Ignore, Int32Rules, Int64Rules, MessageRules, RepeatedRules, StringRules,
-    field_rules, int32_rules, int64_rules, string_rules,
+    EnumRules, FieldRules, Ignore, Int32Rules, Int64Rules, MessageRules, RepeatedRules,
+    StringRules, field_rules, int32_rules, int64_rules, string_rules,
 };
 use crate::domain::{Error, FieldViolation, Violations};
 use anyhow::{Context, bail};
@@ -219,6 +219,16 @@ fn compile(message: &MessageDescriptor) -> anyhow::Result<MessagePlan> {
                 supported_int64_rules(int).with_context(context)?;
                 None
             }
+            (Some(field_rules::Type::Enum(rules)), Kind::Enum(_), false) => {
+                let only_defined = EnumRules {
+                    defined_only: None,
+                    ..rules.clone()
+                } == EnumRules::default();
+                if !only_defined {
+                    bail!("only defined_only is supported ({})", context());
+                }
+                None
+            }
             (Some(field_rules::Type::Repeated(repeated)), Kind::String, true) => {
                 supported_repeated_rules(repeated).with_context(context)?;
                 match repeated
@@ -382,6 +392,17 @@ fn check_field(message: &DynamicMessage, plan: &FieldPlan, violations: &mut Viol
                 _ => None,
             };
             check_range(field.name(), "int64", *number, minimum, maximum, violations);
+        }
+        (Some(field_rules::Type::Enum(rules)), Value::EnumNumber(number)) => {
+            let defined =
+                matches!(field.kind(), Kind::Enum(values) if values.get_value(*number).is_some());
+            if rules.defined_only == Some(true) && !defined {
+                violations.push(FieldViolation::new(
+                    field.name(),
+                    "enum.defined_only",
+                    "value must be one of the defined enum values",
+                ));
+            }
         }
         (Some(field_rules::Type::Repeated(repeated)), Value::List(items)) => {
             check_repeated(

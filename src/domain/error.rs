@@ -171,6 +171,7 @@ pub enum Missing {
     TeamMember,
     Invitation,
     Role,
+    DeadLetter,
 }
 
 impl From<Missing> for Error {
@@ -185,6 +186,7 @@ impl From<Missing> for Error {
             Missing::TeamMember => ("TEAM_MEMBER_NOT_FOUND", "no such member in this team"),
             Missing::Invitation => ("INVITATION_NOT_FOUND", "no such invitation"),
             Missing::Role => ("ROLE_NOT_FOUND", "no such role in this organization"),
+            Missing::DeadLetter => ("DEAD_LETTER_NOT_FOUND", "no such dead letter"),
         };
         Error::not_found(reason, message)
     }

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod clock;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod mail;
 pub mod page;
 pub mod password;

@@ -4,11 +4,13 @@
 //! queued it answers, so a crash loses nothing: the next worker to start runs it.
 //!
 //! Failed jobs are retried in the worker with exponential backoff and jitter; a job that
-//! fails every attempt, or fails for good at once, stays in the store marked `Failed` /
-//! `Killed` with its payload, last error and attempts.
+//! fails every attempt, or fails for good at once, becomes a dead letter (`domain::jobs`).
+//! Job ids are UUID v7s, carried as ULIDs (what apalis stores), so a dead letter's id is its
+//! job's.
 
 use crate::domain::auth::AuthService;
 use crate::domain::error::{Error, Result};
+use crate::domain::jobs::{DeadLetterService, JobQueue, MAIL_JOB};
 use crate::domain::mail::{MailJob, Mailer};
 use crate::mail::{Delivery, DeliveryError};
 use anyhow::Context;
@@ -25,8 +27,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use ulid::Ulid;
+use uuid::Uuid;
 
-const MAIL_QUEUE: &str = "mail";
 /// Messages delivered at once by one worker process.
 const MAIL_CONCURRENCY: usize = 4;
 /// The longest wait between two attempts, however many came before.
@@ -117,63 +120,130 @@ impl<T> Queue<T> {
     }
 }
 
-/// The `Mailer` port: each message becomes a stored job.
-#[derive(Clone)]
-pub struct MailQueue {
-    queue: Queue<MailJob>,
-    max_attempts: u32,
-}
-
-impl MailQueue {
-    pub fn new(store: &JobStore, settings: &JobSettings) -> Self {
-        Self {
-            queue: Queue::open(store, MAIL_QUEUE),
-            max_attempts: settings.max_attempts,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl Mailer for MailQueue {
-    async fn send_later(&self, job: MailJob) -> Result<()> {
+impl Queue<MailJob> {
+    async fn push(&self, job: MailJob, id: Uuid, max_attempts: u32) -> Result<()> {
         let task = TaskBuilder::new(job)
-            .max_attempts(self.max_attempts as usize)
+            .task_id(TaskId::from_ulid(Ulid::from(id.as_u128())))
+            .max_attempts(max_attempts as usize)
             .build();
-        match self.queue.clone() {
+        match self.clone() {
             Queue::Sqlite(mut storage) => storage.push_task(task).await.map_err(Error::internal),
             Queue::Postgres(mut storage) => storage.push_task(task).await.map_err(Error::internal),
         }
     }
 }
 
-/// What the mail worker needs.
+/// Every queue Keel pushes to.
 #[derive(Clone)]
-pub struct MailContext {
-    pub auth: Arc<AuthService>,
-    pub delivery: Arc<Delivery>,
-    pub queue: MailQueue,
+pub struct Queues {
+    mail: Queue<MailJob>,
+    max_attempts: u32,
 }
 
-async fn send_mail(job: MailJob, context: Data<MailContext>) -> Result<(), BoxDynError> {
+impl Queues {
+    pub fn new(store: &JobStore, settings: &JobSettings) -> Self {
+        Self {
+            mail: Queue::open(store, MAIL_JOB),
+            max_attempts: settings.max_attempts,
+        }
+    }
+}
+
+/// The `Mailer` port: each message becomes a stored job.
+#[async_trait::async_trait]
+impl Mailer for Queues {
+    async fn send_later(&self, job: MailJob) -> Result<()> {
+        self.mail.push(job, Uuid::now_v7(), self.max_attempts).await
+    }
+}
+
+#[async_trait::async_trait]
+impl JobQueue for Queues {
+    async fn requeue(&self, job_type: &str, payload: &str, id: Uuid) -> Result<()> {
+        match job_type {
+            MAIL_JOB => {
+                let job: MailJob = serde_json::from_str(payload).map_err(Error::internal)?;
+                self.mail.push(job, id, self.max_attempts).await
+            }
+            other => Err(Error::internal(format!(
+                "no queue for jobs of type {other:?}"
+            ))),
+        }
+    }
+}
+
+/// What the workers need.
+#[derive(Clone)]
+pub struct JobContext {
+    pub auth: Arc<AuthService>,
+    pub delivery: Arc<Delivery>,
+    pub queues: Queues,
+    pub dead_letters: Arc<DeadLetterService>,
+}
+
+async fn send_mail(
+    job: MailJob,
+    context: Data<JobContext>,
+    attempt: Attempt,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    let outcome = mail(&context, job.clone()).await;
+    settle(&context, MAIL_JOB, &id, &job, attempt.current(), outcome).await
+}
+
+async fn mail(context: &JobContext, job: MailJob) -> Result<(), DeliveryError> {
+    let transient = |error: Error| DeliveryError::Transient(error.to_string());
     let mail = match job {
         MailJob::Rendered(mail) => mail,
         decided => {
             // Decided once, then queued as rendered: a retry sends this message again rather
             // than minting another link.
-            if let Some(mail) = context.auth.prepare_mail(decided).await? {
-                context.queue.send_later(MailJob::Rendered(mail)).await?;
+            if let Some(mail) = context
+                .auth
+                .prepare_mail(decided)
+                .await
+                .map_err(transient)?
+            {
+                context
+                    .queues
+                    .send_later(MailJob::Rendered(mail))
+                    .await
+                    .map_err(transient)?;
             }
             return Ok(());
         }
     };
+    context.delivery.deliver(&mail).await
+}
+
+/// Ends an attempt: an error that may pass is handed back for the retry layer, unless the
+/// attempts are spent; a job given up becomes a dead letter and is not tried again.
+async fn settle<J: serde::Serialize>(
+    context: &JobContext,
+    job_type: &str,
+    id: &TaskId,
+    job: &J,
+    attempt: usize,
+    outcome: Result<(), DeliveryError>,
+) -> Result<(), BoxDynError> {
+    let TaskId::Ulid(ulid) = id else {
+        return Err(AbortError::new(format!("a job id that is no ULID: {id}")).into());
+    };
+    let id = Uuid::from_u128(u128::from(*ulid));
+    let error = match outcome {
+        Ok(()) => return Ok(context.dead_letters.job_succeeded(id).await?),
+        Err(DeliveryError::Transient(error)) if attempt < context.queues.max_attempts as usize => {
+            return Err(error.into());
+        }
+        Err(DeliveryError::Transient(error) | DeliveryError::Permanent(error)) => error,
+    };
+    let payload = serde_json::to_string(job)?;
+    let attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
     context
-        .delivery
-        .deliver(&mail)
-        .await
-        .map_err(|error| match error {
-            DeliveryError::Permanent(error) => AbortError::new(error).into(),
-            DeliveryError::Transient(error) => error.into(),
-        })
+        .dead_letters
+        .job_failed(id, job_type, payload, error.clone(), attempts)
+        .await?;
+    Err(AbortError::new(error).into())
 }
 
 /// Wakes an idle worker every period to look for jobs. apalis's own interval strategy arms its
@@ -237,19 +307,19 @@ impl Workers {
     pub fn new(
         store: &JobStore,
         settings: &JobSettings,
-        mail: MailContext,
+        context: JobContext,
     ) -> anyhow::Result<Self> {
         // Worker names must be unique among live workers, across processes and restarts.
         let boot = uuid::Uuid::now_v7().simple();
         let retries = settings.max_attempts.saturating_sub(1) as usize;
         let backoff = backoff(settings)?;
         let poll = settings.poll_interval;
-        let queue = Queue::<MailJob>::open(store, MAIL_QUEUE);
+        let queue = Queue::<MailJob>::open(store, MAIL_JOB);
         macro_rules! mail_worker {
             ($storage:expr, $run:expr) => {
                 WorkerBuilder::new(format!("keel-mail-{boot}-{}", $run))
                     .backend(PollWith::new($storage, Every::new(poll)))
-                    .data(mail.clone())
+                    .data(context.clone())
                     .concurrency(MAIL_CONCURRENCY)
                     .retry(RetryPolicy::retries(retries).with_backoff(backoff.clone()))
                     .catch_panic()

@@ -3,6 +3,7 @@
 //! body out for each backend, so each query is type-checked against both drivers.
 
 mod api_keys;
+mod dead_letters;
 mod invitations;
 mod one_time_tokens;
 mod organizations;

@@ -1,5 +1,5 @@
 //! Background jobs: queued mail survives a crash, failed deliveries are retried with backoff,
-//! and a job out of attempts stays in the job store as failed.
+//! and a job out of attempts is given up (the dead-letter tests follow it further).
 
 use crate::harness::{Backend, PASSWORD, TestApp, test_settings};
 use crate::smtp::Mailbox;
@@ -11,7 +11,7 @@ use std::time::Duration;
 crate::backend_tests!(
     queued_mail_survives_a_crash_of_the_api,
     a_refused_delivery_is_retried,
-    a_job_out_of_attempts_stays_failed
+    a_job_out_of_attempts_is_given_up
 );
 
 /// `keel <args>` on `settings`'s database, mailing to `smtp_url`; answers the process and, for
@@ -139,8 +139,9 @@ async fn stored_jobs(config: &Config) -> Vec<(String, i64, i64)> {
     }
 }
 
-/// A job that fails every attempt is given up and kept, marked failed, with its attempts.
-async fn a_job_out_of_attempts_stays_failed(backend: Backend) {
+/// A job that fails every attempt is given up: apalis keeps it `Killed` after its last attempt
+/// and never runs it again.
+async fn a_job_out_of_attempts_is_given_up(backend: Backend) {
     let app = TestApp::spawn_with(backend, |settings| {
         settings.job_max_attempts = Some("2".into());
     })
@@ -150,16 +151,16 @@ async fn a_job_out_of_attempts_stays_failed(backend: Backend) {
     let mut jobs = Vec::new();
     for _ in 0..100 {
         jobs = stored_jobs(&app.config).await;
-        if jobs.iter().any(|(status, ..)| status == "Failed") {
+        if jobs.iter().any(|(status, ..)| status == "Killed") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(jobs, vec![("Failed".to_owned(), 2, 2)]);
+    assert_eq!(jobs, vec![("Killed".to_owned(), 2, 2)]);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         stored_jobs(&app.config).await,
-        vec![("Failed".to_owned(), 2, 2)],
+        vec![("Killed".to_owned(), 2, 2)],
         "not tried again"
     );
     assert!(app.mailbox.messages_to("refused@example.com").is_empty());

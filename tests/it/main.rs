@@ -11,6 +11,7 @@ mod cache_races;
 mod cli;
 mod clients;
 mod contract;
+mod dead_letters;
 mod device_sessions;
 mod fuzzing;
 mod hardening;

@@ -4,6 +4,7 @@
 mod admin;
 mod api_key;
 mod auth;
+mod dead_letter;
 mod invitation;
 mod organization;
 mod quota;
@@ -16,6 +17,7 @@ mod user;
 pub use admin::AdminApi;
 pub use api_key::ApiKeyApi;
 pub use auth::AuthApi;
+pub use dead_letter::DeadLetterApi;
 pub use invitation::InvitationApi;
 pub use organization::OrganizationApi;
 pub use quota::QuotaApi;
@@ -38,6 +40,27 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: time.timestamp(),
         nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A time a request carries, as the domain takes it; out of range is a field violation.
+pub fn time(
+    field: &str,
+    time: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, tonic::Status> {
+    time.map(|time| {
+        u32::try_from(time.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(time.seconds, nanos))
+            .ok_or_else(|| {
+                crate::domain::Error::invalid_fields(vec![crate::domain::FieldViolation::new(
+                    field,
+                    "timestamp.valid",
+                    "value must be a valid timestamp",
+                )])
+                .into()
+            })
+    })
+    .transpose()
 }
 
 /// An id the contract declares a UUID, as the domain takes it. The guard has checked its form

@@ -60,6 +60,14 @@ pub const CATALOG: &[PermissionInfo] = &[
         "invitation:read",
         "list the invitations sent by the organization",
     ),
+    platform(
+        "job:read",
+        "see failed background jobs (the dead-letter queue)",
+    ),
+    platform(
+        "job:update",
+        "retry, resolve or ignore failed background jobs",
+    ),
     platform("mail:read", "read the development mail outbox"),
     management("member:create", "add users as members"),
     management("member:delete", "remove members"),
