@@ -61,6 +61,7 @@ pub struct Services {
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
     probes: Vec<Arc<dyn HealthProbe>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Services {
@@ -232,7 +233,7 @@ impl Services {
                     keyring: keyring.clone(),
                     cache,
                     rate_limits,
-                    clock,
+                    clock: clock.clone(),
                 },
                 AuthSettings {
                     access_token_ttl: chrono::Duration::seconds(
@@ -278,6 +279,7 @@ impl Services {
             redis,
             jwt,
             probes,
+            clock,
         })
     }
 
@@ -292,6 +294,9 @@ impl Services {
             &self.jobs,
             &config.jobs,
             JobContext {
+                store: self.jobs.clone(),
+                clock: self.clock.clone(),
+                invitations: self.invitations.clone(),
                 auth: self.auth.clone(),
                 delivery: self.delivery.clone(),
                 queues: self.queues.clone(),
@@ -394,7 +399,6 @@ impl Keel {
                 let _ = stopping.wait_for(|stop| *stop).await;
             }))
         });
-        let purge = tokio::spawn(purge_ended_sessions(self.services.auth.clone()));
         let wal = tokio::spawn(bound_wal(
             self.services.store.clone(),
             self.sqlite_wal_max_bytes,
@@ -429,7 +433,6 @@ impl Keel {
                 Ok(Ok(())) => {}
             }
         }
-        purge.abort();
         wal.abort();
         let _ = stop_flushing.send(());
         if let Err(error) = flush.await {
@@ -471,23 +474,6 @@ async fn bound_wal(store: SqlStore, limit: u64) {
         ticks.tick().await;
         if let Err(error) = store.bound_wal(limit).await {
             tracing::warn!(%error, "bounding the SQLite write-ahead log failed");
-        }
-    }
-}
-
-/// Ended sessions stay listable (`include_inactive`) for this long, then are deleted.
-const ENDED_SESSION_RETENTION_DAYS: i64 = 30;
-
-/// Hourly deletion of long-ended sessions and their refresh tokens.
-async fn purge_ended_sessions(auth: Arc<AuthService>) {
-    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
-    loop {
-        hourly.tick().await;
-        if let Err(error) = auth
-            .purge_ended_sessions(chrono::Duration::days(ENDED_SESSION_RETENTION_DAYS))
-            .await
-        {
-            tracing::warn!(%error, "purging ended sessions failed");
         }
     }
 }

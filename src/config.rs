@@ -178,6 +178,9 @@ settings! {
     job_max_attempts, "KEEL_JOB_MAX_ATTEMPTS" = "8";
     /// How often an idle job worker looks for new jobs, in milliseconds
     job_poll_milliseconds, "KEEL_JOB_POLL_MILLISECONDS" = "200";
+    /// When the cleanup job deletes what has outlived its use (ended sessions, expired links
+    /// and invitations, finished jobs): a cron schedule with seconds, in UTC
+    cleanup_schedule, "KEEL_CLEANUP_SCHEDULE" = "0 17 * * * *";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -443,6 +446,7 @@ impl Config {
                 retry_base: Duration::from_secs(settings.job_retry_base_seconds().positive()?),
                 max_attempts: settings.job_max_attempts().positive()?,
                 poll_interval: Duration::from_millis(settings.job_poll_milliseconds().positive()?),
+                cleanup_schedule: settings.cleanup_schedule().parse()?,
             },
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,

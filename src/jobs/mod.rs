@@ -9,16 +9,20 @@
 //! job's.
 
 use crate::domain::auth::AuthService;
+use crate::domain::clock::Clock;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::{DeadLetterService, JobQueue, MAIL_JOB};
 use crate::domain::mail::{MailJob, Mailer};
+use crate::domain::tenancy::invitations::InvitationService;
 use crate::mail::{Delivery, DeliveryError};
 use anyhow::Context;
 use apalis::layers::retry::HasherRng;
 use apalis::layers::retry::backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
 use apalis::prelude::*;
+use apalis_cron::{CronScheduler, Tick};
 use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
+use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::path::Path;
@@ -37,7 +41,7 @@ const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(3600);
 /// How long a worker finishes the jobs in hand once asked to stop.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JobSettings {
     /// The wait before the second attempt; each later wait doubles (plus up to half again of
     /// jitter), up to an hour.
@@ -45,6 +49,7 @@ pub struct JobSettings {
     pub max_attempts: u32,
     /// How often an idle worker looks for new jobs.
     pub poll_interval: Duration,
+    pub cleanup_schedule: cron::Schedule,
 }
 
 /// Where jobs are kept.
@@ -96,6 +101,50 @@ impl JobStore {
             Self::Sqlite(pool) => pool.close().await,
             Self::Postgres(pool) => pool.close().await,
         }
+    }
+
+    /// Deletes the jobs that finished (done, or given up: their dead letters keep them) before
+    /// `cutoff`, and the records of workers gone since, holding no job. apalis has no API for
+    /// either on both backends; its tables are read here and nowhere else.
+    async fn prune(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        let jobs = "DELETE FROM {jobs} WHERE status IN ('Done', 'Killed') AND done_at < $1";
+        let workers = "DELETE FROM {workers} WHERE last_seen < $1 \
+             AND id NOT IN (SELECT lock_by FROM {jobs} WHERE lock_by IS NOT NULL)";
+        let sqlite = |sql: &str| {
+            sql.replace("{jobs}", "Jobs")
+                .replace("{workers}", "Workers")
+        };
+        let postgres = |sql: &str| {
+            sql.replace("{jobs}", "apalis.jobs")
+                .replace("{workers}", "apalis.workers")
+        };
+        let deleted = match self {
+            Self::Sqlite(pool) => {
+                let deleted = sqlx::query(sqlx::AssertSqlSafe(sqlite(jobs)))
+                    .bind(cutoff.timestamp())
+                    .execute(pool)
+                    .await;
+                sqlx::query(sqlx::AssertSqlSafe(sqlite(workers)))
+                    .bind(cutoff.timestamp())
+                    .execute(pool)
+                    .await
+                    .and(deleted)
+                    .map(|done| done.rows_affected())
+            }
+            Self::Postgres(pool) => {
+                let deleted = sqlx::query(sqlx::AssertSqlSafe(postgres(jobs)))
+                    .bind(cutoff)
+                    .execute(pool)
+                    .await;
+                sqlx::query(sqlx::AssertSqlSafe(postgres(workers)))
+                    .bind(cutoff)
+                    .execute(pool)
+                    .await
+                    .and(deleted)
+                    .map(|done| done.rows_affected())
+            }
+        };
+        deleted.map_err(Error::internal)
     }
 }
 
@@ -175,6 +224,9 @@ impl JobQueue for Queues {
 /// What the workers need.
 #[derive(Clone)]
 pub struct JobContext {
+    pub store: JobStore,
+    pub clock: Arc<dyn Clock>,
+    pub invitations: Arc<InvitationService>,
     pub auth: Arc<AuthService>,
     pub delivery: Arc<Delivery>,
     pub queues: Queues,
@@ -288,6 +340,29 @@ impl PollStrategy for Every {
     }
 }
 
+/// Ended sessions stay listable (`include_inactive`), and ended invitations listed, this long.
+const ENDED_RETENTION_DAYS: i64 = 30;
+/// Finished jobs stay in the job store this long (for the job monitor).
+const FINISHED_JOB_RETENTION_DAYS: i64 = 7;
+
+/// Deletes what has outlived its use; every step is idempotent, so replicas running it at the
+/// same tick do no harm.
+async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynError> {
+    let ended = chrono::Duration::days(ENDED_RETENTION_DAYS);
+    context.auth.purge_ended_sessions(ended).await?;
+    context
+        .auth
+        .purge_expired_links(chrono::Duration::zero())
+        .await?;
+    context.invitations.purge_ended(ended).await?;
+    let finished = context.clock.now() - chrono::Duration::days(FINISHED_JOB_RETENTION_DAYS);
+    let pruned = context.store.prune(finished).await?;
+    if pruned > 0 {
+        tracing::info!(pruned, "finished jobs pruned");
+    }
+    Ok(())
+}
+
 fn backoff(settings: &JobSettings) -> anyhow::Result<ExponentialBackoff> {
     Ok(ExponentialBackoffMaker::new(
         settings.retry_base,
@@ -326,7 +401,16 @@ impl Workers {
                     .build(send_mail)
             };
         }
-        let monitor = Monitor::new().shutdown_timeout(SHUTDOWN_GRACE);
+        let schedule = settings.cleanup_schedule.clone();
+        let cleanup_context = context.clone();
+        let monitor = Monitor::new()
+            .shutdown_timeout(SHUTDOWN_GRACE)
+            .register(move |run| {
+                WorkerBuilder::new(format!("keel-cleanup-{boot}-{run}"))
+                    .backend(CronScheduler::new(schedule.clone()))
+                    .data(cleanup_context.clone())
+                    .build(cleanup)
+            });
         let monitor = match queue {
             Queue::Sqlite(storage) => {
                 monitor.register(move |run| mail_worker!(storage.clone(), run))

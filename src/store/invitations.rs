@@ -71,6 +71,17 @@ pub(super) fn list_pending_invitations_sql() -> String {
 
 #[async_trait::async_trait]
 impl InvitationStore for SqlStore {
+    async fn delete_invitations_ended_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        execute!(
+            self,
+            sqlx::query(
+                "DELETE FROM invitations WHERE accepted_at IS NULL \
+                 AND (expires_at < $1 OR revoked_at < $1)",
+            )
+            .bind(cutoff)
+        )
+    }
+
     async fn insert_invitation(
         &self,
         invitation: &Invitation,

@@ -1,6 +1,6 @@
 //! `OneTimeTokenStore` on SQL.
 
-use super::{SqlStore, database_error, with_pool};
+use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::auth::OneTimeTokenStore;
 use crate::domain::error::Result;
 use chrono::{DateTime, Utc};
@@ -8,6 +8,13 @@ use uuid::Uuid;
 
 #[async_trait::async_trait]
 impl OneTimeTokenStore for SqlStore {
+    async fn delete_tokens_expired_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        execute!(
+            self,
+            sqlx::query("DELETE FROM one_time_tokens WHERE expires_at < $1").bind(cutoff)
+        )
+    }
+
     async fn issue_token(
         &self,
         digest: &[u8; 32],

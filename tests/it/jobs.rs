@@ -11,7 +11,8 @@ use std::time::Duration;
 crate::backend_tests!(
     queued_mail_survives_a_crash_of_the_api,
     a_refused_delivery_is_retried,
-    a_job_out_of_attempts_is_given_up
+    a_job_out_of_attempts_is_given_up,
+    cleanup_deletes_what_has_outlived_its_use
 );
 
 /// `keel <args>` on `settings`'s database, mailing to `smtp_url`; answers the process and, for
@@ -112,31 +113,109 @@ async fn a_refused_delivery_is_retried(backend: Backend) {
     assert_eq!(delivered, 1, "delivered once, on the third attempt");
 }
 
+/// Rows of `sql` (`{jobs}` names apalis's job table) in `config`'s databases.
+async fn query<Row>(config: &Config, sql: &str) -> Vec<Row>
+where
+    Row: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+        + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
+        + Send
+        + Unpin,
+{
+    use sqlx::Connection;
+    if config.database_url.starts_with("sqlite:") {
+        // One connection: an attached database is the connection's.
+        let mut connection = sqlx::SqliteConnection::connect(&config.database_url)
+            .await
+            .unwrap();
+        let attach = format!(
+            "ATTACH DATABASE '{}' AS jobs",
+            config.data_dir.join("jobs.db").display()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(attach))
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        let sql = sql.replace("{jobs}", "jobs.Jobs");
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+    } else {
+        let mut connection = sqlx::PgConnection::connect(&config.database_url)
+            .await
+            .unwrap();
+        let sql = sql.replace("{jobs}", "apalis.jobs");
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
 /// The statuses and attempts of the jobs in `config`'s job store.
 async fn stored_jobs(config: &Config) -> Vec<(String, i64, i64)> {
-    let query = "SELECT status, CAST(attempts AS BIGINT), CAST(max_attempts AS BIGINT) FROM ";
-    if config.database_url.starts_with("sqlite:") {
-        let pool = sqlx::SqlitePool::connect(&format!(
-            "sqlite://{}",
-            config.data_dir.join("jobs.db").display()
-        ))
-        .await
-        .unwrap();
-        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!("{query} Jobs")))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        rows
-    } else {
-        let pool = sqlx::PgPool::connect(&config.database_url).await.unwrap();
-        let rows = sqlx::query_as(sqlx::AssertSqlSafe(format!("{query} apalis.jobs")))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        rows
+    query(
+        config,
+        "SELECT status, CAST(attempts AS BIGINT), CAST(max_attempts AS BIGINT) FROM {jobs}",
+    )
+    .await
+}
+
+/// Rows in the tables the cleanup prunes: sessions, link tokens, invitations, finished jobs.
+async fn prunable_rows(config: &Config) -> (i64, i64, i64, i64) {
+    query(
+        config,
+        "SELECT (SELECT COUNT(*) FROM sessions), (SELECT COUNT(*) FROM one_time_tokens), \
+         (SELECT COUNT(*) FROM invitations), \
+         (SELECT COUNT(*) FROM {jobs} WHERE status = 'Done')",
+    )
+    .await[0]
+}
+
+/// The scheduled cleanup deletes ended sessions, expired link tokens, ended invitations and
+/// finished jobs once they are old enough, and nothing before.
+async fn cleanup_deletes_what_has_outlived_its_use(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.cleanup_schedule = Some("* * * * * *".into());
+    })
+    .await;
+    let owner = app.verified("owner@example.com").await.access;
+    let organization = crate::organizations::create_organization(&app, &owner, "acme").await;
+    let (status, invitation) = app
+        .rest(
+            reqwest::Method::POST,
+            &format!("/api/v1/organizations/{organization}/invitations"),
+            &owner,
+            Some(serde_json::json!({ "email": "invited@example.com", "roles": ["viewer"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{invitation}");
+    app.mailbox
+        .wait_for("invited@example.com", "accept-invitation", 1)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (sessions, tokens, invitations, jobs) = prunable_rows(&app.config).await;
+    assert!(
+        sessions > 0 && tokens > 0 && jobs > 0,
+        "{sessions} {tokens} {jobs}"
+    );
+    assert_eq!(invitations, 1, "a pending invitation stays");
+
+    // Past every lifetime (sessions 7 days, invitations 7) and the 30 days ended ones are kept.
+    app.clock.advance(chrono::Duration::days(40));
+    let mut rows = (-1, -1, -1, -1);
+    for _ in 0..50 {
+        rows = prunable_rows(&app.config).await;
+        if rows == (0, 0, 0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        rows,
+        (0, 0, 0, 0),
+        "sessions, tokens, invitations, finished jobs"
+    );
 }
 
 /// A job that fails every attempt is given up: apalis keeps it `Killed` after its last attempt

@@ -75,6 +75,8 @@ pub trait OneTimeTokenStore: Send + Sync {
         purpose: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Uuid>>;
+    /// Deletes the tokens that expired before `cutoff`; answers how many.
+    async fn delete_tokens_expired_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }
 
 fn invalid_link() -> Error {

@@ -176,4 +176,18 @@ impl AuthService {
         }
         Ok(deleted)
     }
+
+    /// Deletes mailed-link and enrolment tokens that expired more than `retention` ago (a
+    /// spent or expired link answers the same without its row).
+    pub async fn purge_expired_links(&self, retention: Duration) -> Result<u64> {
+        let cutoff = truncate_to_micros(self.clock.now() - retention);
+        let deleted = self
+            .one_time_tokens
+            .delete_tokens_expired_before(cutoff)
+            .await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "expired link tokens purged");
+        }
+        Ok(deleted)
+    }
 }

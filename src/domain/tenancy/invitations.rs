@@ -102,6 +102,9 @@ pub trait InvitationStore: Send + Sync {
         now: DateTime<Utc>,
         max_members: i64,
     ) -> Result<()>;
+    /// Deletes the invitations never accepted that expired, or were revoked, before `cutoff`
+    /// (accepted ones stay: they tell how a member joined); answers how many.
+    async fn delete_invitations_ended_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }
 
 fn invitation_closed() -> Error {
@@ -150,6 +153,17 @@ pub struct InvitationService {
 }
 
 impl InvitationService {
+    /// Deletes invitations that ended (expired or revoked, never accepted) more than
+    /// `retention` ago.
+    pub async fn purge_ended(&self, retention: chrono::Duration) -> Result<u64> {
+        let cutoff = truncate_to_micros(self.clock.now() - retention);
+        let deleted = self.store.delete_invitations_ended_before(cutoff).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "ended invitations purged");
+        }
+        Ok(deleted)
+    }
+
     pub fn new(ports: InvitationPorts, budgets: InvitationBudgets, link_base_url: String) -> Self {
         Self {
             store: ports.store,
