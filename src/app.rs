@@ -343,6 +343,7 @@ impl Keel {
             quotas: services.quotas.clone(),
             outbox: services.outbox.clone(),
             dead_letters: services.dead_letters.clone(),
+            job_counts: Arc::new(services.jobs.clone()),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),

@@ -16,7 +16,7 @@ mod web;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
-use crate::domain::jobs::DeadLetterService;
+use crate::domain::jobs::{DeadLetterService, JobCounts};
 use crate::domain::mail::Outbox;
 use crate::domain::password::PasswordPolicy;
 use crate::domain::tenancy::access::AccessControl;
@@ -74,6 +74,7 @@ pub struct ApiDependencies {
     pub quotas: Arc<QuotaService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub dead_letters: Arc<DeadLetterService>,
+    pub job_counts: Arc<dyn JobCounts>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
@@ -241,6 +242,8 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             "/metrics",
             get(web::metrics).with_state(Arc::new(web::MetricsEndpoint {
                 metrics,
+                jobs: dependencies.job_counts.clone(),
+                dead_letters: dependencies.dead_letters.clone(),
                 token: dependencies.metrics_token.clone(),
             })),
         )

@@ -3,11 +3,13 @@
 use super::metrics::Metrics;
 use super::status::RestError;
 use crate::domain::health::HealthProbe;
+use crate::domain::jobs::{DeadLetterService, JobCounts};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
+use std::fmt::Write;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
@@ -150,6 +152,8 @@ pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Respons
 
 pub struct MetricsEndpoint {
     pub metrics: Arc<Metrics>,
+    pub jobs: Arc<dyn JobCounts>,
+    pub dead_letters: Arc<DeadLetterService>,
     /// When set, scrapers present it as a bearer token.
     pub token: Option<String>,
 }
@@ -176,9 +180,38 @@ pub async fn metrics(State(endpoint): State<Arc<MetricsEndpoint>>, headers: Head
             return response;
         }
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        endpoint.metrics.render(),
-    )
-        .into_response()
+    let mut text = endpoint.metrics.render();
+    // Read from the job store and the database, so they cover every worker process; left out
+    // (not failed) while a store is unreachable.
+    match endpoint.jobs.job_counts().await {
+        Ok(counts) => {
+            text.push_str(
+                "# HELP keel_jobs Jobs in the job store by queue and status (done and killed ones \
+                 are pruned after 7 days).\n# TYPE keel_jobs gauge\n",
+            );
+            for (queue, status, count) in counts {
+                let _ = writeln!(
+                    text,
+                    "keel_jobs{{queue=\"{queue}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "counting jobs for /metrics failed"),
+    }
+    match endpoint.dead_letters.statistics().await {
+        Ok(statistics) => {
+            text.push_str(
+                "# HELP keel_dead_letters Jobs given up, by status.\n# TYPE keel_dead_letters gauge\n",
+            );
+            for (status, count) in statistics.by_status {
+                let _ = writeln!(
+                    text,
+                    "keel_dead_letters{{status=\"{}\"}} {count}",
+                    status.as_str()
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "counting dead letters for /metrics failed"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -123,6 +123,13 @@ pub trait DeadLetterStore: Send + Sync {
     ) -> Result<()>;
 }
 
+/// The job store's counts, for monitoring: `(queue, status, jobs)` for every pair present
+/// (statuses `pending`, `queued`, `running`, `done`, `failed`, `killed`).
+#[async_trait::async_trait]
+pub trait JobCounts: Send + Sync {
+    async fn job_counts(&self) -> Result<Vec<(String, String, u64)>>;
+}
+
 /// Queues a job again from its stored payload, as the job `id`.
 #[async_trait::async_trait]
 pub trait JobQueue: Send + Sync {

@@ -11,7 +11,7 @@
 use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
 use crate::domain::error::{Error, Result};
-use crate::domain::jobs::{DeadLetterService, JobQueue, MAIL_JOB};
+use crate::domain::jobs::{DeadLetterService, JobCounts, JobQueue, MAIL_JOB};
 use crate::domain::mail::{MailJob, Mailer};
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::mail::{Delivery, DeliveryError};
@@ -145,6 +145,30 @@ impl JobStore {
             }
         };
         deleted.map_err(Error::internal)
+    }
+}
+
+#[async_trait::async_trait]
+impl JobCounts for JobStore {
+    async fn job_counts(&self) -> Result<Vec<(String, String, u64)>> {
+        let sql = "SELECT job_type, LOWER(status), COUNT(*) FROM {jobs} GROUP BY job_type, status";
+        let rows: Vec<(String, String, i64)> = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("{jobs}", "Jobs")))
+                    .fetch_all(pool)
+                    .await
+            }
+            Self::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.replace("{jobs}", "apalis.jobs")))
+                    .fetch_all(pool)
+                    .await
+            }
+        }
+        .map_err(Error::internal)?;
+        Ok(rows
+            .into_iter()
+            .map(|(queue, status, count)| (queue, status, u64::try_from(count).unwrap_or(0)))
+            .collect())
     }
 }
 

@@ -72,6 +72,25 @@ async fn operators_retry_resolve_and_ignore_dead_letters(backend: Backend) {
     assert_eq!(statistics["by_status"]["pending"], "1");
     assert_eq!(statistics["by_job_type"]["mail"], "1");
 
+    // Monitoring sees the job store and the dead letters.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keel_dead_letters{status=\"pending\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("keel_jobs{queue=\"mail\",status=\"killed\"} 1"),
+        "{metrics}"
+    );
+
     // Operators only.
     assert_eq!(
         app.status_and_reason(Method::GET, "/api/v1/dead-letter", &member, None)
