@@ -13,7 +13,9 @@
 //! With `--server-pid` it also reports the server's CPU time per request, read from /proc.
 
 use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
-use keel::api::pb::keel::auth::v1::{GetMeRequest, LoginRequest, RefreshRequest, RegisterRequest};
+use keel::api::pb::keel::auth::v1::{
+    GetMeRequest, LoginRequest, RefreshRequest, RegisterRequest, RequestPasswordResetRequest,
+};
 use keel::api::pb::keel::organization::v1::organization_service_client::OrganizationServiceClient;
 use keel::api::pb::keel::organization::v1::{CreateOrganizationRequest, ListOrganizationsRequest};
 use keel::api::pb::keel::role::v1::ListRolesRequest;
@@ -315,6 +317,22 @@ async fn main() {
                     .await
                     .is_ok_and(|response| response.status().is_success())
             }
+        },
+    )
+    .await;
+
+    // Each call stores a mail job (durably, before answering); the workers in the same
+    // process then decide there is no account to mail.
+    run(
+        &options,
+        "grpc RequestPasswordReset (queues a job)",
+        channels.clone(),
+        |channel: &mut Channel| {
+            let mut client = AuthServiceClient::new(channel.clone());
+            let request = RequestPasswordResetRequest {
+                email: format!("nobody-{}@example.com", uuid::Uuid::now_v7().simple()),
+            };
+            async move { client.request_password_reset(request).await.is_ok() }
         },
     )
     .await;

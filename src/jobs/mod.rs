@@ -24,7 +24,9 @@ use apalis_postgres::PostgresStorage;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
@@ -69,6 +71,9 @@ impl JobStore {
             let options = SqliteConnectOptions::new()
                 .filename(&file)
                 .journal_mode(SqliteJournalMode::Wal)
+                // As Keel's own database: a commit survives the process (kill -9), not
+                // necessarily the machine losing power.
+                .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
@@ -366,7 +371,7 @@ impl PollStrategy for Every {
 
 /// Ended sessions stay listable (`include_inactive`), and ended invitations listed, this long.
 const ENDED_RETENTION_DAYS: i64 = 30;
-/// Finished jobs stay in the job store this long (for the job monitor).
+/// Finished jobs stay in the job store this long (`keel_jobs` in /metrics counts them).
 const FINISHED_JOB_RETENTION_DAYS: i64 = 7;
 
 /// Deletes what has outlived its use; every step is idempotent, so replicas running it at the

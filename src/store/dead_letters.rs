@@ -155,6 +155,16 @@ impl DeadLetterStore for SqlStore {
         succeeded: bool,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        // Every finished job asks; only retries are found. A read first keeps the common case
+        // from taking SQLite's write lock.
+        let sql = "SELECT COUNT(*) FROM dead_letters WHERE retry_id = $1";
+        let retried: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(retry_id).fetch_one(pool).await
+        })
+        .map_err(database_error)?;
+        if retried == 0 {
+            return Ok(());
+        }
         let (outcome, status) = if succeeded {
             (SUCCEEDED, DeadLetterStatus::Resolved)
         } else {
