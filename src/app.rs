@@ -7,6 +7,7 @@ use crate::api::{self, ApiDependencies, RequestLimits};
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Config;
 use crate::domain::apikey::ApiKeyService;
+use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings};
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
@@ -57,6 +58,8 @@ pub struct Services {
     jobs: JobStore,
     queues: Queues,
     dead_letters: Arc<DeadLetterService>,
+    pub audit: Arc<AuditService>,
+    dispatcher: Arc<Dispatcher>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -190,6 +193,8 @@ impl Services {
             pages.clone(),
             clock.clone(),
         ));
+        let audit = Arc::new(AuditService::new(Arc::new(store.clone()), pages.clone()));
+        let dispatcher = Arc::new(Dispatcher::new(Arc::new(store.clone()), clock.clone()));
         let invitations = Arc::new(InvitationService::new(
             InvitationPorts {
                 store: Arc::new(store.clone()),
@@ -233,6 +238,7 @@ impl Services {
                     keyring: keyring.clone(),
                     cache,
                     rate_limits,
+                    events: Arc::new(store.clone()),
                     clock: clock.clone(),
                 },
                 AuthSettings {
@@ -275,6 +281,8 @@ impl Services {
             jobs,
             queues,
             dead_letters,
+            audit,
+            dispatcher,
             delivery: Arc::new(delivery),
             redis,
             jwt,
@@ -301,6 +309,7 @@ impl Services {
                 delivery: self.delivery.clone(),
                 queues: self.queues.clone(),
                 dead_letters: self.dead_letters.clone(),
+                dispatcher: self.dispatcher.clone(),
             },
         )
     }
@@ -343,6 +352,7 @@ impl Keel {
             quotas: services.quotas.clone(),
             outbox: services.outbox.clone(),
             dead_letters: services.dead_letters.clone(),
+            audit: services.audit.clone(),
             job_counts: Arc::new(services.jobs.clone()),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

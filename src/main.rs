@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use keel::app::{Keel, Services};
 use keel::config::{Config, LogFormat, Settings};
+use keel::domain::audit::Verification;
 use keel::domain::auth::Registration;
 use keel::domain::clock::SystemClock;
 use std::path::PathBuf;
@@ -56,6 +57,17 @@ enum AdminTask {
         #[arg(long, default_value = "")]
         full_name: String,
     },
+    /// The audit log
+    Audit {
+        #[command(subcommand)]
+        task: AuditTask,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditTask {
+    /// Check the audit log's hash chain; exits 1 naming the first broken entry
+    Verify,
 }
 
 fn init_tracing(format: LogFormat) {
@@ -162,6 +174,30 @@ async fn run() -> anyhow::Result<()> {
             let user = created.context("creating the superuser")?;
             println!("created superuser {} ({})", user.email, user.id);
             Ok(())
+        }
+        Command::Admin {
+            task: AdminTask::Audit {
+                task: AuditTask::Verify,
+            },
+        } => {
+            let services = Services::build(&config, Arc::new(SystemClock)).await?;
+            let verified = services.audit.verify().await;
+            services.close().await;
+            match verified.context("reading the audit log")? {
+                Verification::Intact { entries, head } => {
+                    let head = keel::domain::secret::hex(&head);
+                    println!("audit log intact: {entries} entries, last hash {head}");
+                    Ok(())
+                }
+                Verification::Broken {
+                    sequence,
+                    id,
+                    problem,
+                } => {
+                    let id = id.map(|id| format!(" ({id})")).unwrap_or_default();
+                    anyhow::bail!("audit log broken at entry {sequence}{id}: {problem}")
+                }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (`KEEL_TRUSTED_PROXIES`), the nearest untrusted hop of `X-Forwarded-For`. Computed once per
 //! request, so sessions and rate limits see the same address on every door.
 
+use crate::domain::auth::ClientInfo;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -10,6 +11,20 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
+
+/// Where a request came from: the address `attach` worked out and the user agent (at most 512
+/// characters).
+pub fn client_info(extensions: &http::Extensions, headers: &http::HeaderMap) -> ClientInfo {
+    ClientInfo {
+        ip_address: extensions
+            .get::<ClientAddress>()
+            .map(|ClientAddress(address)| address.to_string()),
+        user_agent: headers
+            .get(http::header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(|agent| agent.chars().take(512).collect()),
+    }
+}
 
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

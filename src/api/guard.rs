@@ -7,6 +7,7 @@
 //! in scope (its `organization_id`, or the `x-organization-id` header when that is empty). The
 //! admitted `Access` travels on to the handler.
 
+use super::client_address::client_info;
 use super::contract::{AuthRule, Contract, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
@@ -115,7 +116,10 @@ impl Guard {
         // field rules.
         let principal = match rule.auth {
             AuthRule::Public => None,
-            _ => Some(self.authenticate(request.headers()).await?),
+            _ => Some(Principal {
+                client: client_info(request.extensions(), request.headers()),
+                ..self.authenticate(request.headers()).await?
+            }),
         };
         if let (AuthRule::Session, Some(principal)) = (&rule.auth, &principal) {
             principal.session_id()?;

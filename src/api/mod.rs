@@ -14,6 +14,7 @@ mod validation;
 mod web;
 
 use crate::domain::apikey::ApiKeyService;
+use crate::domain::audit::AuditService;
 use crate::domain::auth::AuthService;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobCounts};
@@ -39,6 +40,7 @@ use http::{HeaderName, HeaderValue, Method, header};
 use metrics::Metrics;
 use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
+use pb::keel::audit::v1::audit_log_service_server::AuditLogServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
@@ -49,6 +51,7 @@ use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use pb::keel::team::v1::team_service_server::TeamServiceServer;
 use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
 use pb::keel::user::v1::user_service_server::UserServiceServer;
+use pb::keel::webhook::v1::webhook_service_server::WebhookServiceServer;
 use rest::{GrpcStack, Transcoder};
 use std::sync::Arc;
 use tonic::server::NamedService;
@@ -74,6 +77,7 @@ pub struct ApiDependencies {
     pub quotas: Arc<QuotaService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub dead_letters: Arc<DeadLetterService>,
+    pub audit: Arc<AuditService>,
     pub job_counts: Arc<dyn JobCounts>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -176,7 +180,11 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(DeadLetterServiceServer::new(grpc::DeadLetterApi::new(
             dependencies.dead_letters.clone(),
-        )));
+        )))
+        .add(AuditLogServiceServer::new(grpc::AuditLogApi::new(
+            dependencies.audit.clone(),
+        )))
+        .add(WebhookServiceServer::new(grpc::WebhookApi));
     keel_services.cover(&contract)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -9,6 +9,7 @@
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
+use crate::domain::events::{ApiKeyData, Event, EventKind, Origin};
 use crate::domain::principal::Principal;
 use crate::domain::secret::{self, Keyring};
 use crate::domain::tenancy::access::{AccessControl, Scope};
@@ -53,14 +54,23 @@ pub struct StoredApiKey {
 
 #[async_trait::async_trait]
 pub trait ApiKeyStore: Send + Sync {
-    async fn insert_api_key(&self, key: &ApiKey, digest: &[u8; 32]) -> Result<()>;
+    /// Changes write `events` in their transaction.
+    async fn insert_api_key(&self, key: &ApiKey, digest: &[u8; 32], events: &[Event])
+    -> Result<()>;
     /// The user's keys that are neither revoked nor expired at `now`, newest first.
     async fn list_active_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<ApiKey>>;
     async fn find_api_key(&self, id: Uuid) -> Result<Option<ApiKey>>;
     async fn find_api_key_by_prefix(&self, prefix: &str) -> Result<Option<StoredApiKey>>;
-    async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
-    /// Revokes every live key of the user; answers their prefixes.
-    async fn revoke_user_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<String>>;
+    /// Revokes a live key (no event when it was revoked already).
+    async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()>;
+    /// Revokes every live key of the user, writing the event `revoked` makes of each; answers
+    /// the keys.
+    async fn revoke_user_api_keys(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+        revoked: &(dyn for<'key> Fn(&'key ApiKey) -> Event + Sync),
+    ) -> Result<Vec<ApiKey>>;
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
 }
 
@@ -218,8 +228,13 @@ impl ApiKeyService {
             expires_at: expires_in_days.map(|days| now + Duration::days(days.into())),
             revoked_at: None,
         };
+        let created = self.event(EventKind::ApiKeyCreated, &owner.into(), &key);
         self.store
-            .insert_api_key(&key, &self.keyring.mac(DIGEST_PURPOSE, whole.as_bytes()))
+            .insert_api_key(
+                &key,
+                &self.keyring.mac(DIGEST_PURPOSE, whole.as_bytes()),
+                &[created],
+            )
             .await?;
         tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key created");
         Ok((key, whole))
@@ -245,8 +260,9 @@ impl ApiKeyService {
     /// Revokes one of the caller's keys; it stops working on the next request.
     pub async fn revoke(&self, owner: &Principal, id: Uuid) -> Result<()> {
         let key = self.get(owner, id).await?;
+        let revoked = self.event(EventKind::ApiKeyRevoked, &owner.into(), &key);
         self.store
-            .revoke_api_key(key.id, truncate_to_micros(self.clock.now()))
+            .revoke_api_key(key.id, truncate_to_micros(self.clock.now()), &[revoked])
             .await?;
         self.forget(std::slice::from_ref(&key.prefix)).await?;
         tracing::info!(user_id = %owner.user.id, api_key_id = %key.id, "API key revoked");
@@ -255,16 +271,32 @@ impl ApiKeyService {
 
     /// Revokes every key of a user (a password reset, the first proof of the address); answers
     /// how many.
-    pub async fn revoke_all_of(&self, user_id: Uuid) -> Result<usize> {
-        let prefixes = self
+    pub async fn revoke_all_of(&self, user_id: Uuid, origin: &Origin) -> Result<usize> {
+        let revoked = |key: &ApiKey| self.event(EventKind::ApiKeyRevoked, origin, key);
+        let prefixes: Vec<String> = self
             .store
-            .revoke_user_api_keys(user_id, truncate_to_micros(self.clock.now()))
-            .await?;
+            .revoke_user_api_keys(user_id, truncate_to_micros(self.clock.now()), &revoked)
+            .await?
+            .into_iter()
+            .map(|key| key.prefix)
+            .collect();
         self.forget(&prefixes).await?;
         if !prefixes.is_empty() {
             tracing::info!(user_id = %user_id, count = prefixes.len(), "API keys revoked");
         }
         Ok(prefixes.len())
+    }
+
+    fn event(&self, kind: EventKind, origin: &Origin, key: &ApiKey) -> Event {
+        let data = ApiKeyData {
+            api_key_id: key.id,
+            user_id: key.user_id,
+            name: key.name.clone(),
+            prefix: key.prefix.clone(),
+            scopes: key.scopes.clone(),
+            organization_id: key.organization_id,
+        };
+        Event::new(kind, origin, self.clock.as_ref(), &data)
     }
 
     /// Drops the cached records of revoked keys (here or with their organization), so that

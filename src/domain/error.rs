@@ -172,6 +172,7 @@ pub enum Missing {
     Invitation,
     Role,
     DeadLetter,
+    AuditEntry,
 }
 
 impl From<Missing> for Error {
@@ -187,6 +188,7 @@ impl From<Missing> for Error {
             Missing::Invitation => ("INVITATION_NOT_FOUND", "no such invitation"),
             Missing::Role => ("ROLE_NOT_FOUND", "no such role in this organization"),
             Missing::DeadLetter => ("DEAD_LETTER_NOT_FOUND", "no such dead letter"),
+            Missing::AuditEntry => ("AUDIT_LOG_NOT_FOUND", "no such audit log entry"),
         };
         Error::not_found(reason, message)
     }

@@ -2,10 +2,12 @@
 //! the sibling modules implement the ports, and `app` wires them together.
 
 pub mod apikey;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod mail;

@@ -1,5 +1,6 @@
 //! Who is calling: the user, and the credential they used.
 
+use super::auth::ClientInfo;
 use super::error::{Error, Result};
 use super::user::User;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub enum Credential {
 pub struct Principal {
     pub user: Arc<User>,
     pub credential: Credential,
+    /// Where the request came from (the transport fills it in), for the audit log.
+    pub client: ClientInfo,
 }
 
 impl Principal {

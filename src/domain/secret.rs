@@ -34,8 +34,10 @@ pub fn digest(secret: &str) -> [u8; 32] {
 
 /// `digest` in lower-case hex, for cache keys.
 pub fn digest_hex(secret: &str) -> String {
-    digest(secret)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex(&digest(secret))
+}
+
+/// Bytes in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

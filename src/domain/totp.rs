@@ -5,10 +5,11 @@
 
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::events::{Event, EventKind, Origin, UserData};
 use crate::domain::password::{PasswordCheck, PasswordHasher};
 use crate::domain::principal::Principal;
 use crate::domain::secret::Keyring;
-use crate::domain::user::UserStore;
+use crate::domain::user::{User, UserStore};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use std::sync::Arc;
@@ -33,9 +34,9 @@ pub trait TotpStore: Send + Sync {
         backup_code_digests: &[[u8; 32]],
     ) -> Result<()>;
     async fn find_totp(&self, user_id: Uuid) -> Result<Option<TotpCredential>>;
-    async fn enable_totp(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn enable_totp(&self, user_id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()>;
     /// Removes the secret and the backup codes.
-    async fn delete_totp(&self, user_id: Uuid) -> Result<()>;
+    async fn delete_totp(&self, user_id: Uuid, events: &[Event]) -> Result<()>;
     /// Records `step` as used; false when it, or a later step, already was.
     async fn claim_totp_step(&self, user_id: Uuid, step: i64) -> Result<bool>;
     async fn replace_backup_codes(&self, user_id: Uuid, digests: &[[u8; 32]]) -> Result<()>;
@@ -247,8 +248,13 @@ impl TotpService {
                 "the code is not valid",
             ));
         }
+        let enabled = self.mfa_event(EventKind::UserMfaEnabled, principal, &principal.user);
         self.store
-            .enable_totp(principal.user.id, truncate_to_micros(self.clock.now()))
+            .enable_totp(
+                principal.user.id,
+                truncate_to_micros(self.clock.now()),
+                &[enabled],
+            )
             .await?;
         tracing::info!(user_id = %principal.user.id, "two-factor authentication enabled");
         Ok(())
@@ -277,7 +283,10 @@ impl TotpService {
 
     pub async fn disable(&self, principal: &Principal, proof: Reauthentication<'_>) -> Result<()> {
         self.reauthenticate(principal, proof).await?;
-        self.store.delete_totp(principal.user.id).await?;
+        let disabled = self.mfa_event(EventKind::UserMfaDisabled, principal, &principal.user);
+        self.store
+            .delete_totp(principal.user.id, &[disabled])
+            .await?;
         tracing::info!(user_id = %principal.user.id, "two-factor authentication disabled");
         Ok(())
     }
@@ -330,12 +339,27 @@ impl TotpService {
 
     /// Removes an enrolment, enabled or not, with its backup codes: one made before the
     /// account's address was proven, or one a superuser resets.
-    pub async fn remove(&self, user_id: Uuid) -> Result<()> {
-        if self.store.find_totp(user_id).await?.is_some() {
-            self.store.delete_totp(user_id).await?;
-            tracing::info!(user_id = %user_id, "two-factor enrolment removed");
-        }
+    pub async fn remove(&self, user: &User, origin: impl Into<Origin>) -> Result<()> {
+        let Some(credential) = self.store.find_totp(user.id).await? else {
+            return Ok(());
+        };
+        let events: Vec<Event> = credential
+            .enabled_at
+            .map(|_| self.mfa_event(EventKind::UserMfaDisabled, origin, user))
+            .into_iter()
+            .collect();
+        self.store.delete_totp(user.id, &events).await?;
+        tracing::info!(user_id = %user.id, "two-factor enrolment removed");
         Ok(())
+    }
+
+    fn mfa_event(&self, kind: EventKind, origin: impl Into<Origin>, user: &User) -> Event {
+        Event::new(
+            kind,
+            &origin.into(),
+            self.clock.as_ref(),
+            &UserData::from(user),
+        )
     }
 
     async fn password_matches(&self, user_id: Uuid, password: &str) -> Result<bool> {

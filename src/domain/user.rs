@@ -1,6 +1,7 @@
 //! Users: the account record, its parsed inputs and its store port.
 
 use super::error::{Error, FieldViolation, Result};
+use super::events::Event;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -86,19 +87,27 @@ pub struct UserQuery {
 #[async_trait::async_trait]
 pub trait UserStore: Send + Sync {
     /// Fails with `AlreadyExists`/`EMAIL_TAKEN` when the email is taken.
-    async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()>;
+    ///
+    /// Every change writes `events` in its transaction (when it changed a row).
+    async fn insert_user(&self, user: &User, password_hash: &str, events: &[Event]) -> Result<()>;
     async fn find_user(&self, id: Uuid) -> Result<Option<User>>;
     async fn find_password_hash(&self, id: Uuid) -> Result<Option<String>>;
     async fn find_credentials_by_email(
         &self,
         email: &EmailAddress,
     ) -> Result<Option<UserCredentials>>;
-    async fn mark_email_verified(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn mark_email_verified(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()>;
     async fn update_password_hash(
         &self,
         id: Uuid,
         password_hash: &str,
         now: DateTime<Utc>,
+        events: &[Event],
     ) -> Result<()>;
     /// Users matching `query` after `after` (by id).
     async fn list_users(
@@ -107,9 +116,21 @@ pub trait UserStore: Send + Sync {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<Vec<User>>;
-    async fn update_full_name(&self, id: Uuid, full_name: &str, now: DateTime<Utc>) -> Result<()>;
-    async fn set_superuser(&self, id: Uuid, is_superuser: bool, now: DateTime<Utc>) -> Result<()>;
-    async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn update_full_name(
+        &self,
+        id: Uuid,
+        full_name: &str,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()>;
+    async fn set_superuser(
+        &self,
+        id: Uuid,
+        is_superuser: bool,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()>;
+    async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()>;
 }
 
 pub const EMAIL_TAKEN: &str = "EMAIL_TAKEN";

@@ -8,6 +8,7 @@
 //! Job ids are UUID v7s, carried as ULIDs (what apalis stores), so a dead letter's id is its
 //! job's.
 
+use crate::domain::audit::Dispatcher;
 use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
 use crate::domain::error::{Error, Result};
@@ -260,6 +261,7 @@ pub struct JobContext {
     pub delivery: Arc<Delivery>,
     pub queues: Queues,
     pub dead_letters: Arc<DeadLetterService>,
+    pub dispatcher: Arc<Dispatcher>,
 }
 
 async fn send_mail(
@@ -373,6 +375,8 @@ impl PollStrategy for Every {
 const ENDED_RETENTION_DAYS: i64 = 30;
 /// Finished jobs stay in the job store this long (`keel_jobs` in /metrics counts them).
 const FINISHED_JOB_RETENTION_DAYS: i64 = 7;
+/// Dispatched events stay in the outbox this long (the audit log keeps its own copy).
+const DISPATCHED_EVENT_RETENTION_DAYS: i64 = 7;
 
 /// Deletes what has outlived its use; every step is idempotent, so replicas running it at the
 /// same tick do no harm.
@@ -389,7 +393,37 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     if pruned > 0 {
         tracing::info!(pruned, "finished jobs pruned");
     }
+    let dispatched = chrono::Duration::days(DISPATCHED_EVENT_RETENTION_DAYS);
+    let purged = context.dispatcher.purge_dispatched(dispatched).await?;
+    if purged > 0 {
+        tracing::info!(purged, "dispatched events purged");
+    }
     Ok(())
+}
+
+/// Hands outbox events on to their consumers: a batch at once while there are any, then a
+/// look every `poll` until `stop`. Every worker process runs one; when two take the same
+/// batch, the audit chain lets one of them append it and the other finds it gone.
+async fn dispatch_events(
+    dispatcher: Arc<Dispatcher>,
+    poll: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let idle = match dispatcher.dispatch_batch().await {
+            Ok(dispatched) => dispatched == 0,
+            Err(error) => {
+                tracing::warn!(%error, "dispatching events failed; trying again");
+                true
+            }
+        };
+        if idle {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
 }
 
 fn backoff(settings: &JobSettings) -> anyhow::Result<ExponentialBackoff> {
@@ -405,6 +439,8 @@ fn backoff(settings: &JobSettings) -> anyhow::Result<ExponentialBackoff> {
 /// The workers of every queue, run until a shutdown signal.
 pub struct Workers {
     monitor: Monitor,
+    dispatcher: Arc<Dispatcher>,
+    poll: Duration,
 }
 
 impl Workers {
@@ -431,6 +467,7 @@ impl Workers {
             };
         }
         let schedule = settings.cleanup_schedule.clone();
+        let dispatcher = context.dispatcher.clone();
         let cleanup_context = context.clone();
         let monitor = Monitor::new()
             .shutdown_timeout(SHUTDOWN_GRACE)
@@ -448,7 +485,11 @@ impl Workers {
                 monitor.register(move |run| mail_worker!(storage.clone(), run))
             }
         };
-        Ok(Self { monitor })
+        Ok(Self {
+            monitor,
+            dispatcher,
+            poll,
+        })
     }
 
     /// Runs the workers until `shutdown`, then lets the jobs in hand finish (for a while).
@@ -457,16 +498,24 @@ impl Workers {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!("job workers started");
-        self.monitor
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let dispatch = tokio::spawn(dispatch_events(self.dispatcher, self.poll, stopping));
+        let monitored = self
+            .monitor
             .should_restart(|worker, error| {
                 tracing::error!(worker = %worker.name(), %error, "a job worker stopped; restarting");
                 true
             })
             .run_with_signal(async move {
                 shutdown.await;
+                let _ = stop.send(true);
                 Ok(())
             })
             .await
-            .context("job workers")
+            .context("job workers");
+        if let Err(error) = dispatch.await {
+            tracing::warn!(%error, "the event dispatcher panicked");
+        }
+        monitored
     }
 }

@@ -1,8 +1,10 @@
 //! `ApiKeyStore` on SQL.
 
+use super::events::{execute_with_events, insert_events};
 use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::apikey::{ApiKey, ApiKeyStore, StoredApiKey};
 use crate::domain::error::Result;
+use crate::domain::events::Event;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -46,9 +48,15 @@ const SELECT_API_KEY: &str = "SELECT id, user_id, name, prefix, key_digest, scop
 
 #[async_trait::async_trait]
 impl ApiKeyStore for SqlStore {
-    async fn insert_api_key(&self, key: &ApiKey, digest: &[u8; 32]) -> Result<()> {
-        execute!(
+    async fn insert_api_key(
+        &self,
+        key: &ApiKey,
+        digest: &[u8; 32],
+        events: &[Event],
+    ) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query(
                 "INSERT INTO api_keys (id, user_id, name, prefix, key_digest, scopes, \
                  organization_id, created_at, last_used_at, expires_at, revoked_at) \
@@ -109,9 +117,10 @@ impl ApiKeyStore for SqlStore {
         Ok(row.map(StoredApiKey::from))
     }
 
-    async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn revoke_api_key(&self, id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                 .bind(id)
                 .bind(now)
@@ -119,19 +128,32 @@ impl ApiKeyStore for SqlStore {
         .map(|_| ())
     }
 
-    async fn revoke_user_api_keys(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<Vec<String>> {
-        let prefixes: Vec<(String,)> = with_pool!(self, pool => {
-            sqlx::query_as(
+    async fn revoke_user_api_keys(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+        revoked: &(dyn for<'key> Fn(&'key ApiKey) -> Event + Sync),
+    ) -> Result<Vec<ApiKey>> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            let rows: Vec<ApiKeyRow> = sqlx::query_as(
                 "UPDATE api_keys SET revoked_at = $2 \
-                 WHERE user_id = $1 AND revoked_at IS NULL RETURNING prefix",
+                 WHERE user_id = $1 AND revoked_at IS NULL RETURNING id, user_id, name, prefix, \
+                 key_digest, scopes, organization_id, created_at, last_used_at, expires_at, \
+                 revoked_at",
             )
             .bind(user_id)
             .bind(now)
-            .fetch_all(pool)
-            .await
-        })
-        .map_err(database_error)?;
-        Ok(prefixes.into_iter().map(|(prefix,)| prefix).collect())
+            .fetch_all(&mut *transaction)
+            .await?;
+            let keys: Vec<ApiKey> = rows.into_iter().map(|row| StoredApiKey::from(row).key).collect();
+            let events: Vec<Event> = keys.iter().map(revoked).collect();
+            insert_events!(transaction, &events);
+            transaction.commit().await?;
+            Ok(keys)
+        }
+        .await)
+        .map_err(database_error)
     }
 
     async fn touch_api_key(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {

@@ -1,8 +1,10 @@
 //! `InvitationStore` on SQL.
 
+use super::events::{execute_with_events, insert_events};
 use super::organizations::{COUNT_MEMBERS, LOCK_ORGANIZATION};
 use super::{SqlStore, database_error, execute, insert_member_roles, with_pool};
 use crate::domain::error::Result;
+use crate::domain::events::Event;
 use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
 use crate::domain::tenancy::permissions::RoleKey;
 use crate::domain::tenancy::quotas::members_full;
@@ -86,6 +88,7 @@ impl InvitationStore for SqlStore {
         &self,
         invitation: &Invitation,
         token_digest: &[u8; 32],
+        events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -121,6 +124,7 @@ impl InvitationStore for SqlStore {
             .bind(invitation.expires_at)
             .execute(&mut *transaction)
             .await?;
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)
@@ -208,9 +212,15 @@ impl InvitationStore for SqlStore {
         .map(|_| ())
     }
 
-    async fn revoke_invitation(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn revoke_invitation(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query(
                 "UPDATE invitations SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL"
             )
@@ -227,6 +237,7 @@ impl InvitationStore for SqlStore {
         role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
+        events: &[Event],
     ) -> Result<()> {
         let within_limit = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -268,6 +279,7 @@ impl InvitationStore for SqlStore {
                 }
                 insert_member_roles!(transaction, invitation.organization_id, user_id, role_keys);
             }
+            insert_events!(transaction, events);
             transaction.commit().await?;
             Ok::<_, sqlx::Error>(true)
         }

@@ -4,6 +4,7 @@
 
 mod api_keys;
 mod dead_letters;
+mod events;
 mod invitations;
 mod one_time_tokens;
 mod organizations;

@@ -2,8 +2,10 @@
 //! update: a row lock on PostgreSQL, the write lock on SQLite), so two concurrent demotions
 //! cannot leave an organization without an owner.
 
+use super::events::{execute_with_events, insert_events};
 use super::{SqlStore, database_error, insert_member_roles, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
+use crate::domain::events::Event;
 use crate::domain::tenancy::permissions::{PermissionSet, RoleKey, SystemRole};
 use crate::domain::tenancy::quotas::members_full;
 use crate::domain::tenancy::{
@@ -143,7 +145,12 @@ pub(super) fn role_keys(rows: Vec<(String,)>) -> Vec<RoleKey> {
 
 #[async_trait::async_trait]
 impl OrganizationStore for SqlStore {
-    async fn insert_organization(&self, organization: &Organization, owner: Uuid) -> Result<()> {
+    async fn insert_organization(
+        &self,
+        organization: &Organization,
+        owner: Uuid,
+        events: &[Event],
+    ) -> Result<()> {
         let settings = settings_text(&organization.settings)?;
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -169,6 +176,7 @@ impl OrganizationStore for SqlStore {
             .execute(&mut *transaction)
             .await?;
             insert_member_roles!(transaction, organization.id, owner, [RoleKey::System(SystemRole::Owner)]);
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)
@@ -186,9 +194,15 @@ impl OrganizationStore for SqlStore {
         row.map(Organization::try_from).transpose()
     }
 
-    async fn update_organization(&self, organization: &Organization) -> Result<()> {
+    async fn update_organization(
+        &self,
+        organization: &Organization,
+        events: &[Event],
+    ) -> Result<()> {
         let settings = settings_text(&organization.settings)?;
-        with_pool!(self, pool => {
+        execute_with_events!(
+            self,
+            events,
             sqlx::query(
                 "UPDATE organizations SET name = $2, slug = $3, settings = $4, updated_at = $5 \
                  WHERE id = $1",
@@ -197,18 +211,17 @@ impl OrganizationStore for SqlStore {
             .bind(&organization.name)
             .bind(&organization.slug)
             .bind(&settings)
-            .bind(organization.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(unique_or(slug_taken))
+            .bind(organization.updated_at),
+            unique_or(slug_taken)
+        )
+        .map(|_| ())
     }
 
     async fn delete_organization(
         &self,
         id: Uuid,
         now: DateTime<Utc>,
+        events: &[Event],
     ) -> Result<DeletedOrganization> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -230,6 +243,7 @@ impl OrganizationStore for SqlStore {
                 .bind(id)
                 .execute(&mut *transaction)
                 .await?;
+            insert_events!(transaction, events);
             transaction.commit().await?;
             Ok(DeletedOrganization {
                 member_ids: member_ids.into_iter().map(|(id,)| id).collect(),
@@ -456,6 +470,7 @@ impl OrganizationStore for SqlStore {
         role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
+        events: &[Event],
     ) -> Result<()> {
         let within_limit = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -480,6 +495,7 @@ impl OrganizationStore for SqlStore {
                 return Ok(false);
             }
             insert_member_roles!(transaction, organization_id, user_id, role_keys);
+            insert_events!(transaction, events);
             transaction.commit().await?;
             Ok(true)
         }
@@ -496,6 +512,7 @@ impl OrganizationStore for SqlStore {
         organization_id: Uuid,
         user_id: Uuid,
         role_keys: &[RoleKey],
+        events: &[Event],
     ) -> Result<()> {
         let owners_left: i64 = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -514,6 +531,7 @@ impl OrganizationStore for SqlStore {
                 .fetch_one(&mut *transaction)
                 .await?;
             if owners > 0 {
+                insert_events!(transaction, events);
                 transaction.commit().await?;
             }
             Ok::<_, sqlx::Error>(owners)
@@ -526,7 +544,13 @@ impl OrganizationStore for SqlStore {
         Ok(())
     }
 
-    async fn transfer_ownership(&self, organization_id: Uuid, from: Uuid, to: Uuid) -> Result<()> {
+    async fn transfer_ownership(
+        &self,
+        organization_id: Uuid,
+        from: Uuid,
+        to: Uuid,
+        events: &[Event],
+    ) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
             sqlx::query(LOCK_ORGANIZATION)
@@ -541,13 +565,19 @@ impl OrganizationStore for SqlStore {
                     .await?;
                 insert_member_roles!(transaction, organization_id, user_id, [RoleKey::System(role_key)]);
             }
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)
         .map_err(database_error)
     }
 
-    async fn delete_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()> {
+    async fn delete_member(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        events: &[Event],
+    ) -> Result<()> {
         let owners_left: i64 = with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
             sqlx::query(LOCK_ORGANIZATION)
@@ -566,6 +596,7 @@ impl OrganizationStore for SqlStore {
                 .fetch_one(&mut *transaction)
                 .await?;
             if owners > 0 {
+                insert_events!(transaction, events);
                 transaction.commit().await?;
             }
             Ok::<_, sqlx::Error>(owners)
@@ -613,8 +644,10 @@ impl OrganizationStore for SqlStore {
         Ok(found.map(|(organization_id,)| organization_id))
     }
 
-    async fn insert_role(&self, role: &CustomRole) -> Result<()> {
-        with_pool!(self, pool => {
+    async fn insert_role(&self, role: &CustomRole, events: &[Event]) -> Result<()> {
+        execute_with_events!(
+            self,
+            events,
             sqlx::query(
                 "INSERT INTO roles (id, organization_id, name, description, permissions, \
                  created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -625,16 +658,16 @@ impl OrganizationStore for SqlStore {
             .bind(&role.description)
             .bind(permission_text(role.permissions))
             .bind(role.created_at)
-            .bind(role.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(unique_or(role_name_taken))
+            .bind(role.updated_at),
+            unique_or(role_name_taken)
+        )
+        .map(|_| ())
     }
 
-    async fn update_role(&self, role: &CustomRole) -> Result<()> {
-        with_pool!(self, pool => {
+    async fn update_role(&self, role: &CustomRole, events: &[Event]) -> Result<()> {
+        execute_with_events!(
+            self,
+            events,
             sqlx::query(
                 "UPDATE roles SET name = $3, description = $4, permissions = $5, updated_at = $6 \
                  WHERE id = $1 AND organization_id = $2",
@@ -644,15 +677,18 @@ impl OrganizationStore for SqlStore {
             .bind(&role.name)
             .bind(&role.description)
             .bind(permission_text(role.permissions))
-            .bind(role.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(unique_or(role_name_taken))
+            .bind(role.updated_at),
+            unique_or(role_name_taken)
+        )
+        .map(|_| ())
     }
 
-    async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>> {
+    async fn delete_role(
+        &self,
+        organization_id: Uuid,
+        role_id: Uuid,
+        events: &[Event],
+    ) -> Result<Vec<Uuid>> {
         let role_key = role_id.to_string();
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -679,6 +715,7 @@ impl OrganizationStore for SqlStore {
                 .bind(organization_id)
                 .execute(&mut *transaction)
                 .await?;
+            insert_events!(transaction, events);
             transaction.commit().await?;
             Ok(holders.into_iter().map(|(user_id,)| user_id).collect())
         }

@@ -1,8 +1,10 @@
 //! `SessionStore` on SQL.
 
+use super::events::{execute_with_events, insert_events};
 use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::auth::{RefreshTokenRecord, Session, SessionStore};
 use crate::domain::error::Result;
+use crate::domain::events::Event;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -38,7 +40,12 @@ const SELECT_SESSION: &str = "SELECT id, user_id, user_agent, ip_address, create
 
 #[async_trait::async_trait]
 impl SessionStore for SqlStore {
-    async fn insert_session(&self, session: &Session, refresh_digest: &[u8; 32]) -> Result<()> {
+    async fn insert_session(
+        &self,
+        session: &Session,
+        refresh_digest: &[u8; 32],
+        events: &[Event],
+    ) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
             sqlx::query(
@@ -64,6 +71,7 @@ impl SessionStore for SqlStore {
             .bind(session.created_at)
             .execute(&mut *transaction)
             .await?;
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)
@@ -156,9 +164,11 @@ impl SessionStore for SqlStore {
         user_id: Uuid,
         keep: Option<Uuid>,
         now: DateTime<Utc>,
+        revoked: &(dyn Fn(Uuid) -> Event + Sync),
     ) -> Result<Vec<Uuid>> {
-        with_pool!(self, pool => {
-            sqlx::query_scalar(
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            let ids: Vec<Uuid> = sqlx::query_scalar(
                 "UPDATE sessions SET revoked_at = $3 \
                  WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2) \
                  RETURNING id",
@@ -166,9 +176,14 @@ impl SessionStore for SqlStore {
             .bind(user_id)
             .bind(keep)
             .bind(now)
-            .fetch_all(pool)
-            .await
-        })
+            .fetch_all(&mut *transaction)
+            .await?;
+            let events: Vec<Event> = ids.iter().map(|id| revoked(*id)).collect();
+            insert_events!(transaction, &events);
+            transaction.commit().await?;
+            Ok(ids)
+        }
+        .await)
         .map_err(database_error)
     }
 
@@ -192,9 +207,10 @@ impl SessionStore for SqlStore {
         )
     }
 
-    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
                 .bind(id)
                 .bind(now)

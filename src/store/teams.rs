@@ -1,8 +1,10 @@
 //! `TeamStore` on SQL.
 
+use super::events::{execute_with_events, insert_events};
 use super::organizations::{MemberRow, group_roles, role_keys};
-use super::{SqlStore, database_error, execute, unique_or, with_pool};
+use super::{SqlStore, database_error, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
+use crate::domain::events::Event;
 use crate::domain::tenancy::Member;
 use crate::domain::tenancy::permissions::RoleKey;
 use crate::domain::tenancy::teams::{Team, TeamStore};
@@ -76,8 +78,10 @@ pub(super) fn list_team_members_sql() -> String {
 
 #[async_trait::async_trait]
 impl TeamStore for SqlStore {
-    async fn insert_team(&self, team: &Team) -> Result<()> {
-        with_pool!(self, pool => {
+    async fn insert_team(&self, team: &Team, events: &[Event]) -> Result<()> {
+        execute_with_events!(
+            self,
+            events,
             sqlx::query(
                 "INSERT INTO teams (id, organization_id, name, slug, description, created_at, \
                  updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -88,12 +92,10 @@ impl TeamStore for SqlStore {
             .bind(&team.slug)
             .bind(&team.description)
             .bind(team.created_at)
-            .bind(team.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(unique_or(team_slug_taken))
+            .bind(team.updated_at),
+            unique_or(team_slug_taken)
+        )
+        .map(|_| ())
     }
 
     async fn find_team(&self, organization_id: Uuid, id: Uuid) -> Result<Option<Team>> {
@@ -129,8 +131,10 @@ impl TeamStore for SqlStore {
         Ok(rows.into_iter().map(Team::from).collect())
     }
 
-    async fn update_team(&self, team: &Team) -> Result<()> {
-        with_pool!(self, pool => {
+    async fn update_team(&self, team: &Team, events: &[Event]) -> Result<()> {
+        execute_with_events!(
+            self,
+            events,
             sqlx::query(
                 "UPDATE teams SET name = $3, slug = $4, description = $5, updated_at = $6 \
                  WHERE id = $1 AND organization_id = $2",
@@ -140,15 +144,18 @@ impl TeamStore for SqlStore {
             .bind(&team.name)
             .bind(&team.slug)
             .bind(&team.description)
-            .bind(team.updated_at)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(unique_or(team_slug_taken))
+            .bind(team.updated_at),
+            unique_or(team_slug_taken)
+        )
+        .map(|_| ())
     }
 
-    async fn delete_team(&self, organization_id: Uuid, id: Uuid) -> Result<Vec<Uuid>> {
+    async fn delete_team(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+        events: &[Event],
+    ) -> Result<Vec<Uuid>> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
             let members: Vec<(Uuid,)> =
@@ -161,6 +168,7 @@ impl TeamStore for SqlStore {
                 .bind(organization_id)
                 .execute(&mut *transaction)
                 .await?;
+            insert_events!(transaction, events);
             transaction.commit().await?;
             Ok(members.into_iter().map(|(user_id,)| user_id).collect())
         }
@@ -239,6 +247,7 @@ impl TeamStore for SqlStore {
         user_id: Uuid,
         role_keys: &[RoleKey],
         now: DateTime<Utc>,
+        events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -262,6 +271,7 @@ impl TeamStore for SqlStore {
                 .execute(&mut *transaction)
                 .await?;
             }
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)
@@ -273,6 +283,7 @@ impl TeamStore for SqlStore {
         team_id: Uuid,
         user_id: Uuid,
         role_keys: &[RoleKey],
+        events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
@@ -291,15 +302,22 @@ impl TeamStore for SqlStore {
                 .execute(&mut *transaction)
                 .await?;
             }
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)
         .map_err(database_error)
     }
 
-    async fn delete_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<()> {
-        execute!(
+    async fn delete_team_member(
+        &self,
+        team_id: Uuid,
+        user_id: Uuid,
+        events: &[Event],
+    ) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("DELETE FROM team_members WHERE team_id = $1 AND user_id = $2")
                 .bind(team_id)
                 .bind(user_id)

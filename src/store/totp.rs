@@ -1,7 +1,9 @@
 //! `TotpStore` on SQL.
 
+use super::events::{execute_with_events, insert_events};
 use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::error::Result;
+use crate::domain::events::Event;
 use crate::domain::totp::{TotpCredential, TotpStore};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -72,9 +74,10 @@ impl TotpStore for SqlStore {
         }))
     }
 
-    async fn enable_totp(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn enable_totp(&self, user_id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE totp_credentials SET enabled_at = $2 WHERE user_id = $1")
                 .bind(user_id)
                 .bind(now)
@@ -82,7 +85,7 @@ impl TotpStore for SqlStore {
         .map(|_| ())
     }
 
-    async fn delete_totp(&self, user_id: Uuid) -> Result<()> {
+    async fn delete_totp(&self, user_id: Uuid, events: &[Event]) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin().await?;
             sqlx::query("DELETE FROM totp_backup_codes WHERE user_id = $1")
@@ -93,6 +96,7 @@ impl TotpStore for SqlStore {
                 .bind(user_id)
                 .execute(&mut *transaction)
                 .await?;
+            insert_events!(transaction, events);
             transaction.commit().await
         }
         .await)

@@ -1,7 +1,9 @@
 //! `UserStore` on SQL.
 
-use super::{SqlStore, database_error, execute, unique_or, with_pool};
+use super::events::{execute_with_events, insert_events};
+use super::{SqlStore, database_error, unique_or, with_pool};
 use crate::domain::error::Result;
+use crate::domain::events::Event;
 use crate::domain::user::{EmailAddress, User, UserCredentials, UserQuery, UserStore, email_taken};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -53,8 +55,9 @@ pub(super) fn list_users_sql() -> String {
 
 #[async_trait::async_trait]
 impl UserStore for SqlStore {
-    async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()> {
-        let inserted = with_pool!(self, pool => {
+    async fn insert_user(&self, user: &User, password_hash: &str, events: &[Event]) -> Result<()> {
+        let inserted = with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO users (id, email, password_hash, full_name, email_verified, \
                  is_superuser, is_active, created_at, updated_at) \
@@ -69,11 +72,13 @@ impl UserStore for SqlStore {
             .bind(user.is_active)
             .bind(user.created_at)
             .bind(user.updated_at)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        });
-        inserted.map(|_| ()).map_err(unique_or(email_taken))
+            .execute(&mut *transaction)
+            .await?;
+            insert_events!(transaction, events);
+            transaction.commit().await
+        }
+        .await);
+        inserted.map_err(unique_or(email_taken))
     }
 
     async fn find_user(&self, id: Uuid) -> Result<Option<User>> {
@@ -111,9 +116,15 @@ impl UserStore for SqlStore {
         Ok(row.map(UserCredentials::from))
     }
 
-    async fn mark_email_verified(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn mark_email_verified(
+        &self,
+        id: Uuid,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE users SET email_verified = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(true)
@@ -127,9 +138,11 @@ impl UserStore for SqlStore {
         id: Uuid,
         password_hash: &str,
         now: DateTime<Utc>,
+        events: &[Event],
     ) -> Result<()> {
-        execute!(
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(password_hash)
@@ -170,9 +183,16 @@ impl UserStore for SqlStore {
             .collect())
     }
 
-    async fn update_full_name(&self, id: Uuid, full_name: &str, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn update_full_name(
+        &self,
+        id: Uuid,
+        full_name: &str,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE users SET full_name = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(full_name)
@@ -181,9 +201,16 @@ impl UserStore for SqlStore {
         .map(|_| ())
     }
 
-    async fn set_superuser(&self, id: Uuid, is_superuser: bool, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn set_superuser(
+        &self,
+        id: Uuid,
+        is_superuser: bool,
+        now: DateTime<Utc>,
+        events: &[Event],
+    ) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE users SET is_superuser = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(is_superuser)
@@ -192,9 +219,10 @@ impl UserStore for SqlStore {
         .map(|_| ())
     }
 
-    async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-        execute!(
+    async fn deactivate_user(&self, id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()> {
+        execute_with_events!(
             self,
+            events,
             sqlx::query("UPDATE users SET is_active = $2, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(false)

@@ -298,7 +298,7 @@ async fn legacy_bcrypt_hash_is_upgraded_on_login(backend: Backend) {
         updated_at: now,
     };
     store
-        .insert_user(&legacy, &bcrypt::hash(PASSWORD, 4).unwrap())
+        .insert_user(&legacy, &bcrypt::hash(PASSWORD, 4).unwrap(), &[])
         .await
         .unwrap();
 

@@ -420,6 +420,7 @@ async fn registration_is_rate_limited_per_address(backend: Backend) {
         settings.rate_limit_auth_per_minute = Some("3".into());
     })
     .await;
+    crate::harness::inside_one_minute().await;
     for index in 0..3 {
         app.register(&format!("flood{index}@example.com")).await;
     }
@@ -680,6 +681,7 @@ async fn each_caller_has_a_budget_inside_an_organization(backend: Backend) {
         settings.rate_limit_member_per_minute = Some("5".into());
     })
     .await;
+    crate::harness::inside_one_minute().await;
     let (_, owner) = crate::invitations::verified_user(&app, "budget-owner@example.com").await;
     let (viewer_id, viewer) = crate::organizations::user(&app, "budget-viewer@example.com").await;
     let organization_id =

@@ -354,8 +354,6 @@ impl TestApp {
 }
 
 impl TestApp {
-    /// Shuts the server down as an operator would and waits until it has exited; answers its
-    /// data directory, kept for a next server.
     /// A platform superuser, made as `keel admin create-superuser` does (verified address).
     pub async fn create_superuser(&self, email: &str) {
         let services = keel::app::Services::build(&self.config, Arc::new(SystemClock))
@@ -373,6 +371,8 @@ impl TestApp {
         services.close().await;
     }
 
+    /// Shuts the server down as an operator would and waits until it has exited; answers its
+    /// data directory, kept for a next server.
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
@@ -400,6 +400,16 @@ pub type GrpcWebChannel = tonic_web::GrpcWebClientService<
 >;
 
 pub const PASSWORD: &str = "Str0ng!Passw0rd";
+
+/// Waits for the next minute when this one ends within 15 s, so that a test counting against
+/// a per-minute budget (fixed windows) stays inside one window.
+pub async fn inside_one_minute() {
+    use chrono::Timelike;
+    let second = chrono::Utc::now().second();
+    if second >= 45 {
+        tokio::time::sleep(std::time::Duration::from_secs(u64::from(61 - second))).await;
+    }
+}
 
 pub struct Tokens {
     pub access: String,

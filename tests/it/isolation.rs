@@ -74,6 +74,10 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "organization_id": org }),
         ),
         (
+            "keel.audit.v1.AuditLogService/ListOrganizationAuditLogs",
+            json!({ "organization_id": org }),
+        ),
+        (
             "keel.role.v1.RoleService/ListRoles",
             json!({ "organization_id": org }),
         ),

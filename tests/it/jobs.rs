@@ -17,7 +17,7 @@ crate::backend_tests!(
 
 /// `keel <args>` on `settings`'s database, mailing to `smtp_url`; answers the process and, for
 /// `serve`, the address it listens on.
-fn start_keel(
+pub fn start_keel(
     settings: &keel::config::Settings,
     smtp_url: &str,
     args: &[&str],

@@ -7,6 +7,7 @@ mod accounts;
 mod admin;
 mod aliases;
 mod api_keys;
+mod audit;
 mod cache_races;
 mod cli;
 mod clients;

@@ -106,6 +106,7 @@ async fn sign_in_attempts_are_rate_limited(backend: Backend) {
         settings.rate_limit_auth_per_minute = Some("4".into());
     })
     .await;
+    crate::harness::inside_one_minute().await;
     app.register("limited@example.com").await;
     let emails = [
         "limited@example.com",

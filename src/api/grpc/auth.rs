@@ -124,7 +124,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<VerifyEmailRequest>,
     ) -> Result<Response<VerifyEmailResponse>, Status> {
-        self.auth.verify_email(&request.get_ref().token).await?;
+        self.auth
+            .verify_email(&request.get_ref().token, &client_info(&request))
+            .await?;
         Ok(Response::new(VerifyEmailResponse { verified: true }))
     }
 
@@ -158,9 +160,10 @@ impl AuthService for AuthApi {
         &self,
         request: Request<ResetPasswordRequest>,
     ) -> Result<Response<ResetPasswordResponse>, Status> {
+        let client = client_info(&request);
         let body = request.get_ref();
         self.auth
-            .reset_password(&body.token, &body.new_password)
+            .reset_password(&body.token, &body.new_password, &client)
             .await?;
         Ok(Response::new(ResetPasswordResponse {}))
     }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod api_key;
+mod audit;
 mod auth;
 mod dead_letter;
 mod invitation;
@@ -13,9 +14,11 @@ mod session;
 mod team;
 mod totp;
 mod user;
+mod webhook;
 
 pub use admin::AdminApi;
 pub use api_key::ApiKeyApi;
+pub use audit::AuditLogApi;
 pub use auth::AuthApi;
 pub use dead_letter::DeadLetterApi;
 pub use invitation::InvitationApi;
@@ -26,8 +29,8 @@ pub use session::SessionApi;
 pub use team::TeamApi;
 pub use totp::TotpApi;
 pub use user::UserApi;
+pub use webhook::WebhookApi;
 
-use crate::api::client_address::ClientAddress;
 use crate::api::pb::keel::user::v1 as user_pb;
 use crate::domain::auth::ClientInfo;
 use crate::domain::principal::Principal;
@@ -106,17 +109,7 @@ pub fn principal<T>(request: &tonic::Request<T>) -> Result<Principal, tonic::Sta
 /// Where the request came from: the client address the listener worked out (the REST door
 /// forwards it) and the user agent.
 pub fn client_info<T>(request: &tonic::Request<T>) -> ClientInfo {
-    ClientInfo {
-        ip_address: request
-            .extensions()
-            .get::<ClientAddress>()
-            .map(|ClientAddress(address)| address.to_string()),
-        user_agent: request
-            .metadata()
-            .get("user-agent")
-            .and_then(|value| value.to_str().ok())
-            .map(|agent| agent.chars().take(512).collect()),
-    }
+    crate::api::client_address::client_info(request.extensions(), request.metadata().as_ref())
 }
 
 /// The organization access the authorization layer admitted; present on every RPC guarded by

@@ -3,10 +3,10 @@
 //! the cached user record, so the change applies on the user's next request.
 
 use super::AuthService;
-use super::session::ClientInfo;
 use super::throttle::account_key;
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Missing, Result};
+use crate::domain::events::{EventKind, Origin, SignInFailureData};
 use crate::domain::mail::{MailJob, Template};
 use crate::domain::principal::Principal;
 use crate::domain::totp::{EnrolmentProof, Reauthentication};
@@ -37,11 +37,17 @@ impl AuthService {
         if let Some(full_name) = full_name {
             let full_name = parse_full_name(full_name)
                 .map_err(|violation| Error::invalid_fields(vec![violation]))?;
+            let updated = User {
+                full_name: full_name.clone(),
+                ..caller.user.as_ref().clone()
+            };
+            let event = self.user_event(EventKind::UserUpdated, &caller.into(), &updated);
             self.users
                 .update_full_name(
                     caller.user.id,
                     &full_name,
                     truncate_to_micros(self.clock.now()),
+                    &[event],
                 )
                 .await?;
             self.forget_user(caller.user.id).await?;
@@ -166,10 +172,14 @@ impl AuthService {
     ) -> Result<T> {
         self.hasher.admit()?;
         let account = account_key(&caller.user.email);
-        self.admit_attempt(&account, &ClientInfo::default()).await?;
+        let origin = Origin::from(caller);
+        self.admit_attempt(&account, &origin.client).await?;
         match change.await {
             Err(error) if error.reason == "REAUTHENTICATION_FAILED" => {
-                self.record_failure(&account).await?;
+                let user = &caller.user;
+                let failure =
+                    SignInFailureData::new(Some(user.id), &user.email, "reauthentication_failed");
+                self.record_failure(&account, &origin, failure).await?;
                 Err(error)
             }
             Err(error) => {
@@ -197,11 +207,17 @@ impl AuthService {
     /// Deactivates an account and revokes its sessions; its API keys stop working with it.
     pub async fn delete_user(&self, caller: &Principal, user_id: Uuid) -> Result<()> {
         let user = self.other_user(caller, user_id).await?;
+        let origin = Origin::from(caller);
+        let deleted = User {
+            is_active: false,
+            ..user.clone()
+        };
+        let event = self.user_event(EventKind::UserDeleted, &origin, &deleted);
         self.users
-            .deactivate_user(user.id, truncate_to_micros(self.clock.now()))
+            .deactivate_user(user.id, truncate_to_micros(self.clock.now()), &[event])
             .await?;
         self.forget_user(user.id).await?;
-        self.revoke_sessions_of(user.id, None).await?;
+        self.revoke_sessions_of(user.id, None, &origin).await?;
         tracing::info!(user_id = %user.id, by = %caller.user.id, "user deleted");
         Ok(())
     }
@@ -217,7 +233,7 @@ impl AuthService {
                 "this user has no two-factor authentication to reset",
             ));
         }
-        self.totp.remove(user.id).await?;
+        self.totp.remove(&user, caller).await?;
         let notice = Template::TotpReset.render(&user.email, &[("name", user.full_name.as_str())]);
         if let Err(error) = self.mailer.send_later(MailJob::Rendered(notice)).await {
             tracing::warn!(user_id = %user.id, %error, "2FA reset notice not queued");
@@ -234,8 +250,26 @@ impl AuthService {
         is_superuser: bool,
     ) -> Result<User> {
         let user = self.other_user(caller, user_id).await?;
+        let kind = if is_superuser {
+            EventKind::UserSuperuserGranted
+        } else {
+            EventKind::UserSuperuserRevoked
+        };
+        let changed = User {
+            is_superuser,
+            ..user.clone()
+        };
+        let events: Vec<_> = (user.is_superuser != is_superuser)
+            .then(|| self.user_event(kind, &caller.into(), &changed))
+            .into_iter()
+            .collect();
         self.users
-            .set_superuser(user.id, is_superuser, truncate_to_micros(self.clock.now()))
+            .set_superuser(
+                user.id,
+                is_superuser,
+                truncate_to_micros(self.clock.now()),
+                &events,
+            )
             .await?;
         self.forget_user(user.id).await?;
         tracing::info!(user_id = %user.id, by = %caller.user.id, is_superuser, "superuser rights changed");

@@ -8,6 +8,7 @@ use super::throttle::account_key;
 use super::{AuthService, LoginOutcome};
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Result};
+use crate::domain::events::{EventKind, Origin};
 use crate::domain::mail::{MailJob, OutgoingMail, Template};
 use crate::domain::secret;
 use crate::domain::user::{EmailAddress, User};
@@ -193,24 +194,30 @@ impl AuthService {
     /// never-verified address ends everything made before it, since whoever registered the
     /// address may not own it (account pre-hijacking): sessions, API keys and any 2FA
     /// enrolment go. Answers whether this was the first proof.
-    async fn prove_address(&self, user: &User) -> Result<bool> {
+    async fn prove_address(&self, user: &User, origin: &Origin) -> Result<bool> {
         if user.email_verified {
             return Ok(false);
         }
+        let verified = User {
+            email_verified: true,
+            ..user.clone()
+        };
+        let event = self.user_event(EventKind::UserUpdated, origin, &verified);
         self.users
-            .mark_email_verified(user.id, truncate_to_micros(self.clock.now()))
+            .mark_email_verified(user.id, truncate_to_micros(self.clock.now()), &[event])
             .await?;
         self.forget_user(user.id).await?;
-        self.revoke_sessions_of(user.id, None).await?;
-        self.api_keys.revoke_all_of(user.id).await?;
-        self.totp.remove(user.id).await?;
+        self.revoke_sessions_of(user.id, None, origin).await?;
+        self.api_keys.revoke_all_of(user.id, origin).await?;
+        self.totp.remove(user, origin.clone()).await?;
         tracing::info!(user_id = %user.id, "address proven for the first time: earlier sessions, keys and 2FA ended");
         Ok(true)
     }
 
-    pub async fn verify_email(&self, token: &str) -> Result<()> {
+    pub async fn verify_email(&self, token: &str, client: &ClientInfo) -> Result<()> {
         let user = self.consume(token, LinkPurpose::VerifyEmail).await?;
-        self.prove_address(&user).await?;
+        self.prove_address(&user, &Origin::user(user.id, client))
+            .await?;
         tracing::info!(user_id = %user.id, "email verified");
         Ok(())
     }
@@ -219,19 +226,31 @@ impl AuthService {
     /// session, revokes every API key and lifts a lockout; the owner of an account with 2FA is
     /// told by mail. The policy is checked before the link is spent, so a weak password costs
     /// nothing.
-    pub async fn reset_password(&self, token: &str, new_password: &str) -> Result<()> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new_password: &str,
+        client: &ClientInfo,
+    ) -> Result<()> {
         self.hasher.admit()?;
         self.check_new_password("new_password", new_password)
             .await?;
         let user = self.consume(token, LinkPurpose::ResetPassword).await?;
+        let origin = Origin::user(user.id, client);
         let hash = self.hasher.hash(new_password).await?;
-        self.prove_address(&user).await?;
+        self.prove_address(&user, &origin).await?;
+        let reset = self.user_event(EventKind::UserPasswordReset, &origin, &user);
         self.users
-            .update_password_hash(user.id, &hash, truncate_to_micros(self.clock.now()))
+            .update_password_hash(
+                user.id,
+                &hash,
+                truncate_to_micros(self.clock.now()),
+                &[reset],
+            )
             .await?;
         self.forget_user(user.id).await?;
-        self.revoke_sessions_of(user.id, None).await?;
-        self.api_keys.revoke_all_of(user.id).await?;
+        self.revoke_sessions_of(user.id, None, &origin).await?;
+        self.api_keys.revoke_all_of(user.id, &origin).await?;
         self.clear_lockout(&account_key(&user.email)).await?;
         if self.totp.is_enabled(user.id).await? {
             let notice = Template::PasswordResetNotice
@@ -251,10 +270,13 @@ impl AuthService {
         if !user.is_active {
             return Err(super::account_disabled());
         }
-        if self.prove_address(&user).await? {
+        if self
+            .prove_address(&user, &Origin::user(user.id, &client))
+            .await?
+        {
             let unknown = self.hasher.hash(&secret::generate()).await?;
             self.users
-                .update_password_hash(user.id, &unknown, truncate_to_micros(self.clock.now()))
+                .update_password_hash(user.id, &unknown, truncate_to_micros(self.clock.now()), &[])
                 .await?;
         }
         if self.totp.is_enabled(user.id).await? {

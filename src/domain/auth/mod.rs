@@ -19,6 +19,9 @@ use crate::domain::apikey::ApiKeyService;
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, FieldViolation, Result, Violations};
+use crate::domain::events::{
+    Event, EventKind, EventLog, Origin, SessionData, SignInFailureData, UserData,
+};
 use crate::domain::mail::{MailJob, Mailer, OutgoingMail, Template};
 use crate::domain::password::{
     self, BreachedPasswords, PasswordCheck, PasswordHasher, PasswordPolicy,
@@ -94,6 +97,8 @@ pub struct AuthPorts {
     pub keyring: Arc<dyn Keyring>,
     pub cache: Arc<dyn Cache>,
     pub rate_limits: Arc<RateLimits>,
+    /// Where refusals (failed sign-ins, lockouts) are recorded.
+    pub events: Arc<dyn EventLog>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -110,6 +115,7 @@ pub struct AuthService {
     keyring: Arc<dyn Keyring>,
     cache: Arc<dyn Cache>,
     rate_limits: Arc<RateLimits>,
+    events: Arc<dyn EventLog>,
     clock: Arc<dyn Clock>,
     settings: AuthSettings,
     /// A hash of a random password, verified when the email is unknown so that an unknown
@@ -163,6 +169,7 @@ impl AuthService {
             keyring: ports.keyring,
             cache: ports.cache,
             rate_limits: ports.rate_limits,
+            events: ports.events,
             clock: ports.clock,
             settings,
             decoy_hash,
@@ -185,15 +192,21 @@ impl AuthService {
         .await?;
         // The verification mail (or, for a taken address, the owner's notice) is due.
         self.admit_mail_to(registration.email).await?;
-        self.create_user(registration, false).await
+        self.create_user(registration, false, Origin::anonymous(client))
+            .await
     }
 
     /// Creates a platform superuser, for the operator's CLI; the email counts as verified.
     pub async fn create_superuser(&self, registration: Registration<'_>) -> Result<User> {
-        self.create_user(registration, true).await
+        self.create_user(registration, true, Origin::system()).await
     }
 
-    async fn create_user(&self, registration: Registration<'_>, superuser: bool) -> Result<User> {
+    async fn create_user(
+        &self,
+        registration: Registration<'_>,
+        superuser: bool,
+        origin: Origin,
+    ) -> Result<User> {
         let mut violations = Violations::default();
         let email = violations.check(EmailAddress::parse(registration.email));
         for violation in self
@@ -223,7 +236,12 @@ impl AuthService {
             created_at: now,
             updated_at: now,
         };
-        match self.users.insert_user(&user, &password_hash).await {
+        let created = self.user_event(EventKind::UserCreated, &origin, &user);
+        match self
+            .users
+            .insert_user(&user, &password_hash, &[created])
+            .await
+        {
             Err(error)
                 if error.reason == EMAIL_TAKEN && self.hides_registered_addresses(superuser) =>
             {
@@ -319,8 +337,11 @@ impl AuthService {
         let (credentials, check) = self
             .judged(&account, self.check_password(email, password))
             .await?;
+        let origin = Origin::anonymous(&client);
+        let known = credentials.as_ref().map(|credentials| credentials.user.id);
         let Some(credentials) = credentials.filter(|_| check != PasswordCheck::Mismatch) else {
-            self.record_failure(&account).await?;
+            let failure = SignInFailureData::new(known, email, "invalid_credentials");
+            self.record_failure(&account, &origin, failure).await?;
             return Err(invalid_credentials());
         };
         let user = credentials.user;
@@ -330,9 +351,13 @@ impl AuthService {
             self.record_success(&account).await?;
         }
         if !user.is_active {
-            return Err(account_disabled());
+            let failure = SignInFailureData::new(Some(user.id), email, "account_disabled");
+            return Err(self.refused(&origin, failure, account_disabled()).await);
         }
-        self.require_verified(&user)?;
+        if let Err(unverified) = self.require_verified(&user) {
+            let failure = SignInFailureData::new(Some(user.id), email, "email_not_verified");
+            return Err(self.refused(&origin, failure, unverified).await);
+        }
         if check == PasswordCheck::MatchNeedsRehash {
             self.rehash(&user, password).await;
         }
@@ -411,14 +436,18 @@ impl AuthService {
             )
             .await?;
         if !verified {
-            self.record_failure(&account).await?;
+            let origin = Origin::anonymous(&pending.client);
+            let failure = SignInFailureData::new(Some(user.id), &user.email, "invalid_code");
+            self.record_failure(&account, &origin, failure).await?;
             return Err(invalid_code());
         }
         // Single use: a second request with the same token finds nothing.
         self.cache.delete(&key).await?;
         self.record_success(&account).await?;
         if !user.is_active {
-            return Err(account_disabled());
+            let origin = Origin::anonymous(&pending.client);
+            let failure = SignInFailureData::new(Some(user.id), &user.email, "account_disabled");
+            return Err(self.refused(&origin, failure, account_disabled()).await);
         }
         self.open_session(&user, pending.client).await
     }
@@ -428,7 +457,7 @@ impl AuthService {
         let upgraded = match self.hasher.hash(password).await {
             Ok(hash) => {
                 self.users
-                    .update_password_hash(user.id, &hash, truncate_to_micros(self.clock.now()))
+                    .update_password_hash(user.id, &hash, truncate_to_micros(self.clock.now()), &[])
                     .await
             }
             Err(error) => Err(error),
@@ -440,6 +469,7 @@ impl AuthService {
     }
 
     async fn open_session(&self, user: &User, client: ClientInfo) -> Result<TokenPair> {
+        let origin = Origin::user(user.id, &client);
         let now = truncate_to_micros(self.clock.now());
         let session = Session {
             id: Uuid::now_v7(),
@@ -456,8 +486,9 @@ impl AuthService {
             revoked_at: None,
         };
         let refresh_token = secret::generate();
+        let opened = self.session_event(EventKind::SessionCreated, &origin, session.id, user.id);
         self.sessions
-            .insert_session(&session, &secret::digest(&refresh_token))
+            .insert_session(&session, &secret::digest(&refresh_token), &[opened])
             .await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "session opened");
         self.token_pair(&session, refresh_token)
@@ -536,7 +567,10 @@ impl AuthService {
     async fn revoke_for_reuse(&self, session_id: Uuid) -> Error {
         tracing::warn!(session_id = %session_id, "refresh token reused, revoking the session");
         let revoked = match self.sessions.find_session(session_id).await {
-            Ok(Some(session)) => self.revoke_session(session.id, session.user_id).await,
+            Ok(Some(session)) => {
+                self.revoke_session(session.id, session.user_id, &Origin::system())
+                    .await
+            }
             Ok(None) => Ok(()),
             Err(error) => Err(error),
         };
@@ -551,12 +585,36 @@ impl AuthService {
 
     /// Revokes a session of `user_id`: its tokens stop working on the next request, on every
     /// replica that shares the cache.
-    pub async fn revoke_session(&self, session_id: Uuid, user_id: Uuid) -> Result<()> {
+    pub async fn revoke_session(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        origin: &Origin,
+    ) -> Result<()> {
+        let revoked = self.session_event(EventKind::SessionRevoked, origin, session_id, user_id);
         self.sessions
-            .revoke_session(session_id, truncate_to_micros(self.clock.now()))
+            .revoke_session(session_id, truncate_to_micros(self.clock.now()), &[revoked])
             .await?;
         let generation = self.forget_user(user_id).await?;
         self.mark_revoked(session_id, generation).await
+    }
+
+    fn user_event(&self, kind: EventKind, origin: &Origin, user: &User) -> Event {
+        Event::new(kind, origin, self.clock.as_ref(), &UserData::from(user))
+    }
+
+    fn session_event(
+        &self,
+        kind: EventKind,
+        origin: &Origin,
+        session_id: Uuid,
+        user_id: Uuid,
+    ) -> Event {
+        let data = SessionData {
+            session_id,
+            user_id,
+        };
+        Event::new(kind, origin, self.clock.as_ref(), &data)
     }
 
     /// Records a revocation in the cache port, where every request looks, under the user's
@@ -573,7 +631,8 @@ impl AuthService {
 
     pub async fn logout(&self, principal: &Principal) -> Result<()> {
         let session_id = principal.session_id()?;
-        self.revoke_session(session_id, principal.user.id).await?;
+        self.revoke_session(session_id, principal.user.id, &principal.into())
+            .await?;
         tracing::info!(user_id = %principal.user.id, session_id = %session_id, "signed out");
         Ok(())
     }
@@ -630,6 +689,7 @@ impl AuthService {
         Ok(Principal {
             user: Arc::new(user),
             credential: Credential::Session(claims.session_id),
+            client: ClientInfo::default(),
         })
     }
 
@@ -658,6 +718,7 @@ impl AuthService {
                 scopes: key.scopes,
                 organization_id: key.organization_id,
             },
+            client: ClientInfo::default(),
         })
     }
 

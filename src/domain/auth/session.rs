@@ -2,6 +2,7 @@
 //! refresh tokens.
 
 use crate::domain::error::Result;
+use crate::domain::events::Event;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -39,8 +40,13 @@ pub struct ClientInfo {
 
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync {
-    /// Stores a new session with its first refresh token.
-    async fn insert_session(&self, session: &Session, refresh_digest: &[u8; 32]) -> Result<()>;
+    /// Stores a new session with its first refresh token (and `events`, in its transaction).
+    async fn insert_session(
+        &self,
+        session: &Session,
+        refresh_digest: &[u8; 32],
+        events: &[Event],
+    ) -> Result<()>;
     async fn find_session(&self, id: Uuid) -> Result<Option<Session>>;
     async fn find_refresh_token(&self, digest: &[u8; 32]) -> Result<Option<RefreshTokenRecord>>;
     /// Spends `old_digest` and stores `new_digest` for the same session, extending its expiry.
@@ -54,15 +60,19 @@ pub trait SessionStore: Send + Sync {
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<bool>;
-    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    /// Revokes a live session, writing `events` with the change (none when it was revoked
+    /// already).
+    async fn revoke_session(&self, id: Uuid, now: DateTime<Utc>, events: &[Event]) -> Result<()>;
     /// Every session of the user, revoked and expired ones included, newest first.
     async fn list_sessions(&self, user_id: Uuid) -> Result<Vec<Session>>;
-    /// Revokes every live session of the user but `keep`; answers the ids it revoked.
+    /// Revokes every live session of the user but `keep`, writing the event `revoked` makes
+    /// of each; answers the ids it revoked.
     async fn revoke_user_sessions(
         &self,
         user_id: Uuid,
         keep: Option<Uuid>,
         now: DateTime<Utc>,
+        revoked: &(dyn Fn(Uuid) -> Event + Sync),
     ) -> Result<Vec<Uuid>>;
     /// Records activity on a session.
     async fn touch_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;

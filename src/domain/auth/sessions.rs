@@ -2,11 +2,11 @@
 //! of ended sessions.
 
 use super::device::{self, Device};
-use super::session::ClientInfo;
 use super::throttle::account_key;
 use super::{AuthService, Session};
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, FieldViolation, Missing, Result};
+use crate::domain::events::{EventKind, Origin, SignInFailureData};
 use crate::domain::password::PasswordCheck;
 use crate::domain::principal::Principal;
 use chrono::{DateTime, Duration, Utc};
@@ -82,7 +82,8 @@ impl AuthService {
             .await?
             .filter(|session| session.user_id == principal.user.id)
             .ok_or(Missing::Session)?;
-        self.revoke_session(session.id, session.user_id).await
+        self.revoke_session(session.id, session.user_id, &principal.into())
+            .await
     }
 
     /// Revokes every session of the caller, or every other one with `keep_current`.
@@ -93,18 +94,22 @@ impl AuthService {
     ) -> Result<usize> {
         let current = principal.session_id()?;
         let keep = keep_current.then_some(current);
-        self.revoke_sessions_of(principal.user.id, keep).await
+        self.revoke_sessions_of(principal.user.id, keep, &principal.into())
+            .await
     }
 
     pub(super) async fn revoke_sessions_of(
         &self,
         user_id: Uuid,
         keep: Option<Uuid>,
+        origin: &Origin,
     ) -> Result<usize> {
         let now = truncate_to_micros(self.clock.now());
+        let event =
+            |session_id| self.session_event(EventKind::SessionRevoked, origin, session_id, user_id);
         let revoked = self
             .sessions
-            .revoke_user_sessions(user_id, keep, now)
+            .revoke_user_sessions(user_id, keep, now, &event)
             .await?;
         let generation = self.forget_user(user_id).await?;
         for session_id in &revoked {
@@ -128,7 +133,8 @@ impl AuthService {
         self.hasher.admit()?;
         // Guessing the current password from a stolen session meets the sign-in defences.
         let account = account_key(&principal.user.email);
-        self.admit_attempt(&account, &ClientInfo::default()).await?;
+        let origin = Origin::from(principal);
+        self.admit_attempt(&account, &origin.client).await?;
         let check = self
             .judged(&account, async {
                 let stored_hash = self
@@ -142,7 +148,9 @@ impl AuthService {
             })
             .await?;
         if check == PasswordCheck::Mismatch {
-            self.record_failure(&account).await?;
+            let user = &principal.user;
+            let failure = SignInFailureData::new(Some(user.id), &user.email, "wrong_password");
+            self.record_failure(&account, &origin, failure).await?;
             return Err(Error {
                 violations: vec![FieldViolation::new(
                     "current_password",
@@ -154,16 +162,18 @@ impl AuthService {
         }
         self.record_success(&account).await?;
         let hash = self.hasher.hash(new_password).await?;
+        let changed = self.user_event(EventKind::UserPasswordChanged, &origin, &principal.user);
         self.users
             .update_password_hash(
                 principal.user.id,
                 &hash,
                 truncate_to_micros(self.clock.now()),
+                &[changed],
             )
             .await?;
         self.forget_user(principal.user.id).await?;
         tracing::info!(user_id = %principal.user.id, "password changed");
-        self.revoke_sessions_of(principal.user.id, Some(current_session))
+        self.revoke_sessions_of(principal.user.id, Some(current_session), &origin)
             .await
     }
 

@@ -3,11 +3,12 @@
 //!
 //! All state lives in the cache port, keyed by a digest of the normalized email, so that an
 //! unknown email is throttled and locked exactly like a real account (a lock reveals nothing
-//! about existence) and a brute-force attempt costs no database write.
+//! about existence). The one database write of a failed attempt is its audit event.
 
 use super::AuthService;
 use super::session::ClientInfo;
 use crate::domain::error::{Error, Result};
+use crate::domain::events::{Event, EventKind, Origin, SignInFailureData};
 use crate::domain::rate::Budget;
 use crate::domain::secret;
 use chrono::{DateTime, Duration, Utc};
@@ -138,13 +139,38 @@ impl AuthService {
 
     /// Records that an admitted attempt failed; the failure that reaches the threshold locks the
     /// account for the lockout duration, and the counts start again for after the lock.
-    pub(super) async fn record_failure(&self, account: &str) -> Result<()> {
+    pub(super) async fn record_failure(
+        &self,
+        account: &str,
+        origin: &Origin,
+        failure: SignInFailureData,
+    ) -> Result<()> {
         let window = self.lockout_window();
         let failures = self
             .cache
             .increment(&failures_key(account), 1, window)
             .await?;
-        if failures < u64::from(self.settings.throttle.lockout_threshold) {
+        let locks = failures >= u64::from(self.settings.throttle.lockout_threshold);
+        let mut events = vec![Event::new(
+            EventKind::UserLoginFailed,
+            origin,
+            self.clock.as_ref(),
+            &failure,
+        )];
+        if locks {
+            let locked = SignInFailureData {
+                reason: "locked_out".to_owned(),
+                ..failure
+            };
+            events.push(Event::new(
+                EventKind::UserLockedOut,
+                origin,
+                self.clock.as_ref(),
+                &locked,
+            ));
+        }
+        self.events.append_events(&events).await?;
+        if !locks {
             return Ok(());
         }
         let locked_until = self.clock.now() + self.settings.throttle.lockout_duration;
@@ -158,6 +184,26 @@ impl AuthService {
         self.forget_attempts(account).await?;
         tracing::warn!(account, %locked_until, "account locked after repeated failed sign-ins");
         Ok(())
+    }
+
+    /// Records a sign-in refused after its credentials were checked (a disabled account, an
+    /// unverified address); answers `error`, the refusal the caller sees.
+    pub(super) async fn refused(
+        &self,
+        origin: &Origin,
+        failure: SignInFailureData,
+        error: Error,
+    ) -> Error {
+        let event = Event::new(
+            EventKind::UserLoginFailed,
+            origin,
+            self.clock.as_ref(),
+            &failure,
+        );
+        if let Err(not_recorded) = self.events.append_events(&[event]).await {
+            return not_recorded;
+        }
+        error
     }
 
     /// One more message to `email` within the per-recipient budget.

@@ -7,6 +7,7 @@ use super::permissions::{PermissionSet, RoleKey, SystemRole};
 use super::{CustomRole, MemberGrants, OrganizationStore};
 use crate::domain::cache::{Cache, generation};
 use crate::domain::error::{Error, FieldViolation, Missing, Result};
+use crate::domain::events::Origin;
 use crate::domain::principal::{Credential, Principal};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,11 @@ pub struct Access {
 impl Access {
     pub fn user_id(&self) -> Uuid {
         self.principal.user.id
+    }
+
+    /// The caller, as the origin of the events their changes write.
+    pub fn origin(&self) -> Origin {
+        Origin::from(&self.principal)
     }
 
     /// Refuses when `wanted` holds a permission the caller lacks: nobody grants more than

@@ -7,6 +7,7 @@ use super::permissions::{RoleKey, SystemRole};
 use super::quotas::QuotaService;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
+use crate::domain::events::{Event, EventKind, InvitationData, MemberData, Origin};
 use crate::domain::mail::{MailJob, Mailer, Template};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Principal;
@@ -66,6 +67,7 @@ pub trait InvitationStore: Send + Sync {
         &self,
         invitation: &Invitation,
         token_digest: &[u8; 32],
+        events: &[Event],
     ) -> Result<()>;
     async fn find_invitation(&self, organization_id: Uuid, id: Uuid) -> Result<Option<Invitation>>;
     async fn find_invitation_by_token(&self, token_digest: &[u8; 32])
@@ -90,7 +92,8 @@ pub trait InvitationStore: Send + Sync {
         token_digest: &[u8; 32],
         expires_at: DateTime<Utc>,
     ) -> Result<()>;
-    async fn revoke_invitation(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
+    async fn revoke_invitation(&self, id: Uuid, now: DateTime<Utc>, events: &[Event])
+    -> Result<()>;
     /// Marks the invitation accepted and makes the user a member with `role_keys` (an
     /// existing member keeps their roles), atomically; fails with `QUOTA_EXCEEDED` (nothing
     /// written) when the organization would have more than `max_members`.
@@ -101,6 +104,7 @@ pub trait InvitationStore: Send + Sync {
         role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
+        events: &[Event],
     ) -> Result<()>;
     /// Deletes the invitations never accepted that expired, or were revoked, before `cutoff`
     /// (accepted ones stay: they tell how a member joined); answers how many.
@@ -234,8 +238,9 @@ impl InvitationService {
             revoked_at: None,
         };
         let token = secret::generate();
+        let created = self.event(EventKind::InvitationCreated, &access.origin(), &invitation);
         self.store
-            .insert_invitation(&invitation, &secret::digest(&token))
+            .insert_invitation(&invitation, &secret::digest(&token), &[created])
             .await?;
         self.mail(access, &invitation, &token).await;
         tracing::info!(organization_id = %invitation.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation sent");
@@ -337,9 +342,22 @@ impl InvitationService {
         ) {
             return Err(invitation_closed());
         }
-        self.store.revoke_invitation(invitation.id, now).await?;
+        let revoked = self.event(EventKind::InvitationRevoked, &access.origin(), &invitation);
+        self.store
+            .revoke_invitation(invitation.id, now, &[revoked])
+            .await?;
         tracing::info!(organization_id = %access.organization_id, invitation_id = %invitation.id, by = %access.user_id(), "invitation revoked");
         Ok(())
+    }
+
+    fn event(&self, kind: EventKind, origin: &Origin, invitation: &Invitation) -> Event {
+        let data = InvitationData::new(
+            invitation.id,
+            invitation.organization_id,
+            &invitation.email,
+            &invitation.role_keys,
+        );
+        Event::new(kind, origin, self.clock.as_ref(), &data)
     }
 
     fn ensure_verified(caller: &Principal) -> Result<()> {
@@ -462,8 +480,29 @@ impl InvitationService {
                     .limits(invitation.organization_id)
                     .await?
                     .max_users;
+                let origin = Origin::from(caller);
+                let mut events =
+                    vec![self.event(EventKind::InvitationAccepted, &origin, &invitation)];
+                let organization_id = invitation.organization_id;
+                let already_member = self
+                    .organizations
+                    .find_member_grants(organization_id, caller.user.id)
+                    .await?
+                    .is_some();
+                if !already_member {
+                    let data = MemberData::new(organization_id, caller.user.id, &role_keys);
+                    let kind = EventKind::MemberAdded;
+                    events.push(Event::new(kind, &origin, self.clock.as_ref(), &data));
+                }
                 self.store
-                    .accept_invitation(&invitation, caller.user.id, &role_keys, now, max_members)
+                    .accept_invitation(
+                        &invitation,
+                        caller.user.id,
+                        &role_keys,
+                        now,
+                        max_members,
+                        &events,
+                    )
                     .await?;
                 self.access
                     .forget_member(invitation.organization_id, caller.user.id)

@@ -12,6 +12,7 @@ pub mod roles;
 pub mod teams;
 
 use super::error::{Error, Result};
+use super::events::Event;
 use chrono::{DateTime, Utc};
 use permissions::{PermissionSet, RoleKey};
 use serde::{Deserialize, Serialize};
@@ -66,19 +67,30 @@ pub struct DeletedOrganization {
     pub revoked_api_key_prefixes: Vec<String>,
 }
 
+/// Every change writes its `events` in its own transaction (none when it fails).
 #[async_trait::async_trait]
 pub trait OrganizationStore: Send + Sync {
     /// Inserts the organization with `owner` as its first member, holding the owner role.
     /// Fails with `SLUG_TAKEN`.
-    async fn insert_organization(&self, organization: &Organization, owner: Uuid) -> Result<()>;
+    async fn insert_organization(
+        &self,
+        organization: &Organization,
+        owner: Uuid,
+        events: &[Event],
+    ) -> Result<()>;
     async fn find_organization(&self, id: Uuid) -> Result<Option<Organization>>;
     /// Fails with `SLUG_TAKEN`.
-    async fn update_organization(&self, organization: &Organization) -> Result<()>;
+    async fn update_organization(
+        &self,
+        organization: &Organization,
+        events: &[Event],
+    ) -> Result<()>;
     /// Deletes the organization and everything scoped to it; revokes the API keys bound to it.
     async fn delete_organization(
         &self,
         id: Uuid,
         now: DateTime<Utc>,
+        events: &[Event],
     ) -> Result<DeletedOrganization>;
     /// The user's organizations after `after` (by id), with the user's role keys in each.
     async fn list_memberships(
@@ -121,6 +133,7 @@ pub trait OrganizationStore: Send + Sync {
         role_keys: &[RoleKey],
         now: DateTime<Utc>,
         max_members: i64,
+        events: &[Event],
     ) -> Result<()>;
     /// Replaces the member's roles, atomically refusing (`LAST_OWNER`) to leave the organization
     /// without an owner.
@@ -129,22 +142,39 @@ pub trait OrganizationStore: Send + Sync {
         organization_id: Uuid,
         user_id: Uuid,
         role_keys: &[RoleKey],
+        events: &[Event],
     ) -> Result<()>;
     /// Makes `to` an owner and `from` an admin, atomically.
-    async fn transfer_ownership(&self, organization_id: Uuid, from: Uuid, to: Uuid) -> Result<()>;
+    async fn transfer_ownership(
+        &self,
+        organization_id: Uuid,
+        from: Uuid,
+        to: Uuid,
+        events: &[Event],
+    ) -> Result<()>;
     /// Removes the member, atomically refusing (`LAST_OWNER`) to remove the last owner.
-    async fn delete_member(&self, organization_id: Uuid, user_id: Uuid) -> Result<()>;
+    async fn delete_member(
+        &self,
+        organization_id: Uuid,
+        user_id: Uuid,
+        events: &[Event],
+    ) -> Result<()>;
     async fn list_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>>;
     /// The organization a team belongs to.
     async fn find_team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>>;
     async fn find_invitation_organization(&self, invitation_id: Uuid) -> Result<Option<Uuid>>;
     /// Fails with `ROLE_NAME_TAKEN`.
-    async fn insert_role(&self, role: &CustomRole) -> Result<()>;
+    async fn insert_role(&self, role: &CustomRole, events: &[Event]) -> Result<()>;
     /// Fails with `ROLE_NAME_TAKEN`.
-    async fn update_role(&self, role: &CustomRole) -> Result<()>;
+    async fn update_role(&self, role: &CustomRole, events: &[Event]) -> Result<()>;
     /// Deletes the role and its assignments (organization-wide and in teams); answers the
     /// members who held it.
-    async fn delete_role(&self, organization_id: Uuid, role_id: Uuid) -> Result<Vec<Uuid>>;
+    async fn delete_role(
+        &self,
+        organization_id: Uuid,
+        role_id: Uuid,
+        events: &[Event],
+    ) -> Result<Vec<Uuid>>;
 }
 
 pub fn last_owner() -> Error {

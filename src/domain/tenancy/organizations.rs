@@ -9,6 +9,7 @@ use super::{DeletedOrganization, Member, Organization, OrganizationStore, Settin
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
+use crate::domain::events::{Event, EventKind, MemberData, OrganizationData, Origin};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::text::{Blank, bounded_text};
@@ -117,8 +118,19 @@ impl OrganizationService {
             created_at: now,
             updated_at: now,
         };
+        let origin = Origin::from(caller);
+        let events = [
+            self.organization_event(EventKind::OrganizationCreated, &origin, &organization),
+            self.member_event(
+                EventKind::MemberAdded,
+                &origin,
+                organization.id,
+                caller.user.id,
+                &[RoleKey::System(SystemRole::Owner)],
+            ),
+        ];
         self.store
-            .insert_organization(&organization, caller.user.id)
+            .insert_organization(&organization, caller.user.id, &events)
             .await?;
         self.access
             .forget_member(organization.id, caller.user.id)
@@ -184,18 +196,34 @@ impl OrganizationService {
         violations.update(&mut organization.settings, settings.map(check_settings));
         violations.finish()?;
         organization.updated_at = truncate_to_micros(self.clock.now());
-        self.store.update_organization(&organization).await?;
+        let updated = self.organization_event(
+            EventKind::OrganizationUpdated,
+            &access.origin(),
+            &organization,
+        );
+        self.store
+            .update_organization(&organization, &[updated])
+            .await?;
         Ok(organization)
     }
 
     pub async fn delete(&self, access: &Access) -> Result<()> {
-        self.get(access).await?;
+        let organization = self.get(access).await?;
+        let deleted = self.organization_event(
+            EventKind::OrganizationDeleted,
+            &access.origin(),
+            &organization,
+        );
         let DeletedOrganization {
             member_ids,
             revoked_api_key_prefixes,
         } = self
             .store
-            .delete_organization(access.organization_id, truncate_to_micros(self.clock.now()))
+            .delete_organization(
+                access.organization_id,
+                truncate_to_micros(self.clock.now()),
+                &[deleted],
+            )
             .await?;
         for member_id in member_ids {
             self.access
@@ -223,8 +251,18 @@ impl OrganizationService {
         if to == access.user_id() {
             return Ok(());
         }
+        let origin = access.origin();
+        let roles_changed = |user_id, role| {
+            let roles = [RoleKey::System(role)];
+            let kind = EventKind::MemberRolesChanged;
+            self.member_event(kind, &origin, access.organization_id, user_id, &roles)
+        };
+        let events = [
+            roles_changed(to, SystemRole::Owner),
+            roles_changed(access.user_id(), SystemRole::Admin),
+        ];
         self.store
-            .transfer_ownership(access.organization_id, access.user_id(), to)
+            .transfer_ownership(access.organization_id, access.user_id(), to, &events)
             .await?;
         self.access
             .forget_member(access.organization_id, access.user_id())
@@ -298,6 +336,13 @@ impl OrganizationService {
             .filter(|user| user.is_active)
             .ok_or(Missing::User)?;
         let max_members = self.quotas.limits(access.organization_id).await?.max_users;
+        let added = self.member_event(
+            EventKind::MemberAdded,
+            &access.origin(),
+            access.organization_id,
+            user_id,
+            &role_keys,
+        );
         self.store
             .insert_member(
                 access.organization_id,
@@ -305,6 +350,7 @@ impl OrganizationService {
                 &role_keys,
                 truncate_to_micros(self.clock.now()),
                 max_members,
+                &[added],
             )
             .await?;
         self.access
@@ -339,8 +385,20 @@ impl OrganizationService {
         let member = self.find_member(access, user_id).await?;
         self.ensure_outranks(access, &member).await?;
         let role_keys = self.access.grantable_roles(access, roles).await?;
+        let changed = self.member_event(
+            EventKind::MemberRolesChanged,
+            &access.origin(),
+            access.organization_id,
+            member.user_id,
+            &role_keys,
+        );
         self.store
-            .replace_member_roles(access.organization_id, member.user_id, &role_keys)
+            .replace_member_roles(
+                access.organization_id,
+                member.user_id,
+                &role_keys,
+                &[changed],
+            )
             .await?;
         self.access
             .forget_member(access.organization_id, member.user_id)
@@ -352,7 +410,7 @@ impl OrganizationService {
     pub async fn remove_member(&self, access: &Access, user_id: Uuid) -> Result<()> {
         let member = self.find_member(access, user_id).await?;
         self.ensure_outranks(access, &member).await?;
-        self.remove(access.organization_id, member.user_id).await?;
+        self.remove(access, &member).await?;
         tracing::info!(organization_id = %access.organization_id, user_id = %member.user_id, by = %access.user_id(), "member removed");
         Ok(())
     }
@@ -361,16 +419,53 @@ impl OrganizationService {
     /// one) must not end its owner's membership.
     pub async fn leave(&self, access: &Access) -> Result<()> {
         access.principal.session_id()?;
-        self.find_member(access, access.user_id()).await?;
-        self.remove(access.organization_id, access.user_id())
-            .await?;
+        let member = self.find_member(access, access.user_id()).await?;
+        self.remove(access, &member).await?;
         tracing::info!(organization_id = %access.organization_id, user_id = %access.user_id(), "member left");
         Ok(())
     }
 
-    async fn remove(&self, organization_id: Uuid, user_id: Uuid) -> Result<()> {
-        self.store.delete_member(organization_id, user_id).await?;
-        self.access.forget_member(organization_id, user_id).await
+    async fn remove(&self, access: &Access, member: &Member) -> Result<()> {
+        let organization_id = access.organization_id;
+        let removed = self.member_event(
+            EventKind::MemberRemoved,
+            &access.origin(),
+            organization_id,
+            member.user_id,
+            &member.role_keys,
+        );
+        self.store
+            .delete_member(organization_id, member.user_id, &[removed])
+            .await?;
+        self.access
+            .forget_member(organization_id, member.user_id)
+            .await
+    }
+
+    fn organization_event(
+        &self,
+        kind: EventKind,
+        origin: &Origin,
+        organization: &Organization,
+    ) -> Event {
+        let data = OrganizationData {
+            organization_id: organization.id,
+            name: organization.name.clone(),
+            slug: organization.slug.clone(),
+        };
+        Event::new(kind, origin, self.clock.as_ref(), &data)
+    }
+
+    fn member_event(
+        &self,
+        kind: EventKind,
+        origin: &Origin,
+        organization_id: Uuid,
+        user_id: Uuid,
+        role_keys: &[RoleKey],
+    ) -> Event {
+        let data = MemberData::new(organization_id, user_id, role_keys);
+        Event::new(kind, origin, self.clock.as_ref(), &data)
     }
 }
 

@@ -48,6 +48,10 @@ pub const CATALOG: &[PermissionInfo] = &[
         "create API keys bound to the organization",
     ),
     organization("audit:read", "read the organization's audit log"),
+    platform(
+        "audit:read_all",
+        "read the whole audit log, of every user and organization",
+    ),
     organization("file:create", "upload files"),
     organization("file:delete", "delete files"),
     organization("file:read", "list and download files"),

@@ -6,6 +6,7 @@ use super::permissions::{self, PermissionSet, SystemRole};
 use super::{CustomRole, OrganizationStore, parse_description, role_name_taken};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result, Violations};
+use crate::domain::events::{Event, EventKind, RoleData};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -218,7 +219,8 @@ impl RoleService {
             created_at: now,
             updated_at: now,
         };
-        self.store.insert_role(&role).await?;
+        let created = self.event(EventKind::RoleCreated, access, &role);
+        self.store.insert_role(&role, &[created]).await?;
         self.access.forget_roles(access.organization_id).await?;
         tracing::info!(organization_id = %access.organization_id, role_id = %role.id, "role created");
         Ok(role.into())
@@ -243,7 +245,8 @@ impl RoleService {
 
     async fn save(&self, access: &Access, mut role: CustomRole) -> Result<RoleView> {
         role.updated_at = truncate_to_micros(self.clock.now());
-        self.store.update_role(&role).await?;
+        let updated = self.event(EventKind::RoleUpdated, access, &role);
+        self.store.update_role(&role, &[updated]).await?;
         self.access.forget_roles(access.organization_id).await?;
         Ok(role.into())
     }
@@ -253,7 +256,11 @@ impl RoleService {
         access.ensure_covers(role.permissions)?;
         let holders = self
             .store
-            .delete_role(access.organization_id, role.id)
+            .delete_role(
+                access.organization_id,
+                role.id,
+                &[self.event(EventKind::RoleDeleted, access, &role)],
+            )
             .await?;
         self.access.forget_roles(access.organization_id).await?;
         for user_id in holders {
@@ -263,6 +270,16 @@ impl RoleService {
         }
         tracing::info!(organization_id = %access.organization_id, role_id = %role.id, "role deleted");
         Ok(())
+    }
+
+    fn event(&self, kind: EventKind, access: &Access, role: &CustomRole) -> Event {
+        let data = RoleData {
+            role_id: role.id,
+            organization_id: role.organization_id,
+            name: role.name.clone(),
+            permissions: role.permissions.names(),
+        };
+        Event::new(kind, &access.origin(), self.clock.as_ref(), &data)
     }
 
     pub async fn add_permission(

@@ -8,6 +8,7 @@ use super::permissions::RoleKey;
 use super::{Member, OrganizationStore};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Missing, Result, Violations};
+use crate::domain::events::{Event, EventKind, TeamData, TeamMemberData};
 use crate::domain::page::{Page, PageTokens};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -24,10 +25,11 @@ pub struct Team {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Every change writes its `events` in its own transaction.
 #[async_trait::async_trait]
 pub trait TeamStore: Send + Sync {
     /// Fails with `TEAM_SLUG_TAKEN`.
-    async fn insert_team(&self, team: &Team) -> Result<()>;
+    async fn insert_team(&self, team: &Team, events: &[Event]) -> Result<()>;
     async fn find_team(&self, organization_id: Uuid, id: Uuid) -> Result<Option<Team>>;
     /// Teams after `after` (by id).
     async fn list_teams(
@@ -37,9 +39,14 @@ pub trait TeamStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Team>>;
     /// Fails with `TEAM_SLUG_TAKEN`.
-    async fn update_team(&self, team: &Team) -> Result<()>;
+    async fn update_team(&self, team: &Team, events: &[Event]) -> Result<()>;
     /// Deletes the team and its memberships; answers the former team members.
-    async fn delete_team(&self, organization_id: Uuid, id: Uuid) -> Result<Vec<Uuid>>;
+    async fn delete_team(
+        &self,
+        organization_id: Uuid,
+        id: Uuid,
+        events: &[Event],
+    ) -> Result<Vec<Uuid>>;
     /// Team members (with their team role keys) after `after` (by user id).
     async fn list_team_members(
         &self,
@@ -55,14 +62,21 @@ pub trait TeamStore: Send + Sync {
         user_id: Uuid,
         role_keys: &[RoleKey],
         now: DateTime<Utc>,
+        events: &[Event],
     ) -> Result<()>;
     async fn replace_team_member_roles(
         &self,
         team_id: Uuid,
         user_id: Uuid,
         role_keys: &[RoleKey],
+        events: &[Event],
     ) -> Result<()>;
-    async fn delete_team_member(&self, team_id: Uuid, user_id: Uuid) -> Result<()>;
+    async fn delete_team_member(
+        &self,
+        team_id: Uuid,
+        user_id: Uuid,
+        events: &[Event],
+    ) -> Result<()>;
 }
 
 /// A team member with role names rather than keys.
@@ -120,7 +134,8 @@ impl TeamService {
             created_at: now,
             updated_at: now,
         };
-        self.store.insert_team(&team).await?;
+        let created = self.team_event(EventKind::TeamCreated, access, &team);
+        self.store.insert_team(&team, &[created]).await?;
         tracing::info!(organization_id = %team.organization_id, team_id = %team.id, by = %access.user_id(), "team created");
         Ok(team)
     }
@@ -163,7 +178,8 @@ impl TeamService {
         violations.update(&mut team.description, description.map(parse_description));
         violations.finish()?;
         team.updated_at = truncate_to_micros(self.clock.now());
-        self.store.update_team(&team).await?;
+        let updated = self.team_event(EventKind::TeamUpdated, access, &team);
+        self.store.update_team(&team, &[updated]).await?;
         Ok(team)
     }
 
@@ -171,7 +187,11 @@ impl TeamService {
         let team = self.get(access).await?;
         let members = self
             .store
-            .delete_team(team.organization_id, team.id)
+            .delete_team(
+                team.organization_id,
+                team.id,
+                &[self.team_event(EventKind::TeamDeleted, access, &team)],
+            )
             .await?;
         self.access.forget_team(team.id).await?;
         for user_id in members {
@@ -248,12 +268,20 @@ impl TeamService {
         {
             return Err(Missing::Member.into());
         }
+        let added = self.member_event(
+            EventKind::TeamMemberAdded,
+            access,
+            &team,
+            user_id,
+            &role_keys,
+        );
         self.store
             .insert_team_member(
                 &team,
                 user_id,
                 &role_keys,
                 truncate_to_micros(self.clock.now()),
+                &[added],
             )
             .await?;
         self.access
@@ -277,8 +305,10 @@ impl TeamService {
                 .await?,
         )?;
         let role_keys = self.grantable(access, roles).await?;
+        let kind = EventKind::TeamMemberRolesChanged;
+        let changed = self.member_event(kind, access, &team, member.user_id, &role_keys);
         self.store
-            .replace_team_member_roles(team.id, member.user_id, &role_keys)
+            .replace_team_member_roles(team.id, member.user_id, &role_keys, &[changed])
             .await?;
         self.access
             .forget_member(team.organization_id, member.user_id)
@@ -295,11 +325,34 @@ impl TeamService {
                 .permissions_of(team.organization_id, &member.role_keys)
                 .await?,
         )?;
+        let kind = EventKind::TeamMemberRemoved;
+        let removed = self.member_event(kind, access, &team, member.user_id, &member.role_keys);
         self.store
-            .delete_team_member(team.id, member.user_id)
+            .delete_team_member(team.id, member.user_id, &[removed])
             .await?;
         self.access
             .forget_member(team.organization_id, member.user_id)
             .await
+    }
+
+    fn team_event(&self, kind: EventKind, access: &Access, team: &Team) -> Event {
+        let data = TeamData {
+            team_id: team.id,
+            organization_id: team.organization_id,
+            name: team.name.clone(),
+        };
+        Event::new(kind, &access.origin(), self.clock.as_ref(), &data)
+    }
+
+    fn member_event(
+        &self,
+        kind: EventKind,
+        access: &Access,
+        team: &Team,
+        user_id: Uuid,
+        role_keys: &[RoleKey],
+    ) -> Event {
+        let data = TeamMemberData::new(team.id, team.organization_id, user_id, role_keys);
+        Event::new(kind, &access.origin(), self.clock.as_ref(), &data)
     }
 }

@@ -1,0 +1,448 @@
+//! The outbox (`events`) and the audit log on SQL. Stores write events with `insert_events!`
+//! inside the transaction of the change they record.
+
+use super::{SqlStore, database_error, with_pool};
+use crate::domain::audit::{AuditEntry, AuditQuery, AuditStatistics, AuditStore, Hash, Outbox};
+use crate::domain::auth::ClientInfo;
+use crate::domain::error::{Error, Result};
+use crate::domain::events::{Actor, Event, EventKind, EventLog, Origin, StoredEvent};
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+/// The statement that writes one event, per backend. On PostgreSQL an organization's events
+/// first take a transaction lock on the organization, so they get their sequence numbers in
+/// commit order and the dispatcher, reading by sequence, never passes over one still being
+/// committed (SQLite commits one writer at a time, so it needs none).
+pub(super) trait EventSql: sqlx::Database {
+    const INSERT_EVENT: &'static str;
+}
+
+const EVENT_COLUMNS: &str = "id, event_type, occurred_at, organization_id, actor_type, \
+     actor_user_id, actor_api_key_id, ip_address, user_agent, subject_type, subject_id, data";
+
+impl EventSql for sqlx::Sqlite {
+    const INSERT_EVENT: &'static str = "INSERT INTO events (id, event_type, occurred_at, \
+         organization_id, actor_type, actor_user_id, actor_api_key_id, ip_address, user_agent, \
+         subject_type, subject_id, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+}
+
+impl EventSql for sqlx::Postgres {
+    const INSERT_EVENT: &'static str = "INSERT INTO events (id, event_type, occurred_at, \
+         organization_id, actor_type, actor_user_id, actor_api_key_id, ip_address, user_agent, \
+         subject_type, subject_id, data) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM (SELECT CASE \
+         WHEN $4::uuid IS NULL THEN NULL \
+         ELSE pg_advisory_xact_lock(hashtextextended($4::uuid::text, 0)) END) AS ordered";
+}
+
+pub(super) fn insert_event_sql<DB: EventSql>(_: &sqlx::Transaction<'_, DB>) -> &'static str {
+    DB::INSERT_EVENT
+}
+
+/// Writes `$events` to the outbox inside `$transaction`, on either backend.
+macro_rules! insert_events {
+    ($transaction:expr, $events:expr) => {
+        for event in $events {
+            let origin = &event.origin;
+            sqlx::query(crate::store::events::insert_event_sql(&$transaction))
+                .bind(event.id)
+                .bind(event.kind.name())
+                .bind(event.occurred_at)
+                .bind(event.organization_id)
+                .bind(origin.actor.kind())
+                .bind(origin.actor.user_id())
+                .bind(origin.actor.api_key_id())
+                .bind(origin.client.ip_address.as_deref())
+                .bind(origin.client.user_agent.as_deref())
+                .bind(event.subject_type)
+                .bind(&event.subject_id)
+                .bind(&event.data)
+                .execute(&mut *$transaction)
+                .await?;
+        }
+    };
+}
+pub(super) use insert_events;
+
+/// Runs one statement and, when it changed a row, writes `$events` in the same transaction;
+/// answers the number of rows it affected. Errors map with `$map_error` (default
+/// `database_error`).
+macro_rules! execute_with_events {
+    ($store:expr, $events:expr, $query:expr) => {
+        crate::store::events::execute_with_events!(
+            $store,
+            $events,
+            $query,
+            crate::store::database_error
+        )
+    };
+    ($store:expr, $events:expr, $query:expr, $map_error:expr) => {
+        crate::store::with_pool!($store, pool => async {
+            let mut transaction = pool.begin().await?;
+            let affected = $query.execute(&mut *transaction).await?.rows_affected();
+            if affected > 0 {
+                crate::store::events::insert_events!(transaction, $events);
+            }
+            transaction.commit().await?;
+            Ok::<u64, sqlx::Error>(affected)
+        }
+        .await)
+        .map_err($map_error)
+    };
+}
+pub(super) use execute_with_events;
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    sequence: i64,
+    id: Uuid,
+    event_type: String,
+    occurred_at: DateTime<Utc>,
+    organization_id: Option<Uuid>,
+    actor_type: String,
+    actor_user_id: Option<Uuid>,
+    actor_api_key_id: Option<Uuid>,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+    subject_type: String,
+    subject_id: String,
+    data: String,
+}
+
+impl TryFrom<EventRow> for StoredEvent {
+    type Error = Error;
+
+    fn try_from(row: EventRow) -> Result<Self> {
+        let kind = EventKind::parse(&row.event_type).ok_or_else(|| {
+            Error::internal(format!("outbox event of unknown type {:?}", row.event_type))
+        })?;
+        Ok(StoredEvent {
+            sequence: row.sequence,
+            event: Event {
+                id: row.id,
+                kind,
+                occurred_at: row.occurred_at,
+                organization_id: row.organization_id,
+                origin: Origin {
+                    actor: Actor::from_parts(
+                        &row.actor_type,
+                        row.actor_user_id,
+                        row.actor_api_key_id,
+                    ),
+                    client: ClientInfo {
+                        ip_address: row.ip_address,
+                        user_agent: row.user_agent,
+                    },
+                },
+                subject_type: subject_type(&row.subject_type),
+                subject_id: row.subject_id,
+                data: row.data,
+            },
+        })
+    }
+}
+
+/// The catalog's subject types are static; an unknown one (written by a newer Keel) is kept
+/// as `other`.
+fn subject_type(stored: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "api_key",
+        "invitation",
+        "member",
+        "organization",
+        "quota",
+        "role",
+        "session",
+        "team",
+        "team_member",
+        "user",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| **known == stored)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    sequence: i64,
+    id: Uuid,
+    occurred_at: DateTime<Utc>,
+    action: String,
+    outcome: String,
+    actor_type: String,
+    actor_user_id: Option<Uuid>,
+    actor_api_key_id: Option<Uuid>,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+    organization_id: Option<Uuid>,
+    target_type: String,
+    target_id: String,
+    details: String,
+    previous_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+fn hash_of(bytes: &[u8]) -> Hash {
+    // A stored hash of the wrong length fails verification like any other change.
+    let mut hash = [0; 32];
+    if bytes.len() == 32 {
+        hash.copy_from_slice(bytes);
+    }
+    hash
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(row: AuditRow) -> Self {
+        AuditEntry {
+            sequence: row.sequence,
+            id: row.id,
+            occurred_at: row.occurred_at,
+            action: row.action,
+            outcome: row.outcome,
+            actor: Actor::from_parts(&row.actor_type, row.actor_user_id, row.actor_api_key_id),
+            client: ClientInfo {
+                ip_address: row.ip_address,
+                user_agent: row.user_agent,
+            },
+            organization_id: row.organization_id,
+            target_type: row.target_type,
+            target_id: row.target_id,
+            details: row.details,
+            previous_hash: hash_of(&row.previous_hash),
+            hash: hash_of(&row.hash),
+        }
+    }
+}
+
+const AUDIT_COLUMNS: &str = "sequence, id, occurred_at, action, outcome, actor_type, \
+     actor_user_id, actor_api_key_id, ip_address, user_agent, organization_id, target_type, \
+     target_id, details, previous_hash, hash";
+
+/// The filters of `AuditQuery` as a WHERE clause over parameters $1…$11 (see
+/// `bind_audit_query!`); an absent filter is a NULL that matches everything.
+const AUDIT_FILTER: &str = "($1 IS NULL OR organization_id = $1) \
+     AND ($2 IS NULL OR actor_user_id = $2) \
+     AND ($3 IS NULL OR actor_user_id = $3 OR (target_type = 'user' AND target_id = $4)) \
+     AND ($5 IS NULL OR (',' || $5 || ',') LIKE ('%,' || REPLACE(action, '_', '\\_') || ',%') ESCAPE '\\') \
+     AND ($6 IS NULL OR target_type = $6) \
+     AND ($7 IS NULL OR target_id = $7) \
+     AND ($8 IS NULL OR outcome = $8) \
+     AND ($9 IS NULL OR occurred_at > $9) \
+     AND ($10 IS NULL OR occurred_at < $10) \
+     AND ($11 IS NULL OR LOWER(action || ' ' || target_id || ' ' || details) LIKE $11 ESCAPE '\\')";
+
+macro_rules! bind_audit_query {
+    ($query:expr, $filter:expr) => {{
+        let filter: &AuditQuery = $filter;
+        let actions = (!filter.actions.is_empty()).then(|| filter.actions.join(","));
+        let text = filter.text.as_deref().map(|text| {
+            let escaped = text
+                .trim()
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        $query
+            .bind(filter.organization_id)
+            .bind(filter.actor_user_id)
+            .bind(filter.involving_user)
+            .bind(filter.involving_user.map(|id| id.to_string()))
+            .bind(actions)
+            .bind(filter.target_type.clone())
+            .bind(filter.target_id.clone())
+            .bind(filter.outcome.map(|outcome| outcome.as_str()))
+            .bind(filter.occurred_after)
+            .bind(filter.occurred_before)
+            .bind(text)
+    }};
+}
+
+#[async_trait::async_trait]
+impl EventLog for SqlStore {
+    async fn append_events(&self, events: &[Event]) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            insert_events!(transaction, events);
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+}
+
+#[async_trait::async_trait]
+impl Outbox for SqlStore {
+    async fn pending_events(&self, limit: usize) -> Result<Vec<StoredEvent>> {
+        let sql = format!(
+            "SELECT sequence, {EVENT_COLUMNS} FROM events WHERE dispatched_at IS NULL \
+             ORDER BY sequence LIMIT $1"
+        );
+        let rows: Vec<EventRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        rows.into_iter().map(StoredEvent::try_from).collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<(i64, Hash)>> {
+        let head: Option<(i64, Vec<u8>)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT sequence, hash FROM audit_log ORDER BY sequence DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        match head {
+            Some((sequence, hash)) => Ok(Some((sequence, hash_of(&hash)))),
+            None => self.audit_anchor().await,
+        }
+    }
+
+    async fn settle_events(
+        &self,
+        sequences: &[i64],
+        entries: &[AuditEntry],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let insert = format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        );
+        if sequences.is_empty() {
+            return Ok(());
+        }
+        // Sequences are numbers Keel read from the table, never client input.
+        let listed: Vec<String> = sequences.iter().map(i64::to_string).collect();
+        let mark = format!(
+            "UPDATE events SET dispatched_at = $1 WHERE sequence IN ({})",
+            listed.join(",")
+        );
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin().await?;
+            for entry in entries {
+                sqlx::query(AssertSqlSafe(insert.as_str()))
+                    .bind(entry.sequence)
+                    .bind(entry.id)
+                    .bind(entry.occurred_at)
+                    .bind(&entry.action)
+                    .bind(&entry.outcome)
+                    .bind(entry.actor.kind())
+                    .bind(entry.actor.user_id())
+                    .bind(entry.actor.api_key_id())
+                    .bind(entry.client.ip_address.as_deref())
+                    .bind(entry.client.user_agent.as_deref())
+                    .bind(entry.organization_id)
+                    .bind(&entry.target_type)
+                    .bind(&entry.target_id)
+                    .bind(&entry.details)
+                    .bind(&entry.previous_hash[..])
+                    .bind(&entry.hash[..])
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            sqlx::query(AssertSqlSafe(mark.as_str()))
+                .bind(now)
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn delete_events_dispatched_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        super::execute!(
+            self,
+            sqlx::query("DELETE FROM events WHERE dispatched_at < $1").bind(cutoff)
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditStore for SqlStore {
+    async fn list_audit_entries(
+        &self,
+        query: &AuditQuery,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE {AUDIT_FILTER} \
+             AND ($12 IS NULL OR sequence < (SELECT sequence FROM audit_log WHERE id = $12)) \
+             ORDER BY sequence DESC LIMIT $13"
+        );
+        let rows: Vec<AuditRow> = with_pool!(self, pool => {
+            bind_audit_query!(sqlx::query_as(AssertSqlSafe(sql)), query)
+                .bind(before)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(AuditEntry::from).collect())
+    }
+
+    async fn find_audit_entry(&self, id: Uuid) -> Result<Option<AuditEntry>> {
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE id = $1");
+        let row: Option<AuditRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(AuditEntry::from))
+    }
+
+    async fn audit_statistics(&self, query: &AuditQuery) -> Result<AuditStatistics> {
+        let sql = format!(
+            "SELECT action, outcome, COUNT(*) FROM audit_log WHERE {AUDIT_FILTER} \
+             GROUP BY action, outcome"
+        );
+        let rows: Vec<(String, String, i64)> = with_pool!(self, pool => {
+            bind_audit_query!(sqlx::query_as(AssertSqlSafe(sql)), query)
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        let mut statistics = AuditStatistics::default();
+        for (action, outcome, count) in rows {
+            let count = u64::try_from(count).unwrap_or_default();
+            statistics.total += count;
+            *statistics.by_action.entry(action).or_default() += count;
+            *statistics.by_outcome.entry(outcome).or_default() += count;
+        }
+        Ok(statistics)
+    }
+
+    async fn audit_entries_after(&self, sequence: i64, limit: usize) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE sequence > $1 ORDER BY sequence LIMIT $2"
+        );
+        let rows: Vec<AuditRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(sequence)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(AuditEntry::from).collect())
+    }
+
+    async fn audit_anchor(&self) -> Result<Option<(i64, Hash)>> {
+        let anchor: Option<(i64, Vec<u8>)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT sequence, hash FROM audit_anchor WHERE id = 1")
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(anchor.map(|(sequence, hash)| (sequence, hash_of(&hash))))
+    }
+}
