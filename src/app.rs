@@ -22,7 +22,7 @@ use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::{InvitationBudgets, InvitationPorts, InvitationService};
 use crate::domain::tenancy::organizations::OrganizationService;
-use crate::domain::tenancy::quotas::QuotaService;
+use crate::domain::tenancy::quotas::{QuotaPorts, QuotaService};
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
@@ -137,12 +137,15 @@ impl Services {
         let pages = Arc::new(PageTokens::new(keyring.clone()));
         let rate_limits = Arc::new(RateLimits::new(cache.clone(), clock.clone()));
         let quotas = Arc::new(QuotaService::new(
-            Arc::new(store.clone()),
-            Arc::new(store.clone()),
-            cache.clone(),
-            pages.clone(),
-            clock.clone(),
-            rate_limits.clone(),
+            QuotaPorts {
+                store: Arc::new(store.clone()),
+                organizations: Arc::new(store.clone()),
+                cache: cache.clone(),
+                pages: pages.clone(),
+                clock: clock.clone(),
+                rate_limits: rate_limits.clone(),
+                events: Arc::new(store.clone()),
+            },
             Budget::per_minute(config.rate_limit_member_per_minute),
         ));
         let organizations = Arc::new(OrganizationService::new(

@@ -64,3 +64,9 @@ CREATE TABLE audit_anchor (
     sequence BIGINT NOT NULL,
     hash BYTEA NOT NULL
 );
+
+-- Whether a session's expiry has been recorded (`session.expired`): sessions end by time
+-- without a request, so the cleanup job notices them.
+ALTER TABLE sessions ADD COLUMN expiry_recorded BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX sessions_unrecorded_expiry ON sessions (expires_at)
+    WHERE revoked_at IS NULL AND NOT expiry_recorded;

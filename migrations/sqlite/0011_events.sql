@@ -60,3 +60,9 @@ CREATE TABLE audit_anchor (
     sequence INTEGER NOT NULL,
     hash BLOB NOT NULL
 );
+
+-- Whether a session's expiry has been recorded (`session.expired`): sessions end by time
+-- without a request, so the cleanup job notices them.
+ALTER TABLE sessions ADD COLUMN expiry_recorded INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX sessions_unrecorded_expiry ON sessions (expires_at)
+    WHERE revoked_at IS NULL AND NOT expiry_recorded;

@@ -144,7 +144,7 @@ impl Guard {
                     .await?;
                 self.quotas.admit_caller(&access).await?;
                 if rule.metered {
-                    self.quotas.meter_api_call(access.organization_id).await?;
+                    self.quotas.meter_api_call(&access).await?;
                 }
                 request.extensions_mut().insert(access);
             }

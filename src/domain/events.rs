@@ -228,6 +228,9 @@ catalog! {
         "A custom role's name, description or permissions changed.";
     SessionCreated = "session.created", SessionData, Success,
         "A user signed in: a session was opened.";
+    SessionExpired = "session.expired", SessionData, Success,
+        "A session reached its end of life unrevoked (noticed by the cleanup job, within the \
+         hour by default).";
     SessionRevoked = "session.revoked", SessionData, Success,
         "A session was ended: signed out, revoked, or closed by a password change.";
     TeamCreated = "team.created", TeamData, Success, "A team was created.";

@@ -382,6 +382,7 @@ const DISPATCHED_EVENT_RETENTION_DAYS: i64 = 7;
 /// same tick do no harm.
 async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynError> {
     let ended = chrono::Duration::days(ENDED_RETENTION_DAYS);
+    context.auth.record_expired_sessions().await?;
     context.auth.purge_ended_sessions(ended).await?;
     context
         .auth

@@ -1,7 +1,7 @@
 //! `ApiKeyStore` on SQL.
 
 use super::events::{execute_with_events, insert_events};
-use super::{SqlStore, database_error, execute, with_pool};
+use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
 use crate::domain::apikey::{ApiKey, ApiKeyStore, StoredApiKey};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
@@ -135,7 +135,7 @@ impl ApiKeyStore for SqlStore {
         revoked: &(dyn for<'key> Fn(&'key ApiKey) -> Event + Sync),
     ) -> Result<Vec<ApiKey>> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             let rows: Vec<ApiKeyRow> = sqlx::query_as(
                 "UPDATE api_keys SET revoked_at = $2 \
                  WHERE user_id = $1 AND revoked_at IS NULL RETURNING id, user_id, name, prefix, \

@@ -1,7 +1,7 @@
 //! The outbox (`events`) and the audit log on SQL. Stores write events with `insert_events!`
 //! inside the transaction of the change they record.
 
-use super::{SqlStore, database_error, with_pool};
+use super::{BeginWrite, SqlStore, database_error, with_pool};
 use crate::domain::audit::{AuditEntry, AuditQuery, AuditStatistics, AuditStore, Hash, Outbox};
 use crate::domain::auth::ClientInfo;
 use crate::domain::error::{Error, Result};
@@ -79,7 +79,7 @@ macro_rules! execute_with_events {
     };
     ($store:expr, $events:expr, $query:expr, $map_error:expr) => {
         crate::store::with_pool!($store, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = crate::store::BeginWrite::begin_write(pool).await?;
             let affected = $query.execute(&mut *transaction).await?.rows_affected();
             if affected > 0 {
                 crate::store::events::insert_events!(transaction, $events);
@@ -266,7 +266,7 @@ macro_rules! bind_audit_query {
 impl EventLog for SqlStore {
     async fn append_events(&self, events: &[Event]) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             insert_events!(transaction, events);
             transaction.commit().await
         }
@@ -327,7 +327,7 @@ impl Outbox for SqlStore {
             listed.join(",")
         );
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             for entry in entries {
                 sqlx::query(AssertSqlSafe(insert.as_str()))
                     .bind(entry.sequence)

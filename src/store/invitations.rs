@@ -2,7 +2,7 @@
 
 use super::events::{execute_with_events, insert_events};
 use super::organizations::{COUNT_MEMBERS, LOCK_ORGANIZATION};
-use super::{SqlStore, database_error, execute, insert_member_roles, with_pool};
+use super::{BeginWrite, SqlStore, database_error, execute, insert_member_roles, with_pool};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
 use crate::domain::tenancy::invitations::{Invitation, InvitationStore};
@@ -91,7 +91,7 @@ impl InvitationStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "UPDATE invitations SET revoked_at = $3 WHERE organization_id = $1 AND email = $2 \
                  AND accepted_at IS NULL AND revoked_at IS NULL",
@@ -240,7 +240,7 @@ impl InvitationStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         let within_limit = with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(LOCK_ORGANIZATION)
                 .bind(invitation.organization_id)
                 .execute(&mut *transaction)

@@ -45,6 +45,29 @@ macro_rules! with_pool {
 }
 use with_pool;
 
+/// Starts a transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+/// IMMEDIATE`), waiting up to the busy timeout for it: a deferred transaction that reads
+/// before it writes fails at once with `SQLITE_BUSY` when another connection (the event
+/// dispatcher, say) wrote in between.
+trait BeginWrite {
+    type Database: sqlx::Database;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, Self::Database>>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+    async fn begin_write(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.begin().await
+    }
+}
+
 /// Gives a member these organization role keys, inside a transaction of either backend.
 macro_rules! insert_member_roles {
     ($transaction:expr, $organization_id:expr, $user_id:expr, $role_keys:expr) => {

@@ -1,6 +1,6 @@
 //! `OneTimeTokenStore` on SQL.
 
-use super::{SqlStore, database_error, execute, with_pool};
+use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
 use crate::domain::auth::OneTimeTokenStore;
 use crate::domain::error::Result;
 use chrono::{DateTime, Utc};
@@ -24,7 +24,7 @@ impl OneTimeTokenStore for SqlStore {
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "UPDATE one_time_tokens SET used_at = $3 \
                  WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL",

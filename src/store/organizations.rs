@@ -3,7 +3,7 @@
 //! cannot leave an organization without an owner.
 
 use super::events::{execute_with_events, insert_events};
-use super::{SqlStore, database_error, insert_member_roles, unique_or, with_pool};
+use super::{BeginWrite, SqlStore, database_error, insert_member_roles, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::events::Event;
 use crate::domain::tenancy::permissions::{PermissionSet, RoleKey, SystemRole};
@@ -153,7 +153,7 @@ impl OrganizationStore for SqlStore {
     ) -> Result<()> {
         let settings = settings_text(&organization.settings)?;
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO organizations (id, name, slug, settings, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -224,7 +224,7 @@ impl OrganizationStore for SqlStore {
         events: &[Event],
     ) -> Result<DeletedOrganization> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             let member_ids: Vec<(Uuid,)> = sqlx::query_as(
                 "SELECT user_id FROM organization_members WHERE organization_id = $1",
             )
@@ -473,7 +473,7 @@ impl OrganizationStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         let within_limit = with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(LOCK_ORGANIZATION)
                 .bind(organization_id)
                 .execute(&mut *transaction)
@@ -515,7 +515,7 @@ impl OrganizationStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         let owners_left: i64 = with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(LOCK_ORGANIZATION)
                 .bind(organization_id)
                 .execute(&mut *transaction)
@@ -552,7 +552,7 @@ impl OrganizationStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(LOCK_ORGANIZATION)
                 .bind(organization_id)
                 .execute(&mut *transaction)
@@ -579,7 +579,7 @@ impl OrganizationStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         let owners_left: i64 = with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(LOCK_ORGANIZATION)
                 .bind(organization_id)
                 .execute(&mut *transaction)
@@ -691,7 +691,7 @@ impl OrganizationStore for SqlStore {
     ) -> Result<Vec<Uuid>> {
         let role_key = role_id.to_string();
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             let mut holders: Vec<(Uuid,)> = sqlx::query_as(
                 "DELETE FROM member_roles WHERE organization_id = $1 AND role_key = $2 \
                  RETURNING user_id",

@@ -1,6 +1,6 @@
 //! `QuotaStore` on SQL.
 
-use super::{SqlStore, database_error, with_pool};
+use super::{BeginWrite, SqlStore, database_error, with_pool};
 use crate::domain::error::Result;
 use crate::domain::tenancy::quotas::{Counter, Metric, QuotaLimits, QuotaStore, UsageLog};
 use chrono::{DateTime, Utc};
@@ -110,7 +110,7 @@ impl QuotaStore for SqlStore {
 
     async fn record_usage(&self, counts: &[(Counter, u64)], now: DateTime<Utc>) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             for (counter, count) in counts {
                 // Organizations deleted since are skipped by the WHERE EXISTS.
                 sqlx::query(

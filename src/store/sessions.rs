@@ -1,7 +1,7 @@
 //! `SessionStore` on SQL.
 
 use super::events::{execute_with_events, insert_events};
-use super::{SqlStore, database_error, execute, with_pool};
+use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
 use crate::domain::auth::{RefreshTokenRecord, Session, SessionStore};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
@@ -47,7 +47,7 @@ impl SessionStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO sessions (id, user_id, user_agent, ip_address, created_at, \
                  last_used_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -112,7 +112,7 @@ impl SessionStore for SqlStore {
         expires_at: DateTime<Utc>,
     ) -> Result<bool> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             let spent = sqlx::query(
                 "UPDATE refresh_tokens SET spent_at = $2 \
                  WHERE token_digest = $1 AND spent_at IS NULL",
@@ -167,7 +167,7 @@ impl SessionStore for SqlStore {
         revoked: &(dyn Fn(Uuid) -> Event + Sync),
     ) -> Result<Vec<Uuid>> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             let ids: Vec<Uuid> = sqlx::query_scalar(
                 "UPDATE sessions SET revoked_at = $3 \
                  WHERE user_id = $1 AND revoked_at IS NULL AND ($2 IS NULL OR id <> $2) \
@@ -182,6 +182,34 @@ impl SessionStore for SqlStore {
             insert_events!(transaction, &events);
             transaction.commit().await?;
             Ok(ids)
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn record_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        expired: &(dyn Fn(Uuid, Uuid) -> Event + Sync),
+    ) -> Result<u64> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            let sessions: Vec<(Uuid, Uuid)> = sqlx::query_as(
+                "UPDATE sessions SET expiry_recorded = $2 \
+                 WHERE expires_at < $1 AND revoked_at IS NULL AND NOT expiry_recorded \
+                 RETURNING id, user_id",
+            )
+            .bind(now)
+            .bind(true)
+            .fetch_all(&mut *transaction)
+            .await?;
+            let events: Vec<Event> = sessions
+                .iter()
+                .map(|(session_id, user_id)| expired(*session_id, *user_id))
+                .collect();
+            insert_events!(transaction, &events);
+            transaction.commit().await?;
+            Ok(sessions.len() as u64)
         }
         .await)
         .map_err(database_error)

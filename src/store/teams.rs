@@ -2,7 +2,7 @@
 
 use super::events::{execute_with_events, insert_events};
 use super::organizations::{MemberRow, group_roles, role_keys};
-use super::{SqlStore, database_error, unique_or, with_pool};
+use super::{BeginWrite, SqlStore, database_error, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::events::Event;
 use crate::domain::tenancy::Member;
@@ -157,7 +157,7 @@ impl TeamStore for SqlStore {
         events: &[Event],
     ) -> Result<Vec<Uuid>> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             let members: Vec<(Uuid,)> =
                 sqlx::query_as("SELECT user_id FROM team_members WHERE team_id = $1")
                     .bind(id)
@@ -250,7 +250,7 @@ impl TeamStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO team_members (team_id, organization_id, user_id, joined_at) \
                  VALUES ($1, $2, $3, $4)",
@@ -286,7 +286,7 @@ impl TeamStore for SqlStore {
         events: &[Event],
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query("DELETE FROM team_member_roles WHERE team_id = $1 AND user_id = $2")
                 .bind(team_id)
                 .bind(user_id)

@@ -1,7 +1,7 @@
 //! `TotpStore` on SQL.
 
 use super::events::{execute_with_events, insert_events};
-use super::{SqlStore, database_error, execute, with_pool};
+use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
 use crate::domain::totp::{TotpCredential, TotpStore};
@@ -24,7 +24,7 @@ impl TotpStore for SqlStore {
         backup_code_digests: &[[u8; 32]],
     ) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query("DELETE FROM totp_credentials WHERE user_id = $1 AND enabled_at IS NULL")
                 .bind(credential.user_id)
                 .execute(&mut *transaction)
@@ -87,7 +87,7 @@ impl TotpStore for SqlStore {
 
     async fn delete_totp(&self, user_id: Uuid, events: &[Event]) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query("DELETE FROM totp_backup_codes WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *transaction)
@@ -118,7 +118,7 @@ impl TotpStore for SqlStore {
 
     async fn replace_backup_codes(&self, user_id: Uuid, digests: &[[u8; 32]]) -> Result<()> {
         with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query("DELETE FROM totp_backup_codes WHERE user_id = $1")
                 .bind(user_id)
                 .execute(&mut *transaction)

@@ -1,7 +1,7 @@
 //! `UserStore` on SQL.
 
 use super::events::{execute_with_events, insert_events};
-use super::{SqlStore, database_error, unique_or, with_pool};
+use super::{BeginWrite, SqlStore, database_error, unique_or, with_pool};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
 use crate::domain::user::{EmailAddress, User, UserCredentials, UserQuery, UserStore, email_taken};
@@ -57,7 +57,7 @@ pub(super) fn list_users_sql() -> String {
 impl UserStore for SqlStore {
     async fn insert_user(&self, user: &User, password_hash: &str, events: &[Event]) -> Result<()> {
         let inserted = with_pool!(self, pool => async {
-            let mut transaction = pool.begin().await?;
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO users (id, email, password_hash, full_name, email_verified, \
                  is_superuser, is_active, created_at, updated_at) \

@@ -21,7 +21,7 @@ crate::backend_tests!(
 );
 
 /// The entries at `path` once `ready` holds for them (the dispatcher runs every 20 ms here).
-async fn wait_for_entries(
+pub async fn wait_for_entries(
     app: &TestApp,
     token: &str,
     path: &str,

@@ -109,3 +109,24 @@ fn the_readme_lists_every_setting_with_its_default() {
         .collect();
     assert!(differing.is_empty(), "{differing:#?}");
 }
+
+/// The README's list of event types is the catalog.
+#[test]
+fn the_readme_lists_every_event_type() {
+    use keel::domain::events::EventKind;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let (_, list) = readme
+        .split_once("The\ncatalog, with a JSON schema per type")
+        .unwrap();
+    let (list, _) = list.split_once("Each records its actor").unwrap();
+    let listed: std::collections::BTreeSet<&str> = list
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|name| name.contains('.') && !name.starts_with('/'))
+        .collect();
+    let catalog: std::collections::BTreeSet<&str> =
+        EventKind::ALL.iter().map(|kind| kind.name()).collect();
+    assert_eq!(listed, catalog);
+}

@@ -216,6 +216,20 @@ async fn cleanup_deletes_what_has_outlived_its_use(backend: Backend) {
         (0, 0, 0, 0),
         "sessions, tokens, invitations, finished jobs"
     );
+    // The session that ran out unrevoked was recorded before it went.
+    let mut expired: Vec<(String,)> = Vec::new();
+    for _ in 0..50 {
+        expired = query(
+            &app.config,
+            "SELECT action FROM audit_log WHERE action = 'session.expired'",
+        )
+        .await;
+        if !expired.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(expired, [("session.expired".to_owned(),)]);
 }
 
 /// A job that fails every attempt is given up: apalis keeps it `Killed` after its last attempt

@@ -182,8 +182,26 @@ async fn members_and_calls_are_limited(backend: Backend) {
     assert!(refused.headers().get("retry-after").is_some());
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["reason"], "QUOTA_EXCEEDED");
+    assert_eq!(get(&alice).await.status(), 429);
     let over = status(&app, &alice.access, &organization_id).await;
     assert!(usage(&over, "api_calls")["percent"].as_f64().unwrap() > 100.0);
+    // Each refused member is recorded, and the month's calls once however often refused.
+    let exceeded = crate::audit::wait_for_entries(
+        &app,
+        &root.access,
+        "/api/v1/audit-logs?action=quota.exceeded",
+        |entries| entries.len() >= 3,
+    )
+    .await;
+    let resources: Vec<&str> = exceeded
+        .iter()
+        .map(|entry| entry["details"]["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(resources, ["api_calls", "members", "members"]);
+    assert!(exceeded.iter().all(|entry| {
+        entry["organization_id"] == organization_id.as_str()
+            && entry["outcome"] == "AUDIT_OUTCOME_FAILURE"
+    }));
     // Over the quota, the owners still govern: reading the organization and removing the
     // member who spent it are never refused.
     let (code, _) = app

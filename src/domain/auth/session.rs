@@ -74,6 +74,13 @@ pub trait SessionStore: Send + Sync {
         now: DateTime<Utc>,
         revoked: &(dyn Fn(Uuid) -> Event + Sync),
     ) -> Result<Vec<Uuid>>;
+    /// Marks the sessions that expired (unrevoked) before `now` and were not yet recorded,
+    /// writing the event `expired` makes of each (session id, user id); answers how many.
+    async fn record_expired_sessions(
+        &self,
+        now: DateTime<Utc>,
+        expired: &(dyn Fn(Uuid, Uuid) -> Event + Sync),
+    ) -> Result<u64>;
     /// Records activity on a session.
     async fn touch_session(&self, id: Uuid, now: DateTime<Utc>) -> Result<()>;
     /// Deletes sessions (and their refresh tokens) that expired or were revoked before `cutoff`;

@@ -177,6 +177,17 @@ impl AuthService {
             .await
     }
 
+    /// Records the sessions that expired since the last look (`session.expired`); the
+    /// cleanup job calls it.
+    pub async fn record_expired_sessions(&self) -> Result<u64> {
+        let origin = Origin::system();
+        let event = |session_id, user_id| {
+            self.session_event(EventKind::SessionExpired, &origin, session_id, user_id)
+        };
+        let now = truncate_to_micros(self.clock.now());
+        self.sessions.record_expired_sessions(now, &event).await
+    }
+
     /// Deletes sessions that ended (expired or revoked) more than `retention` ago.
     pub async fn purge_ended_sessions(&self, retention: Duration) -> Result<u64> {
         let cutoff = truncate_to_micros(self.clock.now() - retention);

@@ -494,7 +494,8 @@ impl InvitationService {
                     let kind = EventKind::MemberAdded;
                     events.push(Event::new(kind, &origin, self.clock.as_ref(), &data));
                 }
-                self.store
+                let accepted = self
+                    .store
                     .accept_invitation(
                         &invitation,
                         caller.user.id,
@@ -503,6 +504,9 @@ impl InvitationService {
                         max_members,
                         &events,
                     )
+                    .await;
+                self.quotas
+                    .watch_members(&origin, organization_id, max_members, accepted)
                     .await?;
                 self.access
                     .forget_member(invitation.organization_id, caller.user.id)

@@ -336,14 +336,16 @@ impl OrganizationService {
             .filter(|user| user.is_active)
             .ok_or(Missing::User)?;
         let max_members = self.quotas.limits(access.organization_id).await?.max_users;
+        let origin = access.origin();
         let added = self.member_event(
             EventKind::MemberAdded,
-            &access.origin(),
+            &origin,
             access.organization_id,
             user_id,
             &role_keys,
         );
-        self.store
+        let inserted = self
+            .store
             .insert_member(
                 access.organization_id,
                 user_id,
@@ -352,6 +354,9 @@ impl OrganizationService {
                 max_members,
                 &[added],
             )
+            .await;
+        self.quotas
+            .watch_members(&origin, access.organization_id, max_members, inserted)
             .await?;
         self.access
             .forget_member(access.organization_id, user_id)

@@ -9,6 +9,7 @@ use super::access::Access;
 use crate::domain::cache::Cache;
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result};
+use crate::domain::events::{Event, EventKind, EventLog, Origin, QuotaData};
 use crate::domain::page::{Page, PageTokens};
 use crate::domain::principal::Credential;
 use crate::domain::rate::{Budget, RateLimits};
@@ -187,8 +188,10 @@ fn limits_key(organization_id: Uuid) -> String {
     format!("quota:limits:{organization_id}")
 }
 
+const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+
 pub fn quota_exceeded(message: String) -> Error {
-    Error::new(ErrorKind::ResourceExhausted, "QUOTA_EXCEEDED", message)
+    Error::new(ErrorKind::ResourceExhausted, QUOTA_EXCEEDED, message)
 }
 
 pub struct QuotaService {
@@ -198,6 +201,7 @@ pub struct QuotaService {
     pages: Arc<PageTokens>,
     clock: Arc<dyn Clock>,
     rate_limits: Arc<RateLimits>,
+    events: Arc<dyn EventLog>,
     /// What each caller (a user, or one API key) may call in one organization.
     caller_budget: Budget,
     /// Counters changed since the last flush.
@@ -212,23 +216,28 @@ pub fn members_full(limit: i64) -> Error {
     ))
 }
 
+/// What `QuotaService` works through.
+pub struct QuotaPorts {
+    pub store: Arc<dyn QuotaStore>,
+    pub organizations: Arc<dyn OrganizationStore>,
+    pub cache: Arc<dyn Cache>,
+    pub pages: Arc<PageTokens>,
+    pub clock: Arc<dyn Clock>,
+    pub rate_limits: Arc<RateLimits>,
+    /// Where refusals (`quota.exceeded`) are recorded.
+    pub events: Arc<dyn EventLog>,
+}
+
 impl QuotaService {
-    pub fn new(
-        store: Arc<dyn QuotaStore>,
-        organizations: Arc<dyn OrganizationStore>,
-        cache: Arc<dyn Cache>,
-        pages: Arc<PageTokens>,
-        clock: Arc<dyn Clock>,
-        rate_limits: Arc<RateLimits>,
-        caller_budget: Budget,
-    ) -> Self {
+    pub fn new(ports: QuotaPorts, caller_budget: Budget) -> Self {
         Self {
-            store,
-            organizations,
-            cache,
-            pages,
-            clock,
-            rate_limits,
+            store: ports.store,
+            organizations: ports.organizations,
+            cache: ports.cache,
+            pages: ports.pages,
+            clock: ports.clock,
+            rate_limits: ports.rate_limits,
+            events: ports.events,
             caller_budget,
             touched: Mutex::new(HashSet::new()),
         }
@@ -304,12 +313,19 @@ impl QuotaService {
     }
 
     /// Counts one call in the organization's scope; refuses it when the month's calls are
-    /// over the limit.
-    pub async fn meter_api_call(&self, organization_id: Uuid) -> Result<()> {
+    /// over the limit. The first refusal of the month is recorded (`quota.exceeded`), not
+    /// every one after it.
+    pub async fn meter_api_call(&self, access: &Access) -> Result<()> {
+        let organization_id = access.organization_id;
         let limit = self.limits(organization_id).await?.max_api_calls_per_month;
         let counter = self.counter(organization_id, Metric::ApiCalls);
-        let count = self.count(counter, 1).await?;
-        if i64::try_from(count).unwrap_or(i64::MAX) > limit {
+        let count = i64::try_from(self.count(counter, 1).await?).unwrap_or(i64::MAX);
+        if count == limit.saturating_add(1) {
+            let resource = Metric::ApiCalls.name();
+            self.record_exceeded(&access.origin(), organization_id, resource, limit)
+                .await?;
+        }
+        if count > limit {
             let wait = (counter.window_end - self.clock.now()).to_std().ok();
             return Err(Error {
                 retry_after: wait,
@@ -319,6 +335,41 @@ impl QuotaService {
             });
         }
         Ok(())
+    }
+
+    /// Records a refusal for a quota (`quota.exceeded`).
+    async fn record_exceeded(
+        &self,
+        origin: &Origin,
+        organization_id: Uuid,
+        resource: &str,
+        limit: i64,
+    ) -> Result<()> {
+        let data = QuotaData {
+            organization_id,
+            resource: resource.to_owned(),
+            limit,
+        };
+        let event = Event::new(EventKind::QuotaExceeded, origin, self.clock.as_ref(), &data);
+        self.events.append_events(&[event]).await
+    }
+
+    /// Passes on the outcome of adding a member to the organization, recording a refusal for
+    /// its member limit.
+    pub async fn watch_members<T>(
+        &self,
+        origin: &Origin,
+        organization_id: Uuid,
+        limit: i64,
+        outcome: Result<T>,
+    ) -> Result<T> {
+        if let Err(error) = &outcome
+            && error.reason == QUOTA_EXCEEDED
+        {
+            self.record_exceeded(origin, organization_id, "members", limit)
+                .await?;
+        }
+        outcome
     }
 
     /// Admits one call of `access`'s caller (a user, or one of their API keys) within the
