@@ -26,13 +26,15 @@ use crate::domain::tenancy::quotas::{QuotaPorts, QuotaService};
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
-use crate::jobs::{JobContext, JobStore, Queues, Workers};
+use crate::domain::webhooks::{WebhookPorts, WebhookService};
+use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers};
 use crate::mail::{Delivery, MemoryOutbox};
 use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
 use crate::store::SqlStore;
+use crate::webhooks::HttpSender;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use std::future::Future;
@@ -60,6 +62,7 @@ pub struct Services {
     dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
     dispatcher: Arc<Dispatcher>,
+    webhooks: Arc<WebhookService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -190,14 +193,35 @@ impl Services {
             pages.clone(),
         ));
         let mailer: Arc<dyn Mailer> = Arc::new(queues.clone());
+        let webhooks = Arc::new(WebhookService::new(
+            WebhookPorts {
+                store: Arc::new(store.clone()),
+                sender: Arc::new(HttpSender::new(
+                    config.webhook_allow_private_targets,
+                    config.webhook_timeout,
+                )?),
+                keyring: keyring.clone(),
+                rate_limits: rate_limits.clone(),
+                pages: pages.clone(),
+                clock: clock.clone(),
+            },
+            config.webhooks.clone(),
+        ));
         let dead_letters = Arc::new(DeadLetterService::new(
             Arc::new(store.clone()),
-            Arc::new(queues.clone()),
+            Arc::new(Requeue {
+                queues: queues.clone(),
+                webhooks: webhooks.clone(),
+            }),
             pages.clone(),
             clock.clone(),
         ));
         let audit = Arc::new(AuditService::new(Arc::new(store.clone()), pages.clone()));
-        let dispatcher = Arc::new(Dispatcher::new(Arc::new(store.clone()), clock.clone()));
+        let dispatcher = Arc::new(Dispatcher::new(
+            Arc::new(store.clone()),
+            webhooks.clone(),
+            clock.clone(),
+        ));
         let invitations = Arc::new(InvitationService::new(
             InvitationPorts {
                 store: Arc::new(store.clone()),
@@ -286,6 +310,7 @@ impl Services {
             dead_letters,
             audit,
             dispatcher,
+            webhooks,
             delivery: Arc::new(delivery),
             redis,
             jwt,
@@ -313,6 +338,7 @@ impl Services {
                 queues: self.queues.clone(),
                 dead_letters: self.dead_letters.clone(),
                 dispatcher: self.dispatcher.clone(),
+                webhooks: self.webhooks.clone(),
             },
         )
     }
@@ -356,6 +382,7 @@ impl Keel {
             outbox: services.outbox.clone(),
             dead_letters: services.dead_letters.clone(),
             audit: services.audit.clone(),
+            webhooks: services.webhooks.clone(),
             job_counts: Arc::new(services.jobs.clone()),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

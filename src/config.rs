@@ -4,6 +4,7 @@
 //! naming the setting.
 
 use crate::domain::password::PasswordPolicy;
+use crate::domain::webhooks::WebhookSettings;
 use crate::jobs::JobSettings;
 use crate::security::password::Argon2Settings;
 use anyhow::{Context, anyhow};
@@ -181,6 +182,18 @@ settings! {
     /// When the cleanup job deletes what has outlived its use (ended sessions, expired links
     /// and invitations, finished jobs): a cron schedule with seconds, in UTC
     cleanup_schedule, "KEEL_CLEANUP_SCHEDULE" = "0 17 * * * *";
+    /// Seconds between a failed webhook delivery's attempts, comma-separated: one attempt more
+    /// than waits, then the delivery is given up to the dead-letter queue
+    webhook_retry_schedule, "KEEL_WEBHOOK_RETRY_SCHEDULE" = "5,300,1800,7200,18000,36000";
+    /// Seconds a webhook endpoint has to answer
+    webhook_timeout_seconds, "KEEL_WEBHOOK_TIMEOUT_SECONDS" = "10";
+    /// Failed deliveries in a row that turn a webhook off (`webhook.disabled`)
+    webhook_disable_after_failures, "KEEL_WEBHOOK_DISABLE_AFTER_FAILURES" = "100";
+    /// Hours a rotated-out webhook secret still signs, beside the new one
+    webhook_secret_grace_hours, "KEEL_WEBHOOK_SECRET_GRACE_HOURS" = "24";
+    /// Deliver webhooks to loopback and private addresses too (development and tests only:
+    /// an endpoint could otherwise reach services inside your network)
+    webhook_allow_private_targets, "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS" = "false";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -327,6 +340,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub sqlite_wal_max_bytes: u64,
     pub jobs: JobSettings,
+    pub webhooks: WebhookSettings,
+    pub webhook_timeout: Duration,
+    pub webhook_allow_private_targets: bool,
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
@@ -448,6 +464,32 @@ impl Config {
                 poll_interval: Duration::from_millis(settings.job_poll_milliseconds().positive()?),
                 cleanup_schedule: settings.cleanup_schedule().parse()?,
             },
+            webhooks: WebhookSettings {
+                retry_schedule: settings
+                    .webhook_retry_schedule()
+                    .list()
+                    .iter()
+                    .map(|seconds| {
+                        seconds
+                            .parse::<u64>()
+                            .map(Duration::from_secs)
+                            .map_err(|_| {
+                                settings
+                                    .webhook_retry_schedule()
+                                    .invalid("must be comma-separated whole seconds")
+                            })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                disable_after_failures: settings.webhook_disable_after_failures().positive()?,
+                secret_grace: chrono::Duration::hours(
+                    settings.webhook_secret_grace_hours().positive()?,
+                ),
+                lease: chrono::Duration::seconds(
+                    i64::from(settings.webhook_timeout_seconds().positive::<u32>()?) + 30,
+                ),
+            },
+            webhook_timeout: Duration::from_secs(settings.webhook_timeout_seconds().positive()?),
+            webhook_allow_private_targets: settings.webhook_allow_private_targets().parse()?,
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,
             log_format,

@@ -11,3 +11,4 @@ pub mod jobs;
 pub mod mail;
 pub mod security;
 pub mod store;
+pub mod webhooks;

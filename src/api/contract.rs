@@ -23,14 +23,24 @@ pub enum AuthRule {
 /// The request field that names where an organization-scoped RPC acts.
 #[derive(Debug, Clone)]
 pub enum ScopeField {
-    /// `organization_id`; the `x-organization-id` header may stand in for it, and so may an
-    /// `invitation_id` the request also names (the original's `/api/v1/invitations/{id}`).
+    /// `organization_id`; the `x-organization-id` header may stand in for it, and so may the
+    /// resource the request also names, which belongs to one organization (the original's
+    /// `/api/v1/invitations/{id}`, `/api/v1/webhooks/{id}`).
     Organization {
         field: FieldDescriptor,
-        invitation: Option<FieldDescriptor>,
+        owned: Option<(FieldDescriptor, Owned)>,
     },
     /// `team_id`: the team's organization is in scope, with the caller's roles in the team.
     Team(FieldDescriptor),
+}
+
+/// A resource that names its organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    /// `invitation_id`
+    Invitation,
+    /// `webhook_id`
+    Webhook,
 }
 
 /// What part of the request message the HTTP body carries.
@@ -151,7 +161,9 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
                 let field = string_field("organization_id")
                     .map(|field| ScopeField::Organization {
                         field,
-                        invitation: string_field("invitation_id"),
+                        owned: string_field("invitation_id")
+                            .map(|owner| (owner, Owned::Invitation))
+                            .or_else(|| string_field("webhook_id").map(|owner| (owner, Owned::Webhook))),
                     })
                     .or_else(|| string_field("team_id").map(ScopeField::Team))
                     .with_context(|| {

@@ -8,7 +8,7 @@
 //! admitted `Access` travels on to the handler.
 
 use super::client_address::client_info;
-use super::contract::{AuthRule, Contract, ScopeField};
+use super::contract::{AuthRule, Contract, Owned, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
 use super::validation::RequestValidator;
@@ -276,23 +276,26 @@ fn scope_of(
         }
     };
     match scope_field {
-        ScopeField::Organization { field, invitation } => {
+        ScopeField::Organization { field, owned } => {
             let header = match headers.get(ORGANIZATION_HEADER).map(|value| value.to_str()) {
                 Some(Ok(raw)) if !raw.trim().is_empty() => Some(uuid(ORGANIZATION_HEADER, raw)?),
                 Some(Err(_)) => Some(uuid(ORGANIZATION_HEADER, "")?),
                 _ => None,
             };
-            let invitation_id = match invitation {
-                Some(invitation) => named(invitation)?,
+            let owner = match owned {
+                Some((owner, kind)) => named(owner)?.map(|id| match kind {
+                    Owned::Invitation => Scope::Invitation(id),
+                    Owned::Webhook => Scope::Webhook(id),
+                }),
                 None => None,
             };
-            match (named(field)?, header, invitation_id) {
+            match (named(field)?, header, owner) {
                 (Some(named), Some(header), _) if named != header => Err(Error::invalid_argument(
                     "ORGANIZATION_MISMATCH",
                     "organization_id and the x-organization-id header name different organizations",
                 )),
                 (Some(id), _, _) | (None, Some(id), _) => Ok(Scope::Organization(id)),
-                (None, None, Some(id)) => Ok(Scope::Invitation(id)),
+                (None, None, Some(scope)) => Ok(scope),
                 (None, None, None) => Err(violation(
                     field.name(),
                     "SCOPE_REQUIRED",

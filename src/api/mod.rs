@@ -28,6 +28,7 @@ use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
+use crate::domain::webhooks::WebhookService;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
@@ -78,6 +79,7 @@ pub struct ApiDependencies {
     pub outbox: Option<Arc<dyn Outbox>>,
     pub dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
+    pub webhooks: Arc<WebhookService>,
     pub job_counts: Arc<dyn JobCounts>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -184,7 +186,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .add(AuditLogServiceServer::new(grpc::AuditLogApi::new(
             dependencies.audit.clone(),
         )))
-        .add(WebhookServiceServer::new(grpc::WebhookApi));
+        .add(WebhookServiceServer::new(grpc::WebhookApi::new(
+            dependencies.webhooks.clone(),
+        )));
     keel_services.cover(&contract)?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

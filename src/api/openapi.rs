@@ -8,6 +8,7 @@ use super::contract::{AuthRule, BodyRule, Contract, HttpBinding, Rpc};
 use super::pb::buf::validate::{FieldRules, field_rules, int32_rules, int64_rules, string_rules};
 use super::rest::path_template::Segment;
 use super::validation::field_rules as declared_rules;
+use crate::domain::events::EventKind;
 use crate::domain::password::PasswordPolicy;
 use crate::domain::tenancy::permissions;
 use prost_reflect::{FieldDescriptor, FileDescriptor, Kind, MessageDescriptor, Value};
@@ -49,6 +50,7 @@ const ERROR_STATUSES: [(u16, &str); 7] = [
 const FIELD_RULE_NEW_PASSWORD: i32 = 1;
 const FIELD_RULE_ORGANIZATION_PERMISSION: i32 = 2;
 const FIELD_RULE_PERMISSION: i32 = 3;
+const FIELD_RULE_EVENT_TYPE: i32 = 4;
 
 pub fn document(contract: &Contract, public_url: &str, password_policy: &PasswordPolicy) -> Json {
     let mut generator = Generator {
@@ -490,6 +492,7 @@ impl Generator {
                     .collect();
                 schema["enum"] = json!(names);
             }
+            FIELD_RULE_EVENT_TYPE => schema["enum"] = json!(EventKind::patterns()),
             _ => {}
         }
     }

@@ -9,6 +9,7 @@ use super::error::{Missing, Result};
 use super::events::{Actor, Event, EventKind, Outcome, StoredEvent};
 use super::page::{Page, PageTokens};
 use super::principal::Principal;
+use super::webhooks::{Delivery, WebhookService};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -164,21 +165,25 @@ pub trait Outbox: Send + Sync {
     async fn pending_events(&self, limit: usize) -> Result<Vec<StoredEvent>>;
     /// The sequence and hash of the audit log's last entry (or its anchor).
     async fn audit_head(&self) -> Result<Option<(i64, Hash)>>;
-    /// In one transaction: appends `entries` to the audit log and marks the events dispatched.
-    /// Fails without effect if another dispatcher appended first (the chain cannot fork).
+    /// In one transaction: appends `entries` to the audit log, queues the webhook
+    /// `deliveries` and marks the events dispatched. Fails without effect if another
+    /// dispatcher appended first (the chain cannot fork).
     async fn settle_events(
         &self,
         sequences: &[i64],
         entries: &[AuditEntry],
+        deliveries: &[Delivery],
         now: DateTime<Utc>,
     ) -> Result<()>;
     /// Deletes dispatched events older than `cutoff`; answers how many.
     async fn delete_events_dispatched_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }
 
-/// Moves events from the outbox to their consumers, oldest first.
+/// Moves events from the outbox to their consumers, oldest first: the audit log, and the
+/// webhooks of their organization.
 pub struct Dispatcher {
     outbox: Arc<dyn Outbox>,
+    webhooks: Arc<WebhookService>,
     clock: Arc<dyn Clock>,
 }
 
@@ -186,8 +191,16 @@ pub struct Dispatcher {
 const DISPATCH_BATCH: usize = 500;
 
 impl Dispatcher {
-    pub fn new(outbox: Arc<dyn Outbox>, clock: Arc<dyn Clock>) -> Self {
-        Self { outbox, clock }
+    pub fn new(
+        outbox: Arc<dyn Outbox>,
+        webhooks: Arc<WebhookService>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            outbox,
+            webhooks,
+            clock,
+        }
     }
 
     /// Dispatches one batch; answers how many events it took (0 when the outbox is empty).
@@ -206,9 +219,10 @@ impl Dispatcher {
                 entry
             })
             .collect();
+        let deliveries = self.webhooks.deliveries_for(&pending).await?;
         let sequences: Vec<i64> = pending.iter().map(|stored| stored.sequence).collect();
         self.outbox
-            .settle_events(&sequences, &entries, self.clock.now())
+            .settle_events(&sequences, &entries, &deliveries, self.clock.now())
             .await?;
         Ok(pending.len())
     }

@@ -173,6 +173,8 @@ pub enum Missing {
     Role,
     DeadLetter,
     AuditEntry,
+    Webhook,
+    WebhookDelivery,
 }
 
 impl From<Missing> for Error {
@@ -189,6 +191,11 @@ impl From<Missing> for Error {
             Missing::Role => ("ROLE_NOT_FOUND", "no such role in this organization"),
             Missing::DeadLetter => ("DEAD_LETTER_NOT_FOUND", "no such dead letter"),
             Missing::AuditEntry => ("AUDIT_LOG_NOT_FOUND", "no such audit log entry"),
+            Missing::Webhook => ("WEBHOOK_NOT_FOUND", "no such webhook in this organization"),
+            Missing::WebhookDelivery => (
+                "WEBHOOK_DELIVERY_NOT_FOUND",
+                "no such delivery of this webhook",
+            ),
         };
         Error::not_found(reason, message)
     }

@@ -242,6 +242,8 @@ catalog! {
     TeamMemberRolesChanged = "team.member_roles_changed", TeamMemberData, Success,
         "A team member's roles within the team changed.";
     TeamUpdated = "team.updated", TeamData, Success, "A team's name or description changed.";
+    TestEvent = "test.event", TestEventData, Success,
+        "A test event, sent to one webhook on request (POST /api/v1/webhooks/{id}/test).";
     UserCreated = "user.created", UserData, Success,
         "An account was created (sign-up or the operator's CLI).";
     UserDeleted = "user.deleted", UserData, Success,
@@ -264,11 +266,33 @@ catalog! {
         "A user stopped being a platform superuser.";
     UserUpdated = "user.updated", UserData, Success,
         "A user's profile changed or their email address was verified.";
+    WebhookCreated = "webhook.created", WebhookData, Success, "A webhook was created.";
+    WebhookDeleted = "webhook.deleted", WebhookData, Success, "A webhook was deleted.";
+    WebhookDisabled = "webhook.disabled", WebhookData, Failure,
+        "Keel turned a webhook off after a run of failed deliveries (`disabled_reason`).";
+    WebhookSecretRotated = "webhook.secret_rotated", WebhookData, Success,
+        "A webhook's signing secret was replaced; the old one signs too for a grace period.";
+    WebhookUpdated = "webhook.updated", WebhookData, Success,
+        "A webhook's URL, event types, rate limit or state changed.";
 }
 
 impl EventKind {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|kind| kind.name() == name)
+    }
+
+    /// What a webhook may subscribe to: `*`, a resource's events (`member.*`), or one type.
+    pub fn patterns() -> Vec<String> {
+        let mut patterns = vec!["*".to_owned()];
+        for kind in Self::ALL {
+            let resource = kind.name().split_once('.').map_or("", |(resource, _)| resource);
+            let pattern = format!("{resource}.*");
+            if !patterns.contains(&pattern) {
+                patterns.push(pattern);
+            }
+        }
+        patterns.extend(Self::ALL.iter().map(|kind| kind.name().to_owned()));
+        patterns
     }
 }
 
@@ -580,6 +604,58 @@ impl EventData for QuotaData {
     const SUBJECT: &'static str = "quota";
     fn subject_id(&self) -> String {
         format!("{}:{}", self.organization_id, self.resource)
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct WebhookData {
+    pub webhook_id: Uuid,
+    pub organization_id: Uuid,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub is_active: bool,
+    /// Why Keel turned it off (`webhook.disabled`).
+    pub disabled_reason: Option<String>,
+}
+
+impl From<&super::webhooks::Webhook> for WebhookData {
+    fn from(webhook: &super::webhooks::Webhook) -> Self {
+        Self {
+            webhook_id: webhook.id,
+            organization_id: webhook.organization_id,
+            url: webhook.url.clone(),
+            event_types: webhook.event_types.clone(),
+            is_active: webhook.is_active,
+            disabled_reason: webhook.disabled_reason.clone(),
+        }
+    }
+}
+
+impl EventData for WebhookData {
+    const SUBJECT: &'static str = "webhook";
+    fn subject_id(&self) -> String {
+        self.webhook_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+/// The `data` of `test.event`, sent to one endpoint on request.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct TestEventData {
+    pub webhook_id: Uuid,
+    pub organization_id: Uuid,
+    pub message: String,
+}
+
+impl EventData for TestEventData {
+    const SUBJECT: &'static str = "webhook";
+    fn subject_id(&self) -> String {
+        self.webhook_id.to_string()
     }
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)

@@ -20,5 +20,6 @@ pub mod tenancy;
 pub mod text;
 pub mod totp;
 pub mod user;
+pub mod webhooks;
 
 pub use error::{Error, ErrorKind, FieldViolation, Violations};

@@ -15,6 +15,7 @@ use crate::domain::error::{Error, Result};
 use crate::domain::jobs::{DeadLetterService, JobCounts, JobQueue, MAIL_JOB};
 use crate::domain::mail::{MailJob, Mailer};
 use crate::domain::tenancy::invitations::InvitationService;
+use crate::domain::webhooks::{DeliveryRound, GivenUpDelivery, WEBHOOK_JOB, WebhookService};
 use crate::mail::{Delivery, DeliveryError};
 use anyhow::Context;
 use apalis::layers::retry::HasherRng;
@@ -236,13 +237,27 @@ impl Mailer for Queues {
     }
 }
 
+/// The `JobQueue` port: a dead letter's job queued again, by its type.
+pub struct Requeue {
+    pub queues: Queues,
+    pub webhooks: Arc<WebhookService>,
+}
+
 #[async_trait::async_trait]
-impl JobQueue for Queues {
+impl JobQueue for Requeue {
     async fn requeue(&self, job_type: &str, payload: &str, id: Uuid) -> Result<()> {
         match job_type {
             MAIL_JOB => {
                 let job: MailJob = serde_json::from_str(payload).map_err(Error::internal)?;
-                self.mail.push(job, id, self.max_attempts).await
+                self.queues
+                    .mail
+                    .push(job, id, self.queues.max_attempts)
+                    .await
+            }
+            WEBHOOK_JOB => {
+                let job: GivenUpDelivery =
+                    serde_json::from_str(payload).map_err(Error::internal)?;
+                self.webhooks.replay_given_up(job.delivery_id, id).await
             }
             other => Err(Error::internal(format!(
                 "no queue for jobs of type {other:?}"
@@ -262,6 +277,7 @@ pub struct JobContext {
     pub queues: Queues,
     pub dead_letters: Arc<DeadLetterService>,
     pub dispatcher: Arc<Dispatcher>,
+    pub webhooks: Arc<WebhookService>,
 }
 
 async fn send_mail(
@@ -402,6 +418,64 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     Ok(())
 }
 
+/// Deliveries claimed per round, and sent at once, by one worker process.
+const DELIVERY_BATCH: usize = 64;
+const DELIVERY_CONCURRENCY: usize = 16;
+
+/// Sends due webhook deliveries: a round at once while there are any, then a look every
+/// `poll` until `stop`. A delivery given up becomes a dead letter; one that succeeds resolves
+/// the dead letter whose retry it was.
+async fn deliver_webhooks(
+    context: JobContext,
+    poll: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let idle = match context
+            .webhooks
+            .deliver_due(DELIVERY_BATCH, DELIVERY_CONCURRENCY)
+            .await
+        {
+            Ok(round) => {
+                if let Err(error) = settle_deliveries(&context, &round).await {
+                    tracing::warn!(%error, "recording the outcome of webhook deliveries failed");
+                }
+                round.claimed == 0
+            }
+            Err(error) => {
+                tracing::warn!(%error, "delivering webhooks failed; trying again");
+                true
+            }
+        };
+        if idle {
+            tokio::select! {
+                () = tokio::time::sleep(poll) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+async fn settle_deliveries(context: &JobContext, round: &DeliveryRound) -> Result<()> {
+    for delivery in &round.given_up {
+        let job = GivenUpDelivery {
+            delivery_id: delivery.id,
+            webhook_id: delivery.webhook_id,
+            event_type: delivery.event_type.clone(),
+        };
+        let payload = serde_json::to_string(&job).map_err(Error::internal)?;
+        let error = delivery.error.clone().unwrap_or_default();
+        context
+            .dead_letters
+            .job_failed(delivery.id, WEBHOOK_JOB, payload, error, delivery.attempts)
+            .await?;
+    }
+    for id in &round.succeeded {
+        context.dead_letters.job_succeeded(*id).await?;
+    }
+    Ok(())
+}
+
 /// Hands outbox events on to their consumers: a batch at once while there are any, then a
 /// look every `poll` until `stop`. Every worker process runs one; when two take the same
 /// batch, the audit chain lets one of them append it and the other finds it gone.
@@ -440,7 +514,7 @@ fn backoff(settings: &JobSettings) -> anyhow::Result<ExponentialBackoff> {
 /// The workers of every queue, run until a shutdown signal.
 pub struct Workers {
     monitor: Monitor,
-    dispatcher: Arc<Dispatcher>,
+    context: JobContext,
     poll: Duration,
 }
 
@@ -468,7 +542,7 @@ impl Workers {
             };
         }
         let schedule = settings.cleanup_schedule.clone();
-        let dispatcher = context.dispatcher.clone();
+        let loops_context = context.clone();
         let cleanup_context = context.clone();
         let monitor = Monitor::new()
             .shutdown_timeout(SHUTDOWN_GRACE)
@@ -488,7 +562,7 @@ impl Workers {
         };
         Ok(Self {
             monitor,
-            dispatcher,
+            context: loops_context,
             poll,
         })
     }
@@ -500,7 +574,12 @@ impl Workers {
     ) -> anyhow::Result<()> {
         tracing::info!("job workers started");
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let dispatch = tokio::spawn(dispatch_events(self.dispatcher, self.poll, stopping));
+        let dispatch = tokio::spawn(dispatch_events(
+            self.context.dispatcher.clone(),
+            self.poll,
+            stopping.clone(),
+        ));
+        let deliver = tokio::spawn(deliver_webhooks(self.context, self.poll, stopping));
         let monitored = self
             .monitor
             .should_restart(|worker, error| {
@@ -516,6 +595,9 @@ impl Workers {
             .context("job workers");
         if let Err(error) = dispatch.await {
             tracing::warn!(%error, "the event dispatcher panicked");
+        }
+        if let Err(error) = deliver.await {
+            tracing::warn!(%error, "the webhook deliverer panicked");
         }
         monitored
     }

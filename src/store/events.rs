@@ -6,6 +6,7 @@ use crate::domain::audit::{AuditEntry, AuditQuery, AuditStatistics, AuditStore, 
 use crate::domain::auth::ClientInfo;
 use crate::domain::error::{Error, Result};
 use crate::domain::events::{Actor, Event, EventKind, EventLog, Origin, StoredEvent};
+use crate::domain::webhooks::Delivery;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
@@ -157,6 +158,7 @@ fn subject_type(stored: &str) -> &'static str {
         "team",
         "team_member",
         "user",
+        "webhook",
     ];
     KNOWN
         .iter()
@@ -311,6 +313,7 @@ impl Outbox for SqlStore {
         &self,
         sequences: &[i64],
         entries: &[AuditEntry],
+        deliveries: &[Delivery],
         now: DateTime<Utc>,
     ) -> Result<()> {
         let insert = format!(
@@ -349,6 +352,7 @@ impl Outbox for SqlStore {
                     .execute(&mut *transaction)
                     .await?;
             }
+            super::webhooks::insert_deliveries!(transaction, deliveries);
             sqlx::query(AssertSqlSafe(mark.as_str()))
                 .bind(now)
                 .execute(&mut *transaction)

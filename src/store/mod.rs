@@ -13,6 +13,7 @@ mod sessions;
 mod teams;
 mod totp;
 mod users;
+mod webhooks;
 
 use crate::domain::Error;
 use crate::domain::error::Result;

@@ -644,6 +644,17 @@ impl OrganizationStore for SqlStore {
         Ok(found.map(|(organization_id,)| organization_id))
     }
 
+    async fn find_webhook_organization(&self, webhook_id: Uuid) -> Result<Option<Uuid>> {
+        let found: Option<(Uuid,)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT organization_id FROM webhooks WHERE id = $1")
+                .bind(webhook_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(found.map(|(organization_id,)| organization_id))
+    }
+
     async fn insert_role(&self, role: &CustomRole, events: &[Event]) -> Result<()> {
         execute_with_events!(
             self,

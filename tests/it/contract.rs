@@ -119,7 +119,7 @@ fn the_readme_lists_every_event_type() {
     let (_, list) = readme
         .split_once("The\ncatalog, with a JSON schema per type")
         .unwrap();
-    let (list, _) = list.split_once("Each records its actor").unwrap();
+    let (list, _) = list.split_once("records its actor").unwrap();
     let listed: std::collections::BTreeSet<&str> = list
         .split('`')
         .skip(1)

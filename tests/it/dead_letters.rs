@@ -72,16 +72,24 @@ async fn operators_retry_resolve_and_ignore_dead_letters(backend: Backend) {
     assert_eq!(statistics["by_status"]["pending"], "1");
     assert_eq!(statistics["by_job_type"]["mail"], "1");
 
-    // Monitoring sees the job store and the dead letters.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Monitoring sees the job store and the dead letters (apalis marks the job killed just
+    // after its dead letter is written).
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("status=\"killed\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         metrics.contains("keel_dead_letters{status=\"pending\"} 1"),
         "{metrics}"

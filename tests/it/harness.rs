@@ -109,6 +109,9 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         rate_limit_invitations_per_hour: Some("100000".into()),
         job_poll_milliseconds: Some("20".into()),
         job_retry_base_seconds: Some("1".into()),
+        // Receivers run on loopback; the SSRF test turns the guard back on.
+        webhook_allow_private_targets: Some("true".into()),
+        webhook_retry_schedule: Some("1,1".into()),
         ..Settings::default()
     };
     if backend == Backend::Services {

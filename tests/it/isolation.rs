@@ -74,6 +74,46 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "organization_id": org }),
         ),
         (
+            "keel.webhook.v1.WebhookService/CreateWebhook",
+            json!({ "organization_id": org, "url": "http://127.0.0.1:9/evil", "events": ["*"] }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/ListWebhooks",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/GetWebhook",
+            json!({ "webhook_id": "{webhook}" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/UpdateWebhook",
+            json!({ "webhook_id": "{webhook}", "url": "http://127.0.0.1:9/evil" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/DeleteWebhook",
+            json!({ "webhook_id": "{webhook}" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/TestWebhook",
+            json!({ "webhook_id": "{webhook}" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/ListWebhookDeliveries",
+            json!({ "webhook_id": "{webhook}" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/ReplayWebhookDelivery",
+            json!({ "webhook_id": "{webhook}", "delivery_id": "{webhook}" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/RecoverWebhookDeliveries",
+            json!({ "webhook_id": "{webhook}", "since": "2020-01-01T00:00:00Z" }),
+        ),
+        (
+            "keel.webhook.v1.WebhookService/RotateWebhookSecret",
+            json!({ "webhook_id": "{webhook}" }),
+        ),
+        (
             "keel.audit.v1.AuditLogService/ListOrganizationAuditLogs",
             json!({ "organization_id": org }),
         ),
@@ -335,6 +375,7 @@ async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -
         format!("/api/v1/organizations/{org}/invitations"),
         format!("/api/v1/organizations/{org}/teams"),
         format!("/api/v1/teams/{team}/members"),
+        format!("/api/v1/webhooks?organization_id={org}"),
         "/api/v1/api-keys".to_owned(),
     ] {
         let (status, body) = app.rest(Method::GET, &path, &owner.access, None).await;
@@ -405,6 +446,17 @@ async fn no_tenant_reaches_another(backend: Backend) {
         )
         .await;
     let key_a_id = key["api_key"]["id"].as_str().unwrap().to_owned();
+    // Last, so that no event of the setup is delivered (to a port that discards it anyway).
+    let (status, webhook) = app
+        .rest(
+            Method::POST,
+            "/api/v1/webhooks",
+            &alice.access,
+            Some(json!({ "organization_id": org_a, "url": "http://127.0.0.1:9/hook", "events": ["*"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{webhook}");
+    let webhook_a = webhook["webhook"]["id"].as_str().unwrap().to_owned();
     let (_, key) = app
         .rest(Method::POST, "/api/v1/api-keys", &mallory.access, Some(json!({ "name": "b", "scopes": ["organization:read", "member:read", "team:read", "role:read", "invitation:read", "quota:read"], "organization_id": org_b })))
         .await;
@@ -415,6 +467,7 @@ async fn no_tenant_reaches_another(backend: Backend) {
         ("team", team_a.clone()),
         ("role", role_a.clone()),
         ("invitation", invitation_a.clone()),
+        ("webhook", webhook_a.clone()),
         ("owner", alice_id.clone()),
         ("attacker", mallory_id.clone()),
     ]);
@@ -449,7 +502,7 @@ async fn no_tenant_reaches_another(backend: Backend) {
         // every query filters by the organization, so they are not found there.
         let text = template.to_string();
         if template.get("organization_id").is_some()
-            && ["{role}", "{invitation}", "{owner}"]
+            && ["{role}", "{invitation}", "{owner}", "{webhook}"]
                 .iter()
                 .any(|id| text.contains(id))
         {

@@ -32,3 +32,4 @@ mod throttling;
 mod totp;
 mod users;
 mod validation;
+mod webhooks;

@@ -22,6 +22,8 @@ pub enum Scope {
     Team(Uuid),
     /// The organization of an invitation (the original's `/api/v1/invitations/{id}` routes).
     Invitation(Uuid),
+    /// The organization of a webhook (`/api/v1/webhooks/{id}`).
+    Webhook(Uuid),
 }
 
 /// A caller admitted to an organization (or one of its teams).
@@ -149,6 +151,14 @@ impl AccessControl {
                     .await?
                     .ok_or(Missing::Invitation)?;
                 (organization_id, None, Missing::Invitation)
+            }
+            Scope::Webhook(webhook_id) => {
+                let organization_id = self
+                    .store
+                    .find_webhook_organization(webhook_id)
+                    .await?
+                    .ok_or(Missing::Webhook)?;
+                (organization_id, None, Missing::Webhook)
             }
         };
         if let Credential::ApiKey {

@@ -163,6 +163,7 @@ pub trait OrganizationStore: Send + Sync {
     /// The organization a team belongs to.
     async fn find_team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>>;
     async fn find_invitation_organization(&self, invitation_id: Uuid) -> Result<Option<Uuid>>;
+    async fn find_webhook_organization(&self, webhook_id: Uuid) -> Result<Option<Uuid>>;
     /// Fails with `ROLE_NAME_TAKEN`.
     async fn insert_role(&self, role: &CustomRole, events: &[Event]) -> Result<()>;
     /// Fails with `ROLE_NAME_TAKEN`.
