@@ -33,7 +33,7 @@ use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
 use crate::security::password::Argon2Hasher;
-use crate::store::SqlStore;
+use crate::store::{DirectoryArchive, SqlStore};
 use crate::webhooks::HttpSender;
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -216,7 +216,12 @@ impl Services {
             pages.clone(),
             clock.clone(),
         ));
-        let audit = Arc::new(AuditService::new(Arc::new(store.clone()), pages.clone()));
+        let audit = Arc::new(AuditService::new(
+            Arc::new(store.clone()),
+            Arc::new(DirectoryArchive::new(config.data_dir.join("audit-exports"))),
+            pages.clone(),
+            clock.clone(),
+        ));
         let dispatcher = Arc::new(Dispatcher::new(
             Arc::new(store.clone()),
             webhooks.clone(),
@@ -339,6 +344,8 @@ impl Services {
                 dead_letters: self.dead_letters.clone(),
                 dispatcher: self.dispatcher.clone(),
                 webhooks: self.webhooks.clone(),
+                audit: self.audit.clone(),
+                audit_retention: config.audit_retention,
             },
         )
     }

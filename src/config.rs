@@ -182,6 +182,9 @@ settings! {
     /// When the cleanup job deletes what has outlived its use (ended sessions, expired links
     /// and invitations, finished jobs): a cron schedule with seconds, in UTC
     cleanup_schedule, "KEEL_CLEANUP_SCHEDULE" = "0 17 * * * *";
+    /// Days audit log entries are kept; older ones are exported (JSON lines, to
+    /// `<data dir>/audit-exports`) and then deleted by the cleanup job. 0 keeps them forever
+    audit_retention_days, "KEEL_AUDIT_RETENTION_DAYS" = "365";
     /// Seconds between a failed webhook delivery's attempts, comma-separated: one attempt more
     /// than waits, then the delivery is given up to the dead-letter queue
     webhook_retry_schedule, "KEEL_WEBHOOK_RETRY_SCHEDULE" = "5,300,1800,7200,18000,36000";
@@ -340,6 +343,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub sqlite_wal_max_bytes: u64,
     pub jobs: JobSettings,
+    /// `None` keeps the audit log forever.
+    pub audit_retention: Option<chrono::Duration>,
     pub webhooks: WebhookSettings,
     pub webhook_timeout: Duration,
     pub webhook_allow_private_targets: bool,
@@ -463,6 +468,10 @@ impl Config {
                 max_attempts: settings.job_max_attempts().positive()?,
                 poll_interval: Duration::from_millis(settings.job_poll_milliseconds().positive()?),
                 cleanup_schedule: settings.cleanup_schedule().parse()?,
+            },
+            audit_retention: match settings.audit_retention_days().parse::<u32>()? {
+                0 => None,
+                days => Some(chrono::Duration::days(days.into())),
             },
             webhooks: WebhookSettings {
                 retry_schedule: settings

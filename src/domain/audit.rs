@@ -156,6 +156,40 @@ pub trait AuditStore: Send + Sync {
     async fn audit_entries_after(&self, sequence: i64, limit: usize) -> Result<Vec<AuditEntry>>;
     /// The last entry retention removed (the chain goes on from it), if any.
     async fn audit_anchor(&self) -> Result<Option<(i64, Hash)>>;
+    /// Deletes the entries up to `sequence` and records the last one's hash as the anchor,
+    /// in one transaction.
+    async fn prune_audit_through(&self, sequence: i64, hash: &Hash) -> Result<()>;
+}
+
+/// Where entries go before retention deletes them: JSON lines, one file per batch.
+#[async_trait::async_trait]
+pub trait AuditArchive: Send + Sync {
+    /// Writes `lines` durably as `name` (`audit-<first>-<last>.jsonl`); answers where.
+    async fn write(&self, name: &str, lines: &str) -> Result<String>;
+}
+
+/// An entry as a line of the export: every field, hashes in hex.
+fn export_line(entry: &AuditEntry) -> String {
+    let hex = super::secret::hex;
+    serde_json::json!({
+        "sequence": entry.sequence,
+        "id": entry.id,
+        "occurred_at": entry.occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        "action": entry.action,
+        "outcome": entry.outcome,
+        "actor_type": entry.actor.kind(),
+        "actor_user_id": entry.actor.user_id(),
+        "actor_api_key_id": entry.actor.api_key_id(),
+        "ip_address": entry.client.ip_address,
+        "user_agent": entry.client.user_agent,
+        "organization_id": entry.organization_id,
+        "target_type": entry.target_type,
+        "target_id": entry.target_id,
+        "details": entry.details,
+        "previous_hash": hex(&entry.previous_hash),
+        "hash": hex(&entry.hash),
+    })
+    .to_string()
 }
 
 /// The outbox, as the dispatcher sees it.
@@ -238,8 +272,13 @@ impl Dispatcher {
 /// Reading and checking the audit log.
 pub struct AuditService {
     store: Arc<dyn AuditStore>,
+    archive: Arc<dyn AuditArchive>,
     pages: Arc<PageTokens>,
+    clock: Arc<dyn Clock>,
 }
+
+/// Entries exported and deleted per batch.
+const PRUNE_BATCH: usize = 10_000;
 
 /// The sign-in record of an account.
 pub const LOGIN_ACTIONS: [EventKind; 3] = [
@@ -249,8 +288,50 @@ pub const LOGIN_ACTIONS: [EventKind; 3] = [
 ];
 
 impl AuditService {
-    pub fn new(store: Arc<dyn AuditStore>, pages: Arc<PageTokens>) -> Self {
-        Self { store, pages }
+    pub fn new(
+        store: Arc<dyn AuditStore>,
+        archive: Arc<dyn AuditArchive>,
+        pages: Arc<PageTokens>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            store,
+            archive,
+            pages,
+            clock,
+        }
+    }
+
+    /// Exports, then deletes, the entries older than `retention` from the start of the chain;
+    /// the last one deleted becomes the anchor `verify` starts from. Answers how many.
+    pub async fn prune(&self, retention: chrono::Duration) -> Result<u64> {
+        let cutoff = self.clock.now() - retention;
+        let mut pruned = 0;
+        loop {
+            let start = self
+                .store
+                .audit_anchor()
+                .await?
+                .map_or(0, |(sequence, _)| sequence);
+            let old: Vec<AuditEntry> = self
+                .store
+                .audit_entries_after(start, PRUNE_BATCH)
+                .await?
+                .into_iter()
+                .take_while(|entry| entry.occurred_at < cutoff)
+                .collect();
+            let (Some(first), Some(last)) = (old.first(), old.last()) else {
+                return Ok(pruned);
+            };
+            let lines: String = old.iter().map(|entry| export_line(entry) + "\n").collect();
+            let name = format!("audit-{}-{}.jsonl", first.sequence, last.sequence);
+            let written = self.archive.write(&name, &lines).await?;
+            self.store
+                .prune_audit_through(last.sequence, &last.hash)
+                .await?;
+            tracing::info!(entries = old.len(), export = %written, "audit entries exported and pruned");
+            pruned += old.len() as u64;
+        }
     }
 
     /// Entries matching `query`, newest first. `list` names the listing for its page tokens,

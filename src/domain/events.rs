@@ -285,7 +285,10 @@ impl EventKind {
     pub fn patterns() -> Vec<String> {
         let mut patterns = vec!["*".to_owned()];
         for kind in Self::ALL {
-            let resource = kind.name().split_once('.').map_or("", |(resource, _)| resource);
+            let resource = kind
+                .name()
+                .split_once('.')
+                .map_or("", |(resource, _)| resource);
             let pattern = format!("{resource}.*");
             if !patterns.contains(&pattern) {
                 patterns.push(pattern);

@@ -8,7 +8,7 @@
 //! Job ids are UUID v7s, carried as ULIDs (what apalis stores), so a dead letter's id is its
 //! job's.
 
-use crate::domain::audit::Dispatcher;
+use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
 use crate::domain::error::{Error, Result};
@@ -278,6 +278,9 @@ pub struct JobContext {
     pub dead_letters: Arc<DeadLetterService>,
     pub dispatcher: Arc<Dispatcher>,
     pub webhooks: Arc<WebhookService>,
+    pub audit: Arc<AuditService>,
+    /// `None` keeps the audit log forever.
+    pub audit_retention: Option<chrono::Duration>,
 }
 
 async fn send_mail(
@@ -409,6 +412,9 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     let pruned = context.store.prune(finished).await?;
     if pruned > 0 {
         tracing::info!(pruned, "finished jobs pruned");
+    }
+    if let Some(retention) = context.audit_retention {
+        context.audit.prune(retention).await?;
     }
     let dispatched = chrono::Duration::days(DISPATCHED_EVENT_RETENTION_DAYS);
     let purged = context.dispatcher.purge_dispatched(dispatched).await?;

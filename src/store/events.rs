@@ -440,6 +440,27 @@ impl AuditStore for SqlStore {
         Ok(rows.into_iter().map(AuditEntry::from).collect())
     }
 
+    async fn prune_audit_through(&self, sequence: i64, hash: &Hash) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            sqlx::query("DELETE FROM audit_log WHERE sequence <= $1")
+                .bind(sequence)
+                .execute(&mut *transaction)
+                .await?;
+            sqlx::query(
+                "INSERT INTO audit_anchor (id, sequence, hash) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO UPDATE SET sequence = $1, hash = $2",
+            )
+            .bind(sequence)
+            .bind(&hash[..])
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+
     async fn audit_anchor(&self) -> Result<Option<(i64, Hash)>> {
         let anchor: Option<(i64, Vec<u8>)> = with_pool!(self, pool => {
             sqlx::query_as("SELECT sequence, hash FROM audit_anchor WHERE id = 1")

@@ -3,6 +3,7 @@
 //! body out for each backend, so each query is type-checked against both drivers.
 
 mod api_keys;
+mod archive;
 mod dead_letters;
 mod events;
 mod invitations;
@@ -25,6 +26,8 @@ use sqlx::sqlite::{
 };
 use std::str::FromStr;
 use std::time::Duration;
+
+pub use archive::DirectoryArchive;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
