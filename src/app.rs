@@ -11,6 +11,7 @@ use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings};
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
+use crate::domain::dependencies::{DependencyService, Registry};
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::DeadLetterService;
 use crate::domain::mail::Mailer;
@@ -29,6 +30,7 @@ use crate::domain::totp::TotpService;
 use crate::domain::webhooks::{WebhookPorts, WebhookService};
 use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers};
 use crate::mail::{Delivery, MemoryOutbox};
+use crate::registry::SparseIndex;
 use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
 use crate::security::keyring::InstanceKeyring;
@@ -63,6 +65,7 @@ pub struct Services {
     pub audit: Arc<AuditService>,
     dispatcher: Arc<Dispatcher>,
     webhooks: Arc<WebhookService>,
+    dependencies: Arc<DependencyService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -216,6 +219,16 @@ impl Services {
             pages.clone(),
             clock.clone(),
         ));
+        let registry = match &config.dependency_registry_url {
+            Some(url) => Some(Arc::new(SparseIndex::new(url)?) as Arc<dyn Registry>),
+            None => None,
+        };
+        let dependencies = Arc::new(DependencyService::new(
+            crate::build_info::DEPENDENCIES,
+            registry,
+            Arc::new(store.clone()),
+            clock.clone(),
+        ));
         let audit = Arc::new(AuditService::new(
             Arc::new(store.clone()),
             Arc::new(DirectoryArchive::new(config.data_dir.join("audit-exports"))),
@@ -316,6 +329,7 @@ impl Services {
             audit,
             dispatcher,
             webhooks,
+            dependencies,
             delivery: Arc::new(delivery),
             redis,
             jwt,
@@ -346,6 +360,8 @@ impl Services {
                 webhooks: self.webhooks.clone(),
                 audit: self.audit.clone(),
                 audit_retention: config.audit_retention,
+                dependencies: self.dependencies.clone(),
+                check_dependencies: config.dependency_registry_url.is_some(),
             },
         )
     }
@@ -390,6 +406,7 @@ impl Keel {
             dead_letters: services.dead_letters.clone(),
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
+            dependencies: services.dependencies.clone(),
             job_counts: Arc::new(services.jobs.clone()),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),

@@ -182,6 +182,11 @@ settings! {
     /// When the cleanup job deletes what has outlived its use (ended sessions, expired links
     /// and invitations, finished jobs): a cron schedule with seconds, in UTC
     cleanup_schedule, "KEEL_CLEANUP_SCHEDULE" = "0 17 * * * *";
+    /// Cargo sparse index the dependency update check asks for each dependency's newest
+    /// release; `off` turns the check off
+    dependency_registry_url, "KEEL_DEPENDENCY_REGISTRY_URL" = "https://index.crates.io";
+    /// When the dependency update check runs: a cron schedule with seconds, in UTC
+    dependency_check_schedule, "KEEL_DEPENDENCY_CHECK_SCHEDULE" = "0 0 4 * * *";
     /// Days audit log entries are kept; older ones are exported (JSON lines, to
     /// `<data dir>/audit-exports`) and then deleted by the cleanup job. 0 keeps them forever
     audit_retention_days, "KEEL_AUDIT_RETENTION_DAYS" = "365";
@@ -345,6 +350,8 @@ pub struct Config {
     pub jobs: JobSettings,
     /// `None` keeps the audit log forever.
     pub audit_retention: Option<chrono::Duration>,
+    /// `None` turns the dependency update check off.
+    pub dependency_registry_url: Option<String>,
     pub webhooks: WebhookSettings,
     pub webhook_timeout: Duration,
     pub webhook_allow_private_targets: bool,
@@ -468,6 +475,13 @@ impl Config {
                 max_attempts: settings.job_max_attempts().positive()?,
                 poll_interval: Duration::from_millis(settings.job_poll_milliseconds().positive()?),
                 cleanup_schedule: settings.cleanup_schedule().parse()?,
+                dependency_check_schedule: settings.dependency_check_schedule().parse()?,
+            },
+            dependency_registry_url: match settings.dependency_registry_url().text() {
+                Some(url) if url.trim() == "off" => None,
+                _ => settings
+                    .dependency_registry_url()
+                    .url(&["http://", "https://"])?,
             },
             audit_retention: match settings.audit_retention_days().parse::<u32>()? {
                 0 => None,

@@ -4,11 +4,13 @@
 
 pub mod api;
 pub mod app;
+pub mod build_info;
 pub mod cache;
 pub mod config;
 pub mod domain;
 pub mod jobs;
 pub mod mail;
+pub mod registry;
 pub mod security;
 pub mod store;
 pub mod webhooks;

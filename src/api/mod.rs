@@ -16,6 +16,7 @@ mod web;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::audit::AuditService;
 use crate::domain::auth::AuthService;
+use crate::domain::dependencies::DependencyService;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobCounts};
 use crate::domain::mail::Outbox;
@@ -80,6 +81,7 @@ pub struct ApiDependencies {
     pub dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
+    pub dependencies: Arc<DependencyService>,
     pub job_counts: Arc<dyn JobCounts>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
@@ -160,6 +162,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(AdminServiceServer::new(grpc::AdminApi::new(
             dependencies.outbox.clone(),
+            dependencies.dependencies.clone(),
         )))
         .add(OrganizationServiceServer::new(grpc::OrganizationApi::new(
             dependencies.organizations.clone(),

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod clock;
+pub mod dependencies;
 pub mod error;
 pub mod events;
 pub mod health;

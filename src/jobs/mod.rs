@@ -11,6 +11,7 @@
 use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
+use crate::domain::dependencies::DependencyService;
 use crate::domain::error::{Error, Result};
 use crate::domain::jobs::{DeadLetterService, JobCounts, JobQueue, MAIL_JOB};
 use crate::domain::mail::{MailJob, Mailer};
@@ -54,6 +55,7 @@ pub struct JobSettings {
     /// How often an idle worker looks for new jobs.
     pub poll_interval: Duration,
     pub cleanup_schedule: cron::Schedule,
+    pub dependency_check_schedule: cron::Schedule,
 }
 
 /// Where jobs are kept.
@@ -281,6 +283,9 @@ pub struct JobContext {
     pub audit: Arc<AuditService>,
     /// `None` keeps the audit log forever.
     pub audit_retention: Option<chrono::Duration>,
+    pub dependencies: Arc<DependencyService>,
+    /// Whether the dependency update check runs on its schedule.
+    pub check_dependencies: bool,
 }
 
 async fn send_mail(
@@ -507,6 +512,12 @@ async fn dispatch_events(
     }
 }
 
+/// Asks the registry for the newest release of each dependency.
+async fn check_dependencies(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynError> {
+    context.dependencies.check().await?;
+    Ok(())
+}
+
 fn backoff(settings: &JobSettings) -> anyhow::Result<ExponentialBackoff> {
     Ok(ExponentialBackoffMaker::new(
         settings.retry_base,
@@ -550,7 +561,7 @@ impl Workers {
         let schedule = settings.cleanup_schedule.clone();
         let loops_context = context.clone();
         let cleanup_context = context.clone();
-        let monitor = Monitor::new()
+        let mut monitor = Monitor::new()
             .shutdown_timeout(SHUTDOWN_GRACE)
             .register(move |run| {
                 WorkerBuilder::new(format!("keel-cleanup-{boot}-{run}"))
@@ -558,6 +569,16 @@ impl Workers {
                     .data(cleanup_context.clone())
                     .build(cleanup)
             });
+        if context.check_dependencies {
+            let schedule = settings.dependency_check_schedule.clone();
+            let check_context = context.clone();
+            monitor = monitor.register(move |run| {
+                WorkerBuilder::new(format!("keel-dependencies-{boot}-{run}"))
+                    .backend(CronScheduler::new(schedule.clone()))
+                    .data(check_context.clone())
+                    .build(check_dependencies)
+            });
+        }
         let monitor = match queue {
             Queue::Sqlite(storage) => {
                 monitor.register(move |run| mail_worker!(storage.clone(), run))

@@ -5,6 +5,7 @@
 mod api_keys;
 mod archive;
 mod dead_letters;
+mod dependencies;
 mod events;
 mod invitations;
 mod one_time_tokens;

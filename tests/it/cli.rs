@@ -11,7 +11,8 @@ fn keel_command(settings: &keel::config::Settings) -> Command {
     command
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("KEEL_DATA_DIR", settings.data_dir.clone().unwrap());
+        .env("KEEL_DATA_DIR", settings.data_dir.clone().unwrap())
+        .env("KEEL_DEPENDENCY_REGISTRY_URL", "off");
     if let Some(url) = &settings.database_url {
         command.env("KEEL_DATABASE_URL", url);
     }

@@ -112,6 +112,8 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         // Receivers run on loopback; the SSRF test turns the guard back on.
         webhook_allow_private_targets: Some("true".into()),
         webhook_retry_schedule: Some("1,1".into()),
+        // No test asks a registry off this machine; the update check's own test starts one.
+        dependency_registry_url: Some("off".into()),
         ..Settings::default()
     };
     if backend == Backend::Services {

@@ -31,6 +31,7 @@ pub fn start_keel(
         .env("KEEL_ARGON2_MEMORY_KIB", "1024")
         .env("KEEL_SMTP_URL", smtp_url)
         .env("KEEL_JOB_POLL_MILLISECONDS", "20")
+        .env("KEEL_DEPENDENCY_REGISTRY_URL", "off")
         .env("RUST_LOG", "info")
         .args(args)
         .stdout(Stdio::piped());

@@ -13,6 +13,7 @@ mod cli;
 mod clients;
 mod contract;
 mod dead_letters;
+mod dependencies;
 mod device_sessions;
 mod fuzzing;
 mod hardening;

@@ -52,6 +52,10 @@ pub const CATALOG: &[PermissionInfo] = &[
         "audit:read_all",
         "read the whole audit log, of every user and organization",
     ),
+    platform(
+        "dependency:read",
+        "see which of Keel's dependencies have newer releases, and check now",
+    ),
     organization("file:create", "upload files"),
     organization("file:delete", "delete files"),
     organization("file:read", "list and download files"),
