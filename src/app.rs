@@ -13,7 +13,7 @@ use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::{DependencyService, Registry};
 use crate::domain::health::HealthProbe;
-use crate::domain::jobs::DeadLetterService;
+use crate::domain::jobs::{DeadLetterService, JobMonitorService};
 use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
 use crate::domain::page::PageTokens;
@@ -66,6 +66,7 @@ pub struct Services {
     dispatcher: Arc<Dispatcher>,
     webhooks: Arc<WebhookService>,
     dependencies: Arc<DependencyService>,
+    job_monitor: Arc<JobMonitorService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
     jwt: Arc<JwtCodec>,
@@ -229,6 +230,10 @@ impl Services {
             Arc::new(store.clone()),
             clock.clone(),
         ));
+        let job_monitor = Arc::new(JobMonitorService::new(
+            Arc::new(jobs.clone()),
+            pages.clone(),
+        ));
         let audit = Arc::new(AuditService::new(
             Arc::new(store.clone()),
             Arc::new(DirectoryArchive::new(config.data_dir.join("audit-exports"))),
@@ -330,6 +335,7 @@ impl Services {
             dispatcher,
             webhooks,
             dependencies,
+            job_monitor,
             delivery: Arc::new(delivery),
             redis,
             jwt,
@@ -407,7 +413,8 @@ impl Keel {
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
             dependencies: services.dependencies.clone(),
-            job_counts: Arc::new(services.jobs.clone()),
+            job_monitor: Arc::new(services.jobs.clone()),
+            jobs: services.job_monitor.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),

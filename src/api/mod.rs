@@ -18,7 +18,7 @@ use crate::domain::audit::AuditService;
 use crate::domain::auth::AuthService;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::health::HealthProbe;
-use crate::domain::jobs::{DeadLetterService, JobCounts};
+use crate::domain::jobs::{DeadLetterService, JobMonitor, JobMonitorService};
 use crate::domain::mail::Outbox;
 use crate::domain::password::PasswordPolicy;
 use crate::domain::tenancy::access::AccessControl;
@@ -46,6 +46,7 @@ use pb::keel::audit::v1::audit_log_service_server::AuditLogServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
+use pb::keel::job::v1::job_service_server::JobServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
@@ -82,7 +83,8 @@ pub struct ApiDependencies {
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
     pub dependencies: Arc<DependencyService>,
-    pub job_counts: Arc<dyn JobCounts>,
+    pub job_monitor: Arc<dyn JobMonitor>,
+    pub jobs: Arc<JobMonitorService>,
     pub jwks: serde_json::Value,
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
@@ -186,6 +188,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .add(DeadLetterServiceServer::new(grpc::DeadLetterApi::new(
             dependencies.dead_letters.clone(),
         )))
+        .add(JobServiceServer::new(grpc::JobApi::new(
+            dependencies.jobs.clone(),
+        )))
         .add(AuditLogServiceServer::new(grpc::AuditLogApi::new(
             dependencies.audit.clone(),
         )))
@@ -257,7 +262,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             "/metrics",
             get(web::metrics).with_state(Arc::new(web::MetricsEndpoint {
                 metrics,
-                jobs: dependencies.job_counts.clone(),
+                jobs: dependencies.job_monitor.clone(),
                 dead_letters: dependencies.dead_letters.clone(),
                 token: dependencies.metrics_token.clone(),
             })),

@@ -3,7 +3,7 @@
 use super::metrics::Metrics;
 use super::status::RestError;
 use crate::domain::health::HealthProbe;
-use crate::domain::jobs::{DeadLetterService, JobCounts};
+use crate::domain::jobs::{DeadLetterService, JobMonitor};
 use axum::Json;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
@@ -152,7 +152,7 @@ pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Respons
 
 pub struct MetricsEndpoint {
     pub metrics: Arc<Metrics>,
-    pub jobs: Arc<dyn JobCounts>,
+    pub jobs: Arc<dyn JobMonitor>,
     pub dead_letters: Arc<DeadLetterService>,
     /// When set, scrapers present it as a bearer token.
     pub token: Option<String>,

@@ -123,11 +123,66 @@ pub trait DeadLetterStore: Send + Sync {
     ) -> Result<()>;
 }
 
-/// The job store's counts, for monitoring: `(queue, status, jobs)` for every pair present
-/// (statuses `pending`, `queued`, `running`, `done`, `failed`, `killed`).
+/// A job as the monitor shows it: never its payload (a mail's links are credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSummary {
+    pub id: Uuid,
+    pub queue: String,
+    /// `pending`, `queued`, `running`, `done`, `failed` or `killed`.
+    pub status: String,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub run_at: DateTime<Utc>,
+    pub done_at: Option<DateTime<Utc>>,
+    /// The last attempt's outcome as the job store recorded it (an error, for failures).
+    pub last_result: Option<String>,
+}
+
+/// The job store, for operators.
 #[async_trait::async_trait]
-pub trait JobCounts: Send + Sync {
+pub trait JobMonitor: Send + Sync {
+    /// `(queue, status, jobs)` for every pair present.
     async fn job_counts(&self) -> Result<Vec<(String, String, u64)>>;
+    /// Jobs newest first, older than the job `before`, optionally of one queue and status.
+    async fn list_jobs(
+        &self,
+        queue: Option<&str>,
+        status: Option<&str>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>>;
+}
+
+/// Lists jobs for operators.
+pub struct JobMonitorService {
+    monitor: Arc<dyn JobMonitor>,
+    pages: Arc<PageTokens>,
+}
+
+impl JobMonitorService {
+    pub fn new(monitor: Arc<dyn JobMonitor>, pages: Arc<PageTokens>) -> Self {
+        Self { monitor, pages }
+    }
+
+    pub async fn list(
+        &self,
+        queue: Option<&str>,
+        status: Option<&str>,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<JobSummary>> {
+        let list = format!("jobs:{}:{}", queue.unwrap_or(""), status.unwrap_or(""));
+        let request = self.pages.request(&list, page_size, page_token)?;
+        let jobs = self
+            .monitor
+            .list_jobs(queue, status, request.after, request.fetch_limit())
+            .await?;
+        Ok(self.pages.page(&list, request, jobs, |job| job.id))
+    }
+
+    pub async fn counts(&self) -> Result<Vec<(String, String, u64)>> {
+        self.monitor.job_counts().await
+    }
 }
 
 /// Queues a job again from its stored payload, as the job `id`.

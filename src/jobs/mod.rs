@@ -13,7 +13,7 @@ use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::error::{Error, Result};
-use crate::domain::jobs::{DeadLetterService, JobCounts, JobQueue, MAIL_JOB};
+use crate::domain::jobs::{DeadLetterService, JobMonitor, JobQueue, JobSummary, MAIL_JOB};
 use crate::domain::mail::{MailJob, Mailer};
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::webhooks::{DeliveryRound, GivenUpDelivery, WEBHOOK_JOB, WebhookService};
@@ -158,7 +158,7 @@ impl JobStore {
 }
 
 #[async_trait::async_trait]
-impl JobCounts for JobStore {
+impl JobMonitor for JobStore {
     async fn job_counts(&self) -> Result<Vec<(String, String, u64)>> {
         let sql = "SELECT job_type, LOWER(status), COUNT(*) FROM {jobs} GROUP BY job_type, status";
         let rows: Vec<(String, String, i64)> = match self {
@@ -177,6 +177,84 @@ impl JobCounts for JobStore {
         Ok(rows
             .into_iter()
             .map(|(queue, status, count)| (queue, status, u64::try_from(count).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn list_jobs(
+        &self,
+        queue: Option<&str>,
+        status: Option<&str>,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>> {
+        // Job ids are ULIDs (text that sorts by time); times are seconds.
+        let before = before.map(|id| Ulid::from(id.as_u128()).to_string());
+        let status = status.map(|status| {
+            let mut letters = status.chars();
+            letters
+                .next()
+                .map(|first| first.to_uppercase().chain(letters).collect::<String>())
+                .unwrap_or_default()
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let filter = "WHERE ($1 IS NULL OR job_type = $1) AND ($2 IS NULL OR status = $2) \
+             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4";
+        type Row = (
+            String,
+            String,
+            String,
+            i32,
+            i32,
+            i64,
+            Option<i64>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = match self {
+            Self::Sqlite(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT id, job_type, status, attempts, max_attempts, run_at, done_at, \
+                     last_result FROM Jobs {filter}"
+                )))
+                .bind(queue)
+                .bind(status)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+            }
+            Self::Postgres(pool) => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT id, job_type, status, attempts, max_attempts, \
+                     EXTRACT(EPOCH FROM run_at)::BIGINT, EXTRACT(EPOCH FROM done_at)::BIGINT, \
+                     last_result::TEXT FROM apalis.jobs {filter}"
+                )))
+                .bind(queue)
+                .bind(status)
+                .bind(before)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+            }
+        }
+        .map_err(Error::internal)?;
+        let time = |seconds: i64| DateTime::from_timestamp(seconds, 0).unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(id, queue, status, attempts, max_attempts, run_at, done_at, last)| {
+                    let id = Uuid::from_u128(u128::from(Ulid::from_string(&id).ok()?));
+                    Some(JobSummary {
+                        id,
+                        queue,
+                        status: status.to_lowercase(),
+                        attempts: u32::try_from(attempts).unwrap_or_default(),
+                        max_attempts: u32::try_from(max_attempts).unwrap_or_default(),
+                        run_at: time(run_at),
+                        done_at: done_at.map(time),
+                        last_result: last,
+                    })
+                },
+            )
             .collect())
     }
 }

@@ -99,6 +99,41 @@ async fn operators_retry_resolve_and_ignore_dead_letters(backend: Backend) {
         "{metrics}"
     );
 
+    // The job monitor lists the job given up, without its payload.
+    let (status, killed) = app
+        .rest(
+            Method::GET,
+            "/api/v1/jobs?queue=mail&status=killed",
+            &root,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{killed}");
+    let jobs = killed["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{killed}");
+    assert_eq!(jobs[0]["id"], task_id.as_str());
+    assert_eq!(
+        (jobs[0]["attempts"].clone(), jobs[0]["max_attempts"].clone()),
+        (json!(1), json!(1))
+    );
+    assert!(jobs[0].get("payload").is_none() && !killed.to_string().contains("token="));
+    let (_, statistics) = app
+        .rest(Method::GET, "/api/v1/jobs/statistics", &root, None)
+        .await;
+    assert!(
+        statistics["counts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({ "queue": "mail", "status": "killed", "count": "1" })),
+        "{statistics}"
+    );
+    assert_eq!(
+        app.status_and_reason(Method::GET, "/api/v1/jobs", &member, None)
+            .await
+            .0,
+        403
+    );
+
     // Operators only.
     assert_eq!(
         app.status_and_reason(Method::GET, "/api/v1/dead-letter", &member, None)
