@@ -68,61 +68,49 @@ async fn database(postgres: Option<&str>, directory: &std::path::Path) -> (SqlSt
 /// Plain rows, the same number, in transactions of `BATCH`, then read back.
 async fn floor(url: &str, rows: usize) -> f64 {
     use sqlx::{Connection, Executor};
-    let started;
-    if url.starts_with("sqlite:") {
-        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
-        connection
-            .execute("CREATE TABLE floor_rows (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-            .await
-            .unwrap();
-        started = Instant::now();
-        for chunk in 0..rows.div_ceil(BATCH) {
-            let mut transaction = connection.begin().await.unwrap();
-            for row in 0..BATCH {
-                sqlx::query("INSERT INTO floor_rows (id, body) VALUES ($1, $2)")
-                    .bind(i64::try_from(chunk * BATCH + row).unwrap())
-                    .bind("{\"organization_id\":\"x\",\"name\":\"Org\",\"slug\":\"org\"}")
-                    .execute(&mut *transaction)
-                    .await
-                    .unwrap();
+    macro_rules! measure {
+        ($connection:expr, $id_type:literal) => {{
+            let mut connection = $connection;
+            connection
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "CREATE TABLE floor_rows (id {} PRIMARY KEY, body TEXT NOT NULL)",
+                    $id_type
+                )))
+                .await
+                .unwrap();
+            let started = Instant::now();
+            for chunk in 0..rows.div_ceil(BATCH) {
+                let first = i64::try_from(chunk * BATCH).unwrap();
+                let mut transaction = connection.begin().await.unwrap();
+                for row in 0..i64::try_from(BATCH).unwrap() {
+                    sqlx::query("INSERT INTO floor_rows (id, body) VALUES ($1, $2)")
+                        .bind(first + row)
+                        .bind("{\"organization_id\":\"x\",\"name\":\"Org\",\"slug\":\"org\"}")
+                        .execute(&mut *transaction)
+                        .await
+                        .unwrap();
+                }
+                transaction.commit().await.unwrap();
+                let _: Vec<(i64, String)> =
+                    sqlx::query_as("SELECT id, body FROM floor_rows WHERE id >= $1 LIMIT $2")
+                        .bind(first)
+                        .bind(i64::try_from(BATCH).unwrap())
+                        .fetch_all(&mut connection)
+                        .await
+                        .unwrap();
             }
-            transaction.commit().await.unwrap();
-            let _: Vec<(i64, String)> =
-                sqlx::query_as("SELECT id, body FROM floor_rows WHERE id >= $1 LIMIT $2")
-                    .bind(i64::try_from(chunk * BATCH).unwrap())
-                    .bind(i64::try_from(BATCH).unwrap())
-                    .fetch_all(&mut connection)
-                    .await
-                    .unwrap();
-        }
-    } else {
-        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
-        connection
-            .execute("CREATE TABLE floor_rows (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")
-            .await
-            .unwrap();
-        started = Instant::now();
-        for chunk in 0..rows.div_ceil(BATCH) {
-            let mut transaction = connection.begin().await.unwrap();
-            for row in 0..BATCH {
-                sqlx::query("INSERT INTO floor_rows (id, body) VALUES ($1, $2)")
-                    .bind(i64::try_from(chunk * BATCH + row).unwrap())
-                    .bind("{\"organization_id\":\"x\",\"name\":\"Org\",\"slug\":\"org\"}")
-                    .execute(&mut *transaction)
-                    .await
-                    .unwrap();
-            }
-            transaction.commit().await.unwrap();
-            let _: Vec<(i64, String)> =
-                sqlx::query_as("SELECT id, body FROM floor_rows WHERE id >= $1 LIMIT $2")
-                    .bind(i64::try_from(chunk * BATCH).unwrap())
-                    .bind(i64::try_from(BATCH).unwrap())
-                    .fetch_all(&mut connection)
-                    .await
-                    .unwrap();
-        }
+            started.elapsed()
+        }};
     }
-    rows as f64 / started.elapsed().as_secs_f64()
+    let elapsed = if url.starts_with("sqlite:") {
+        measure!(
+            sqlx::SqliteConnection::connect(url).await.unwrap(),
+            "INTEGER"
+        )
+    } else {
+        measure!(sqlx::PgConnection::connect(url).await.unwrap(), "BIGINT")
+    };
+    rows as f64 / elapsed.as_secs_f64()
 }
 
 /// A receiver on loopback answering 200; answers its URL and its count.
@@ -274,6 +262,17 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
         audit_rate / floor_rate
     );
     store.close().await;
+    if let Some(admin) = postgres {
+        use sqlx::{Connection, Executor};
+        let (_, name) = url.rsplit_once('/').unwrap();
+        let mut connection = sqlx::PgConnection::connect(admin).await.unwrap();
+        connection
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {name} WITH (FORCE)"
+            )))
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::main]

@@ -60,6 +60,21 @@ fn entries(page: Page<AuditEntry>) -> (Vec<AuditLog>, String) {
     )
 }
 
+impl AuditLogApi {
+    /// A page of the listing `list`: its entries as the protos carry them, and the next token.
+    async fn page(
+        &self,
+        list: &str,
+        query: AuditQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditLog>, String), Status> {
+        Ok(entries(
+            self.audit.list(list, query, page_size, page_token).await?,
+        ))
+    }
+}
+
 fn outcome(outcome: AuditOutcome) -> Option<Outcome> {
     match outcome {
         AuditOutcome::Unspecified => None,
@@ -98,11 +113,9 @@ impl AuditLogRpc for AuditLogApi {
             occurred_before: time("occurred_before", body.occurred_before)?,
             ..AuditQuery::default()
         };
-        let page = self
-            .audit
-            .list("audit", query, body.page_size, &body.page_token)
+        let (audit_logs, next_page_token) = self
+            .page("audit", query, body.page_size, &body.page_token)
             .await?;
-        let (audit_logs, next_page_token) = entries(page);
         Ok(Response::new(ListAuditLogsResponse {
             audit_logs,
             next_page_token,
@@ -127,11 +140,9 @@ impl AuditLogRpc for AuditLogApi {
             ..AuditQuery::default()
         };
         let list = format!("audit:organization:{organization_id}");
-        let page = self
-            .audit
-            .list(&list, query, body.page_size, &body.page_token)
+        let (audit_logs, next_page_token) = self
+            .page(&list, query, body.page_size, &body.page_token)
             .await?;
-        let (audit_logs, next_page_token) = entries(page);
         Ok(Response::new(ListOrganizationAuditLogsResponse {
             audit_logs,
             next_page_token,
@@ -183,11 +194,9 @@ impl AuditLogRpc for AuditLogApi {
             target_id: Some(body.resource_id),
             ..AuditQuery::default()
         };
-        let page = self
-            .audit
-            .list(&list, query, body.page_size, &body.page_token)
+        let (audit_logs, next_page_token) = self
+            .page(&list, query, body.page_size, &body.page_token)
             .await?;
-        let (audit_logs, next_page_token) = entries(page);
         Ok(Response::new(ListResourceAuditLogsResponse {
             audit_logs,
             next_page_token,
@@ -206,11 +215,9 @@ impl AuditLogRpc for AuditLogApi {
             occurred_before: time("occurred_before", body.occurred_before)?,
             ..AuditQuery::default()
         };
-        let page = self
-            .audit
-            .list(&list, query, body.page_size, &body.page_token)
+        let (audit_logs, next_page_token) = self
+            .page(&list, query, body.page_size, &body.page_token)
             .await?;
-        let (audit_logs, next_page_token) = entries(page);
         Ok(Response::new(SearchAuditLogsResponse {
             audit_logs,
             next_page_token,
@@ -255,11 +262,9 @@ impl AuditLogRpc for AuditLogApi {
             ..AuditQuery::default()
         };
         let list = format!("audit:failed-logins:{user_id}");
-        let page = self
-            .audit
-            .list(&list, query, body.page_size, &body.page_token)
+        let (audit_logs, next_page_token) = self
+            .page(&list, query, body.page_size, &body.page_token)
             .await?;
-        let (audit_logs, next_page_token) = entries(page);
         Ok(Response::new(ListFailedLoginsResponse {
             audit_logs,
             next_page_token,
