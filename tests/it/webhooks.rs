@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 crate::backend_tests!(
+    an_endpoint_gets_no_more_than_its_rate,
     events_reach_subscribed_endpoints_signed_and_retried,
     private_targets_are_refused_and_a_failing_webhook_is_turned_off
 );
@@ -27,6 +28,7 @@ crate::backend_tests!(
 /// A request the receiver got.
 #[derive(Debug, Clone)]
 struct Received {
+    at: std::time::Instant,
     id: String,
     timestamp: String,
     signature: String,
@@ -53,6 +55,7 @@ async fn receive(
             .to_owned()
     };
     receiver.received.lock().unwrap().push(Received {
+        at: std::time::Instant::now(),
         id: header("webhook-id"),
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
@@ -525,4 +528,48 @@ async fn private_targets_are_refused_and_a_failing_webhook_is_turned_off(backend
         assert_eq!(violations[0].0, field, "{body}");
         assert_eq!(violations[0].1, reason, "{body}");
     }
+}
+
+/// A webhook limited to 1 delivery a second gets three events over more than a second, each
+/// at its first attempt (a postponed delivery is not a failed one).
+async fn an_endpoint_gets_no_more_than_its_rate(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, alice) = verified_user(&app, "alice@example.com").await;
+    let organization_id = create_organization(&app, &alice.access, "acme").await;
+    let (receiver, url) = start_receiver().await;
+    let (status, created) = app
+        .rest(
+            Method::POST,
+            "/api/v1/webhooks",
+            &alice.access,
+            Some(json!({
+                "organization_id": organization_id,
+                "url": url,
+                "events": ["organization.updated"],
+                "rate_limit_per_second": 1,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let webhook_id = created["webhook"]["id"].as_str().unwrap().to_owned();
+    for round in 0..3 {
+        rename(
+            &app,
+            &alice.access,
+            &organization_id,
+            &format!("Acme {round}"),
+        )
+        .await;
+    }
+    let received = receiver.wait_for(3).await;
+    let span = received[2].at - received[0].at;
+    assert!(span >= Duration::from_secs(1), "3 deliveries in {span:?}");
+    let delivered = wait_for_deliveries(&app, &alice.access, &webhook_id, |listed| {
+        listed.len() == 3
+            && listed
+                .iter()
+                .all(|delivery| delivery["status"] == "DELIVERY_STATUS_SUCCEEDED")
+    })
+    .await;
+    assert!(delivered.iter().all(|delivery| delivery["attempts"] == 1));
 }
