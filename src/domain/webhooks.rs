@@ -268,6 +268,8 @@ pub trait WebhookStore: Send + Sync {
     /// Counts a delivery's outcome on its webhook: a success clears the run of failures, a
     /// failure adds to it; answers the run.
     async fn count_webhook_outcome(&self, id: Uuid, succeeded: bool) -> Result<u32>;
+    /// Makes the deliveries held while the webhook was off due at `now`.
+    async fn release_held_deliveries(&self, webhook_id: Uuid, now: DateTime<Utc>) -> Result<u64>;
 }
 
 #[derive(Debug, Clone)]
@@ -530,17 +532,23 @@ impl WebhookService {
         if let Some(rate) = changes.rate_limit_per_second {
             webhook.rate_limit_per_second = rate;
         }
+        let turned_on = changes.is_active == Some(true) && !webhook.is_active;
         if let Some(active) = changes.is_active {
-            // Turning it on again starts a fresh run of failures.
-            if active && !webhook.is_active {
-                webhook.consecutive_failures = 0;
-                webhook.disabled_reason = None;
-            }
             webhook.is_active = active;
+        }
+        if turned_on {
+            // A fresh run of failures.
+            webhook.consecutive_failures = 0;
+            webhook.disabled_reason = None;
         }
         webhook.updated_at = truncate_to_micros(self.clock.now());
         let updated = self.event(EventKind::WebhookUpdated, &access.origin(), &webhook);
         self.store.update_webhook(&webhook, &[updated]).await?;
+        if turned_on {
+            self.store
+                .release_held_deliveries(webhook.id, webhook.updated_at)
+                .await?;
+        }
         Ok(webhook)
     }
 
@@ -749,7 +757,7 @@ impl WebhookService {
             .find_webhook(delivery.organization_id, delivery.webhook_id)
             .await?;
         let Some(webhook) = webhook.filter(|webhook| webhook.is_active) else {
-            // Turned off since: kept pending, for a recovery or a replay once it is on again.
+            // Turned off since: held (pending, not due) until it is turned on again.
             delivery.next_attempt_at = None;
             self.store.record_attempt(&delivery).await?;
             return Ok((delivery, false));

@@ -438,6 +438,18 @@ impl WebhookStore for SqlStore {
         .map(|_| ())
     }
 
+    async fn release_held_deliveries(&self, webhook_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
+        super::execute!(
+            self,
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = $2 \
+                 WHERE webhook_id = $1 AND status = 'pending' AND next_attempt_at IS NULL",
+            )
+            .bind(webhook_id)
+            .bind(now)
+        )
+    }
+
     async fn count_webhook_outcome(&self, id: Uuid, succeeded: bool) -> Result<u32> {
         let run: Option<i32> = with_pool!(self, pool => {
             sqlx::query_scalar(

@@ -370,6 +370,48 @@ async fn events_reach_subscribed_endpoints_signed_and_retried(backend: Backend) 
     assert_eq!(verified_by(&received[10], &new_secret), 1);
     assert_eq!(verified_by(&received[10], &secret), 0);
 
+    // A delivery queued before the webhook was turned off waits, and goes once it is on again.
+    let webhook_path = format!("/api/v1/webhooks/{webhook_id}");
+    let toggle = |active: bool| {
+        app.rest(
+            Method::PUT,
+            &webhook_path,
+            &alice.access,
+            Some(json!({ "is_active": active })),
+        )
+    };
+    assert_eq!(toggle(false).await.0, 200);
+    let store = keel::store::SqlStore::connect(&app.config.database_url)
+        .await
+        .unwrap();
+    let held = keel::domain::webhooks::Delivery {
+        id: uuid::Uuid::now_v7(),
+        event_id: uuid::Uuid::now_v7(),
+        status: keel::domain::webhooks::DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at: None,
+        ..keel::domain::webhooks::WebhookStore::find_delivery(
+            &store,
+            delivered[0]["id"].as_str().unwrap().parse().unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    keel::domain::webhooks::WebhookStore::insert_deliveries(&store, std::slice::from_ref(&held))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.received.lock().unwrap().len(),
+        11,
+        "held while off"
+    );
+    assert_eq!(toggle(true).await.0, 200);
+    let received = receiver.wait_for(12).await;
+    assert_eq!(received[11].id, held.event_id.to_string());
+    store.close().await;
+
     // Webhook changes are audited; deleting stops deliveries.
     let (status, _) = app
         .rest(
@@ -384,7 +426,7 @@ async fn events_reach_subscribed_endpoints_signed_and_retried(backend: Backend) 
         &app,
         &alice.access,
         &format!("/api/v1/organizations/{organization_id}/audit-logs?target_type=webhook"),
-        |entries| entries.len() >= 3,
+        |entries| entries.len() >= 5,
     )
     .await;
     let actions: Vec<&str> = audited
@@ -395,13 +437,15 @@ async fn events_reach_subscribed_endpoints_signed_and_retried(backend: Backend) 
         actions,
         [
             "webhook.deleted",
+            "webhook.updated",
+            "webhook.updated",
             "webhook.secret_rotated",
             "webhook.created"
         ]
     );
     rename(&app, &alice.access, &organization_id, "Acme 6").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received.lock().unwrap().len(), 11);
+    assert_eq!(receiver.received.lock().unwrap().len(), 12);
 }
 
 async fn private_targets_are_refused_and_a_failing_webhook_is_turned_off(backend: Backend) {
