@@ -5,6 +5,9 @@
 //! database: plain INSERTs of the same number of rows, 500 per transaction, then SELECTs of
 //! them back.
 //!
+//! It also times the cost of the outbox on the request path: a profile change written alone
+//! (one UPDATE), against the same change with its `user.updated` event in one transaction.
+//!
 //! ```sh
 //! cargo bench --bench events -- --events 20000 --deliveries 5000
 //! ```
@@ -113,6 +116,64 @@ async fn floor(url: &str, rows: usize) -> f64 {
     rows as f64 / elapsed.as_secs_f64()
 }
 
+/// The mean time of `count` profile changes written alone (a plain UPDATE), then through the
+/// store with their `user.updated` event.
+async fn change_cost(
+    store: &SqlStore,
+    url: &str,
+    user: &User,
+    clock: &dyn Clock,
+    count: usize,
+) -> (Duration, Duration) {
+    use sqlx::Connection;
+    let sql = "UPDATE users SET full_name = $2, updated_at = $3 WHERE id = $1";
+    let started = Instant::now();
+    if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        for index in 0..count {
+            sqlx::query(sql)
+                .bind(user.id)
+                .bind(format!("Name {index}"))
+                .bind(clock.now())
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        for index in 0..count {
+            sqlx::query(sql)
+                .bind(user.id)
+                .bind(format!("Name {index}"))
+                .bind(clock.now())
+                .execute(&mut connection)
+                .await
+                .unwrap();
+        }
+    }
+    let alone = started.elapsed() / u32::try_from(count).unwrap();
+    let origin = Origin::system();
+    let started = Instant::now();
+    for index in 0..count {
+        let full_name = format!("Name {index}");
+        let changed = User {
+            full_name: full_name.clone(),
+            ..user.clone()
+        };
+        let event = Event::new(
+            EventKind::UserUpdated,
+            &origin,
+            clock,
+            &keel::domain::events::UserData::from(&changed),
+        );
+        UserStore::update_full_name(store, user.id, &full_name, clock.now(), &[event])
+            .await
+            .unwrap();
+    }
+    let with_event = started.elapsed() / u32::try_from(count).unwrap();
+    (alone, with_event)
+}
+
 /// A receiver on loopback answering 200; answers its URL and its count.
 async fn receiver() -> (String, Arc<AtomicU64>) {
     let received = Arc::new(AtomicU64::new(0));
@@ -186,6 +247,9 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
     OrganizationStore::insert_organization(&store, &organization, owner.id, &[])
         .await
         .unwrap();
+    let changes = option("--changes", 2_000);
+    let (alone, with_event) = change_cost(&store, &url, &owner, clock.as_ref(), changes).await;
+
     let data = OrganizationData {
         organization_id: organization.id,
         name: "Bench".into(),
@@ -260,6 +324,10 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
         "{backend:<10} floor {floor_rate:>8.0} rows/s   events→audit {audit_rate:>8.0}/s ({:.2}× floor)   \
          webhook deliveries {delivery_rate:>7.0}/s ({sent} sent)",
         audit_rate / floor_rate
+    );
+    println!(
+        "{backend:<10} a profile change: alone {alone:>7.1?}, with its event {with_event:>7.1?} ({:.2}×)",
+        with_event.as_secs_f64() / alone.as_secs_f64()
     );
     store.close().await;
     if let Some(admin) = postgres {
