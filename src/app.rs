@@ -412,6 +412,7 @@ impl Keel {
             dead_letters: services.dead_letters.clone(),
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
+            dispatcher: services.dispatcher.clone(),
             dependencies: services.dependencies.clone(),
             job_monitor: Arc::new(services.jobs.clone()),
             jobs: services.job_monitor.clone(),

@@ -14,7 +14,7 @@ mod validation;
 mod web;
 
 use crate::domain::apikey::ApiKeyService;
-use crate::domain::audit::AuditService;
+use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::AuthService;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::health::HealthProbe;
@@ -82,6 +82,7 @@ pub struct ApiDependencies {
     pub dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
+    pub dispatcher: Arc<Dispatcher>,
     pub dependencies: Arc<DependencyService>,
     pub job_monitor: Arc<dyn JobMonitor>,
     pub jobs: Arc<JobMonitorService>,
@@ -264,6 +265,8 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
                 metrics,
                 jobs: dependencies.job_monitor.clone(),
                 dead_letters: dependencies.dead_letters.clone(),
+                dispatcher: dependencies.dispatcher.clone(),
+                webhooks: dependencies.webhooks.clone(),
                 token: dependencies.metrics_token.clone(),
             })),
         )

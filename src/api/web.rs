@@ -2,8 +2,10 @@
 
 use super::metrics::Metrics;
 use super::status::RestError;
+use crate::domain::audit::Dispatcher;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitor};
+use crate::domain::webhooks::WebhookService;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{Html, IntoResponse, Response};
@@ -154,6 +156,8 @@ pub struct MetricsEndpoint {
     pub metrics: Arc<Metrics>,
     pub jobs: Arc<dyn JobMonitor>,
     pub dead_letters: Arc<DeadLetterService>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub webhooks: Arc<WebhookService>,
     /// When set, scrapers present it as a bearer token.
     pub token: Option<String>,
 }
@@ -212,6 +216,31 @@ pub async fn metrics(State(endpoint): State<Arc<MetricsEndpoint>>, headers: Head
             }
         }
         Err(error) => tracing::warn!(%error, "counting dead letters for /metrics failed"),
+    }
+    match endpoint.dispatcher.backlog().await {
+        Ok(pending) => {
+            let _ = writeln!(
+                text,
+                "# HELP keel_outbox_pending Events committed and not yet dispatched.\n\
+                 # TYPE keel_outbox_pending gauge\nkeel_outbox_pending {pending}"
+            );
+        }
+        Err(error) => tracing::warn!(%error, "counting the outbox for /metrics failed"),
+    }
+    match endpoint.webhooks.delivery_counts().await {
+        Ok(counts) => {
+            text.push_str(
+                "# HELP keel_webhook_deliveries Webhook deliveries by status (finished ones are \
+                 deleted after 30 days).\n# TYPE keel_webhook_deliveries gauge\n",
+            );
+            for (status, count) in counts {
+                let _ = writeln!(
+                    text,
+                    "keel_webhook_deliveries{{status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "counting webhook deliveries for /metrics failed"),
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -209,6 +209,8 @@ pub trait Outbox: Send + Sync {
         deliveries: &[Delivery],
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// Events committed and not yet dispatched.
+    async fn pending_count(&self) -> Result<u64>;
     /// Deletes dispatched events older than `cutoff`; answers how many.
     async fn delete_events_dispatched_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }
@@ -259,6 +261,11 @@ impl Dispatcher {
             .settle_events(&sequences, &entries, &deliveries, self.clock.now())
             .await?;
         Ok(pending.len())
+    }
+
+    /// Events committed and not yet handed on: the outbox's backlog.
+    pub async fn backlog(&self) -> Result<u64> {
+        self.outbox.pending_count().await
     }
 
     /// Deletes events dispatched more than `retention` ago.

@@ -268,6 +268,11 @@ pub trait WebhookStore: Send + Sync {
     /// Counts a delivery's outcome on its webhook: a success clears the run of failures, a
     /// failure adds to it; answers the run.
     async fn count_webhook_outcome(&self, id: Uuid, succeeded: bool) -> Result<u32>;
+    /// Deliveries by status, for monitoring.
+    async fn delivery_counts(&self) -> Result<Vec<(String, u64)>>;
+    /// Deletes finished (succeeded or failed) deliveries created before `cutoff`; answers how
+    /// many.
+    async fn delete_deliveries_finished_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
     /// Makes the deliveries held while the webhook was off due at `now`.
     async fn release_held_deliveries(&self, webhook_id: Uuid, now: DateTime<Utc>) -> Result<u64>;
 }
@@ -665,6 +670,19 @@ impl WebhookService {
             .collect();
         self.store.insert_deliveries(&replays).await?;
         Ok(replays)
+    }
+
+    /// Deliveries by status: `pending`, `succeeded`, `failed`.
+    pub async fn delivery_counts(&self) -> Result<Vec<(String, u64)>> {
+        self.store.delivery_counts().await
+    }
+
+    /// Deletes deliveries finished more than `retention` ago (a failed one's dead letter keeps
+    /// what a retry needs until then).
+    pub async fn purge_finished(&self, retention: Duration) -> Result<u64> {
+        self.store
+            .delete_deliveries_finished_before(self.clock.now() - retention)
+            .await
     }
 
     /// A dead letter's retry: the given-up delivery again, as the new delivery `id`.

@@ -499,6 +499,11 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     if let Some(retention) = context.audit_retention {
         context.audit.prune(retention).await?;
     }
+    let finished = chrono::Duration::days(ENDED_RETENTION_DAYS);
+    let purged = context.webhooks.purge_finished(finished).await?;
+    if purged > 0 {
+        tracing::info!(purged, "finished webhook deliveries purged");
+    }
     let dispatched = chrono::Duration::days(DISPATCHED_EVENT_RETENTION_DAYS);
     let purged = context.dispatcher.purge_dispatched(dispatched).await?;
     if purged > 0 {

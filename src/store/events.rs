@@ -363,6 +363,16 @@ impl Outbox for SqlStore {
         .map_err(database_error)
     }
 
+    async fn pending_count(&self) -> Result<u64> {
+        let count: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE dispatched_at IS NULL")
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
     async fn delete_events_dispatched_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
         super::execute!(
             self,

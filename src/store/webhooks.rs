@@ -438,6 +438,30 @@ impl WebhookStore for SqlStore {
         .map(|_| ())
     }
 
+    async fn delivery_counts(&self) -> Result<Vec<(String, u64)>> {
+        let rows: Vec<(String, i64)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT status, COUNT(*) FROM webhook_deliveries GROUP BY status")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(status, count)| (status, u64::try_from(count).unwrap_or_default()))
+            .collect())
+    }
+
+    async fn delete_deliveries_finished_before(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        super::execute!(
+            self,
+            sqlx::query(
+                "DELETE FROM webhook_deliveries \
+                 WHERE status IN ('succeeded', 'failed') AND created_at < $1",
+            )
+            .bind(cutoff)
+        )
+    }
+
     async fn release_held_deliveries(&self, webhook_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
         super::execute!(
             self,

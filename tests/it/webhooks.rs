@@ -577,7 +577,10 @@ async fn private_targets_are_refused_and_a_failing_webhook_is_turned_off(backend
 /// A webhook limited to 1 delivery a second gets three events over more than a second, each
 /// at its first attempt (a postponed delivery is not a failed one).
 async fn an_endpoint_gets_no_more_than_its_rate(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.cleanup_schedule = Some("* * * * * *".into());
+    })
+    .await;
     let (_, alice) = verified_user(&app, "alice@example.com").await;
     let organization_id = create_organization(&app, &alice.access, "acme").await;
     let (receiver, url) = start_receiver().await;
@@ -616,4 +619,23 @@ async fn an_endpoint_gets_no_more_than_its_rate(backend: Backend) {
     })
     .await;
     assert!(delivered.iter().all(|delivery| delivery["attempts"] == 1));
+
+    // Monitoring counts them; the cleanup deletes them once 30 days old.
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keel_webhook_deliveries{status=\"succeeded\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("keel_outbox_pending "), "{metrics}");
+    app.clock.advance(chrono::Duration::days(31));
+    let alice = app.login("alice@example.com").await;
+    wait_for_deliveries(&app, &alice.access, &webhook_id, |listed| listed.is_empty()).await;
 }
