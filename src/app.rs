@@ -363,6 +363,7 @@ impl Services {
                 queues: self.queues.clone(),
                 dead_letters: self.dead_letters.clone(),
                 dispatcher: self.dispatcher.clone(),
+                leases: Arc::new(self.store.clone()),
                 webhooks: self.webhooks.clone(),
                 audit: self.audit.clone(),
                 audit_retention: config.audit_retention,

@@ -121,6 +121,92 @@ pub trait DeadLetterStore: Send + Sync {
         succeeded: bool,
         now: DateTime<Utc>,
     ) -> Result<()>;
+    /// Whether job `id` has had its effect.
+    async fn job_finished(&self, id: Uuid) -> Result<bool>;
+    /// Records that job `id` has had its effect (again: no change).
+    async fn record_job_finished(&self, id: Uuid, job_type: &str, now: DateTime<Utc>)
+    -> Result<()>;
+    /// Forgets the jobs that finished before `before`; answers how many.
+    async fn purge_finished_jobs(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// Leases on work one process at a time should do.
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Gives lease `name` to `holder` until `until`, unless another holder has it past `now`;
+    /// answers whether `holder` has it.
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: Uuid,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Gives up lease `name`, if `holder` has it.
+    async fn release_lease(&self, name: &str, holder: Uuid) -> Result<()>;
+}
+
+/// This process's lease on work one process at a time should do (handing the outbox on: two
+/// dispatchers would race for every batch). The first process to ask takes it and keeps it
+/// while it asks again; when it stops (it died), the lease runs out and another takes over.
+pub struct Lease {
+    name: &'static str,
+    holder: Uuid,
+    term: chrono::Duration,
+    store: Arc<dyn LeaseStore>,
+    clock: Arc<dyn Clock>,
+    /// When the store was last asked, and its answer.
+    last: std::sync::Mutex<Option<(DateTime<Utc>, bool)>>,
+}
+
+impl Lease {
+    pub fn new(
+        name: &'static str,
+        term: chrono::Duration,
+        store: Arc<dyn LeaseStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            name,
+            holder: Uuid::now_v7(),
+            term,
+            store,
+            clock,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether this process holds the lease. The store is asked (taking or renewing it) once
+    /// a third of the term has passed since it last was, so an answer is never stale.
+    pub async fn held(&self) -> Result<bool> {
+        let now = self.clock.now();
+        if let Some((asked, held)) = *self.last()
+            && now >= asked
+            && now < asked + self.term / 3
+        {
+            return Ok(held);
+        }
+        let until = truncate_to_micros(now + self.term);
+        let held = self
+            .store
+            .take_lease(self.name, self.holder, truncate_to_micros(now), until)
+            .await?;
+        *self.last() = Some((now, held));
+        Ok(held)
+    }
+
+    /// Hands the lease on (at shutdown): another process takes it the next time it asks,
+    /// rather than when it runs out.
+    pub async fn release(&self) -> Result<()> {
+        *self.last() = None;
+        self.store.release_lease(self.name, self.holder).await
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<(DateTime<Utc>, bool)>> {
+        self.last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// A job as the monitor shows it: never its payload (a mail's links are credentials).
@@ -259,6 +345,23 @@ impl DeadLetterService {
     pub async fn job_succeeded(&self, id: Uuid) -> Result<()> {
         let now = truncate_to_micros(self.clock.now());
         self.store.record_retry_outcome(id, true, now).await
+    }
+
+    /// Called by a worker when a job of the job store has had its effect: run again (a job
+    /// runs at least once), it finds it has (`has_finished`) and does nothing.
+    pub async fn job_finished(&self, id: Uuid, job_type: &str) -> Result<()> {
+        let now = truncate_to_micros(self.clock.now());
+        self.store.record_job_finished(id, job_type, now).await?;
+        self.job_succeeded(id).await
+    }
+
+    pub async fn has_finished(&self, id: Uuid) -> Result<bool> {
+        self.store.job_finished(id).await
+    }
+
+    /// Forgets the jobs that finished longer than `age` ago; answers how many.
+    pub async fn purge_finished(&self, age: chrono::Duration) -> Result<u64> {
+        self.store.purge_finished_jobs(self.clock.now() - age).await
     }
 
     pub async fn list(

@@ -117,6 +117,19 @@ pub struct Delivery {
     pub last_attempt_at: Option<DateTime<Utc>>,
 }
 
+/// One attempt of a delivery, as it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// 1 for the first.
+    pub attempt: u32,
+    pub attempted_at: DateTime<Utc>,
+    pub response_status: Option<u16>,
+    /// The answer's body, its first KiB.
+    pub response_excerpt: Option<String>,
+    pub latency_ms: Option<u32>,
+    pub error: Option<String>,
+}
+
 impl Delivery {
     fn new(
         webhook: &Webhook,
@@ -263,8 +276,10 @@ pub trait WebhookStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Delivery>>;
     /// Saves a delivery after an attempt (status, attempts, next attempt, the answer) and
-    /// releases it.
+    /// releases it; the attempt (when it made one: `last_attempt_at`) joins its history.
     async fn record_attempt(&self, delivery: &Delivery) -> Result<()>;
+    /// A delivery's attempts, first first.
+    async fn list_delivery_attempts(&self, delivery_id: Uuid) -> Result<Vec<DeliveryAttempt>>;
     /// Counts a delivery's outcome on its webhook: a success clears the run of failures, a
     /// failure adds to it; answers the run.
     async fn count_webhook_outcome(&self, id: Uuid, succeeded: bool) -> Result<u32>;
@@ -637,18 +652,33 @@ impl WebhookService {
 
     /// Sends one delivery's event again, as a new delivery due now.
     pub async fn replay(&self, access: &Access, id: Uuid, delivery_id: Uuid) -> Result<Delivery> {
-        let webhook = self.get(access, id).await?;
-        let delivery = self
-            .store
-            .find_delivery(delivery_id)
-            .await?
-            .filter(|delivery| delivery.webhook_id == webhook.id)
-            .ok_or(Missing::WebhookDelivery)?;
+        let delivery = self.delivery(access, id, delivery_id).await?;
         let replay = delivery.replayed(Uuid::now_v7(), truncate_to_micros(self.clock.now()));
         self.store
             .insert_deliveries(std::slice::from_ref(&replay))
             .await?;
         Ok(replay)
+    }
+
+    /// A delivery's attempts, first first.
+    pub async fn attempts(
+        &self,
+        access: &Access,
+        id: Uuid,
+        delivery_id: Uuid,
+    ) -> Result<Vec<DeliveryAttempt>> {
+        let delivery = self.delivery(access, id, delivery_id).await?;
+        self.store.list_delivery_attempts(delivery.id).await
+    }
+
+    /// Delivery `delivery_id` of webhook `id`.
+    async fn delivery(&self, access: &Access, id: Uuid, delivery_id: Uuid) -> Result<Delivery> {
+        let webhook = self.get(access, id).await?;
+        self.store
+            .find_delivery(delivery_id)
+            .await?
+            .filter(|delivery| delivery.webhook_id == webhook.id)
+            .ok_or_else(|| Missing::WebhookDelivery.into())
     }
 
     /// Sends again every delivery to this endpoint that failed since `since`; answers the new
@@ -811,6 +841,9 @@ impl WebhookService {
             .await;
         delivery.attempts += 1;
         delivery.last_attempt_at = Some(now);
+        delivery.response_status = None;
+        delivery.response_excerpt = None;
+        delivery.latency_ms = None;
         let retryable = match outcome {
             Ok(answer) => {
                 delivery.response_status = Some(answer.status);
@@ -827,8 +860,6 @@ impl WebhookService {
             }
             Err(SendFailure::Failed(error)) => {
                 delivery.error = Some(error);
-                delivery.response_status = None;
-                delivery.response_excerpt = None;
                 Some(true)
             }
             Err(SendFailure::Refused(error)) => {

@@ -13,7 +13,9 @@ use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::error::{Error, Result};
-use crate::domain::jobs::{DeadLetterService, JobMonitor, JobQueue, JobSummary, MAIL_JOB};
+use crate::domain::jobs::{
+    DeadLetterService, JobMonitor, JobQueue, JobSummary, Lease, LeaseStore, MAIL_JOB,
+};
 use crate::domain::mail::{MailJob, Mailer};
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::webhooks::{DeliveryRound, GivenUpDelivery, WEBHOOK_JOB, WebhookService};
@@ -281,16 +283,53 @@ impl<T> Queue<T> {
 }
 
 impl Queue<MailJob> {
+    /// Stores `job` as job `id`; a job of that id stored already stays as it is (queuing one
+    /// job twice queues it once).
     async fn push(&self, job: MailJob, id: Uuid, max_attempts: u32) -> Result<()> {
         let task = TaskBuilder::new(job)
             .task_id(TaskId::from_ulid(Ulid::from(id.as_u128())))
             .max_attempts(max_attempts as usize)
             .build();
-        match self.clone() {
-            Queue::Sqlite(mut storage) => storage.push_task(task).await.map_err(Error::internal),
-            Queue::Postgres(mut storage) => storage.push_task(task).await.map_err(Error::internal),
+        let pushed = match self.clone() {
+            Queue::Sqlite(mut storage) => {
+                storage.push_task(task).await.map_err(|error| match error {
+                    TaskSinkError::PushError(apalis_sqlite::Error::Database(error)) => Some(error),
+                    _ => None,
+                })
+            }
+            Queue::Postgres(mut storage) => {
+                storage.push_task(task).await.map_err(|error| match error {
+                    TaskSinkError::PushError(apalis_postgres::Error::Database(error)) => {
+                        Some(error)
+                    }
+                    _ => None,
+                })
+            }
+        };
+        match pushed {
+            Ok(()) => Ok(()),
+            Err(Some(sqlx::Error::Database(error))) if error.is_unique_violation() => Ok(()),
+            Err(Some(error)) => Err(Error::internal(error)),
+            Err(None) => Err(Error::internal(format!("queuing job {id} failed"))),
         }
     }
+}
+
+/// The id of the job that job `parent` queues as its `step`: the same every time the parent
+/// runs, so a parent run twice queues it once; a UUID v7 of the parent's time, so jobs still
+/// sort by when they were queued.
+fn derived_job_id(parent: Uuid, step: &str) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(parent.as_bytes())
+        .chain_update(step.as_bytes())
+        .finalize();
+    let mut bytes = *parent.as_bytes();
+    bytes[6..].copy_from_slice(&digest[..10]);
+    uuid::Builder::from_bytes(bytes)
+        .with_version(uuid::Version::SortRand)
+        .with_variant(uuid::Variant::RFC4122)
+        .into_uuid()
 }
 
 /// Every queue Keel pushes to.
@@ -357,6 +396,8 @@ pub struct JobContext {
     pub queues: Queues,
     pub dead_letters: Arc<DeadLetterService>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Where the dispatcher's lease is kept.
+    pub leases: Arc<dyn LeaseStore>,
     pub webhooks: Arc<WebhookService>,
     pub audit: Arc<AuditService>,
     /// `None` keeps the audit log forever.
@@ -372,11 +413,24 @@ async fn send_mail(
     attempt: Attempt,
     id: TaskId,
 ) -> Result<(), BoxDynError> {
-    let outcome = mail(&context, job.clone()).await;
-    settle(&context, MAIL_JOB, &id, &job, attempt.current(), outcome).await
+    let id = job_id(&id)?;
+    // A job runs at least once: one whose worker was lost before it acknowledged runs again.
+    if context.dead_letters.has_finished(id).await? {
+        tracing::info!(job_id = %id, "job already done; not run again");
+        return Ok(());
+    }
+    let outcome = mail(&context, job.clone(), id).await;
+    settle(&context, MAIL_JOB, id, &job, attempt.current(), outcome).await
 }
 
-async fn mail(context: &JobContext, job: MailJob) -> Result<(), DeliveryError> {
+fn job_id(id: &TaskId) -> Result<Uuid, BoxDynError> {
+    match id {
+        TaskId::Ulid(ulid) => Ok(Uuid::from_u128(u128::from(*ulid))),
+        other => Err(AbortError::new(format!("a job id that is no ULID: {other}")).into()),
+    }
+}
+
+async fn mail(context: &JobContext, job: MailJob, id: Uuid) -> Result<(), DeliveryError> {
     let transient = |error: Error| DeliveryError::Transient(error.to_string());
     let mail = match job {
         MailJob::Rendered(mail) => mail,
@@ -391,7 +445,12 @@ async fn mail(context: &JobContext, job: MailJob) -> Result<(), DeliveryError> {
             {
                 context
                     .queues
-                    .send_later(MailJob::Rendered(mail))
+                    .mail
+                    .push(
+                        MailJob::Rendered(mail),
+                        derived_job_id(id, "rendered"),
+                        context.queues.max_attempts,
+                    )
                     .await
                     .map_err(transient)?;
             }
@@ -406,17 +465,13 @@ async fn mail(context: &JobContext, job: MailJob) -> Result<(), DeliveryError> {
 async fn settle<J: serde::Serialize>(
     context: &JobContext,
     job_type: &str,
-    id: &TaskId,
+    id: Uuid,
     job: &J,
     attempt: usize,
     outcome: Result<(), DeliveryError>,
 ) -> Result<(), BoxDynError> {
-    let TaskId::Ulid(ulid) = id else {
-        return Err(AbortError::new(format!("a job id that is no ULID: {id}")).into());
-    };
-    let id = Uuid::from_u128(u128::from(*ulid));
     let error = match outcome {
-        Ok(()) => return Ok(context.dead_letters.job_succeeded(id).await?),
+        Ok(()) => return Ok(context.dead_letters.job_finished(id, job_type).await?),
         Err(DeliveryError::Transient(error)) if attempt < context.queues.max_attempts as usize => {
             return Err(error.into());
         }
@@ -493,6 +548,10 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     context.invitations.purge_ended(ended).await?;
     let finished = context.clock.now() - chrono::Duration::days(FINISHED_JOB_RETENTION_DAYS);
     let pruned = context.store.prune(finished).await?;
+    context
+        .dead_letters
+        .purge_finished(chrono::Duration::days(FINISHED_JOB_RETENTION_DAYS))
+        .await?;
     if pruned > 0 {
         tracing::info!(pruned, "finished jobs pruned");
     }
@@ -570,28 +629,46 @@ async fn settle_deliveries(context: &JobContext, round: &DeliveryRound) -> Resul
     Ok(())
 }
 
+/// The lease of the process that hands the outbox on.
+const DISPATCH_LEASE: &str = "dispatch-events";
+/// How long a dispatcher that stopped renewing keeps its lease (a process killed holding it
+/// delays dispatch this long at most).
+const DISPATCH_LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
+
 /// Hands outbox events on to their consumers: a batch at once while there are any, then a
-/// look every `poll` until `stop`. Every worker process runs one; when two take the same
-/// batch, the audit chain lets one of them append it and the other finds it gone.
+/// look every `poll` until `stop`. Every worker process runs one and the one holding the
+/// lease works (two would race for every batch; the audit chain would let only one append
+/// it); at `stop` it hands the lease on.
 async fn dispatch_events(
     dispatcher: Arc<Dispatcher>,
+    lease: Lease,
     poll: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let idle = match dispatcher.dispatch_batch().await {
-            Ok(dispatched) => dispatched == 0,
+        let idle = match lease.held().await {
+            Ok(true) => match dispatcher.dispatch_batch().await {
+                Ok(dispatched) => dispatched == 0,
+                Err(error) => {
+                    tracing::warn!(%error, "dispatching events failed; trying again");
+                    true
+                }
+            },
+            Ok(false) => true,
             Err(error) => {
-                tracing::warn!(%error, "dispatching events failed; trying again");
+                tracing::warn!(%error, "taking the dispatch lease failed; trying again");
                 true
             }
         };
         if idle {
             tokio::select! {
                 () = tokio::time::sleep(poll) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = stop.wait_for(|stop| *stop) => break,
             }
         }
+    }
+    if let Err(error) = lease.release().await {
+        tracing::warn!(%error, "handing the dispatch lease on failed; it runs out by itself");
     }
 }
 
@@ -684,8 +761,15 @@ impl Workers {
     ) -> anyhow::Result<()> {
         tracing::info!("job workers started");
         let (stop, stopping) = tokio::sync::watch::channel(false);
+        let lease = Lease::new(
+            DISPATCH_LEASE,
+            DISPATCH_LEASE_TERM,
+            self.context.leases.clone(),
+            self.context.clock.clone(),
+        );
         let dispatch = tokio::spawn(dispatch_events(
             self.context.dispatcher.clone(),
+            lease,
             self.poll,
             stopping.clone(),
         ));
@@ -710,5 +794,21 @@ impl Workers {
             tracing::warn!(%error, "the webhook deliverer panicked");
         }
         monitored
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_derived_job_id_is_stable_and_keeps_the_parent_time() {
+        let parent = Uuid::now_v7();
+        let rendered = derived_job_id(parent, "rendered");
+        assert_eq!(rendered, derived_job_id(parent, "rendered"));
+        assert_ne!(rendered, derived_job_id(parent, "other"));
+        assert_ne!(rendered, parent);
+        assert_eq!(rendered.get_version(), Some(uuid::Version::SortRand));
+        assert_eq!(rendered.get_timestamp(), parent.get_timestamp());
     }
 }

@@ -183,4 +183,39 @@ impl DeadLetterStore for SqlStore {
         )
         .map(|_| ())
     }
+
+    async fn job_finished(&self, id: Uuid) -> Result<bool> {
+        let sql = "SELECT COUNT(*) FROM finished_jobs WHERE id = $1";
+        let found: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(id).fetch_one(pool).await
+        })
+        .map_err(database_error)?;
+        Ok(found > 0)
+    }
+
+    async fn record_job_finished(
+        &self,
+        id: Uuid,
+        job_type: &str,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        execute!(
+            self,
+            sqlx::query(
+                "INSERT INTO finished_jobs (id, job_type, finished_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(job_type)
+            .bind(now)
+        )
+        .map(|_| ())
+    }
+
+    async fn purge_finished_jobs(&self, before: DateTime<Utc>) -> Result<u64> {
+        execute!(
+            self,
+            sqlx::query("DELETE FROM finished_jobs WHERE finished_at < $1").bind(before)
+        )
+    }
 }

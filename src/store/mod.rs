@@ -8,6 +8,7 @@ mod dead_letters;
 mod dependencies;
 mod events;
 mod invitations;
+mod leases;
 mod one_time_tokens;
 mod organizations;
 mod quotas;

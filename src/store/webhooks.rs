@@ -5,7 +5,9 @@ use super::events::execute_with_events;
 use super::{BeginWrite, SqlStore, database_error, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::events::Event;
-use crate::domain::webhooks::{Delivery, DeliveryStatus, StoredSecrets, Webhook, WebhookStore};
+use crate::domain::webhooks::{
+    Delivery, DeliveryAttempt, DeliveryStatus, StoredSecrets, Webhook, WebhookStore,
+};
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
@@ -418,8 +420,10 @@ impl WebhookStore for SqlStore {
     }
 
     async fn record_attempt(&self, delivery: &Delivery) -> Result<()> {
-        super::execute!(
-            self,
+        let response_status = delivery.response_status.map(i32::from);
+        let latency_ms = delivery.latency_ms.map(count);
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
             sqlx::query(
                 "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt_at = $4, \
                  response_status = $5, response_excerpt = $6, latency_ms = $7, error = $8, \
@@ -429,13 +433,64 @@ impl WebhookStore for SqlStore {
             .bind(delivery.status.as_str())
             .bind(count(delivery.attempts))
             .bind(delivery.next_attempt_at)
-            .bind(delivery.response_status.map(i32::from))
+            .bind(response_status)
             .bind(&delivery.response_excerpt)
-            .bind(delivery.latency_ms.map(count))
+            .bind(latency_ms)
             .bind(&delivery.error)
             .bind(delivery.last_attempt_at)
-        )
-        .map(|_| ())
+            .execute(&mut *transaction)
+            .await?;
+            // Saved without an attempt (held, or over its rate), it adds none to the history.
+            if let Some(attempted_at) = delivery.last_attempt_at {
+            sqlx::query(
+                "INSERT INTO webhook_delivery_attempts (delivery_id, attempt, attempted_at, \
+                 response_status, response_excerpt, latency_ms, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(delivery.id)
+            .bind(count(delivery.attempts))
+            .bind(attempted_at)
+            .bind(response_status)
+            .bind(&delivery.response_excerpt)
+            .bind(latency_ms)
+            .bind(&delivery.error)
+            .execute(&mut *transaction)
+            .await?;
+            }
+            transaction.commit().await
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn list_delivery_attempts(&self, delivery_id: Uuid) -> Result<Vec<DeliveryAttempt>> {
+        type Row = (
+            i32,
+            DateTime<Utc>,
+            Option<i32>,
+            Option<String>,
+            Option<i32>,
+            Option<String>,
+        );
+        let sql = "SELECT attempt, attempted_at, response_status, response_excerpt, latency_ms, \
+             error FROM webhook_delivery_attempts WHERE delivery_id = $1 ORDER BY attempt";
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(sql).bind(delivery_id).fetch_all(pool).await
+        })
+        .map_err(database_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(attempt, attempted_at, status, excerpt, latency_ms, error)| DeliveryAttempt {
+                    attempt: u32::try_from(attempt).unwrap_or_default(),
+                    attempted_at,
+                    response_status: status.and_then(|code| u16::try_from(code).ok()),
+                    response_excerpt: excerpt,
+                    latency_ms: latency_ms.and_then(|ms| u32::try_from(ms).ok()),
+                    error,
+                },
+            )
+            .collect())
     }
 
     async fn delivery_counts(&self) -> Result<Vec<(String, u64)>> {

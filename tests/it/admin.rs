@@ -53,9 +53,17 @@ async fn outbox_is_for_superusers_and_scoped_keys(backend: Backend) {
 
     app.create_superuser("root@example.com").await;
     let root = app.login("root@example.com").await;
-    let response = outbox(&app, bearer(&root.access)).await;
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
+    // The mail worker fills the outbox after the registration commits: wait for it.
+    let mut body = Value::Null;
+    for _ in 0..100 {
+        let response = outbox(&app, bearer(&root.access)).await;
+        assert_eq!(response.status(), 200);
+        body = response.json().await.unwrap();
+        if body["messages"][0].is_object() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(body["delivery"], "outbox");
     let kept = &body["messages"][0];
     assert_eq!(kept["to"], "plain@example.com");

@@ -102,6 +102,10 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "webhook_id": "{webhook}" }),
         ),
         (
+            "keel.webhook.v1.WebhookService/ListWebhookDeliveryAttempts",
+            json!({ "webhook_id": "{webhook}", "delivery_id": "{webhook}" }),
+        ),
+        (
             "keel.webhook.v1.WebhookService/ReplayWebhookDelivery",
             json!({ "webhook_id": "{webhook}", "delivery_id": "{webhook}" }),
         ),

@@ -12,6 +12,7 @@ crate::backend_tests!(
     queued_mail_survives_a_crash_of_the_api,
     a_refused_delivery_is_retried,
     a_job_out_of_attempts_is_given_up,
+    a_job_run_twice_has_one_effect,
     cleanup_deletes_what_has_outlived_its_use
 );
 
@@ -162,6 +163,19 @@ async fn stored_jobs(config: &Config) -> Vec<(String, i64, i64)> {
     .await
 }
 
+/// Waits until the job store holds `count` jobs, all done; answers them.
+async fn all_done(config: &Config, count: usize) -> Vec<(String, i64, i64)> {
+    let mut jobs = Vec::new();
+    for _ in 0..100 {
+        jobs = stored_jobs(config).await;
+        if jobs.len() == count && jobs.iter().all(|(status, ..)| status == "Done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    jobs
+}
+
 /// Rows in the tables the cleanup prunes: sessions, link tokens, invitations, finished jobs.
 async fn prunable_rows(config: &Config) -> (i64, i64, i64, i64) {
     query(
@@ -258,4 +272,49 @@ async fn a_job_out_of_attempts_is_given_up(backend: Backend) {
         "not tried again"
     );
     assert!(app.mailbox.messages_to("refused@example.com").is_empty());
+}
+
+/// A job runs at least once: one whose worker was lost before it acknowledged is put back and
+/// runs again (apalis does this when a worker's heartbeat lapses). Run twice, it has one
+/// effect: a reset request's job (which mints the link and queues the message) queues nothing
+/// more, and the message jobs send nothing more.
+async fn a_job_run_twice_has_one_effect(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let email = "twice@example.com";
+    app.register(email).await;
+    app.mailbox.wait_for(email, "verify-email", 1).await;
+    let response = app
+        .post_json(
+            "/api/v1/auth/request-password-reset",
+            serde_json::json!({ "email": email }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    app.mailbox.wait_for(email, "reset-password", 1).await;
+    let done = all_done(&app.config, 3).await;
+    assert_eq!(
+        done.len(),
+        3,
+        "the verification message, the reset request and its message: {done:?}"
+    );
+    assert_eq!(app.mailbox.messages_to(email).len(), 2);
+
+    // As apalis re-enqueues the jobs of a worker gone silent.
+    query::<(i64,)>(
+        &app.config,
+        "UPDATE {jobs} SET status = 'Pending', done_at = NULL, lock_by = NULL, lock_at = NULL",
+    )
+    .await;
+    let done = all_done(&app.config, 3).await;
+    assert!(
+        done.iter().all(|(status, ..)| status == "Done"),
+        "all ran again (they were put back as pending): {done:?}"
+    );
+    assert_eq!(done.len(), 3, "no job queued twice");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        app.mailbox.messages_to(email).len(),
+        2,
+        "no message sent twice"
+    );
 }

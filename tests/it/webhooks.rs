@@ -265,6 +265,54 @@ async fn events_reach_subscribed_endpoints_signed_and_retried(backend: Backend) 
     assert_eq!(failed[0]["attempts"], 3);
     assert_eq!(failed[0]["response_status_code"], 500);
     let failed_id = failed[0]["id"].as_str().unwrap().to_owned();
+    // Each attempt is kept as it went.
+    let (status, history) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/webhooks/{webhook_id}/deliveries/{failed_id}/attempts"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let attempts: Vec<(i64, i64, String)> = history["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| {
+            (
+                attempt["attempt"].as_i64().unwrap(),
+                attempt["response_status_code"].as_i64().unwrap(),
+                attempt["error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [500, 503, 500]
+            .into_iter()
+            .zip(1..)
+            .map(|(code, attempt)| (attempt, code, format!("the endpoint answered {code}")))
+            .collect::<Vec<_>>()
+    );
+    let (status, history) = app
+        .rest(
+            Method::GET,
+            &format!(
+                "/api/v1/webhooks/{webhook_id}/deliveries/{}/attempts",
+                delivered[0]["id"].as_str().unwrap()
+            ),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(history["attempts"][0]["response_status_code"], 200);
+    assert_eq!(
+        history["attempts"][0]["response_excerpt"],
+        "receiver says hello"
+    );
     let (status, dead) = app
         .rest(
             Method::GET,

@@ -58,6 +58,17 @@ fn delivery_to_proto(delivery: webhooks::Delivery) -> WebhookDelivery {
     }
 }
 
+fn attempt_to_proto(attempt: webhooks::DeliveryAttempt) -> WebhookDeliveryAttempt {
+    WebhookDeliveryAttempt {
+        attempt: count_i32(attempt.attempt),
+        attempted_at: Some(timestamp(attempt.attempted_at)),
+        response_status_code: attempt.response_status.map(i32::from).unwrap_or_default(),
+        response_excerpt: attempt.response_excerpt.unwrap_or_default(),
+        latency_ms: attempt.latency_ms.map(count_i32).unwrap_or_default(),
+        error: attempt.error.unwrap_or_default(),
+    }
+}
+
 /// A rate the contract bounds to 0..=10000.
 fn rate(value: i32) -> u32 {
     u32::try_from(value).unwrap_or_default()
@@ -201,6 +212,25 @@ impl WebhookRpc for WebhookApi {
         Ok(Response::new(ListWebhookDeliveriesResponse {
             deliveries: page.items.into_iter().map(delivery_to_proto).collect(),
             next_page_token: page.next_page_token,
+        }))
+    }
+
+    async fn list_webhook_delivery_attempts(
+        &self,
+        request: Request<ListWebhookDeliveryAttemptsRequest>,
+    ) -> Result<Response<ListWebhookDeliveryAttemptsResponse>, Status> {
+        let access = access(&request)?;
+        let body = request.get_ref();
+        let attempts = self
+            .webhooks
+            .attempts(
+                &access,
+                id("webhook_id", &body.webhook_id)?,
+                id("delivery_id", &body.delivery_id)?,
+            )
+            .await?;
+        Ok(Response::new(ListWebhookDeliveryAttemptsResponse {
+            attempts: attempts.into_iter().map(attempt_to_proto).collect(),
         }))
     }
 
