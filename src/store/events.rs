@@ -37,6 +37,108 @@ impl EventSql for sqlx::Postgres {
          ELSE pg_advisory_xact_lock(hashtextextended($4::uuid::text, 0)) END) AS ordered";
 }
 
+/// `change` (an INSERT, UPDATE or DELETE with parameters `$1…$n`) and the events in
+/// parameters `$n+1…` (one array per column), as one PostgreSQL statement that writes the
+/// events only when the change touched a row, each after the lock on its organization (see
+/// `EventSql`), and answers the rows the change touched.
+pub(super) fn with_events_sql(change: &str) -> String {
+    const TYPES: [&str; 12] = [
+        "uuid[]",
+        "text[]",
+        "timestamptz[]",
+        "uuid[]",
+        "text[]",
+        "uuid[]",
+        "uuid[]",
+        "text[]",
+        "text[]",
+        "text[]",
+        "text[]",
+        "text[]",
+    ];
+    let first = max_placeholder(change) + 1;
+    let arrays: Vec<String> = TYPES
+        .iter()
+        .zip(first..)
+        .map(|(array, index)| format!("${index}::{array}"))
+        .collect();
+    format!(
+        "WITH changed AS ({change} RETURNING 1), \
+         written AS (INSERT INTO events ({EVENT_COLUMNS}) \
+         SELECT event.* FROM unnest({}) AS event ({EVENT_COLUMNS}) \
+         CROSS JOIN LATERAL (SELECT CASE WHEN event.organization_id IS NULL THEN NULL \
+         ELSE pg_advisory_xact_lock(hashtextextended(event.organization_id::text, 0)) END) \
+         AS ordered WHERE EXISTS (SELECT 1 FROM changed)) \
+         SELECT COUNT(*) FROM changed",
+        arrays.join(", ")
+    )
+}
+
+/// The highest `$n` in `sql`.
+fn max_placeholder(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Events as one array per column, in `EVENT_COLUMNS` order.
+pub(super) struct EventColumns<'a> {
+    pub id: Vec<Uuid>,
+    pub event_type: Vec<&'static str>,
+    pub occurred_at: Vec<DateTime<Utc>>,
+    pub organization_id: Vec<Option<Uuid>>,
+    pub actor_type: Vec<&'static str>,
+    pub actor_user_id: Vec<Option<Uuid>>,
+    pub actor_api_key_id: Vec<Option<Uuid>>,
+    pub ip_address: Vec<Option<&'a str>>,
+    pub user_agent: Vec<Option<&'a str>>,
+    pub subject_type: Vec<&'static str>,
+    pub subject_id: Vec<&'a str>,
+    pub data: Vec<&'a str>,
+}
+
+impl<'a> EventColumns<'a> {
+    pub fn of(events: &'a [Event]) -> Self {
+        Self {
+            id: events.iter().map(|event| event.id).collect(),
+            event_type: events.iter().map(|event| event.kind.name()).collect(),
+            occurred_at: events.iter().map(|event| event.occurred_at).collect(),
+            organization_id: events.iter().map(|event| event.organization_id).collect(),
+            actor_type: events
+                .iter()
+                .map(|event| event.origin.actor.kind())
+                .collect(),
+            actor_user_id: events
+                .iter()
+                .map(|event| event.origin.actor.user_id())
+                .collect(),
+            actor_api_key_id: events
+                .iter()
+                .map(|event| event.origin.actor.api_key_id())
+                .collect(),
+            ip_address: events
+                .iter()
+                .map(|event| event.origin.client.ip_address.as_deref())
+                .collect(),
+            user_agent: events
+                .iter()
+                .map(|event| event.origin.client.user_agent.as_deref())
+                .collect(),
+            subject_type: events.iter().map(|event| event.subject_type).collect(),
+            subject_id: events
+                .iter()
+                .map(|event| event.subject_id.as_str())
+                .collect(),
+            data: events.iter().map(|event| event.data.as_str()).collect(),
+        }
+    }
+}
+
 pub(super) fn insert_event_sql<DB: EventSql>(_: &sqlx::Transaction<'_, DB>) -> &'static str {
     DB::INSERT_EVENT
 }
@@ -66,29 +168,58 @@ macro_rules! insert_events {
 }
 pub(super) use insert_events;
 
-/// Runs one statement and, when it changed a row, writes `$events` in the same transaction;
+/// Runs one statement and, when it changed a row, writes `$events` with it, atomically;
 /// answers the number of rows it affected. Errors map with `$map_error` (default
-/// `database_error`).
+/// `database_error`). On SQLite, a transaction of two statements; on PostgreSQL, one
+/// statement (`with_events_sql`), so the outbox costs no round trip of its own.
 macro_rules! execute_with_events {
-    ($store:expr, $events:expr, $query:expr) => {
+    ($store:expr, $events:expr, sqlx::query($sql:expr $(,)?) $(.bind($arg:expr))*) => {
         crate::store::events::execute_with_events!(
             $store,
             $events,
-            $query,
+            sqlx::query($sql) $(.bind($arg))*,
             crate::store::database_error
         )
     };
-    ($store:expr, $events:expr, $query:expr, $map_error:expr) => {
-        crate::store::with_pool!($store, pool => async {
-            let mut transaction = crate::store::BeginWrite::begin_write(pool).await?;
-            let affected = $query.execute(&mut *transaction).await?.rows_affected();
-            if affected > 0 {
-                crate::store::events::insert_events!(transaction, $events);
+    ($store:expr, $events:expr, sqlx::query($sql:expr $(,)?) $(.bind($arg:expr))*, $map_error:expr) => {
+        match &$store.pool {
+            crate::store::Pool::Sqlite(pool) => async {
+                let mut transaction = crate::store::BeginWrite::begin_write(pool).await?;
+                let affected = sqlx::query($sql)
+                    $(.bind($arg))*
+                    .execute(&mut *transaction)
+                    .await?
+                    .rows_affected();
+                if affected > 0 {
+                    crate::store::events::insert_events!(transaction, $events);
+                }
+                transaction.commit().await?;
+                Ok::<u64, sqlx::Error>(affected)
             }
-            transaction.commit().await?;
-            Ok::<u64, sqlx::Error>(affected)
+            .await,
+            crate::store::Pool::Postgres(pool) => {
+                static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let sql = SQL.get_or_init(|| crate::store::events::with_events_sql($sql));
+                let columns = crate::store::events::EventColumns::of($events);
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.as_str()))
+                    $(.bind($arg))*
+                    .bind(columns.id)
+                    .bind(columns.event_type)
+                    .bind(columns.occurred_at)
+                    .bind(columns.organization_id)
+                    .bind(columns.actor_type)
+                    .bind(columns.actor_user_id)
+                    .bind(columns.actor_api_key_id)
+                    .bind(columns.ip_address)
+                    .bind(columns.user_agent)
+                    .bind(columns.subject_type)
+                    .bind(columns.subject_id)
+                    .bind(columns.data)
+                    .fetch_one(pool)
+                    .await
+                    .map(|affected| u64::try_from(affected).unwrap_or_default())
+            }
         }
-        .await)
         .map_err($map_error)
     };
 }
