@@ -6,7 +6,9 @@
 //! them back.
 //!
 //! It also times the cost of the outbox on the request path: a profile change written alone
-//! (one UPDATE), against the same change with its `user.updated` event in one transaction.
+//! (one UPDATE on a connection of its own), through the store with no event, and through the
+//! store with its `user.updated` event (one transaction on SQLite, one statement on
+//! PostgreSQL).
 //!
 //! ```sh
 //! cargo bench --bench events -- --events 20000 --deliveries 5000
@@ -117,14 +119,14 @@ async fn floor(url: &str, rows: usize) -> f64 {
 }
 
 /// The mean time of `count` profile changes written alone (a plain UPDATE), then through the
-/// store with their `user.updated` event.
+/// store without an event, then with their `user.updated` event.
 async fn change_cost(
     store: &SqlStore,
     url: &str,
     user: &User,
     clock: &dyn Clock,
     count: usize,
-) -> (Duration, Duration) {
+) -> (Duration, Duration, Duration) {
     use sqlx::Connection;
     let sql = "UPDATE users SET full_name = $2, updated_at = $3 WHERE id = $1";
     let started = Instant::now();
@@ -152,6 +154,13 @@ async fn change_cost(
         }
     }
     let alone = started.elapsed() / u32::try_from(count).unwrap();
+    let started = Instant::now();
+    for index in 0..count {
+        UserStore::update_full_name(store, user.id, &format!("Name {index}"), clock.now(), &[])
+            .await
+            .unwrap();
+    }
+    let no_event = started.elapsed() / u32::try_from(count).unwrap();
     let origin = Origin::system();
     let started = Instant::now();
     for index in 0..count {
@@ -171,7 +180,7 @@ async fn change_cost(
             .unwrap();
     }
     let with_event = started.elapsed() / u32::try_from(count).unwrap();
-    (alone, with_event)
+    (alone, no_event, with_event)
 }
 
 /// A receiver on loopback answering 200; answers its URL and its count.
@@ -248,7 +257,8 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
         .await
         .unwrap();
     let changes = option("--changes", 2_000);
-    let (alone, with_event) = change_cost(&store, &url, &owner, clock.as_ref(), changes).await;
+    let (alone, no_event, with_event) =
+        change_cost(&store, &url, &owner, clock.as_ref(), changes).await;
 
     let data = OrganizationData {
         organization_id: organization.id,
@@ -326,7 +336,8 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
         audit_rate / floor_rate
     );
     println!(
-        "{backend:<10} a profile change: alone {alone:>7.1?}, with its event {with_event:>7.1?} ({:.2}×)",
+        "{backend:<10} a profile change: alone {alone:>7.1?}, through the store without its \
+         event {no_event:>7.1?}, with it {with_event:>7.1?} ({:.2}× alone)",
         with_event.as_secs_f64() / alone.as_secs_f64()
     );
     store.close().await;

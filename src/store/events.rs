@@ -37,40 +37,25 @@ impl EventSql for sqlx::Postgres {
          ELSE pg_advisory_xact_lock(hashtextextended($4::uuid::text, 0)) END) AS ordered";
 }
 
-/// `change` (an INSERT, UPDATE or DELETE with parameters `$1…$n`) and the events in
-/// parameters `$n+1…` (one array per column), as one PostgreSQL statement that writes the
-/// events only when the change touched a row, each after the lock on its organization (see
-/// `EventSql`), and answers the rows the change touched.
+/// `change` (an INSERT, UPDATE or DELETE with parameters `$1…$n`) and its events (parameter
+/// `$n+1`, a JSON array of `EventRecord`s), as one PostgreSQL statement that writes the events
+/// only when the change touched a row, each after the lock on its organization (see
+/// `EventSql`), and answers the rows the change touched. The events travel as JSON rather
+/// than one array per column: the planner sizes an array it can see, so each call would be
+/// planned anew (0.1–0.2 ms), while a JSON set gets one cached plan.
 pub(super) fn with_events_sql(change: &str) -> String {
-    const TYPES: [&str; 12] = [
-        "uuid[]",
-        "text[]",
-        "timestamptz[]",
-        "uuid[]",
-        "text[]",
-        "uuid[]",
-        "uuid[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-        "text[]",
-    ];
-    let first = max_placeholder(change) + 1;
-    let arrays: Vec<String> = TYPES
-        .iter()
-        .zip(first..)
-        .map(|(array, index)| format!("${index}::{array}"))
-        .collect();
+    let events = max_placeholder(change) + 1;
     format!(
         "WITH changed AS ({change} RETURNING 1), \
          written AS (INSERT INTO events ({EVENT_COLUMNS}) \
-         SELECT event.* FROM unnest({}) AS event ({EVENT_COLUMNS}) \
+         SELECT {EVENT_COLUMNS} FROM jsonb_to_recordset(${events}) AS event (id uuid, \
+         event_type text, occurred_at timestamptz, organization_id uuid, actor_type text, \
+         actor_user_id uuid, actor_api_key_id uuid, ip_address text, user_agent text, \
+         subject_type text, subject_id text, data text) \
          CROSS JOIN LATERAL (SELECT CASE WHEN event.organization_id IS NULL THEN NULL \
          ELSE pg_advisory_xact_lock(hashtextextended(event.organization_id::text, 0)) END) \
          AS ordered WHERE EXISTS (SELECT 1 FROM changed)) \
-         SELECT COUNT(*) FROM changed",
-        arrays.join(", ")
+         SELECT COUNT(*) FROM changed"
     )
 }
 
@@ -86,57 +71,43 @@ fn max_placeholder(sql: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Events as one array per column, in `EVENT_COLUMNS` order.
-pub(super) struct EventColumns<'a> {
-    pub id: Vec<Uuid>,
-    pub event_type: Vec<&'static str>,
-    pub occurred_at: Vec<DateTime<Utc>>,
-    pub organization_id: Vec<Option<Uuid>>,
-    pub actor_type: Vec<&'static str>,
-    pub actor_user_id: Vec<Option<Uuid>>,
-    pub actor_api_key_id: Vec<Option<Uuid>>,
-    pub ip_address: Vec<Option<&'a str>>,
-    pub user_agent: Vec<Option<&'a str>>,
-    pub subject_type: Vec<&'static str>,
-    pub subject_id: Vec<&'a str>,
-    pub data: Vec<&'a str>,
+/// An event as `with_events_sql` reads it.
+#[derive(serde::Serialize)]
+pub(super) struct EventRecord<'a> {
+    id: Uuid,
+    event_type: &'static str,
+    occurred_at: DateTime<Utc>,
+    organization_id: Option<Uuid>,
+    actor_type: &'static str,
+    actor_user_id: Option<Uuid>,
+    actor_api_key_id: Option<Uuid>,
+    ip_address: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    subject_type: &'static str,
+    subject_id: &'a str,
+    data: &'a str,
 }
 
-impl<'a> EventColumns<'a> {
-    pub fn of(events: &'a [Event]) -> Self {
-        Self {
-            id: events.iter().map(|event| event.id).collect(),
-            event_type: events.iter().map(|event| event.kind.name()).collect(),
-            occurred_at: events.iter().map(|event| event.occurred_at).collect(),
-            organization_id: events.iter().map(|event| event.organization_id).collect(),
-            actor_type: events
-                .iter()
-                .map(|event| event.origin.actor.kind())
-                .collect(),
-            actor_user_id: events
-                .iter()
-                .map(|event| event.origin.actor.user_id())
-                .collect(),
-            actor_api_key_id: events
-                .iter()
-                .map(|event| event.origin.actor.api_key_id())
-                .collect(),
-            ip_address: events
-                .iter()
-                .map(|event| event.origin.client.ip_address.as_deref())
-                .collect(),
-            user_agent: events
-                .iter()
-                .map(|event| event.origin.client.user_agent.as_deref())
-                .collect(),
-            subject_type: events.iter().map(|event| event.subject_type).collect(),
-            subject_id: events
-                .iter()
-                .map(|event| event.subject_id.as_str())
-                .collect(),
-            data: events.iter().map(|event| event.data.as_str()).collect(),
-        }
-    }
+pub(super) fn event_records(events: &[Event]) -> sqlx::types::Json<Vec<EventRecord<'_>>> {
+    sqlx::types::Json(
+        events
+            .iter()
+            .map(|event| EventRecord {
+                id: event.id,
+                event_type: event.kind.name(),
+                occurred_at: event.occurred_at,
+                organization_id: event.organization_id,
+                actor_type: event.origin.actor.kind(),
+                actor_user_id: event.origin.actor.user_id(),
+                actor_api_key_id: event.origin.actor.api_key_id(),
+                ip_address: event.origin.client.ip_address.as_deref(),
+                user_agent: event.origin.client.user_agent.as_deref(),
+                subject_type: event.subject_type,
+                subject_id: &event.subject_id,
+                data: &event.data,
+            })
+            .collect(),
+    )
 }
 
 pub(super) fn insert_event_sql<DB: EventSql>(_: &sqlx::Transaction<'_, DB>) -> &'static str {
@@ -200,21 +171,9 @@ macro_rules! execute_with_events {
             crate::store::Pool::Postgres(pool) => {
                 static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
                 let sql = SQL.get_or_init(|| crate::store::events::with_events_sql($sql));
-                let columns = crate::store::events::EventColumns::of($events);
                 sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.as_str()))
                     $(.bind($arg))*
-                    .bind(columns.id)
-                    .bind(columns.event_type)
-                    .bind(columns.occurred_at)
-                    .bind(columns.organization_id)
-                    .bind(columns.actor_type)
-                    .bind(columns.actor_user_id)
-                    .bind(columns.actor_api_key_id)
-                    .bind(columns.ip_address)
-                    .bind(columns.user_agent)
-                    .bind(columns.subject_type)
-                    .bind(columns.subject_id)
-                    .bind(columns.data)
+                    .bind(crate::store::events::event_records($events))
                     .fetch_one(pool)
                     .await
                     .map(|affected| u64::try_from(affected).unwrap_or_default())
