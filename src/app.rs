@@ -16,6 +16,7 @@ use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitorService};
 use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
+use crate::domain::notifications::NotificationService;
 use crate::domain::page::PageTokens;
 use crate::domain::rate::{Budget, RateLimits};
 use crate::domain::secret::Keyring;
@@ -65,6 +66,7 @@ pub struct Services {
     pub audit: Arc<AuditService>,
     dispatcher: Arc<Dispatcher>,
     webhooks: Arc<WebhookService>,
+    notifications: Arc<NotificationService>,
     dependencies: Arc<DependencyService>,
     job_monitor: Arc<JobMonitorService>,
     delivery: Arc<Delivery>,
@@ -211,6 +213,11 @@ impl Services {
             },
             config.webhooks.clone(),
         ));
+        let notifications = Arc::new(NotificationService::new(
+            Arc::new(store.clone()),
+            pages.clone(),
+            clock.clone(),
+        ));
         let dead_letters = Arc::new(DeadLetterService::new(
             Arc::new(store.clone()),
             Arc::new(Requeue {
@@ -334,6 +341,7 @@ impl Services {
             audit,
             dispatcher,
             webhooks,
+            notifications,
             dependencies,
             job_monitor,
             delivery: Arc::new(delivery),
@@ -413,6 +421,7 @@ impl Keel {
             dead_letters: services.dead_letters.clone(),
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
+            notifications: services.notifications.clone(),
             dispatcher: services.dispatcher.clone(),
             dependencies: services.dependencies.clone(),
             job_monitor: Arc::new(services.jobs.clone()),

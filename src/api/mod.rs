@@ -20,6 +20,7 @@ use crate::domain::dependencies::DependencyService;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitor, JobMonitorService};
 use crate::domain::mail::Outbox;
+use crate::domain::notifications::NotificationService;
 use crate::domain::password::PasswordPolicy;
 use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
@@ -47,6 +48,7 @@ use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
 use pb::keel::job::v1::job_service_server::JobServiceServer;
+use pb::keel::notification::v1::notification_service_server::NotificationServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
@@ -82,6 +84,7 @@ pub struct ApiDependencies {
     pub dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
+    pub notifications: Arc<NotificationService>,
     pub dispatcher: Arc<Dispatcher>,
     pub dependencies: Arc<DependencyService>,
     pub job_monitor: Arc<dyn JobMonitor>,
@@ -197,6 +200,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(WebhookServiceServer::new(grpc::WebhookApi::new(
             dependencies.webhooks.clone(),
+        )))
+        .add(NotificationServiceServer::new(grpc::NotificationApi::new(
+            dependencies.notifications.clone(),
         )));
     keel_services.cover(&contract)?;
 

@@ -175,6 +175,7 @@ pub enum Missing {
     AuditEntry,
     Webhook,
     WebhookDelivery,
+    Notification,
 }
 
 impl From<Missing> for Error {
@@ -196,6 +197,7 @@ impl From<Missing> for Error {
                 "WEBHOOK_DELIVERY_NOT_FOUND",
                 "no such delivery of this webhook",
             ),
+            Missing::Notification => ("NOTIFICATION_NOT_FOUND", "no such notification"),
         };
         Error::not_found(reason, message)
     }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod mail;
+pub mod notifications;
 pub mod page;
 pub mod password;
 pub mod principal;

@@ -9,6 +9,7 @@ mod dependencies;
 mod events;
 mod invitations;
 mod leases;
+mod notifications;
 mod one_time_tokens;
 mod organizations;
 mod quotas;

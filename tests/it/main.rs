@@ -21,6 +21,7 @@ mod invitations;
 mod isolation;
 mod jobs;
 mod mail_flows;
+mod notifications;
 mod operations;
 mod organizations;
 mod quotas;

@@ -81,6 +81,10 @@ pub const CATALOG: &[PermissionInfo] = &[
     management("member:delete", "remove members"),
     management("member:read", "list members and their roles"),
     management("member:update", "change members' roles"),
+    platform(
+        "notification:send",
+        "send notifications to a user, to everyone or to an organization's members",
+    ),
     management("organization:delete", "delete the organization"),
     management("organization:read", "see the organization"),
     management("organization:transfer", "transfer ownership"),

@@ -1,0 +1,223 @@
+//! `NotificationStore` on SQL.
+
+use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
+use crate::domain::error::{Error, Missing, Result};
+use crate::domain::notifications::{Audience, Notification, NotificationKind, NotificationStore};
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct NotificationRow {
+    id: Uuid,
+    user_id: Uuid,
+    kind: String,
+    title: String,
+    body: String,
+    link: Option<String>,
+    data: String,
+    read_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<NotificationRow> for Notification {
+    type Error = Error;
+
+    fn try_from(row: NotificationRow) -> Result<Self> {
+        Ok(Notification {
+            kind: NotificationKind::parse(&row.kind).ok_or_else(|| {
+                Error::internal(format!("notification of an unknown kind {:?}", row.kind))
+            })?,
+            data: serde_json::from_str(&row.data).map_err(Error::internal)?,
+            id: row.id,
+            user_id: row.user_id,
+            title: row.title,
+            body: row.body,
+            link: row.link,
+            read_at: row.read_at,
+            created_at: row.created_at,
+        })
+    }
+}
+
+const COLUMNS: &str = "id, user_id, kind, title, body, link, data, read_at, created_at";
+
+const INSERT: &str = "INSERT INTO notifications (id, user_id, kind, title, body, link, data, \
+     created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Inserts `$notification` for `$user_id` with `$id` through `$executor`.
+macro_rules! insert_notification {
+    ($executor:expr, $notification:expr, $id:expr, $user_id:expr, $data:expr) => {
+        sqlx::query(INSERT)
+            .bind($id)
+            .bind($user_id)
+            .bind($notification.kind.as_str())
+            .bind(&$notification.title)
+            .bind(&$notification.body)
+            .bind(&$notification.link)
+            .bind($data)
+            .bind($notification.created_at)
+            .execute($executor)
+            .await
+            .map(|_| ())
+    };
+}
+
+fn data(notification: &Notification) -> String {
+    serde_json::Value::Object(notification.data.clone()).to_string()
+}
+
+#[async_trait::async_trait]
+impl NotificationStore for SqlStore {
+    async fn insert_notification(&self, notification: &Notification) -> Result<()> {
+        let data = data(notification);
+        with_pool!(self, pool => insert_notification!(
+            pool,
+            notification,
+            notification.id,
+            notification.user_id,
+            &data
+        ))
+        .map_err(|error| match &error {
+            sqlx::Error::Database(database) if database.is_foreign_key_violation() => {
+                Missing::User.into()
+            }
+            _ => database_error(error),
+        })
+    }
+
+    async fn broadcast_notification(
+        &self,
+        template: &Notification,
+        audience: Audience,
+    ) -> Result<u64> {
+        let data = data(template);
+        let (sql, organization_id) = match audience {
+            Audience::Everyone => ("SELECT id FROM users WHERE is_active ORDER BY id", None),
+            Audience::Organization(id) => (
+                "SELECT user_id FROM organization_members WHERE organization_id = $1 \
+                 ORDER BY user_id",
+                Some(id),
+            ),
+        };
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            let mut query = sqlx::query_scalar::<_, Uuid>(sql);
+            if let Some(id) = organization_id {
+                query = query.bind(id);
+            }
+            let users = query.fetch_all(&mut *transaction).await?;
+            for user_id in &users {
+                insert_notification!(
+                    &mut *transaction,
+                    template,
+                    Uuid::now_v7(),
+                    user_id,
+                    &data
+                )?;
+            }
+            transaction.commit().await?;
+            Ok(users.len() as u64)
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn find_notification(&self, user_id: Uuid, id: Uuid) -> Result<Option<Notification>> {
+        let sql = format!("SELECT {COLUMNS} FROM notifications WHERE id = $1 AND user_id = $2");
+        let row: Option<NotificationRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(id)
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        row.map(Notification::try_from).transpose()
+    }
+
+    async fn list_notifications(
+        &self,
+        user_id: Uuid,
+        unread_only: bool,
+        before: Option<Uuid>,
+        limit: usize,
+    ) -> Result<Vec<Notification>> {
+        let unread = if unread_only {
+            " AND read_at IS NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM notifications WHERE user_id = $1{unread} \
+             AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        );
+        let rows: Vec<NotificationRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(user_id)
+                .bind(before)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        rows.into_iter().map(Notification::try_from).collect()
+    }
+
+    async fn count_unread_notifications(&self, user_id: Uuid) -> Result<u64> {
+        let sql = "SELECT COUNT(*) FROM notifications WHERE user_id = $1 AND read_at IS NULL";
+        let count: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(user_id).fetch_one(pool).await
+        })
+        .map_err(database_error)?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    async fn mark_notification_read(
+        &self,
+        user_id: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        execute!(
+            self,
+            sqlx::query(
+                "UPDATE notifications SET read_at = COALESCE(read_at, $3) \
+                 WHERE id = $1 AND user_id = $2",
+            )
+            .bind(id)
+            .bind(user_id)
+            .bind(now)
+        )
+        .map(|updated| updated > 0)
+    }
+
+    async fn mark_all_notifications_read(&self, user_id: Uuid, now: DateTime<Utc>) -> Result<u64> {
+        execute!(
+            self,
+            sqlx::query(
+                "UPDATE notifications SET read_at = $2 WHERE user_id = $1 AND read_at IS NULL",
+            )
+            .bind(user_id)
+            .bind(now)
+        )
+    }
+
+    async fn delete_notification(&self, user_id: Uuid, id: Uuid) -> Result<bool> {
+        execute!(
+            self,
+            sqlx::query("DELETE FROM notifications WHERE id = $1 AND user_id = $2")
+                .bind(id)
+                .bind(user_id)
+        )
+        .map(|deleted| deleted > 0)
+    }
+
+    async fn delete_read_notifications(&self, user_id: Uuid) -> Result<u64> {
+        execute!(
+            self,
+            sqlx::query("DELETE FROM notifications WHERE user_id = $1 AND read_at IS NOT NULL")
+                .bind(user_id)
+        )
+    }
+}
