@@ -18,6 +18,7 @@ use keel::cache::MemoryCache;
 use keel::domain::audit::{Dispatcher, Outbox};
 use keel::domain::clock::{Clock, SystemClock};
 use keel::domain::events::{Event, EventKind, EventLog, OrganizationData, Origin};
+use keel::domain::notifications::SecurityNotices;
 use keel::domain::page::PageTokens;
 use keel::domain::rate::RateLimits;
 use keel::domain::secret::Keyring;
@@ -227,7 +228,12 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
             lease: chrono::Duration::seconds(60),
         },
     ));
-    let dispatcher = Dispatcher::new(Arc::new(store.clone()), webhooks.clone(), clock.clone());
+    let dispatcher = Dispatcher::new(
+        Arc::new(store.clone()),
+        webhooks.clone(),
+        SecurityNotices::new(Arc::new(store.clone())),
+        clock.clone(),
+    );
     let floor_rate = floor(&url, events).await;
 
     // An organization with its owner, and a webhook of it to the receiver.

@@ -16,7 +16,7 @@ use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitorService};
 use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
-use crate::domain::notifications::NotificationService;
+use crate::domain::notifications::{NotificationService, SecurityNotices};
 use crate::domain::page::PageTokens;
 use crate::domain::rate::{Budget, RateLimits};
 use crate::domain::secret::Keyring;
@@ -250,6 +250,7 @@ impl Services {
         let dispatcher = Arc::new(Dispatcher::new(
             Arc::new(store.clone()),
             webhooks.clone(),
+            SecurityNotices::new(Arc::new(store.clone())),
             clock.clone(),
         ));
         let invitations = Arc::new(InvitationService::new(

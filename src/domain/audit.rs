@@ -7,6 +7,7 @@ use super::auth::ClientInfo;
 use super::clock::Clock;
 use super::error::{Missing, Result};
 use super::events::{Actor, Event, EventKind, Outcome, StoredEvent};
+use super::notifications::{Notification, SecurityNotices};
 use super::page::{Page, PageTokens};
 use super::principal::Principal;
 use super::webhooks::{Delivery, WebhookService};
@@ -200,13 +201,14 @@ pub trait Outbox: Send + Sync {
     /// The sequence and hash of the audit log's last entry (or its anchor).
     async fn audit_head(&self) -> Result<Option<(i64, Hash)>>;
     /// In one transaction: appends `entries` to the audit log, queues the webhook
-    /// `deliveries` and marks the events dispatched. Fails without effect if another
-    /// dispatcher appended first (the chain cannot fork).
+    /// `deliveries`, stores the `notifications` and marks the events dispatched. Fails
+    /// without effect if another dispatcher appended first (the chain cannot fork).
     async fn settle_events(
         &self,
         sequences: &[i64],
         entries: &[AuditEntry],
         deliveries: &[Delivery],
+        notifications: &[Notification],
         now: DateTime<Utc>,
     ) -> Result<()>;
     /// Events committed and not yet dispatched.
@@ -215,11 +217,12 @@ pub trait Outbox: Send + Sync {
     async fn delete_events_dispatched_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }
 
-/// Moves events from the outbox to their consumers, oldest first: the audit log, and the
-/// webhooks of their organization.
+/// Moves events from the outbox to their consumers, oldest first: the audit log, the webhooks
+/// of their organization, and the notices Keel sends users about their accounts.
 pub struct Dispatcher {
     outbox: Arc<dyn Outbox>,
     webhooks: Arc<WebhookService>,
+    notices: SecurityNotices,
     clock: Arc<dyn Clock>,
 }
 
@@ -230,11 +233,13 @@ impl Dispatcher {
     pub fn new(
         outbox: Arc<dyn Outbox>,
         webhooks: Arc<WebhookService>,
+        notices: SecurityNotices,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             outbox,
             webhooks,
+            notices,
             clock,
         }
     }
@@ -256,9 +261,16 @@ impl Dispatcher {
             })
             .collect();
         let deliveries = self.webhooks.deliveries_for(&pending).await?;
+        let notifications = self.notices.for_events(&pending).await?;
         let sequences: Vec<i64> = pending.iter().map(|stored| stored.sequence).collect();
         self.outbox
-            .settle_events(&sequences, &entries, &deliveries, self.clock.now())
+            .settle_events(
+                &sequences,
+                &entries,
+                &deliveries,
+                &notifications,
+                self.clock.now(),
+            )
             .await?;
         Ok(pending.len())
     }

@@ -3,6 +3,7 @@
 
 use super::clock::{Clock, truncate_to_micros};
 use super::error::{Error, FieldViolation, Missing, Result};
+use super::events::{Event, EventKind, StoredEvent};
 use super::page::{Page, PageTokens};
 use super::principal::Principal;
 use chrono::{DateTime, Utc};
@@ -242,5 +243,184 @@ impl NotificationService {
 
     pub async fn delete_read(&self, caller: &Principal) -> Result<u64> {
         self.store.delete_read_notifications(caller.user.id).await
+    }
+}
+
+/// Whether a user signed in before, in sessions other than the one in question.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlierSignIns {
+    pub any: bool,
+    /// From the same user agent.
+    pub same_agent: bool,
+}
+
+/// What Keel's own notices look up.
+#[async_trait::async_trait]
+pub trait NoticeDirectory: Send + Sync {
+    /// The active user with this address, if any.
+    async fn active_user_by_email(&self, email: &str) -> Result<Option<Uuid>>;
+    /// The owners and admins of an organization.
+    async fn organization_admins(&self, organization_id: Uuid) -> Result<Vec<Uuid>>;
+    async fn earlier_sign_ins(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        user_agent: Option<&str>,
+    ) -> Result<EarlierSignIns>;
+}
+
+/// Keel's own notices: what a user should know about their account, read from its events by
+/// the dispatcher, which stores them with the events' audit entries.
+pub struct SecurityNotices {
+    directory: Arc<dyn NoticeDirectory>,
+}
+
+/// A notice before its recipients are known.
+struct Notice {
+    kind: NotificationKind,
+    title: &'static str,
+    body: String,
+}
+
+impl SecurityNotices {
+    pub fn new(directory: Arc<dyn NoticeDirectory>) -> Self {
+        Self { directory }
+    }
+
+    /// The notifications these events call for, in event order.
+    pub async fn for_events(&self, events: &[StoredEvent]) -> Result<Vec<Notification>> {
+        let mut notifications = Vec::new();
+        for stored in events {
+            let event = &stored.event;
+            let Some((recipients, notice)) = self.notice(event).await? else {
+                continue;
+            };
+            let mut data = serde_json::Map::new();
+            data.insert("event_id".into(), event.id.to_string().into());
+            data.insert("event_type".into(), event.kind.name().into());
+            notifications.extend(recipients.into_iter().map(|user_id| Notification {
+                id: Uuid::now_v7(),
+                user_id,
+                kind: notice.kind,
+                title: notice.title.to_owned(),
+                body: notice.body.clone(),
+                link: None,
+                data: data.clone(),
+                read_at: None,
+                created_at: event.occurred_at,
+            }));
+        }
+        Ok(notifications)
+    }
+
+    /// Who hears of `event`, and what.
+    async fn notice(&self, event: &Event) -> Result<Option<(Vec<Uuid>, Notice)>> {
+        use NotificationKind::{Info, Warning};
+        let data: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+        let text = |field: &str| data[field].as_str().unwrap_or_default().to_owned();
+        let id = |field: &str| {
+            data[field]
+                .as_str()
+                .and_then(|text| Uuid::parse_str(text).ok())
+        };
+        let to_user = |kind, title, body: &str| {
+            id("user_id").map(|user_id| {
+                (
+                    vec![user_id],
+                    Notice {
+                        kind,
+                        title,
+                        body: body.to_owned(),
+                    },
+                )
+            })
+        };
+        let not_you = "If this was not you, reset your password and sign out your other devices.";
+        Ok(match event.kind {
+            EventKind::UserPasswordChanged => {
+                to_user(Warning, "Your password was changed", not_you)
+            }
+            EventKind::UserPasswordReset => to_user(Warning, "Your password was reset", not_you),
+            EventKind::UserMfaDisabled => to_user(
+                Warning,
+                "Two-factor authentication was turned off",
+                "Your account now signs in with the password alone. If this was not you, \
+                 reset your password and turn it on again.",
+            ),
+            EventKind::ApiKeyCreated => to_user(
+                Info,
+                "A new API key was created",
+                &format!(
+                    "\"{}\" ({}…). If this was not you, revoke it and reset your password.",
+                    text("name"),
+                    text("prefix")
+                ),
+            ),
+            EventKind::SessionCreated => {
+                let Some(user_id) = id("user_id") else {
+                    return Ok(None);
+                };
+                let Ok(session_id) = Uuid::parse_str(&event.subject_id) else {
+                    return Ok(None);
+                };
+                let agent = event.origin.client.user_agent.as_deref();
+                let earlier = self
+                    .directory
+                    .earlier_sign_ins(user_id, session_id, agent)
+                    .await?;
+                // The first sign-in is no news; a known device neither.
+                if !earlier.any || earlier.same_agent {
+                    return Ok(None);
+                }
+                let device = super::auth::device::describe(agent);
+                let address = event
+                    .origin
+                    .client
+                    .ip_address
+                    .as_deref()
+                    .unwrap_or("unknown");
+                Some((
+                    vec![user_id],
+                    Notice {
+                        kind: Warning,
+                        title: "New sign-in from a new device",
+                        body: format!(
+                            "{} on {} ({}), from {address}. If this was not you, reset your \
+                             password and sign out your other devices.",
+                            device.browser, device.os, device.device_type
+                        ),
+                    },
+                ))
+            }
+            EventKind::InvitationCreated => {
+                let Some(user_id) = self.directory.active_user_by_email(&text("email")).await?
+                else {
+                    return Ok(None);
+                };
+                Some((
+                    vec![user_id],
+                    Notice {
+                        kind: Info,
+                        title: "You were invited to an organization",
+                        body: "Accept or decline it among your invitations.".to_owned(),
+                    },
+                ))
+            }
+            EventKind::WebhookDisabled => {
+                let Some(organization_id) = event.organization_id else {
+                    return Ok(None);
+                };
+                let admins = self.directory.organization_admins(organization_id).await?;
+                Some((
+                    admins,
+                    Notice {
+                        kind: Warning,
+                        title: "A webhook was turned off",
+                        body: format!("{}: {}.", text("url"), text("disabled_reason")),
+                    },
+                ))
+            }
+            _ => None,
+        })
     }
 }

@@ -6,6 +6,7 @@ use crate::domain::audit::{AuditEntry, AuditQuery, AuditStatistics, AuditStore, 
 use crate::domain::auth::ClientInfo;
 use crate::domain::error::{Error, Result};
 use crate::domain::events::{Actor, Event, EventKind, EventLog, Origin, StoredEvent};
+use crate::domain::notifications::Notification;
 use crate::domain::webhooks::Delivery;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
@@ -404,6 +405,7 @@ impl Outbox for SqlStore {
         sequences: &[i64],
         entries: &[AuditEntry],
         deliveries: &[Delivery],
+        notifications: &[Notification],
         now: DateTime<Utc>,
     ) -> Result<()> {
         let insert = format!(
@@ -443,6 +445,15 @@ impl Outbox for SqlStore {
                     .await?;
             }
             super::webhooks::insert_deliveries!(transaction, deliveries);
+            for notification in notifications {
+                super::notifications::insert_notification!(
+                    &mut *transaction,
+                    notification,
+                    notification.id,
+                    notification.user_id,
+                    super::notifications::data(notification)
+                )?;
+            }
             sqlx::query(AssertSqlSafe(mark.as_str()))
                 .bind(now)
                 .execute(&mut *transaction)

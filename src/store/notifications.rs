@@ -1,8 +1,10 @@
-//! `NotificationStore` on SQL.
+//! `NotificationStore` and `NoticeDirectory` on SQL.
 
 use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
 use crate::domain::error::{Error, Missing, Result};
-use crate::domain::notifications::{Audience, Notification, NotificationKind, NotificationStore};
+use crate::domain::notifications::{
+    Audience, EarlierSignIns, NoticeDirectory, Notification, NotificationKind, NotificationStore,
+};
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
@@ -42,13 +44,13 @@ impl TryFrom<NotificationRow> for Notification {
 
 const COLUMNS: &str = "id, user_id, kind, title, body, link, data, read_at, created_at";
 
-const INSERT: &str = "INSERT INTO notifications (id, user_id, kind, title, body, link, data, \
+pub(super) const INSERT: &str = "INSERT INTO notifications (id, user_id, kind, title, body, link, data, \
      created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Inserts `$notification` for `$user_id` with `$id` through `$executor`.
 macro_rules! insert_notification {
     ($executor:expr, $notification:expr, $id:expr, $user_id:expr, $data:expr) => {
-        sqlx::query(INSERT)
+        sqlx::query(crate::store::notifications::INSERT)
             .bind($id)
             .bind($user_id)
             .bind($notification.kind.as_str())
@@ -63,7 +65,9 @@ macro_rules! insert_notification {
     };
 }
 
-fn data(notification: &Notification) -> String {
+pub(super) use insert_notification;
+
+pub(super) fn data(notification: &Notification) -> String {
     serde_json::Value::Object(notification.data.clone()).to_string()
 }
 
@@ -219,5 +223,49 @@ impl NotificationStore for SqlStore {
             sqlx::query("DELETE FROM notifications WHERE user_id = $1 AND read_at IS NOT NULL")
                 .bind(user_id)
         )
+    }
+}
+
+#[async_trait::async_trait]
+impl NoticeDirectory for SqlStore {
+    async fn active_user_by_email(&self, email: &str) -> Result<Option<Uuid>> {
+        let sql = "SELECT id FROM users WHERE email = $1 AND is_active";
+        with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(email).fetch_optional(pool).await
+        })
+        .map_err(database_error)
+    }
+
+    async fn organization_admins(&self, organization_id: Uuid) -> Result<Vec<Uuid>> {
+        let sql = "SELECT DISTINCT user_id FROM member_roles \
+             WHERE organization_id = $1 AND role_key IN ('owner', 'admin') ORDER BY user_id";
+        with_pool!(self, pool => {
+            sqlx::query_scalar(sql).bind(organization_id).fetch_all(pool).await
+        })
+        .map_err(database_error)
+    }
+
+    async fn earlier_sign_ins(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        user_agent: Option<&str>,
+    ) -> Result<EarlierSignIns> {
+        let sql = "SELECT COUNT(*), \
+             CAST(COALESCE(SUM(CASE WHEN user_agent IS NOT DISTINCT FROM $3 THEN 1 ELSE 0 END), \
+             0) AS BIGINT) FROM sessions WHERE user_id = $1 AND id <> $2";
+        let (any, same_agent): (i64, i64) = with_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(user_id)
+                .bind(session_id)
+                .bind(user_agent)
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(EarlierSignIns {
+            any: any > 0,
+            same_agent: same_agent > 0,
+        })
     }
 }

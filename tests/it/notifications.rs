@@ -1,7 +1,7 @@
 //! In-app notifications: operators send them to one user, to everyone or to an organization's
 //! members; each user reads, marks and deletes their own and never sees another's.
 
-use crate::harness::{Backend, TestApp, grpc_reason, with_token};
+use crate::harness::{Backend, PASSWORD, TestApp, grpc_reason, with_token};
 use crate::organizations::create_organization;
 use keel::api::pb::keel::notification::v1::notification_service_client::NotificationServiceClient;
 use keel::api::pb::keel::notification::v1::{
@@ -13,7 +13,8 @@ use tonic::Code;
 
 crate::backend_tests!(
     notifications_are_read_marked_and_deleted_by_their_user_alone,
-    broadcasts_reach_everyone_or_an_organizations_members
+    broadcasts_reach_everyone_or_an_organizations_members,
+    keel_tells_users_what_happened_to_their_accounts
 );
 
 /// Registers and signs in `email`; answers the user's id and access token.
@@ -298,4 +299,105 @@ async fn broadcasts_reach_everyone_or_an_organizations_members(backend: Backend)
         )
         .await;
     assert_eq!(status, 403);
+}
+
+/// Waits until `token`'s user has `count` notifications; answers their titles, sorted.
+async fn notices(app: &TestApp, token: &str, count: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        let list = listed(app, token, "").await;
+        found = titles(&list).into_iter().map(str::to_owned).collect();
+        if found.len() >= count {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    found.sort();
+    found
+}
+
+/// Keel notifies a user of what they should know about their account: a sign-in from a new
+/// device (not the first sign-in, not a known device), a password change, a new API key, an
+/// invitation; and an organization's owners and admins of a webhook it turned off (in the
+/// webhook tests).
+async fn keel_tells_users_what_happened_to_their_accounts(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let alice = app.verified("alice@example.com").await.access;
+    app.login("alice@example.com").await;
+    let firefox = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+    let response = app
+        .http
+        .post(app.url("/api/v1/auth/login"))
+        .header("user-agent", firefox)
+        .json(&json!({ "email": "alice@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, key) = app
+        .rest(
+            Method::POST,
+            "/api/v1/api-keys",
+            &alice,
+            Some(json!({ "name": "deploy" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    let (_, bob) = user(&app, "bob@example.com").await;
+    let organization = create_organization(&app, &alice, "acme").await;
+    let (status, invitation) = app
+        .rest(
+            Method::POST,
+            &format!("/api/v1/organizations/{organization}/invitations"),
+            &alice,
+            Some(json!({ "email": "bob@example.com", "roles": ["viewer"] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{invitation}");
+    let changed = app
+        .http
+        .put(app.url("/api/v1/users/me/password"))
+        .bearer_auth(&alice)
+        .json(&json!({ "current_password": PASSWORD, "new_password": "N3w!Password-2026" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        changed.status(),
+        200,
+        "the session that changed it stays signed in"
+    );
+
+    assert_eq!(
+        notices(&app, &alice, 3).await,
+        [
+            "A new API key was created",
+            "New sign-in from a new device",
+            "Your password was changed",
+        ]
+    );
+    let list = listed(&app, &alice, "").await;
+    let new_device = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|notification| notification["title"] == "New sign-in from a new device")
+        .unwrap();
+    assert_eq!(new_device["type"], "warning");
+    assert!(
+        new_device["body"].as_str().unwrap().contains("Firefox"),
+        "{new_device}"
+    );
+    assert_eq!(new_device["data"]["event_type"], "session.created");
+    let key_notice = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|notification| notification["title"] == "A new API key was created")
+        .unwrap();
+    assert!(key_notice["body"].as_str().unwrap().contains("\"deploy\""));
+    assert_eq!(
+        notices(&app, &bob, 1).await,
+        ["You were invited to an organization"]
+    );
 }

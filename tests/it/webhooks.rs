@@ -595,6 +595,23 @@ async fn private_targets_are_refused_and_a_failing_webhook_is_turned_off(backend
             .iter()
             .all(|entry| entry["actor"]["type"] == "system")
     );
+    // The organization's owners and admins are told (with the audit entry, in one commit).
+    let (_, notified) = app
+        .rest(Method::GET, "/api/v1/notifications", &alice.access, None)
+        .await;
+    let turned_off: Vec<&Value> = notified["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|notification| notification["title"] == "A webhook was turned off")
+        .collect();
+    assert_eq!(turned_off.len(), webhooks.len(), "{notified}");
+    assert!(
+        turned_off[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("3 deliveries in a row failed")
+    );
 
     // Bad input: a URL that is no http(s) URL, an unknown event type.
     for (field, value, reason) in [

@@ -1,7 +1,7 @@
 //! Sign-up, sign-in, sessions and the tokens that carry them.
 
 mod accounts;
-mod device;
+pub mod device;
 mod links;
 mod session;
 mod sessions;
