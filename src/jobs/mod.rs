@@ -290,29 +290,29 @@ impl Queue<MailJob> {
             .task_id(TaskId::from_ulid(Ulid::from(id.as_u128())))
             .max_attempts(max_attempts as usize)
             .build();
-        let pushed = match self.clone() {
-            Queue::Sqlite(mut storage) => {
-                storage.push_task(task).await.map_err(|error| match error {
-                    TaskSinkError::PushError(apalis_sqlite::Error::Database(error)) => Some(error),
-                    _ => None,
-                })
-            }
-            Queue::Postgres(mut storage) => {
-                storage.push_task(task).await.map_err(|error| match error {
-                    TaskSinkError::PushError(apalis_postgres::Error::Database(error)) => {
-                        Some(error)
-                    }
-                    _ => None,
-                })
-            }
-        };
-        match pushed {
-            Ok(()) => Ok(()),
-            Err(Some(sqlx::Error::Database(error))) if error.is_unique_violation() => Ok(()),
-            Err(Some(error)) => Err(Error::internal(error)),
-            Err(None) => Err(Error::internal(format!("queuing job {id} failed"))),
+        match self.clone() {
+            Queue::Sqlite(mut storage) => match storage.push_task(task).await {
+                Err(TaskSinkError::PushError(apalis_sqlite::Error::Database(error)))
+                    if already_stored(&error) =>
+                {
+                    Ok(())
+                }
+                pushed => pushed.map_err(Error::internal),
+            },
+            Queue::Postgres(mut storage) => match storage.push_task(task).await {
+                Err(TaskSinkError::PushError(apalis_postgres::Error::Database(error)))
+                    if already_stored(&error) =>
+                {
+                    Ok(())
+                }
+                pushed => pushed.map_err(Error::internal),
+            },
         }
     }
+}
+
+fn already_stored(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.is_unique_violation())
 }
 
 /// The id of the job that job `parent` queues as its `step`: the same every time the parent
@@ -800,6 +800,31 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::mail::OutgoingMail;
+
+    /// Queuing a job of an id already stored queues nothing, and says so quietly.
+    #[tokio::test]
+    async fn a_job_queued_twice_is_stored_once() -> anyhow::Result<()> {
+        let directory = tempfile::tempdir()?;
+        let store = JobStore::connect("sqlite::memory:", directory.path()).await?;
+        store.migrate().await?;
+        let queue = Queue::<MailJob>::open(&store, MAIL_JOB);
+        let job = MailJob::Rendered(OutgoingMail {
+            to: "someone@example.com".into(),
+            subject: "Hello".into(),
+            text: "Hello".into(),
+            html: "<p>Hello</p>".into(),
+        });
+        let id = Uuid::now_v7();
+        queue.push(job.clone(), id, 3).await?;
+        queue.push(job.clone(), id, 3).await?;
+        queue.push(job, Uuid::now_v7(), 3).await?;
+        assert_eq!(
+            store.job_counts().await?,
+            [(MAIL_JOB.to_owned(), "pending".to_owned(), 2)]
+        );
+        Ok(())
+    }
 
     #[test]
     fn a_derived_job_id_is_stable_and_keeps_the_parent_time() {
