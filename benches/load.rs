@@ -1,9 +1,10 @@
-//! Load tool: measures Keel's sign-in, refresh, authenticated `GetMe` and an
-//! organization-permission call (`ListRoles`: guard, role check, quota metering, no database
-//! read) over gRPC and REST, against a bare unary RPC (`grpc.health.v1.Health/Check`) as the
-//! baseline; `GetMe` again while a flood of sign-ups and sign-ins saturates password hashing
-//! (admission control keeps it from queueing behind them); and a `ListOrganizations` page for a
-//! user with 10,000 memberships behind it (a list costs its page, not its collection).
+//! Load tool: measures Keel's sign-in, refresh, authenticated `GetMe`, a state change with its
+//! outbox event (`UpdateMe`) and an organization-permission call (`ListRoles`: guard, role
+//! check, quota metering, no database read) over gRPC and REST, against a bare unary RPC
+//! (`grpc.health.v1.Health/Check`) as the baseline; `GetMe` again while a flood of sign-ups
+//! and sign-ins saturates password hashing (admission control keeps it from queueing behind
+//! them); and a `ListOrganizations` page for a user with 10,000 memberships behind it (a list
+//! costs its page, not its collection).
 //!
 //! ```sh
 //! cargo build --release && KEEL_RATE_LIMIT_AUTH_PER_MINUTE=10000000 ./target/release/keel &
@@ -20,6 +21,8 @@ use keel::api::pb::keel::organization::v1::organization_service_client::Organiza
 use keel::api::pb::keel::organization::v1::{CreateOrganizationRequest, ListOrganizationsRequest};
 use keel::api::pb::keel::role::v1::ListRolesRequest;
 use keel::api::pb::keel::role::v1::role_service_client::RoleServiceClient;
+use keel::api::pb::keel::user::v1::UpdateMeRequest;
+use keel::api::pb::keel::user::v1::user_service_client::UserServiceClient;
 use keel::app::Keel;
 use keel::config::{Config, Settings};
 use keel::domain::clock::SystemClock;
@@ -242,6 +245,25 @@ async fn main() {
             let mut client = AuthServiceClient::new(channel.clone());
             let request = bearer(GetMeRequest {}, &token);
             async move { client.get_me(request).await.is_ok() }
+        },
+    )
+    .await;
+
+    // A state change: the profile row and its `user.updated` event, committed together.
+    let token = access.clone();
+    run(
+        &options,
+        "grpc UpdateMe (a change and its event)",
+        channels.clone(),
+        move |channel: &mut Channel| {
+            let mut client = UserServiceClient::new(channel.clone());
+            let request = bearer(
+                UpdateMeRequest {
+                    full_name: Some(format!("Load {}", uuid::Uuid::now_v7().simple())),
+                },
+                &token,
+            );
+            async move { client.update_me(request).await.is_ok() }
         },
     )
     .await;
