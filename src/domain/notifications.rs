@@ -67,7 +67,7 @@ pub struct NewNotification {
 pub enum Audience {
     /// Every active user.
     Everyone,
-    /// The members of one organization.
+    /// The active members of one organization.
     Organization(Uuid),
 }
 

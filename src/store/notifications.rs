@@ -99,8 +99,9 @@ impl NotificationStore for SqlStore {
         let (sql, organization_id) = match audience {
             Audience::Everyone => ("SELECT id FROM users WHERE is_active ORDER BY id", None),
             Audience::Organization(id) => (
-                "SELECT user_id FROM organization_members WHERE organization_id = $1 \
-                 ORDER BY user_id",
+                "SELECT members.user_id FROM organization_members AS members \
+                 JOIN users ON users.id = members.user_id \
+                 WHERE members.organization_id = $1 AND users.is_active ORDER BY members.user_id",
                 Some(id),
             ),
         };
