@@ -76,7 +76,7 @@ pub trait NotificationStore: Send + Sync {
     /// Fails with `Missing::User` when its user does not exist.
     async fn insert_notification(&self, notification: &Notification) -> Result<()>;
     /// Sends `template` (its id and user ignored) to each user of `audience`, each with a new
-    /// id; answers how many.
+    /// id; answers how many. Fails with `Missing::Organization` for an unknown organization.
     async fn broadcast_notification(
         &self,
         template: &Notification,

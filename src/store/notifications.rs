@@ -112,6 +112,16 @@ impl NotificationStore for SqlStore {
                 query = query.bind(id);
             }
             let users = query.fetch_all(&mut *transaction).await?;
+            if let Some(id) = organization_id {
+                let found: Option<Uuid> =
+                    sqlx::query_scalar("SELECT id FROM organizations WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *transaction)
+                        .await?;
+                if found.is_none() {
+                    return Ok(None);
+                }
+            }
             for user_id in &users {
                 insert_notification!(
                     &mut *transaction,
@@ -122,10 +132,11 @@ impl NotificationStore for SqlStore {
                 )?;
             }
             transaction.commit().await?;
-            Ok(users.len() as u64)
+            Ok(Some(users.len() as u64))
         }
         .await)
-        .map_err(database_error)
+        .map_err(database_error)?
+        .ok_or_else(|| Missing::Organization.into())
     }
 
     async fn find_notification(&self, user_id: Uuid, id: Uuid) -> Result<Option<Notification>> {

@@ -274,6 +274,14 @@ async fn broadcasts_reach_everyone_or_an_organizations_members(backend: Backend)
         Vec::<&str>::new()
     );
 
+    let (status, missing) = broadcast(
+        json!({ "organization_id": uuid::Uuid::now_v7().to_string(), "title": "Nobody" }),
+    )
+    .await;
+    assert_eq!(
+        (status.as_u16(), missing["reason"].as_str()),
+        (404, Some("ORGANIZATION_NOT_FOUND"))
+    );
     let (status, reached) = broadcast(json!({ "title": "Hello all" })).await;
     assert_eq!(status, 200, "{reached}");
     assert_eq!(reached["recipients"], 3, "root, owner and stranger");
