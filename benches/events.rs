@@ -21,6 +21,7 @@ use keel::domain::events::{Event, EventKind, EventLog, OrganizationData, Origin}
 use keel::domain::notifications::SecurityNotices;
 use keel::domain::page::PageTokens;
 use keel::domain::rate::RateLimits;
+use keel::domain::realtime::Beacon;
 use keel::domain::secret::Keyring;
 use keel::domain::tenancy::{Organization, OrganizationStore};
 use keel::domain::user::{User, UserStore};
@@ -232,6 +233,7 @@ async fn run(backend: &str, postgres: Option<&str>, events: usize, deliveries: u
         Arc::new(store.clone()),
         webhooks.clone(),
         SecurityNotices::new(Arc::new(store.clone())),
+        Arc::new(Beacon::default()),
         clock.clone(),
     );
     let floor_rate = floor(&url, events).await;

@@ -81,6 +81,10 @@ MFA=$(post /api/v1/auth/login -d '{"email":"a@example.com","password":"An0ther!P
 TOKEN=$(post /api/v1/auth/login/mfa \
   -d "{\"mfa_token\":\"$MFA\",\"code\":\"$(field '["backup_codes"][0]' < totp.json)\"}" | field '["access_token"]')
 
+# Realtime: what happens to your account as Server-Sent Events (a WebSocket at /api/v1/ws and
+# gRPC's RealtimeService/Subscribe carry the same); curl stops listening after 2 s
+curl -sN --max-time 2 "$URL/api/v1/events/stream?channels=user" -H "authorization: Bearer $TOKEN" || true
+
 # gRPC, no proto files needed (server reflection); grpcurl works the same way
 $BUF curl --protocol grpc --http2-prior-knowledge -H "authorization: Bearer $TOKEN" \
   "$URL/keel.auth.v1.AuthService/GetMe"

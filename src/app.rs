@@ -19,6 +19,7 @@ use crate::domain::mail::Outbox;
 use crate::domain::notifications::{NotificationService, SecurityNotices};
 use crate::domain::page::PageTokens;
 use crate::domain::rate::{Budget, RateLimits};
+use crate::domain::realtime::{Announcer, Beacon, Hub};
 use crate::domain::secret::Keyring;
 use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
@@ -67,6 +68,9 @@ pub struct Services {
     dispatcher: Arc<Dispatcher>,
     webhooks: Arc<WebhookService>,
     notifications: Arc<NotificationService>,
+    hub: Arc<Hub>,
+    /// Where this process learns that events were dispatched (by any process).
+    beacon: Beacon,
     dependencies: Arc<DependencyService>,
     job_monitor: Arc<JobMonitorService>,
     delivery: Arc<Delivery>,
@@ -247,10 +251,28 @@ impl Services {
             pages.clone(),
             clock.clone(),
         ));
+        let beacon = Beacon::default();
+        let announcer: Arc<dyn Announcer> = match &redis {
+            Some(redis) => {
+                redis
+                    .relay_announcements(beacon.clone())
+                    .await
+                    .context("KEEL_REDIS_URL: subscribing to event announcements")?;
+                redis.clone()
+            }
+            None => Arc::new(beacon.clone()),
+        };
+        let hub = Arc::new(Hub::new(
+            Arc::new(store.clone()),
+            access.clone(),
+            clock.clone(),
+            config.realtime.clone(),
+        ));
         let dispatcher = Arc::new(Dispatcher::new(
             Arc::new(store.clone()),
             webhooks.clone(),
             SecurityNotices::new(Arc::new(store.clone())),
+            announcer,
             clock.clone(),
         ));
         let invitations = Arc::new(InvitationService::new(
@@ -343,6 +365,8 @@ impl Services {
             dispatcher,
             webhooks,
             notifications,
+            hub,
+            beacon,
             dependencies,
             job_monitor,
             delivery: Arc::new(delivery),
@@ -400,6 +424,8 @@ pub struct Keel {
     listener: TcpListener,
     usage_flush_interval: std::time::Duration,
     sqlite_wal_max_bytes: u64,
+    /// How often the hub looks for dispatched events it was not told of.
+    realtime_poll: std::time::Duration,
 }
 
 impl Keel {
@@ -423,6 +449,7 @@ impl Keel {
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
             notifications: services.notifications.clone(),
+            hub: services.hub.clone(),
             dispatcher: services.dispatcher.clone(),
             dependencies: services.dependencies.clone(),
             job_monitor: Arc::new(services.jobs.clone()),
@@ -458,6 +485,7 @@ impl Keel {
             listener,
             usage_flush_interval: std::time::Duration::from_secs(config.usage_flush_seconds.into()),
             sqlite_wal_max_bytes: config.sqlite_wal_max_bytes,
+            realtime_poll: config.jobs.poll_interval,
         })
     }
 
@@ -494,6 +522,18 @@ impl Keel {
             self.usage_flush_interval,
             flushing_stopped,
         ));
+        // Realtime connections last until closed: at shutdown the hub closes them, or the
+        // graceful shutdown below would wait for them forever.
+        let (closing, closed) = tokio::sync::watch::channel(false);
+        let hub = tokio::spawn(self.services.hub.clone().run(
+            self.services.beacon.watch(),
+            self.realtime_poll,
+            closed,
+        ));
+        let shutdown = async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        };
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
@@ -510,6 +550,9 @@ impl Keel {
             .with_graceful_shutdown(shutdown)
             .await?;
         let _ = stop.send(true);
+        if let Err(error) = hub.await {
+            tracing::warn!(%error, "the realtime hub panicked");
+        }
         if let Some(workers) = workers {
             match workers.await {
                 Ok(Err(error)) => tracing::warn!(%error, "the job workers failed"),

@@ -4,6 +4,7 @@
 //! naming the setting.
 
 use crate::domain::password::PasswordPolicy;
+use crate::domain::realtime::RealtimeSettings;
 use crate::domain::webhooks::WebhookSettings;
 use crate::jobs::JobSettings;
 use crate::security::password::Argon2Settings;
@@ -202,6 +203,24 @@ settings! {
     /// Deliver webhooks to loopback and private addresses too (development and tests only:
     /// an endpoint could otherwise reach services inside your network)
     webhook_allow_private_targets, "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS" = "false";
+    /// How often an idle dispatcher looks for new events, in milliseconds: the most a
+    /// committed event waits before webhooks, notifications and realtime clients get it
+    event_poll_milliseconds, "KEEL_EVENT_POLL_MILLISECONDS" = "25";
+    /// Events of one realtime channel a reconnecting client can recover
+    realtime_history_events, "KEEL_REALTIME_HISTORY_EVENTS" = "1000";
+    /// How old, in seconds, the last event a reconnecting client saw may be for it to recover
+    /// what followed
+    realtime_history_seconds, "KEEL_REALTIME_HISTORY_SECONDS" = "600";
+    /// Messages waiting for one realtime connection before it is closed as too slow
+    realtime_queue, "KEEL_REALTIME_QUEUE" = "256";
+    /// Realtime connections one user may hold open in one process
+    realtime_max_connections_per_user, "KEEL_REALTIME_MAX_CONNECTIONS_PER_USER" = "50";
+    /// Realtime connections one client address may hold open in one process
+    realtime_max_connections_per_ip, "KEEL_REALTIME_MAX_CONNECTIONS_PER_IP" = "1000";
+    /// Seconds between the server's pings on an idle realtime connection
+    realtime_heartbeat_seconds, "KEEL_REALTIME_HEARTBEAT_SECONDS" = "25";
+    /// Seconds a realtime connection may stay silent (not even a pong) before it is closed
+    realtime_idle_timeout_seconds, "KEEL_REALTIME_IDLE_TIMEOUT_SECONDS" = "60";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -353,6 +372,7 @@ pub struct Config {
     /// `None` turns the dependency update check off.
     pub dependency_registry_url: Option<String>,
     pub webhooks: WebhookSettings,
+    pub realtime: RealtimeSettings,
     pub webhook_timeout: Duration,
     pub webhook_allow_private_targets: bool,
     pub migrate_on_start: bool,
@@ -474,6 +494,9 @@ impl Config {
                 retry_base: Duration::from_secs(settings.job_retry_base_seconds().positive()?),
                 max_attempts: settings.job_max_attempts().positive()?,
                 poll_interval: Duration::from_millis(settings.job_poll_milliseconds().positive()?),
+                dispatch_poll_interval: Duration::from_millis(
+                    settings.event_poll_milliseconds().positive()?,
+                ),
                 cleanup_schedule: settings.cleanup_schedule().parse()?,
                 dependency_check_schedule: settings.dependency_check_schedule().parse()?,
             },
@@ -513,6 +536,21 @@ impl Config {
             },
             webhook_timeout: Duration::from_secs(settings.webhook_timeout_seconds().positive()?),
             webhook_allow_private_targets: settings.webhook_allow_private_targets().parse()?,
+            realtime: RealtimeSettings {
+                history_events: settings.realtime_history_events().positive()?,
+                history_age: chrono::Duration::seconds(
+                    settings.realtime_history_seconds().positive()?,
+                ),
+                queue: settings.realtime_queue().positive()?,
+                max_connections_per_user: settings
+                    .realtime_max_connections_per_user()
+                    .positive()?,
+                max_connections_per_ip: settings.realtime_max_connections_per_ip().positive()?,
+                heartbeat: Duration::from_secs(settings.realtime_heartbeat_seconds().positive()?),
+                idle_timeout: Duration::from_secs(
+                    settings.realtime_idle_timeout_seconds().positive()?,
+                ),
+            },
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,
             log_format,

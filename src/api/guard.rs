@@ -118,7 +118,7 @@ impl Guard {
             AuthRule::Public => None,
             _ => Some(Principal {
                 client: client_info(request.extensions(), request.headers()),
-                ..self.authenticate(request.headers()).await?
+                ..authenticate(&self.auth, presented_credential(request.headers())).await?
             }),
         };
         if let (AuthRule::Session, Some(principal)) = (&rule.auth, &principal) {
@@ -159,17 +159,21 @@ impl Guard {
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
     }
+}
 
-    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Error> {
-        match presented_credential(headers) {
-            Some(Presented::ApiKey(key)) => self.auth.authenticate_api_key(key).await,
-            Some(Presented::AccessToken(token)) => self.auth.authenticate(token).await,
-            None => Err(Error::unauthenticated(
-                "MISSING_CREDENTIALS",
-                "this call needs credentials: send authorization: Bearer <access token> \
-                 or x-api-key: <API key>",
-            )),
-        }
+/// The caller behind `presented`.
+pub(super) async fn authenticate(
+    auth: &AuthService,
+    presented: Option<Presented<'_>>,
+) -> Result<Principal, Error> {
+    match presented {
+        Some(Presented::ApiKey(key)) => auth.authenticate_api_key(key).await,
+        Some(Presented::AccessToken(token)) => auth.authenticate(token).await,
+        None => Err(Error::unauthenticated(
+            "MISSING_CREDENTIALS",
+            "this call needs credentials: send authorization: Bearer <access token> \
+             or x-api-key: <API key>",
+        )),
     }
 }
 
@@ -314,14 +318,25 @@ fn scope_of(
     }
 }
 
-enum Presented<'a> {
+pub(super) enum Presented<'a> {
     AccessToken(&'a str),
     ApiKey(&'a str),
 }
 
+impl<'a> Presented<'a> {
+    /// A bearer token: an API key or an access token.
+    pub(super) fn bearer(token: &'a str) -> Self {
+        if looks_like_api_key(token) {
+            Self::ApiKey(token)
+        } else {
+            Self::AccessToken(token)
+        }
+    }
+}
+
 /// The credential a request carries: `x-api-key`, or a bearer token that is an API key or an
 /// access token.
-fn presented_credential(headers: &http::HeaderMap) -> Option<Presented<'_>> {
+pub(super) fn presented_credential(headers: &http::HeaderMap) -> Option<Presented<'_>> {
     if let Some(key) = headers
         .get("x-api-key")
         .and_then(|value| value.to_str().ok())
@@ -334,11 +349,7 @@ fn presented_credential(headers: &http::HeaderMap) -> Option<Presented<'_>> {
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
         return None;
     }
-    Some(if looks_like_api_key(token) {
-        Presented::ApiKey(token)
-    } else {
-        Presented::AccessToken(token)
-    })
+    Some(Presented::bearer(token))
 }
 
 /// The status of a unary reply: tonic sends errors as trailers-only responses, so a

@@ -8,6 +8,7 @@ mod guard;
 mod metrics;
 pub mod openapi;
 pub mod pb;
+mod realtime;
 pub mod rest;
 pub mod status;
 mod validation;
@@ -22,6 +23,7 @@ use crate::domain::jobs::{DeadLetterService, JobMonitor, JobMonitorService};
 use crate::domain::mail::Outbox;
 use crate::domain::notifications::NotificationService;
 use crate::domain::password::PasswordPolicy;
+use crate::domain::realtime::Hub;
 use crate::domain::tenancy::access::AccessControl;
 use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::InvitationService;
@@ -51,6 +53,7 @@ use pb::keel::job::v1::job_service_server::JobServiceServer;
 use pb::keel::notification::v1::notification_service_server::NotificationServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
+use pb::keel::realtime::v1::realtime_service_server::RealtimeServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
 use pb::keel::team::v1::team_service_server::TeamServiceServer;
@@ -85,6 +88,7 @@ pub struct ApiDependencies {
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
     pub notifications: Arc<NotificationService>,
+    pub hub: Arc<Hub>,
     pub dispatcher: Arc<Dispatcher>,
     pub dependencies: Arc<DependencyService>,
     pub job_monitor: Arc<dyn JobMonitor>,
@@ -203,6 +207,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(NotificationServiceServer::new(grpc::NotificationApi::new(
             dependencies.notifications.clone(),
+        )))
+        .add(RealtimeServiceServer::new(grpc::RealtimeApi::new(
+            dependencies.hub.clone(),
         )));
     keel_services.cover(&contract)?;
 
@@ -255,10 +262,23 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .starts_with("https://")
         .then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
 
+    let realtime = Arc::new(realtime::RealtimeDoor {
+        hub: dependencies.hub.clone(),
+        auth: dependencies.auth.clone(),
+        contract: contract.clone(),
+    });
     let router = Router::new()
         .route(
             "/api/{*path}",
             any(rest::handle).with_state(transcoder.clone()),
+        )
+        .route(
+            "/api/v1/ws",
+            get(realtime::websocket).with_state(realtime.clone()),
+        )
+        .route(
+            "/api/v1/events/stream",
+            get(realtime::event_stream).with_state(realtime),
         )
         .route("/health", get(web::health).with_state(health))
         .route(
@@ -287,7 +307,12 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             client_address::attach,
         ))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http())
+        // The path only: a query may carry a token (`/api/v1/ws?token=`).
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            }),
+        )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Every response: no MIME sniffing, no framing, no referrer leaks.
         .layer(SetResponseHeaderLayer::if_not_present(

@@ -4,13 +4,19 @@ use crate::domain::Error;
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
 use crate::domain::health::HealthProbe;
+use crate::domain::realtime::{Announcer, Beacon};
+use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, Expiration, KeysInterface, LuaInterface, ReconnectPolicy,
+    Builder, Client, ClientLike, Config, EventInterface, Expiration, KeysInterface, LuaInterface,
+    PubsubInterface, ReconnectPolicy,
 };
 use std::time::Duration;
 
 pub struct RedisCache {
     client: Client,
+    /// Receives the announcements of dispatched events (its own connection: a connection
+    /// that subscribes can do nothing else).
+    subscriber: SubscriberClient,
     /// Prepended to every key, so several deployments (or test runs) can share one Redis.
     prefix: String,
 }
@@ -22,7 +28,8 @@ impl RedisCache {
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
         let config = Config::from_url(url)
             .map_err(|error| anyhow::anyhow!("KEEL_REDIS_URL is not a Redis URL: {error}"))?;
-        let client = Builder::from_config(config)
+        let mut builder = Builder::from_config(config);
+        builder
             .with_performance_config(|performance| {
                 performance.default_command_timeout = COMMAND_TIMEOUT;
             })
@@ -32,13 +39,41 @@ impl RedisCache {
                 connection.unresponsive.max_timeout = Some(COMMAND_TIMEOUT);
             })
             // Forever, from 100 ms doubling to 2 s between attempts.
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()?;
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let client = builder.build()?;
         client.init().await?;
+        let subscriber = builder.build_subscriber_client()?;
+        subscriber.init().await?;
+        // Subscribes again after each reconnection (a task that lasts as long as the client).
+        drop(subscriber.manage_subscriptions());
         Ok(Self {
             client,
+            subscriber,
             prefix: prefix.to_owned(),
         })
+    }
+
+    /// Relays the announcements of every process (this one's included) to `beacon`, until
+    /// the connection closes.
+    pub async fn relay_announcements(&self, beacon: Beacon) -> anyhow::Result<()> {
+        let mut messages = self.subscriber.message_rx();
+        self.subscriber.subscribe(self.key(ANNOUNCEMENTS)).await?;
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(message) => match message.value.convert::<i64>() {
+                        Ok(position) => beacon.signal(position),
+                        Err(error) => {
+                            tracing::debug!(%error, "an announcement that is no position")
+                        }
+                    },
+                    // Missed announcements: the hub's next read catches up anyway.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(())
     }
 
     fn key(&self, key: &str) -> String {
@@ -46,9 +81,23 @@ impl RedisCache {
     }
 
     pub async fn close(&self) {
-        if let Err(error) = self.client.quit().await {
-            tracing::debug!(%error, "closing the Redis connection");
+        let (client, subscriber) = tokio::join!(self.client.quit(), self.subscriber.quit());
+        if let Err(error) = client.and(subscriber) {
+            tracing::debug!(%error, "closing the Redis connections");
         }
+    }
+}
+
+/// The pub/sub channel of announcements of dispatched events (under the prefix).
+const ANNOUNCEMENTS: &str = "realtime:dispatched";
+
+#[async_trait::async_trait]
+impl Announcer for RedisCache {
+    async fn announce(&self, position: i64) -> Result<()> {
+        self.client
+            .publish::<(), _, _>(self.key(ANNOUNCEMENTS), position)
+            .await
+            .map_err(redis_error)
     }
 }
 

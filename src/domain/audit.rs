@@ -6,10 +6,11 @@
 use super::auth::ClientInfo;
 use super::clock::Clock;
 use super::error::{Missing, Result};
-use super::events::{Actor, Event, EventKind, Outcome, StoredEvent};
-use super::notifications::{Notification, SecurityNotices};
+use super::events::{Actor, Event, EventKind, Origin, Outcome, StoredEvent};
+use super::notifications::{Notification, SecurityNotices, notification_events};
 use super::page::{Page, PageTokens};
 use super::principal::Principal;
+use super::realtime::Announcer;
 use super::webhooks::{Delivery, WebhookService};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
@@ -200,29 +201,35 @@ pub trait Outbox: Send + Sync {
     async fn pending_events(&self, limit: usize) -> Result<Vec<StoredEvent>>;
     /// The sequence and hash of the audit log's last entry (or its anchor).
     async fn audit_head(&self) -> Result<Option<(i64, Hash)>>;
-    /// In one transaction: appends `entries` to the audit log, queues the webhook
-    /// `deliveries`, stores the `notifications` and marks the events dispatched. Fails
-    /// without effect if another dispatcher appended first (the chain cannot fork).
-    async fn settle_events(
-        &self,
-        sequences: &[i64],
-        entries: &[AuditEntry],
-        deliveries: &[Delivery],
-        notifications: &[Notification],
-        now: DateTime<Utc>,
-    ) -> Result<()>;
+    /// Writes `settlement` in one transaction and marks its events dispatched. Fails without
+    /// effect if another dispatcher appended first (the chain cannot fork).
+    async fn settle_events(&self, settlement: &Settlement, now: DateTime<Utc>) -> Result<()>;
     /// Events committed and not yet dispatched.
     async fn pending_count(&self) -> Result<u64>;
     /// Deletes dispatched events older than `cutoff`; answers how many.
     async fn delete_events_dispatched_before(&self, cutoff: DateTime<Utc>) -> Result<u64>;
 }
 
+/// What dispatching a batch of events writes.
+pub struct Settlement {
+    /// Each dispatched event's outbox sequence with its stream position: the number of its
+    /// audit entry.
+    pub positions: Vec<(i64, i64)>,
+    pub entries: Vec<AuditEntry>,
+    pub deliveries: Vec<Delivery>,
+    pub notifications: Vec<Notification>,
+    /// The `notification.created` events of `notifications` (dispatched with a later batch).
+    pub notification_events: Vec<Event>,
+}
+
 /// Moves events from the outbox to their consumers, oldest first: the audit log, the webhooks
-/// of their organization, and the notices Keel sends users about their accounts.
+/// of their organization, the notices Keel sends users about their accounts, and (announced
+/// once settled) the realtime channels.
 pub struct Dispatcher {
     outbox: Arc<dyn Outbox>,
     webhooks: Arc<WebhookService>,
     notices: SecurityNotices,
+    announcer: Arc<dyn Announcer>,
     clock: Arc<dyn Clock>,
 }
 
@@ -234,12 +241,14 @@ impl Dispatcher {
         outbox: Arc<dyn Outbox>,
         webhooks: Arc<WebhookService>,
         notices: SecurityNotices,
+        announcer: Arc<dyn Announcer>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             outbox,
             webhooks,
             notices,
+            announcer,
             clock,
         }
     }
@@ -262,16 +271,27 @@ impl Dispatcher {
             .collect();
         let deliveries = self.webhooks.deliveries_for(&pending).await?;
         let notifications = self.notices.for_events(&pending).await?;
-        let sequences: Vec<i64> = pending.iter().map(|stored| stored.sequence).collect();
+        let notification_events =
+            notification_events(&notifications, &Origin::system(), &*self.clock);
+        let positions = pending
+            .iter()
+            .zip(&entries)
+            .map(|(stored, entry)| (stored.sequence, entry.sequence))
+            .collect();
+        let settlement = Settlement {
+            positions,
+            entries,
+            deliveries,
+            notifications,
+            notification_events,
+        };
         self.outbox
-            .settle_events(
-                &sequences,
-                &entries,
-                &deliveries,
-                &notifications,
-                self.clock.now(),
-            )
+            .settle_events(&settlement, self.clock.now())
             .await?;
+        if let Err(error) = self.announcer.announce(sequence).await {
+            // Each process also looks for new events every poll interval.
+            tracing::warn!(%error, "announcing dispatched events failed");
+        }
         Ok(pending.len())
     }
 

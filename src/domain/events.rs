@@ -148,6 +148,10 @@ pub trait EventData: Serialize + JsonSchema {
     fn organization_id(&self) -> Option<Uuid> {
         None
     }
+    /// The user the event concerns, whose `user` realtime channel carries it.
+    fn user_id(&self) -> Option<Uuid> {
+        None
+    }
 }
 
 macro_rules! catalog {
@@ -213,6 +217,8 @@ catalog! {
         "A member left or was removed from an organization.";
     MemberRolesChanged = "member.roles_changed", MemberData, Success,
         "A member's organization-wide roles changed (`roles` holds the new ones).";
+    NotificationCreated = "notification.created", NotificationData, Success,
+        "A user received an in-app notification (from an operator or from Keel).";
     OrganizationCreated = "organization.created", OrganizationData, Success,
         "An organization was created.";
     OrganizationDeleted = "organization.deleted", OrganizationData, Success,
@@ -306,6 +312,8 @@ pub struct Event {
     pub kind: EventKind,
     pub occurred_at: DateTime<Utc>,
     pub organization_id: Option<Uuid>,
+    /// The user the event concerns (see `EventData::user_id`).
+    pub user_id: Option<Uuid>,
     pub origin: Origin,
     pub subject_type: &'static str,
     pub subject_id: String,
@@ -332,6 +340,7 @@ impl Event {
             kind,
             occurred_at: truncate_to_micros(clock.now()),
             organization_id: data.organization_id(),
+            user_id: data.user_id(),
             origin: origin.clone(),
             subject_type: D::SUBJECT,
             subject_id: data.subject_id(),
@@ -376,6 +385,9 @@ impl EventData for UserData {
     fn subject_id(&self) -> String {
         self.user_id.to_string()
     }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
 }
 
 /// A failed sign-in. `user_id` is absent when the address matches no account.
@@ -410,6 +422,9 @@ impl EventData for SignInFailureData {
         self.user_id
             .map_or_else(|| self.email.clone(), |user_id| user_id.to_string())
     }
+    fn user_id(&self) -> Option<Uuid> {
+        self.user_id
+    }
 }
 
 /// A session; where it was opened from is the event's `client`.
@@ -423,6 +438,9 @@ impl EventData for SessionData {
     const SUBJECT: &'static str = "session";
     fn subject_id(&self) -> String {
         self.session_id.to_string()
+    }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
     }
 }
 
@@ -444,6 +462,9 @@ impl EventData for ApiKeyData {
     }
     fn organization_id(&self) -> Option<Uuid> {
         self.organization_id
+    }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
     }
 }
 
@@ -494,6 +515,9 @@ impl EventData for MemberData {
     }
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)
+    }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
     }
 }
 
@@ -593,6 +617,9 @@ impl EventData for TeamMemberData {
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)
     }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -662,6 +689,45 @@ impl EventData for TestEventData {
     }
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)
+    }
+}
+
+/// A notification as its user's realtime channel carries it.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NotificationData {
+    pub notification_id: Uuid,
+    pub user_id: Uuid,
+    /// `info`, `success`, `warning` or `error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    pub link: Option<String>,
+    /// The notification's JSON object for the client.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<&super::notifications::Notification> for NotificationData {
+    fn from(notification: &super::notifications::Notification) -> Self {
+        Self {
+            notification_id: notification.id,
+            user_id: notification.user_id,
+            kind: notification.kind.as_str().to_owned(),
+            title: notification.title.clone(),
+            body: notification.body.clone(),
+            link: notification.link.clone(),
+            data: notification.data.clone(),
+        }
+    }
+}
+
+impl EventData for NotificationData {
+    const SUBJECT: &'static str = "notification";
+    fn subject_id(&self) -> String {
+        self.notification_id.to_string()
+    }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
     }
 }
 

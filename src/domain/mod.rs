@@ -17,6 +17,7 @@ pub mod page;
 pub mod password;
 pub mod principal;
 pub mod rate;
+pub mod realtime;
 pub mod secret;
 pub mod tenancy;
 pub mod text;

@@ -3,7 +3,7 @@
 
 use super::clock::{Clock, truncate_to_micros};
 use super::error::{Error, FieldViolation, Missing, Result};
-use super::events::{Event, EventKind, StoredEvent};
+use super::events::{Event, EventKind, NotificationData, Origin, StoredEvent};
 use super::page::{Page, PageTokens};
 use super::principal::Principal;
 use chrono::{DateTime, Utc};
@@ -71,17 +71,37 @@ pub enum Audience {
     Organization(Uuid),
 }
 
+/// The `notification.created` events of `notifications`.
+pub fn notification_events(
+    notifications: &[Notification],
+    origin: &Origin,
+    clock: &dyn Clock,
+) -> Vec<Event> {
+    notifications
+        .iter()
+        .map(|notification| {
+            Event::new(
+                EventKind::NotificationCreated,
+                origin,
+                clock,
+                &NotificationData::from(notification),
+            )
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 pub trait NotificationStore: Send + Sync {
-    /// Fails with `Missing::User` when its user does not exist.
-    async fn insert_notification(&self, notification: &Notification) -> Result<()>;
-    /// Sends `template` (its id and user ignored) to each user of `audience`, each with a new
-    /// id; answers how many. Fails with `Missing::Organization` for an unknown organization.
-    async fn broadcast_notification(
+    /// Stores `notifications` with their `events`, atomically. Fails with `Missing::User` when
+    /// a user does not exist.
+    async fn insert_notifications(
         &self,
-        template: &Notification,
-        audience: Audience,
-    ) -> Result<u64>;
+        notifications: &[Notification],
+        events: &[Event],
+    ) -> Result<()>;
+    /// The users a broadcast to `audience` reaches (the active ones). Fails with
+    /// `Missing::Organization` for an unknown organization.
+    async fn audience(&self, audience: Audience) -> Result<Vec<Uuid>>;
     async fn find_notification(&self, user_id: Uuid, id: Uuid) -> Result<Option<Notification>>;
     /// A user's notifications, newest first, before `before` (by id), at most `limit`.
     async fn list_notifications(
@@ -159,18 +179,43 @@ impl NotificationService {
     }
 
     /// Sends `new` to user `user_id` (an operator's call: the guard checked the permission).
-    pub async fn send(&self, user_id: Uuid, new: NewNotification) -> Result<Notification> {
+    pub async fn send(
+        &self,
+        sender: &Principal,
+        user_id: Uuid,
+        new: NewNotification,
+    ) -> Result<Notification> {
         check_data(&new)?;
         let notification = self.stamped(user_id, new);
-        self.store.insert_notification(&notification).await?;
+        let notifications = [notification];
+        let events = notification_events(&notifications, &Origin::from(sender), &*self.clock);
+        self.store
+            .insert_notifications(&notifications, &events)
+            .await?;
+        let [notification] = notifications;
         Ok(notification)
     }
 
     /// Sends `new` to each user of `audience`; answers how many it reached.
-    pub async fn broadcast(&self, audience: Audience, new: NewNotification) -> Result<u64> {
+    pub async fn broadcast(
+        &self,
+        sender: &Principal,
+        audience: Audience,
+        new: NewNotification,
+    ) -> Result<u64> {
         check_data(&new)?;
-        let template = self.stamped(Uuid::nil(), new);
-        self.store.broadcast_notification(&template, audience).await
+        let notifications: Vec<Notification> = self
+            .store
+            .audience(audience)
+            .await?
+            .into_iter()
+            .map(|user_id| self.stamped(user_id, new.clone()))
+            .collect();
+        let events = notification_events(&notifications, &Origin::from(sender), &*self.clock);
+        self.store
+            .insert_notifications(&notifications, &events)
+            .await?;
+        Ok(notifications.len() as u64)
     }
 
     pub async fn list(

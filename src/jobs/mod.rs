@@ -56,6 +56,8 @@ pub struct JobSettings {
     pub max_attempts: u32,
     /// How often an idle worker looks for new jobs.
     pub poll_interval: Duration,
+    /// How often an idle dispatcher looks for new events.
+    pub dispatch_poll_interval: Duration,
     pub cleanup_schedule: cron::Schedule,
     pub dependency_check_schedule: cron::Schedule,
 }
@@ -693,6 +695,7 @@ pub struct Workers {
     monitor: Monitor,
     context: JobContext,
     poll: Duration,
+    dispatch_poll: Duration,
 }
 
 impl Workers {
@@ -751,6 +754,7 @@ impl Workers {
             monitor,
             context: loops_context,
             poll,
+            dispatch_poll: settings.dispatch_poll_interval,
         })
     }
 
@@ -770,7 +774,7 @@ impl Workers {
         let dispatch = tokio::spawn(dispatch_events(
             self.context.dispatcher.clone(),
             lease,
-            self.poll,
+            self.dispatch_poll,
             stopping.clone(),
         ));
         let deliver = tokio::spawn(deliver_webhooks(self.context, self.poll, stopping));

@@ -2,12 +2,13 @@
 //! inside the transaction of the change they record.
 
 use super::{BeginWrite, SqlStore, database_error, with_pool};
-use crate::domain::audit::{AuditEntry, AuditQuery, AuditStatistics, AuditStore, Hash, Outbox};
+use crate::domain::audit::{
+    AuditEntry, AuditQuery, AuditStatistics, AuditStore, Hash, Outbox, Settlement,
+};
 use crate::domain::auth::ClientInfo;
 use crate::domain::error::{Error, Result};
 use crate::domain::events::{Actor, Event, EventKind, EventLog, Origin, StoredEvent};
-use crate::domain::notifications::Notification;
-use crate::domain::webhooks::Delivery;
+use crate::domain::realtime::{ChannelFilter, EventHistory};
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
@@ -20,20 +21,22 @@ pub(super) trait EventSql: sqlx::Database {
     const INSERT_EVENT: &'static str;
 }
 
-const EVENT_COLUMNS: &str = "id, event_type, occurred_at, organization_id, actor_type, \
-     actor_user_id, actor_api_key_id, ip_address, user_agent, subject_type, subject_id, data";
+const EVENT_COLUMNS: &str = "id, event_type, occurred_at, organization_id, user_id, \
+     actor_type, actor_user_id, actor_api_key_id, ip_address, user_agent, subject_type, \
+     subject_id, data";
 
 impl EventSql for sqlx::Sqlite {
     const INSERT_EVENT: &'static str = "INSERT INTO events (id, event_type, occurred_at, \
-         organization_id, actor_type, actor_user_id, actor_api_key_id, ip_address, user_agent, \
-         subject_type, subject_id, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+         organization_id, user_id, actor_type, actor_user_id, actor_api_key_id, ip_address, \
+         user_agent, subject_type, subject_id, data) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 }
 
 impl EventSql for sqlx::Postgres {
     const INSERT_EVENT: &'static str = "INSERT INTO events (id, event_type, occurred_at, \
-         organization_id, actor_type, actor_user_id, actor_api_key_id, ip_address, user_agent, \
-         subject_type, subject_id, data) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM (SELECT CASE \
+         organization_id, user_id, actor_type, actor_user_id, actor_api_key_id, ip_address, \
+         user_agent, subject_type, subject_id, data) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM (SELECT CASE \
          WHEN $4::uuid IS NULL THEN NULL \
          ELSE pg_advisory_xact_lock(hashtextextended($4::uuid::text, 0)) END) AS ordered";
 }
@@ -50,7 +53,7 @@ pub(super) fn with_events_sql(change: &str) -> String {
         "WITH changed AS ({change} RETURNING 1), \
          written AS (INSERT INTO events ({EVENT_COLUMNS}) \
          SELECT {EVENT_COLUMNS} FROM jsonb_to_recordset(${events}) AS event (id uuid, \
-         event_type text, occurred_at timestamptz, organization_id uuid, actor_type text, \
+         event_type text, occurred_at timestamptz, organization_id uuid, user_id uuid, actor_type text, \
          actor_user_id uuid, actor_api_key_id uuid, ip_address text, user_agent text, \
          subject_type text, subject_id text, data text) \
          CROSS JOIN LATERAL (SELECT CASE WHEN event.organization_id IS NULL THEN NULL \
@@ -79,6 +82,7 @@ pub(super) struct EventRecord<'a> {
     event_type: &'static str,
     occurred_at: DateTime<Utc>,
     organization_id: Option<Uuid>,
+    user_id: Option<Uuid>,
     actor_type: &'static str,
     actor_user_id: Option<Uuid>,
     actor_api_key_id: Option<Uuid>,
@@ -98,6 +102,7 @@ pub(super) fn event_records(events: &[Event]) -> sqlx::types::Json<Vec<EventReco
                 event_type: event.kind.name(),
                 occurred_at: event.occurred_at,
                 organization_id: event.organization_id,
+                user_id: event.user_id,
                 actor_type: event.origin.actor.kind(),
                 actor_user_id: event.origin.actor.user_id(),
                 actor_api_key_id: event.origin.actor.api_key_id(),
@@ -125,6 +130,7 @@ macro_rules! insert_events {
                 .bind(event.kind.name())
                 .bind(event.occurred_at)
                 .bind(event.organization_id)
+                .bind(event.user_id)
                 .bind(origin.actor.kind())
                 .bind(origin.actor.user_id())
                 .bind(origin.actor.api_key_id())
@@ -192,6 +198,7 @@ struct EventRow {
     event_type: String,
     occurred_at: DateTime<Utc>,
     organization_id: Option<Uuid>,
+    user_id: Option<Uuid>,
     actor_type: String,
     actor_user_id: Option<Uuid>,
     actor_api_key_id: Option<Uuid>,
@@ -216,6 +223,7 @@ impl TryFrom<EventRow> for StoredEvent {
                 kind,
                 occurred_at: row.occurred_at,
                 organization_id: row.organization_id,
+                user_id: row.user_id,
                 origin: Origin {
                     actor: Actor::from_parts(
                         &row.actor_type,
@@ -242,6 +250,7 @@ fn subject_type(stored: &str) -> &'static str {
         "api_key",
         "invitation",
         "member",
+        "notification",
         "organization",
         "quota",
         "role",
@@ -400,30 +409,34 @@ impl Outbox for SqlStore {
         }
     }
 
-    async fn settle_events(
-        &self,
-        sequences: &[i64],
-        entries: &[AuditEntry],
-        deliveries: &[Delivery],
-        notifications: &[Notification],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
+    async fn settle_events(&self, settlement: &Settlement, now: DateTime<Utc>) -> Result<()> {
         let insert = format!(
             "INSERT INTO audit_log ({AUDIT_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
-        if sequences.is_empty() {
+        if settlement.positions.is_empty() {
             return Ok(());
         }
-        // Sequences are numbers Keel read from the table, never client input.
-        let listed: Vec<String> = sequences.iter().map(i64::to_string).collect();
+        // Sequences and positions are numbers Keel worked out, never client input.
+        let cases: String = settlement
+            .positions
+            .iter()
+            .map(|(sequence, position)| format!(" WHEN {sequence} THEN {position}"))
+            .collect();
+        let listed: Vec<String> = settlement
+            .positions
+            .iter()
+            .map(|(sequence, _)| sequence.to_string())
+            .collect();
         let mark = format!(
-            "UPDATE events SET dispatched_at = $1 WHERE sequence IN ({})",
+            "UPDATE events SET dispatched_at = $1, position = CASE sequence{cases} END \
+             WHERE sequence IN ({})",
             listed.join(",")
         );
+        let notifications = &settlement.notifications;
         with_pool!(self, pool => async {
             let mut transaction = pool.begin_write().await?;
-            for entry in entries {
+            for entry in &settlement.entries {
                 sqlx::query(AssertSqlSafe(insert.as_str()))
                     .bind(entry.sequence)
                     .bind(entry.id)
@@ -444,16 +457,11 @@ impl Outbox for SqlStore {
                     .execute(&mut *transaction)
                     .await?;
             }
-            super::webhooks::insert_deliveries!(transaction, deliveries);
+            super::webhooks::insert_deliveries!(transaction, &settlement.deliveries);
             for notification in notifications {
-                super::notifications::insert_notification!(
-                    &mut *transaction,
-                    notification,
-                    notification.id,
-                    notification.user_id,
-                    super::notifications::data(notification)
-                )?;
+                super::notifications::insert_notification!(&mut *transaction, notification)?;
             }
+            insert_events!(transaction, &settlement.notification_events);
             sqlx::query(AssertSqlSafe(mark.as_str()))
                 .bind(now)
                 .execute(&mut *transaction)
@@ -580,5 +588,87 @@ impl AuditStore for SqlStore {
         })
         .map_err(database_error)?;
         Ok(anchor.map(|(sequence, hash)| (sequence, hash_of(&hash))))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct PositionedRow {
+    position: i64,
+    #[sqlx(flatten)]
+    event: EventRow,
+}
+
+impl SqlStore {
+    /// Dispatched events matching `filter` (over `$1`) after position `$2`, at most `$3`.
+    async fn positioned_events(
+        &self,
+        filter: &'static str,
+        key: Option<Uuid>,
+        position: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Event)>> {
+        let sql = format!(
+            "SELECT position, sequence, {EVENT_COLUMNS} FROM events \
+             WHERE {filter} AND position > $2 ORDER BY position LIMIT $3"
+        );
+        let rows: Vec<PositionedRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(key)
+                .bind(position)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        rows.into_iter()
+            .map(|row| Ok((row.position, StoredEvent::try_from(row.event)?.event)))
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl EventHistory for SqlStore {
+    async fn events_after(&self, position: i64, limit: usize) -> Result<Vec<(i64, Event)>> {
+        self.positioned_events("$1 IS NULL", None, position, limit)
+            .await
+    }
+
+    async fn channel_events_after(
+        &self,
+        filter: ChannelFilter,
+        position: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Event)>> {
+        match filter {
+            ChannelFilter::User(id) => {
+                self.positioned_events("user_id = $1", Some(id), position, limit)
+                    .await
+            }
+            ChannelFilter::Organization(id) => {
+                self.positioned_events("organization_id = $1", Some(id), position, limit)
+                    .await
+            }
+        }
+    }
+
+    async fn event_position(&self, id: Uuid) -> Result<Option<(i64, DateTime<Utc>)>> {
+        with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT position, occurred_at FROM events WHERE id = $1 AND position IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(database_error)
+    }
+
+    async fn last_position(&self) -> Result<i64> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(database_error)
     }
 }

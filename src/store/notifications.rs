@@ -2,6 +2,7 @@
 
 use super::{BeginWrite, SqlStore, database_error, execute, with_pool};
 use crate::domain::error::{Error, Missing, Result};
+use crate::domain::events::Event;
 use crate::domain::notifications::{
     Audience, EarlierSignIns, NoticeDirectory, Notification, NotificationKind, NotificationStore,
 };
@@ -47,21 +48,20 @@ const COLUMNS: &str = "id, user_id, kind, title, body, link, data, read_at, crea
 pub(super) const INSERT: &str = "INSERT INTO notifications (id, user_id, kind, title, body, link, data, \
      created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// Inserts `$notification` for `$user_id` with `$id` through `$executor`.
+/// Inserts `$notification` through `$executor`.
 macro_rules! insert_notification {
-    ($executor:expr, $notification:expr, $id:expr, $user_id:expr, $data:expr) => {
+    ($executor:expr, $notification:expr) => {
         sqlx::query(crate::store::notifications::INSERT)
-            .bind($id)
-            .bind($user_id)
+            .bind($notification.id)
+            .bind($notification.user_id)
             .bind($notification.kind.as_str())
             .bind(&$notification.title)
             .bind(&$notification.body)
             .bind(&$notification.link)
-            .bind($data)
+            .bind(crate::store::notifications::data($notification))
             .bind($notification.created_at)
             .execute($executor)
             .await
-            .map(|_| ())
     };
 }
 
@@ -73,15 +73,20 @@ pub(super) fn data(notification: &Notification) -> String {
 
 #[async_trait::async_trait]
 impl NotificationStore for SqlStore {
-    async fn insert_notification(&self, notification: &Notification) -> Result<()> {
-        let data = data(notification);
-        with_pool!(self, pool => insert_notification!(
-            pool,
-            notification,
-            notification.id,
-            notification.user_id,
-            &data
-        ))
+    async fn insert_notifications(
+        &self,
+        notifications: &[Notification],
+        events: &[Event],
+    ) -> Result<()> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            for notification in notifications {
+                insert_notification!(&mut *transaction, notification)?;
+            }
+            super::events::insert_events!(transaction, events);
+            transaction.commit().await
+        }
+        .await)
         .map_err(|error| match &error {
             sqlx::Error::Database(database) if database.is_foreign_key_violation() => {
                 Missing::User.into()
@@ -90,53 +95,37 @@ impl NotificationStore for SqlStore {
         })
     }
 
-    async fn broadcast_notification(
-        &self,
-        template: &Notification,
-        audience: Audience,
-    ) -> Result<u64> {
-        let data = data(template);
-        let (sql, organization_id) = match audience {
-            Audience::Everyone => ("SELECT id FROM users WHERE is_active ORDER BY id", None),
-            Audience::Organization(id) => (
-                "SELECT members.user_id FROM organization_members AS members \
-                 JOIN users ON users.id = members.user_id \
-                 WHERE members.organization_id = $1 AND users.is_active ORDER BY members.user_id",
-                Some(id),
-            ),
-        };
-        with_pool!(self, pool => async {
-            let mut transaction = pool.begin_write().await?;
-            let mut query = sqlx::query_scalar::<_, Uuid>(sql);
-            if let Some(id) = organization_id {
-                query = query.bind(id);
-            }
-            let users = query.fetch_all(&mut *transaction).await?;
-            if let Some(id) = organization_id {
-                let found: Option<Uuid> =
+    async fn audience(&self, audience: Audience) -> Result<Vec<Uuid>> {
+        match audience {
+            Audience::Everyone => with_pool!(self, pool => {
+                sqlx::query_scalar("SELECT id FROM users WHERE is_active ORDER BY id")
+                    .fetch_all(pool)
+                    .await
+            })
+            .map_err(database_error),
+            Audience::Organization(id) => {
+                let found: Option<Uuid> = with_pool!(self, pool => {
                     sqlx::query_scalar("SELECT id FROM organizations WHERE id = $1")
                         .bind(id)
-                        .fetch_optional(&mut *transaction)
-                        .await?;
-                if found.is_none() {
-                    return Ok(None);
-                }
+                        .fetch_optional(pool)
+                        .await
+                })
+                .map_err(database_error)?;
+                found.ok_or(Missing::Organization)?;
+                with_pool!(self, pool => {
+                    sqlx::query_scalar(
+                        "SELECT members.user_id FROM organization_members AS members \
+                         JOIN users ON users.id = members.user_id \
+                         WHERE members.organization_id = $1 AND users.is_active \
+                         ORDER BY members.user_id",
+                    )
+                    .bind(id)
+                    .fetch_all(pool)
+                    .await
+                })
+                .map_err(database_error)
             }
-            for user_id in &users {
-                insert_notification!(
-                    &mut *transaction,
-                    template,
-                    Uuid::now_v7(),
-                    user_id,
-                    &data
-                )?;
-            }
-            transaction.commit().await?;
-            Ok(Some(users.len() as u64))
         }
-        .await)
-        .map_err(database_error)?
-        .ok_or_else(|| Missing::Organization.into())
     }
 
     async fn find_notification(&self, user_id: Uuid, id: Uuid) -> Result<Option<Notification>> {

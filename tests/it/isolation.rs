@@ -6,6 +6,8 @@
 //!   when addressing A's resources through B's own organization id, and with B's bound key;
 //! - by A's viewer, for every RPC whose permission a viewer lacks: PERMISSION_DENIED.
 //!
+//! A's realtime channel is tried the same way on its three doors (WebSocket, SSE, gRPC).
+//!
 //! Afterwards everything A owns reads exactly as before.
 
 use crate::backend_tests;
@@ -14,6 +16,8 @@ use crate::invitations::verified_user;
 use crate::organizations::{add_member, create_organization, user};
 use bytes::{Buf, BufMut};
 use keel::api::contract::{BodyRule, Contract, HttpBinding, Rpc};
+use keel::api::pb::keel::realtime::v1::SubscribeRequest;
+use keel::api::pb::keel::realtime::v1::realtime_service_client::RealtimeServiceClient;
 use keel::api::rest::path_template::Segment;
 use keel::domain::tenancy::permissions::SystemRole;
 use prost::Message;
@@ -575,9 +579,83 @@ async fn no_tenant_reaches_another(backend: Backend) {
         .await;
     assert_eq!(status, 404);
 
+    // A's realtime channel, on the three doors: not found for B, denied to A's viewer.
+    let org_channel = format!("organization:{org_a}");
+    for credential in [Credential::Token(&mallory), Credential::Key(&mallory_key)] {
+        assert_eq!(
+            subscribe_everywhere(&app, &channel, &org_channel, &credential).await,
+            ("ORGANIZATION_NOT_FOUND".to_owned(), 404, Code::NotFound)
+        );
+    }
+    assert_eq!(
+        subscribe_everywhere(&app, &channel, &org_channel, &Credential::Token(&vic)).await,
+        ("PERMISSION_DENIED".to_owned(), 403, Code::PermissionDenied)
+    );
+
     assert_eq!(
         snapshot(&app, &alice, &victim_ids).await,
         before,
         "organization A changed"
     );
+}
+
+/// How subscribing to `channel` is answered over WebSocket (the error code), Server-Sent
+/// Events (the status) and gRPC (the code).
+async fn subscribe_everywhere(
+    app: &TestApp,
+    channel: &Channel,
+    realtime_channel: &str,
+    credential: &Credential<'_>,
+) -> (String, u16, Code) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (header, value) = match credential {
+        Credential::Token(tokens) => ("authorization", format!("Bearer {}", tokens.access)),
+        Credential::Key(key) => ("x-api-key", (*key).to_owned()),
+    };
+    let url = format!("{}/api/v1/ws", app.base_url.replacen("http://", "ws://", 1));
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(header, value.parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let subscribe = json!({ "type": "subscribe", "channel": realtime_channel });
+    socket
+        .send(Message::Text(subscribe.to_string().into()))
+        .await
+        .unwrap();
+    let mut websocket = String::new();
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Text(text) = message {
+            let message: Value = serde_json::from_str(text.as_str()).unwrap();
+            if message["type"] == "error" {
+                websocket = message["code"].as_str().unwrap().to_owned();
+                break;
+            }
+            assert_ne!(message["type"], "subscribed", "{message}");
+        }
+    }
+    let sse = app
+        .http
+        .get(app.url(&format!(
+            "/api/v1/events/stream?channels={realtime_channel}"
+        )))
+        .header(header, &value)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    let mut request = tonic::Request::new(SubscribeRequest {
+        channels: vec![realtime_channel.to_owned()],
+        last_event_id: String::new(),
+    });
+    request
+        .metadata_mut()
+        .insert(header, value.parse().unwrap());
+    let grpc = RealtimeServiceClient::new(channel.clone())
+        .subscribe(request)
+        .await
+        .map(|_| Code::Ok)
+        .unwrap_or_else(|status| status.code());
+    (websocket, sse, grpc)
 }

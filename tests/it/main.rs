@@ -25,6 +25,7 @@ mod notifications;
 mod operations;
 mod organizations;
 mod quotas;
+mod realtime;
 mod rest_errors;
 mod roles;
 mod sessions;

@@ -58,10 +58,11 @@ impl NotificationRpc for NotificationApi {
         &self,
         request: Request<CreateNotificationRequest>,
     ) -> Result<Response<CreateNotificationResponse>, Status> {
+        let sender = principal(&request)?;
         let body = request.into_inner();
         let user_id = id("user_id", &body.user_id)?;
         let new = content(&body.r#type, body.title, body.body, body.link, body.data);
-        let notification = self.notifications.send(user_id, new).await?;
+        let notification = self.notifications.send(&sender, user_id, new).await?;
         Ok(Response::new(CreateNotificationResponse {
             notification: Some(notification_to_proto(notification)),
         }))
@@ -71,6 +72,7 @@ impl NotificationRpc for NotificationApi {
         &self,
         request: Request<BroadcastNotificationRequest>,
     ) -> Result<Response<BroadcastNotificationResponse>, Status> {
+        let sender = principal(&request)?;
         let body = request.into_inner();
         let audience = if body.organization_id.is_empty() {
             Audience::Everyone
@@ -78,7 +80,7 @@ impl NotificationRpc for NotificationApi {
             Audience::Organization(id("organization_id", &body.organization_id)?)
         };
         let new = content(&body.r#type, body.title, body.body, body.link, body.data);
-        let recipients = self.notifications.broadcast(audience, new).await?;
+        let recipients = self.notifications.broadcast(&sender, audience, new).await?;
         Ok(Response::new(BroadcastNotificationResponse {
             recipients: count_i32(recipients),
         }))
