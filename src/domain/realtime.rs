@@ -791,3 +791,135 @@ impl Drop for Connection {
         self.hub.registry().remove(self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryCache;
+    use crate::domain::clock::SystemClock;
+    use crate::domain::events::{Origin, UserData};
+    use crate::store::SqlStore;
+
+    async fn hub(queue: usize, max_connections_per_user: usize) -> anyhow::Result<Arc<Hub>> {
+        let store = SqlStore::connect("sqlite::memory:").await?;
+        store.migrate().await?;
+        let access = Arc::new(AccessControl::new(
+            Arc::new(store.clone()),
+            Arc::new(MemoryCache::new(1 << 20)),
+        ));
+        let settings = RealtimeSettings {
+            history_events: 1_000,
+            history_age: chrono::Duration::minutes(10),
+            queue,
+            max_connections_per_user,
+            max_connections_per_ip: 100,
+            heartbeat: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+        };
+        Ok(Arc::new(Hub::new(
+            Arc::new(store),
+            access,
+            Arc::new(SystemClock),
+            settings,
+        )))
+    }
+
+    fn principal() -> Principal {
+        let now = chrono::Utc::now();
+        Principal {
+            user: Arc::new(User {
+                id: Uuid::now_v7(),
+                email: "someone@example.com".into(),
+                full_name: "Someone".into(),
+                email_verified: true,
+                is_superuser: false,
+                is_active: true,
+                created_at: now,
+                updated_at: now,
+            }),
+            credential: Credential::Session(Uuid::now_v7()),
+            client: Default::default(),
+        }
+    }
+
+    fn event_about(user: &User, position: i64) -> Arc<StreamEvent> {
+        let event = Event::new(
+            EventKind::UserUpdated,
+            &Origin::system(),
+            &SystemClock,
+            &UserData::from(user),
+        );
+        Arc::new(StreamEvent::new(position, &event))
+    }
+
+    /// Backpressure: the hub never waits for a client, and a client's backlog never grows
+    /// past its queue; the connection is closed instead.
+    #[tokio::test]
+    async fn a_slow_connection_is_closed_with_a_bounded_backlog() -> anyhow::Result<()> {
+        let hub = hub(4, 10).await?;
+        let principal = principal();
+        let mut slow = hub.connect(principal.clone(), Some("192.0.2.1".into()))?;
+        slow.subscribe(Channel::User, None).await?;
+        let mut keeping_up = hub.connect(principal.clone(), None)?;
+        keeping_up.subscribe(Channel::User, None).await?;
+        for position in 1..=6 {
+            hub.publish(event_about(&principal.user, position)).await;
+            let Some(Outgoing::Event { event, .. }) = keeping_up.next().await else {
+                panic!("the reading connection gets every event");
+            };
+            assert_eq!(event.position, position);
+        }
+        for position in 1..=4 {
+            let Some(Outgoing::Event { event, .. }) = slow.next().await else {
+                panic!("what was queued before the overflow is delivered");
+            };
+            assert_eq!(event.position, position);
+        }
+        assert!(slow.next().await.is_none());
+        assert_eq!(slow.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(hub.connections(), 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn connections_per_user_are_limited_and_freed_on_close() -> anyhow::Result<()> {
+        let hub = hub(16, 2).await?;
+        let principal = principal();
+        let first = hub.connect(principal.clone(), None)?;
+        let _second = hub.connect(principal.clone(), None)?;
+        let refused = hub
+            .connect(principal.clone(), None)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(refused.reason, "TOO_MANY_CONNECTIONS");
+        // Someone else is not held back by it.
+        hub.connect(self::principal(), None)?;
+        drop(first);
+        hub.connect(principal, None)?;
+        Ok(())
+    }
+
+    /// A subscription made with a last event id gets what followed it from the history, and
+    /// a live event it already received that way is not sent twice.
+    #[tokio::test]
+    async fn recovered_events_are_not_sent_twice() -> anyhow::Result<()> {
+        let hub = hub(16, 10).await?;
+        let principal = principal();
+        let mut connection = hub.connect(principal.clone(), None)?;
+        connection.subscribe(Channel::User, None).await?;
+        // A live event at or below the floor is dropped; one above it passes.
+        connection.channels.insert(Channel::User, 5);
+        hub.publish(event_about(&principal.user, 5)).await;
+        hub.publish(event_about(&principal.user, 6)).await;
+        let Some(Outgoing::Event { event, .. }) = connection.next().await else {
+            panic!("an event");
+        };
+        assert_eq!(event.position, 6);
+        // Unknown ids cannot be recovered.
+        let subscribed = connection
+            .subscribe(Channel::User, Some(Uuid::now_v7()))
+            .await?;
+        assert_eq!(subscribed.recovered, Some(false));
+        Ok(())
+    }
+}

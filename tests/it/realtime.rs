@@ -19,6 +19,7 @@ crate::backend_tests!(
     organization_channels_follow_the_subscribers_rights,
     ended_credentials_close_their_connections,
     reconnecting_clients_recover_what_they_missed,
+    connections_are_pinged_limited_and_closed_when_silent,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -615,4 +616,60 @@ async fn events_reach_subscribers_on_another_replica() {
     })
     .await;
     assert_eq!(received.last().unwrap()["event"]["data"]["title"], "Across");
+}
+
+async fn connections_are_pinged_limited_and_closed_when_silent(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.realtime_heartbeat_seconds = Some("1".into());
+        settings.realtime_idle_timeout_seconds = Some("2".into());
+        settings.realtime_max_connections_per_user = Some("2".into());
+    })
+    .await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+    let mut silent = socket(&app, &alice.access).await;
+    let mut listening = socket(&app, &alice.access).await;
+
+    // A third connection of the same user is refused, on every door.
+    let (mut third, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={}", ws_url(&app), alice.access))
+            .await
+            .unwrap();
+    let (code, reason) = closed(&mut third).await;
+    assert_eq!(code, CloseCode::Again, "{reason}");
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            "/api/v1/events/stream?channels=user",
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (429, Some("TOO_MANY_CONNECTIONS"))
+    );
+
+    // The listening client answers the server's pings (tungstenite does, as browsers do) and
+    // stays; the silent one reads nothing, so answers nothing, and is closed.
+    let started = std::time::Instant::now();
+    let mut pings = 0;
+    while started.elapsed() < Duration::from_millis(3_500) {
+        if let Ok(Some(Ok(Message::Ping(_)))) =
+            tokio::time::timeout(Duration::from_millis(200), listening.next()).await
+        {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 2, "{pings} pings in 3.5 s");
+    send(&mut listening, json!({ "type": "ping", "timestamp": 1 })).await;
+    assert_eq!(receive(&mut listening).await["type"], "pong");
+    let (code, reason) = closed(&mut silent).await;
+    assert_eq!(code, CloseCode::Away, "{reason}");
+    assert!(reason.contains("nothing heard"), "{reason}");
+    // Its place is free again.
+    let (mut again, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={}", ws_url(&app), alice.access))
+            .await
+            .unwrap();
+    assert_eq!(receive(&mut again).await["type"], "connected");
 }
