@@ -181,11 +181,15 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    // reqwest is built without a default TLS provider: the process uses aws-lc-rs throughout.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let options = options();
     let mut shared = vec![(
         "KEEL_JWT_HS256_SECRET",
         "a-benchmark-secret-shared-by-the-replicas".to_owned(),
     )];
+    // Tokens name their issuer: the replicas must be one Keel to the client.
+    shared.push(("KEEL_PUBLIC_URL", "http://keel.bench".to_owned()));
     shared.push((
         "KEEL_SECRET_KEY",
         "YmVuY2htYXJrIHNlY3JldCBzaGFyZWQgYnkgdGhlIHJlcGxpY2Fz".to_owned(),
@@ -200,7 +204,7 @@ async fn main() {
         }
     }
     assert!(
-        options.replicas == 1 || shared.len() == 4,
+        options.replicas == 1 || shared.len() == 5,
         "--replicas 2 needs KEEL_BENCH_DATABASE_URL and KEEL_BENCH_REDIS_URL"
     );
     let writer = start(&options, &shared).await;
@@ -212,7 +216,7 @@ async fn main() {
     let subscribed_to = reader.as_ref().unwrap_or(&writer);
     println!(
         "backend: {}, replicas: {}",
-        if shared.len() == 4 {
+        if shared.len() == 5 {
             "PostgreSQL + Redis"
         } else {
             "SQLite + memory"
@@ -267,7 +271,8 @@ async fn main() {
             };
             async move { open(&url, &token, &channel).await }
         })
-        .buffer_unordered(64);
+        // In order: the first `subscribers` sockets are the organization's subscribers.
+        .buffered(64);
     while let Some(socket) = opening.next().await {
         sockets.push(socket);
     }

@@ -293,6 +293,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
                 dead_letters: dependencies.dead_letters.clone(),
                 dispatcher: dependencies.dispatcher.clone(),
                 webhooks: dependencies.webhooks.clone(),
+                hub: dependencies.hub.clone(),
                 token: dependencies.metrics_token.clone(),
             })),
         )

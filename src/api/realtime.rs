@@ -19,6 +19,7 @@ use super::guard::{Presented, authenticate, presented_credential};
 use super::status::RestError;
 use crate::domain::auth::AuthService;
 use crate::domain::error::{Error, ErrorKind};
+use crate::domain::principal::Principal;
 use crate::domain::realtime::{Channel, CloseReason, Connection, Hub, Outgoing, Subscribed};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, State};
@@ -37,6 +38,9 @@ const PROTOCOL: &str = "keel.realtime.v1";
 const BEARER_PROTOCOL: &str = "bearer.";
 /// The largest message a client may send (a subscribe is under 200 bytes).
 const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+
+/// How long a closing server waits for the client's close frame.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// WebSocket close codes (RFC 6455 §7.4.1).
 const CLOSE_POLICY_VIOLATION: u16 = 1008;
@@ -63,7 +67,7 @@ async fn caller(
     door: &RealtimeDoor,
     parts: &Parts,
     query: &HashMap<String, String>,
-) -> Result<crate::domain::principal::Principal, Error> {
+) -> Result<Principal, Error> {
     let protocol_token = parts
         .headers
         .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -79,7 +83,7 @@ async fn caller(
                 .map(|token| Presented::bearer(token.trim()))
         });
     let principal = authenticate(&door.auth, presented).await?;
-    Ok(crate::domain::principal::Principal {
+    Ok(Principal {
         client: client_info(&parts.extensions, &parts.headers),
         ..principal
     })
@@ -90,9 +94,7 @@ async fn open(
     parts: &Parts,
     query: &HashMap<String, String>,
 ) -> Result<Connection, Error> {
-    let principal = caller(door, parts, query).await?;
-    let ip = principal.client.ip_address.clone();
-    door.hub.connect(principal, ip)
+    door.hub.connect(caller(door, parts, query).await?)
 }
 
 fn subscribed_message(subscribed: &Subscribed) -> serde_json::Value {
@@ -145,7 +147,9 @@ pub async fn websocket(State(door): State<Arc<RealtimeDoor>>, mut parts: Parts) 
     let settings = door.hub.settings().clone();
     upgrade
         .protocols([PROTOCOL])
-        .read_buffer_size(4 * 1024)
+        // Held by every idle connection: small, since clients send small messages (it grows
+        // for a larger one).
+        .read_buffer_size(1024)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |mut socket| async move {
@@ -175,18 +179,29 @@ async fn send(socket: &mut WebSocket, text: String) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
+/// Sends a close frame, then waits (briefly) for the client's own: the closing handshake, so
+/// that what the client sends meanwhile (a pong) does not meet a reset connection.
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     // A close reason is at most 123 bytes.
     let mut reason = reason.to_owned();
     while reason.len() > 123 {
         reason.pop();
     }
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    if socket.send(frame).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Close(_) = message {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 /// Whether a read failed because the client's message was too large.
@@ -204,18 +219,32 @@ fn too_big(error: &axum::Error) -> bool {
 
 async fn serve_socket(
     mut socket: WebSocket,
-    mut connection: Connection,
+    connection: Connection,
     heartbeat: std::time::Duration,
     idle_timeout: std::time::Duration,
 ) {
+    // The connection is gone (its place free) before the closing handshake.
+    if let Some((code, reason)) = converse(&mut socket, connection, heartbeat, idle_timeout).await {
+        close(&mut socket, code, &reason).await;
+    }
+}
+
+/// Serves the client until one side ends the conversation; answers the close code and reason
+/// when the server ends it (`None`: the client left).
+async fn converse(
+    socket: &mut WebSocket,
+    mut connection: Connection,
+    heartbeat: std::time::Duration,
+    idle_timeout: std::time::Duration,
+) -> Option<(u16, String)> {
     let principal = connection.principal();
     let connected = json!({
         "type": "connected",
         "user_id": principal.user.id,
         "heartbeat_seconds": heartbeat.as_secs(),
     });
-    if !send(&mut socket, connected.to_string()).await {
-        return;
+    if !send(socket, connected.to_string()).await {
+        return None;
     }
     let mut ticks = tokio::time::interval(heartbeat);
     ticks.tick().await;
@@ -225,14 +254,10 @@ async fn serve_socket(
             incoming = socket.recv() => {
                 heard = Instant::now();
                 let text = match incoming {
-                    None | Some(Ok(Message::Close(_))) => return,
+                    None | Some(Ok(Message::Close(_))) => return None,
                     Some(Err(error)) => {
-                        if too_big(&error) {
-                            close(&mut socket, CLOSE_TOO_BIG, &format!(
-                                "messages are limited to {MAX_CLIENT_MESSAGE} bytes"
-                            )).await;
-                        }
-                        return;
+                        let message = format!("messages are limited to {MAX_CLIENT_MESSAGE} bytes");
+                        return too_big(&error).then_some((CLOSE_TOO_BIG, message));
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => {
@@ -240,18 +265,22 @@ async fn serve_socket(
                             "INVALID_MESSAGE",
                             "send JSON text messages, not binary ones",
                         );
-                        json!(error_message(&error, None)).to_string()
+                        error_message(&error, None).to_string()
                     }
-                    Some(Ok(Message::Text(text))) => answer(&mut connection, text.as_str()).await,
+                    // Boxed: a subscribe's authorization is a deep future, and a connection
+                    // would otherwise hold room for it the whole time it sits idle.
+                    Some(Ok(Message::Text(text))) => {
+                        Box::pin(answer(&mut connection, text.as_str())).await
+                    }
                 };
-                if !send(&mut socket, text).await {
-                    return;
+                if !send(socket, text).await {
+                    return None;
                 }
             }
             outgoing = connection.next() => match outgoing {
                 Some(outgoing) => {
-                    if !send(&mut socket, outgoing_text(&outgoing)).await {
-                        return;
+                    if !send(socket, outgoing_text(&outgoing)).await {
+                        return None;
                     }
                 }
                 None => {
@@ -261,18 +290,16 @@ async fn serve_socket(
                         CloseReason::SlowConsumer => CLOSE_TRY_AGAIN_LATER,
                         CloseReason::ShuttingDown => CLOSE_SERVICE_RESTART,
                     };
-                    close(&mut socket, code, reason.message()).await;
-                    return;
+                    return Some((code, reason.message().to_owned()));
                 }
             },
             _ = ticks.tick() => {
                 if heard.elapsed() >= idle_timeout {
                     let message = format!("nothing heard for {} s", idle_timeout.as_secs());
-                    close(&mut socket, CLOSE_GOING_AWAY, &message).await;
-                    return;
+                    return Some((CLOSE_GOING_AWAY, message));
                 }
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    return None;
                 }
             }
         }

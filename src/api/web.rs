@@ -5,6 +5,7 @@ use super::status::RestError;
 use crate::domain::audit::Dispatcher;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitor};
+use crate::domain::realtime::Hub;
 use crate::domain::webhooks::WebhookService;
 use axum::Json;
 use axum::extract::State;
@@ -158,6 +159,7 @@ pub struct MetricsEndpoint {
     pub dead_letters: Arc<DeadLetterService>,
     pub dispatcher: Arc<Dispatcher>,
     pub webhooks: Arc<WebhookService>,
+    pub hub: Arc<Hub>,
     /// When set, scrapers present it as a bearer token.
     pub token: Option<String>,
 }
@@ -242,5 +244,11 @@ pub async fn metrics(State(endpoint): State<Arc<MetricsEndpoint>>, headers: Head
         }
         Err(error) => tracing::warn!(%error, "counting webhook deliveries for /metrics failed"),
     }
+    let _ = writeln!(
+        text,
+        "# HELP keel_realtime_connections Realtime connections open in this process.\n\
+         # TYPE keel_realtime_connections gauge\nkeel_realtime_connections {}",
+        endpoint.hub.connections()
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -228,7 +228,10 @@ pub enum Outgoing {
         event: Arc<StreamEvent>,
     },
     /// The server ended a subscription (the subscriber may no longer read the channel).
-    Unsubscribed { channel: Channel, reason: String },
+    Unsubscribed {
+        channel: Channel,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -364,13 +367,8 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Opens a connection for `principal` from `ip`, within the per-user and per-address
-    /// limits.
-    pub fn connect(
-        self: &Arc<Self>,
-        principal: Principal,
-        ip: Option<String>,
-    ) -> Result<Connection> {
+    /// Opens a connection for `principal`, within the per-user and per-address limits.
+    pub fn connect(self: &Arc<Self>, principal: Principal) -> Result<Connection> {
         let too_many = |what: &str, limit: usize| {
             Error::new(
                 ErrorKind::ResourceExhausted,
@@ -381,6 +379,7 @@ impl Hub {
         let (sender, receiver) = mpsc::channel(self.settings.queue);
         let closed = Arc::new(OnceLock::new());
         let user_id = principal.user.id;
+        let ip = principal.client.ip_address.clone();
         let mut registry = self.registry();
         if registry.closed {
             return Err(Error::new(
@@ -648,7 +647,7 @@ impl Hub {
             member.channels.remove(&channel);
             let sent = member.sender.try_send(Outgoing::Unsubscribed {
                 channel,
-                reason: "you may no longer read this organization's events".to_owned(),
+                reason: "you may no longer read this organization's events",
             });
             registry.unroute(id, channel, user_id);
             if sent.is_err() {
@@ -858,9 +857,9 @@ mod tests {
     async fn a_slow_connection_is_closed_with_a_bounded_backlog() -> anyhow::Result<()> {
         let hub = hub(4, 10).await?;
         let principal = principal();
-        let mut slow = hub.connect(principal.clone(), Some("192.0.2.1".into()))?;
+        let mut slow = hub.connect(principal.clone())?;
         slow.subscribe(Channel::User, None).await?;
-        let mut keeping_up = hub.connect(principal.clone(), None)?;
+        let mut keeping_up = hub.connect(principal.clone())?;
         keeping_up.subscribe(Channel::User, None).await?;
         for position in 1..=6 {
             hub.publish(event_about(&principal.user, position)).await;
@@ -885,17 +884,14 @@ mod tests {
     async fn connections_per_user_are_limited_and_freed_on_close() -> anyhow::Result<()> {
         let hub = hub(16, 2).await?;
         let principal = principal();
-        let first = hub.connect(principal.clone(), None)?;
-        let _second = hub.connect(principal.clone(), None)?;
-        let refused = hub
-            .connect(principal.clone(), None)
-            .map(|_| ())
-            .unwrap_err();
+        let first = hub.connect(principal.clone())?;
+        let _second = hub.connect(principal.clone())?;
+        let refused = hub.connect(principal.clone()).map(|_| ()).unwrap_err();
         assert_eq!(refused.reason, "TOO_MANY_CONNECTIONS");
         // Someone else is not held back by it.
-        hub.connect(self::principal(), None)?;
+        hub.connect(self::principal())?;
         drop(first);
-        hub.connect(principal, None)?;
+        hub.connect(principal)?;
         Ok(())
     }
 
@@ -905,7 +901,7 @@ mod tests {
     async fn recovered_events_are_not_sent_twice() -> anyhow::Result<()> {
         let hub = hub(16, 10).await?;
         let principal = principal();
-        let mut connection = hub.connect(principal.clone(), None)?;
+        let mut connection = hub.connect(principal.clone())?;
         connection.subscribe(Channel::User, None).await?;
         // A live event at or below the floor is dropped; one above it passes.
         connection.channels.insert(Channel::User, 5);

@@ -96,8 +96,12 @@ async fn security_events_reach_the_audit_log(backend: Backend) {
     assert_eq!(status, 201, "{key}");
 
     // Everything, for a superuser, newest first, each entry chained to the one before.
+    // The notice of the new API key is recorded a batch after the key itself.
     let everything = wait_for_entries(&app, &root, "/api/v1/audit-logs?page_size=100", |entries| {
-        has(entries, &["api_key.created", "member.added"])
+        has(
+            entries,
+            &["api_key.created", "member.added", "notification.created"],
+        )
     })
     .await;
     for wanted in [

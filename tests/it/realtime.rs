@@ -441,6 +441,14 @@ async fn event_stream(
     response
 }
 
+async fn next_message<T>(messages: &mut tonic::Streaming<T>) -> T {
+    tokio::time::timeout(WAIT, messages.message())
+        .await
+        .expect("a message within 10 s")
+        .unwrap()
+        .expect("the stream is open")
+}
+
 fn titles(events: &[(Option<String>, Value)]) -> Vec<String> {
     events
         .iter()
@@ -527,11 +535,7 @@ async fn reconnecting_clients_recover_what_they_missed(backend: Backend) {
     let mut titles = Vec::new();
     let mut first = None;
     while titles.len() < 3 {
-        let message = tokio::time::timeout(WAIT, messages.message())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .expect("the stream is open");
+        let message = next_message(&mut messages).await;
         match message.message.unwrap() {
             subscribe_response::Message::Subscribed(subscribed) => first = Some(subscribed),
             subscribe_response::Message::Event(event) if event.r#type == "notification.created" => {
@@ -551,6 +555,31 @@ async fn reconnecting_clients_recover_what_they_missed(backend: Backend) {
         ("user", Some(true))
     );
     assert_eq!(titles, ["Second", "Third", "Fourth"]);
+
+    // Browsers stream over gRPC-web.
+    let (transport, origin) = app.grpc_web_transport();
+    let mut web = RealtimeServiceClient::with_origin(transport, origin);
+    let mut messages = web
+        .subscribe(with_token(
+            SubscribeRequest {
+                channels: vec!["user".into()],
+                last_event_id: last_id.clone(),
+            },
+            &alice.access,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next_message(&mut messages).await;
+    assert!(
+        matches!(first.message, Some(subscribe_response::Message::Subscribed(ref subscribed)) if subscribed.recovered == Some(true)),
+        "{first:?}"
+    );
+    let second = next_message(&mut messages).await;
+    assert!(
+        matches!(second.message, Some(subscribe_response::Message::Event(ref event)) if event.r#type == "notification.created"),
+        "{second:?}"
+    );
 
     // Unknown channels and bad ids are refused before any stream starts.
     let refused = grpc
@@ -628,6 +657,12 @@ async fn connections_are_pinged_limited_and_closed_when_silent(backend: Backend)
     let (_, alice) = user(&app, "alice@example.com").await;
     let mut silent = socket(&app, &alice.access).await;
     let mut listening = socket(&app, &alice.access).await;
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("\nkeel_realtime_connections 2\n"),
+        "{metrics}"
+    );
 
     // A third connection of the same user is refused, on every door.
     let (mut third, _) =

@@ -56,7 +56,7 @@ fn outgoing_to_proto(outgoing: Outgoing) -> SubscribeResponse {
         Outgoing::Unsubscribed { channel, reason } => {
             subscribe_response::Message::Unsubscribed(Unsubscribed {
                 channel: channel.name(),
-                reason,
+                reason: reason.to_owned(),
             })
         }
     };
@@ -95,8 +95,7 @@ impl RealtimeRpc for RealtimeApi {
             "" => None,
             raw => Some(id("last_event_id", raw)?),
         };
-        let ip = principal.client.ip_address.clone();
-        let mut connection = self.hub.connect(principal, ip)?;
+        let mut connection = self.hub.connect(principal)?;
         let mut opening = Vec::new();
         for channel in channels {
             opening.push(Ok(subscribed(connection.subscribe(channel, since).await?)));
