@@ -534,7 +534,8 @@ impl Hub {
     /// grounds it changes.
     async fn follow_changes(&self, event: &StreamEvent) {
         let organization = event.organization_id;
-        let subject_user = event.data_id("user_id");
+        // The user a user, member or session event is about (no parsing on the hot path).
+        let subject_user = event.user_id;
         match event.kind {
             EventKind::SessionRevoked | EventKind::SessionExpired => {
                 let session = event.data_id("session_id");
