@@ -441,6 +441,17 @@ async fn event_stream(
     response
 }
 
+/// A gRPC subscription to the `user` channel, resumed after `last_id`.
+fn resume_user_channel(last_id: &str, token: &str) -> tonic::Request<SubscribeRequest> {
+    with_token(
+        SubscribeRequest {
+            channels: vec!["user".into()],
+            last_event_id: last_id.to_owned(),
+        },
+        token,
+    )
+}
+
 async fn next_message<T>(messages: &mut tonic::Streaming<T>) -> T {
     tokio::time::timeout(WAIT, messages.message())
         .await
@@ -522,13 +533,7 @@ async fn reconnecting_clients_recover_what_they_missed(backend: Backend) {
     // The same over gRPC.
     let mut grpc = RealtimeServiceClient::new(app.channel().await);
     let mut messages = grpc
-        .subscribe(with_token(
-            SubscribeRequest {
-                channels: vec!["user".into()],
-                last_event_id: last_id.clone(),
-            },
-            &alice.access,
-        ))
+        .subscribe(resume_user_channel(&last_id, &alice.access))
         .await
         .unwrap()
         .into_inner();
@@ -560,13 +565,7 @@ async fn reconnecting_clients_recover_what_they_missed(backend: Backend) {
     let (transport, origin) = app.grpc_web_transport();
     let mut web = RealtimeServiceClient::with_origin(transport, origin);
     let mut messages = web
-        .subscribe(with_token(
-            SubscribeRequest {
-                channels: vec!["user".into()],
-                last_event_id: last_id.clone(),
-            },
-            &alice.access,
-        ))
+        .subscribe(resume_user_channel(&last_id, &alice.access))
         .await
         .unwrap()
         .into_inner();
