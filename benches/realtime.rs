@@ -254,8 +254,9 @@ async fn main() {
     let organization_id = organization["id"].as_str().unwrap().to_owned();
     let channel = format!("organization:{organization_id}");
 
-    // Idle connections: all but the subscribers listen to their user channel only.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle connections: all but the subscribers listen to their user channel only. Measured
+    // from an idle server: past the 5 s after which hashing threads return their memory.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let pid = subscribed_to.child.id();
     let before = rss_kib(pid);
     let started = Instant::now();

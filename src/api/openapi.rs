@@ -68,6 +68,12 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
                 .insert(binding.method.as_str().to_ascii_lowercase(), operation);
         }
     }
+    for (path, operation) in realtime_operations() {
+        paths
+            .entry(path.to_owned())
+            .or_default()
+            .insert("get".to_owned(), operation);
+    }
     generator.schemas.insert("Error".to_owned(), error_schema());
     json!({
         "openapi": "3.0.3",
@@ -85,6 +91,7 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
             "securitySchemes": {
                 "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
                 "apiKeyHeader": { "type": "apiKey", "in": "header", "name": "x-api-key" },
+                "tokenQuery": { "type": "apiKey", "in": "query", "name": "token" },
                 "oauth2Password": {
                     "type": "oauth2",
                     "flows": { "password": { "tokenUrl": OAUTH2_TOKEN_PATH, "scopes": {} } }
@@ -544,6 +551,77 @@ fn well_known(message: &MessageDescriptor) -> Option<Json> {
         }
         _ => return None,
     })
+}
+
+/// The realtime doors: streams, not transcoded RPCs, described here so that REST clients find
+/// them (the messages are in the README; `RealtimeService/Subscribe` is the gRPC door).
+fn realtime_operations() -> [(&'static str, Json); 2] {
+    let error = |description: &str| {
+        json!({
+            "description": description,
+            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+        })
+    };
+    let security = json!([{ "bearerAuth": [] }, { "apiKeyHeader": [] }, { "tokenQuery": [] }]);
+    let websocket = json!({
+        "operationId": "Realtime_WebSocket",
+        "tags": ["RealtimeService"],
+        "summary": "Realtime events over a WebSocket",
+        "description": "Upgrades to a WebSocket speaking the subprotocol `keel.realtime.v1` (JSON text \
+            messages): the server sends `connected`; the client sends `subscribe {channel, since?}` \
+            (`user` or `organization:<id>`), `unsubscribe {channel}` and `ping {timestamp?}`; the \
+            server answers `subscribed`, `unsubscribed`, `pong`, `error` and streams `event \
+            {channel, id, event}`. Browsers offer the access token as the subprotocol \
+            `bearer.<token>`. A refused credential closes with 1008, an oversized message with \
+            1009, too many connections or a slow reader with 1013, silence past the idle timeout \
+            with 1001, a server restart with 1012.",
+        "parameters": [],
+        "security": security,
+        "responses": {
+            "101": { "description": "Switching Protocols: the WebSocket is open" },
+            "400": error("Not a WebSocket handshake (`WEBSOCKET_REQUIRED`)"),
+            "default": error("Any other refusal of the handshake")
+        }
+    });
+    let channels = json!({
+        "name": "channels",
+        "in": "query",
+        "required": true,
+        "description": "Comma-separated channels: `user`, `organization:<organization id>`",
+        "schema": { "type": "string" }
+    });
+    let last_event_id = json!({
+        "name": "last_event_id",
+        "in": "query",
+        "required": false,
+        "description": "Resume after this event id (as the `Last-Event-ID` header does)",
+        "schema": { "type": "string", "format": "uuid" }
+    });
+    let stream = json!({
+        "operationId": "Realtime_EventStream",
+        "tags": ["RealtimeService"],
+        "summary": "Realtime events as Server-Sent Events",
+        "description": "Opens a stream of Server-Sent Events: first one `subscribed` message per \
+            channel (with `recovered` when resuming), then `event` messages whose SSE `id` is the \
+            event id, `unsubscribed` when a subscription ends, and `closed {code, message}` when \
+            the server ends the stream. Reconnecting with `Last-Event-ID` delivers what was missed \
+            while the channel's history holds it.",
+        "parameters": [channels, last_event_id],
+        "security": security,
+        "responses": {
+            "200": {
+                "description": "The event stream",
+                "content": { "text/event-stream": { "schema": { "type": "string" } } }
+            },
+            "400": error("An unknown channel, or a malformed event id"),
+            "401": error("Missing, invalid or expired credentials"),
+            "403": error("Not allowed to read the organization's events"),
+            "404": error("No such organization, or not visible to the caller"),
+            "429": error("Too many connections for this user or address"),
+            "default": error("Any other error: the HTTP status follows the gRPC code")
+        }
+    });
+    [("/api/v1/ws", websocket), ("/api/v1/events/stream", stream)]
 }
 
 fn error_schema() -> Json {

@@ -237,10 +237,9 @@ async fn converse(
     heartbeat: std::time::Duration,
     idle_timeout: std::time::Duration,
 ) -> Option<(u16, String)> {
-    let principal = connection.principal();
     let connected = json!({
         "type": "connected",
-        "user_id": principal.user.id,
+        "user_id": connection.user_id(),
         "heartbeat_seconds": heartbeat.as_secs(),
     });
     if !send(socket, connected.to_string()).await {

@@ -252,9 +252,11 @@ pub struct RealtimeSettings {
 
 /// A connection as the hub routes to it.
 struct Member {
+    /// Who the connection acts for, as it now stands (a revoked superuser is demoted here).
     principal: Principal,
     ip: Option<String>,
-    sender: mpsc::Sender<Outgoing>,
+    /// Shared messages: a queue slot is one pointer, however large a message.
+    sender: mpsc::Sender<Arc<Outgoing>>,
     closed: Arc<OnceLock<CloseReason>>,
     channels: HashSet<Channel>,
 }
@@ -405,7 +407,7 @@ impl Hub {
         registry.members.insert(
             id,
             Member {
-                principal: principal.clone(),
+                principal,
                 ip,
                 sender,
                 closed: closed.clone(),
@@ -415,7 +417,7 @@ impl Hub {
         Ok(Connection {
             id,
             hub: self.clone(),
-            principal,
+            user_id,
             receiver,
             closed,
             channels: HashMap::new(),
@@ -502,28 +504,30 @@ impl Hub {
     pub async fn publish(&self, event: Arc<StreamEvent>) {
         self.follow_changes(&event).await;
         let mut registry = self.registry();
-        let mut targets: Vec<(u64, Channel)> = Vec::new();
-        if let Some(id) = event.organization_id
-            && let Some(routes) = registry.organizations.get(&id)
-        {
-            targets.extend(
-                routes
-                    .iter()
-                    .map(|member| (*member, Channel::Organization(id))),
-            );
-        }
-        if let Some(id) = event.user_id
-            && let Some(routes) = registry.users.get(&id)
-        {
-            targets.extend(routes.iter().map(|member| (*member, Channel::User)));
-        }
-        for (member, channel) in targets {
-            let sent = registry.members.get(&member).map(|member| {
-                member.sender.try_send(Outgoing::Event {
-                    channel,
-                    event: event.clone(),
-                })
+        let mut deliveries: Vec<(u64, Arc<Outgoing>)> = Vec::new();
+        let mut route = |routes: Option<&HashSet<u64>>, channel: Channel| {
+            let outgoing = Arc::new(Outgoing::Event {
+                channel,
+                event: event.clone(),
             });
+            deliveries.extend(
+                routes
+                    .into_iter()
+                    .flatten()
+                    .map(|id| (*id, outgoing.clone())),
+            );
+        };
+        if let Some(id) = event.organization_id {
+            route(registry.organizations.get(&id), Channel::Organization(id));
+        }
+        if let Some(id) = event.user_id {
+            route(registry.users.get(&id), Channel::User);
+        }
+        for (member, outgoing) in deliveries {
+            let sent = registry
+                .members
+                .get(&member)
+                .map(|member| member.sender.try_send(outgoing));
             if let Some(Err(mpsc::error::TrySendError::Full(_))) = sent {
                 registry.close(member, CloseReason::SlowConsumer);
             }
@@ -646,10 +650,10 @@ impl Hub {
                 continue;
             };
             member.channels.remove(&channel);
-            let sent = member.sender.try_send(Outgoing::Unsubscribed {
+            let sent = member.sender.try_send(Arc::new(Outgoing::Unsubscribed {
                 channel,
                 reason: "you may no longer read this organization's events",
-            });
+            }));
             registry.unroute(id, channel, user_id);
             if sent.is_err() {
                 registry.close(id, CloseReason::SlowConsumer);
@@ -663,8 +667,8 @@ impl Hub {
 pub struct Connection {
     id: u64,
     hub: Arc<Hub>,
-    principal: Principal,
-    receiver: mpsc::Receiver<Outgoing>,
+    user_id: Uuid,
+    receiver: mpsc::Receiver<Arc<Outgoing>>,
     closed: Arc<OnceLock<CloseReason>>,
     /// Each subscribed channel with the last position recovered on it: live events up to it
     /// were sent already.
@@ -674,8 +678,16 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn principal(&self) -> &Principal {
-        &self.principal
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+
+    fn closed_error() -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            "CONNECTION_CLOSED",
+            "this connection has been closed",
+        )
     }
 
     /// Subscribes to `channel`; with `since` (the last event id the client saw), what it
@@ -690,19 +702,21 @@ impl Connection {
                 format!("at most {MAX_CHANNELS_PER_CONNECTION} channels per connection"),
             ));
         }
-        self.hub.authorize(&self.principal, channel).await?;
-        let user_id = self.principal.user.id;
-        {
+        let principal = {
             let mut registry = self.hub.registry();
-            let Some(member) = registry.members.get_mut(&self.id) else {
-                return Err(Error::new(
-                    ErrorKind::Unavailable,
-                    "CONNECTION_CLOSED",
-                    "this connection has been closed",
-                ));
-            };
+            let member = (registry.members.get_mut(&self.id)).ok_or_else(Self::closed_error)?;
             member.channels.insert(channel);
-            registry.routes(channel, user_id).insert(self.id);
+            let principal = member.principal.clone();
+            registry.routes(channel, self.user_id).insert(self.id);
+            principal
+        };
+        // Routed before the check: a change of rights committed meanwhile is either seen by the
+        // check, or re-checked by the hub with this subscription in view. What arrives before
+        // the check ends is held back by `next` until the channel is accepted.
+        if let Err(refused) = self.hub.authorize(&principal, channel).await {
+            self.channels.remove(&channel);
+            self.unroute(channel);
+            return Err(refused);
         }
         // Registered first, read second: whatever is dispatched meanwhile is either in what
         // is read or arrives live after it (and is dropped if it was both).
@@ -725,7 +739,7 @@ impl Connection {
             return Ok((Some(false), 0));
         }
         let filter = match channel {
-            Channel::User => ChannelFilter::User(self.principal.user.id),
+            Channel::User => ChannelFilter::User(self.user_id),
             Channel::Organization(id) => ChannelFilter::Organization(id),
         };
         let missed = self
@@ -747,15 +761,19 @@ impl Connection {
 
     /// Answers whether the connection was subscribed to `channel`.
     pub fn unsubscribe(&mut self, channel: Channel) -> bool {
-        if self.channels.remove(&channel).is_none() {
-            return false;
+        let subscribed = self.channels.remove(&channel).is_some();
+        if subscribed {
+            self.unroute(channel);
         }
+        subscribed
+    }
+
+    fn unroute(&self, channel: Channel) {
         let mut registry = self.hub.registry();
         if let Some(member) = registry.members.get_mut(&self.id) {
             member.channels.remove(&channel);
         }
-        registry.unroute(self.id, channel, self.principal.user.id);
-        true
+        registry.unroute(self.id, channel, self.user_id);
     }
 
     /// The next message for the client; `None` once the server closed the connection
@@ -765,7 +783,7 @@ impl Connection {
             return Some(recovered);
         }
         loop {
-            let outgoing = self.receiver.recv().await?;
+            let outgoing = Arc::unwrap_or_clone(self.receiver.recv().await?);
             match &outgoing {
                 Outgoing::Event { channel, event } => match self.channels.get(channel) {
                     Some(floor) if event.position > *floor => return Some(outgoing),

@@ -19,7 +19,7 @@ pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
 /// Creates the SQLite file readable by Keel's user alone before SQLite opens it (SQLite gives
 /// its `-wal` and `-shm` files the same mode).
 pub fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
-    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") || path.exists() {
+    if path.as_os_str().is_empty() || path.exists() {
         return Ok(());
     }
     let mut options = std::fs::OpenOptions::new();

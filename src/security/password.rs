@@ -7,9 +7,9 @@ use crate::domain::password::{PasswordCheck, PasswordHasher};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use crossbeam_channel::{RecvTimeoutError, TrySendError};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::TrySendError;
-use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Argon2Settings {
@@ -22,13 +22,15 @@ pub struct Argon2Settings {
 /// reuses for every hash. At most `workers` hashes run at once, async workers stay free for
 /// every other request during a login flood, and memory stays at `workers` × `memory_kib`
 /// (allocating 19 MiB per hash on a growing set of threads kept hundreds of MiB resident).
+/// A thread that has hashed nothing for `RELEASE_MEMORY_AFTER` gives its buffer back to the
+/// system, so an idle server does not hold 19 MiB per thread for its next sign-in.
 ///
 /// At most `queue_limit` hashes wait for a thread: past that a call is refused at once
 /// (`SERVER_BUSY`) rather than queued, so a flood of sign-ups or sign-ins is turned away at the
 /// door instead of making every later caller wait behind it.
 pub struct Argon2Hasher {
     params: Params,
-    jobs: std::sync::mpsc::SyncSender<Job>,
+    jobs: crossbeam_channel::Sender<Job>,
     /// Hashes waiting for a thread, for the early check of `admit`.
     waiting: Arc<AtomicUsize>,
     queue_limit: usize,
@@ -47,8 +49,7 @@ impl Argon2Hasher {
         .map_err(|error| {
             Error::invalid_argument("INVALID_ARGON2_PARAMS", format!("argon2 settings: {error}"))
         })?;
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(queue_limit);
-        let queue = Arc::new(Mutex::new(queue));
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(queue_limit);
         let waiting = Arc::new(AtomicUsize::new(0));
         for index in 0..workers.max(1) {
             let queue = queue.clone();
@@ -57,19 +58,20 @@ impl Argon2Hasher {
                 .name(format!("keel-hash-{index}"))
                 .spawn(move || {
                     yield_to_request_threads();
-                    // Grown on the first hash, then reused.
+                    // Grown on the first hash, reused while hashes keep coming.
                     let mut memory = Vec::new();
                     loop {
-                        let next = queue
-                            .lock()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner())
-                            .recv();
-                        match next {
+                        match queue.recv_timeout(RELEASE_MEMORY_AFTER) {
                             Ok(job) => {
                                 waiting.fetch_sub(1, Ordering::Relaxed);
                                 job(&mut memory)
                             }
-                            Err(_) => return,
+                            Err(RecvTimeoutError::Timeout) if !memory.is_empty() => {
+                                memory = Vec::new();
+                                return_freed_memory();
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
                 })
@@ -103,6 +105,20 @@ impl Argon2Hasher {
         answer
             .await
             .map_err(|_| Error::internal("a hashing thread dropped its job"))?
+    }
+}
+
+/// How long a hashing thread keeps its memory buffer with nothing to hash.
+const RELEASE_MEMORY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Hands memory freed by this process back to the system. glibc keeps a freed buffer of this
+/// size in its arena (past the first, it no longer maps one apart), so it must be asked to;
+/// other allocators unmap it on free.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free pages of glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

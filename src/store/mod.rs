@@ -120,8 +120,12 @@ impl SqlStore {
                 .synchronous(SqliteSynchronous::Normal)
                 .foreign_keys(true)
                 .busy_timeout(Duration::from_secs(10));
-            crate::security::create_private_file(options.get_filename())?;
-            sqlite_file = Some(options.get_filename().to_owned());
+            // An in-memory database has no file (sqlx names it `file:sqlx-in-memory-N`).
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            if !in_memory {
+                crate::security::create_private_file(options.get_filename())?;
+                sqlite_file = Some(options.get_filename().to_owned());
+            }
             Pool::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(8)

@@ -322,6 +322,24 @@ async fn organization_channels_follow_the_subscribers_rights(backend: Backend) {
             .all(|message| !message.to_string().contains(&org)),
         "{seen:?}"
     );
+
+    // A superuser reads any organization's channel, until the right is taken away.
+    let superuser = format!("/api/v1/users/{stranger_id}/superuser");
+    let (status, body) = app.rest(Method::POST, &superuser, &root, None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut overseeing = socket(&app, &stranger.access).await;
+    assert_eq!(
+        subscribe(&mut overseeing, &channel).await["type"],
+        "subscribed"
+    );
+    let (status, body) = app.rest(Method::DELETE, &superuser, &root, None).await;
+    assert_eq!(status, 200, "{body}");
+    let ended = receive_until(&mut overseeing, |message| message["type"] == "unsubscribed").await;
+    assert_eq!(ended.last().unwrap()["channel"], channel.as_str());
+    assert_eq!(
+        subscribe(&mut overseeing, &channel).await["code"],
+        "ORGANIZATION_NOT_FOUND"
+    );
 }
 
 async fn ended_credentials_close_their_connections(backend: Backend) {

@@ -185,6 +185,12 @@ async fn openapi_covers_every_http_rule() {
         }
     }
     assert!(bindings >= 6);
+    // The realtime doors are streams, described beside the transcoded RPCs.
+    let websocket = &document["paths"]["/api/v1/ws"]["get"];
+    assert!(websocket["responses"]["101"].is_object(), "{websocket}");
+    let stream = &document["paths"]["/api/v1/events/stream"]["get"];
+    assert!(stream["responses"]["200"]["content"]["text/event-stream"].is_object());
+    assert_eq!(stream["parameters"][0]["name"], "channels");
     let register = &document["paths"]["/api/v1/auth/register"]["post"];
     assert!(register["responses"]["201"].is_object());
     assert_eq!(register["security"], serde_json::json!([]));
