@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // File chunks pass through without a copy.
+        .bytes(".")
         .file_descriptor_set_path(out_dir.join("keel_descriptor.bin"))
         .include_file("keel_protos.rs")
         .compile_protos(&protos, &[PathBuf::from("proto"), well_known])?;

@@ -12,6 +12,7 @@ use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::{DependencyService, Registry};
+use crate::domain::files::{FilePorts, FileService, FileSettings};
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitorService};
 use crate::domain::mail::Mailer;
@@ -32,6 +33,7 @@ use crate::domain::totp::TotpService;
 use crate::domain::webhooks::{WebhookPorts, WebhookService};
 use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers};
 use crate::mail::{Delivery, MemoryOutbox};
+use crate::objects::LocalObjects;
 use crate::registry::SparseIndex;
 use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
@@ -68,6 +70,7 @@ pub struct Services {
     dispatcher: Arc<Dispatcher>,
     webhooks: Arc<WebhookService>,
     notifications: Arc<NotificationService>,
+    files: Arc<FileService>,
     hub: Arc<Hub>,
     /// Where this process learns that events were dispatched (by any process).
     beacon: Beacon,
@@ -275,6 +278,26 @@ impl Services {
             announcer,
             clock.clone(),
         ));
+        let files = Arc::new(FileService::new(
+            FilePorts {
+                store: Arc::new(store.clone()),
+                objects: Arc::new(
+                    LocalObjects::open(&config.data_dir.join("files"))
+                        .context("KEEL_DATA_DIR: creating the file storage directory")?,
+                ),
+                access: access.clone(),
+                quotas: quotas.clone(),
+                pages: pages.clone(),
+                keyring: keyring.clone(),
+                clock: clock.clone(),
+            },
+            FileSettings {
+                max_file_bytes: config.max_file_bytes,
+                max_user_storage_bytes: config.max_user_storage_bytes,
+                allowed_types: config.file_allowed_types.clone(),
+                public_url: config.public_url.clone(),
+            },
+        ));
         let invitations = Arc::new(InvitationService::new(
             InvitationPorts {
                 store: Arc::new(store.clone()),
@@ -365,6 +388,7 @@ impl Services {
             dispatcher,
             webhooks,
             notifications,
+            files,
             hub,
             beacon,
             dependencies,
@@ -449,6 +473,7 @@ impl Keel {
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
             notifications: services.notifications.clone(),
+            files: services.files.clone(),
             hub: services.hub.clone(),
             dispatcher: services.dispatcher.clone(),
             dependencies: services.dependencies.clone(),

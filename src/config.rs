@@ -221,6 +221,12 @@ settings! {
     realtime_heartbeat_seconds, "KEEL_REALTIME_HEARTBEAT_SECONDS" = "25";
     /// Seconds a realtime connection may stay silent (not even a pong) before it is closed
     realtime_idle_timeout_seconds, "KEEL_REALTIME_IDLE_TIMEOUT_SECONDS" = "60";
+    /// The largest file anyone may upload, in MiB (an organization's quota may allow less)
+    max_file_size_mb, "KEEL_MAX_FILE_SIZE_MB" = "50";
+    /// Storage for each user's personal files, in MiB
+    max_user_storage_mb, "KEEL_MAX_USER_STORAGE_MB" = "1024";
+    /// Content types accepted for upload, comma-separated, as detected from the bytes
+    file_allowed_types, "KEEL_FILE_ALLOWED_TYPES" ~ "images, PDF, Office documents, text, CSV, JSON, Markdown";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -373,6 +379,9 @@ pub struct Config {
     pub dependency_registry_url: Option<String>,
     pub webhooks: WebhookSettings,
     pub realtime: RealtimeSettings,
+    pub max_file_bytes: i64,
+    pub max_user_storage_bytes: i64,
+    pub file_allowed_types: Vec<String>,
     pub webhook_timeout: Duration,
     pub webhook_allow_private_targets: bool,
     pub migrate_on_start: bool,
@@ -382,6 +391,7 @@ pub struct Config {
 
 /// ASVS 2.1.2: passwords of up to 128 characters are accepted (not a setting).
 const PASSWORD_MAX_LENGTH: usize = 128;
+const MIB: i64 = 1024 * 1024;
 
 impl Config {
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
@@ -550,6 +560,21 @@ impl Config {
                 idle_timeout: Duration::from_secs(
                     settings.realtime_idle_timeout_seconds().positive()?,
                 ),
+            },
+            max_file_bytes: settings
+                .max_file_size_mb()
+                .positive::<i64>()?
+                .saturating_mul(MIB),
+            max_user_storage_bytes: settings
+                .max_user_storage_mb()
+                .positive::<i64>()?
+                .saturating_mul(MIB),
+            file_allowed_types: match settings.file_allowed_types().list() {
+                types if types.is_empty() => crate::domain::files::DEFAULT_ALLOWED_TYPES
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect(),
+                types => types.iter().map(|kind| kind.to_ascii_lowercase()).collect(),
             },
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,

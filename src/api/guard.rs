@@ -42,6 +42,8 @@ struct Rule {
     input: MessageDescriptor,
     /// The request declares field rules.
     validated: bool,
+    /// The request is a stream of messages (the guard reads the first).
+    streamed: bool,
     /// Counted against the monthly API-call quota (everything but organization management).
     metered: bool,
 }
@@ -88,6 +90,7 @@ impl Guard {
                     auth: rpc.auth.clone(),
                     scope_field: rpc.scope_field.clone(),
                     validated: validator.checks(&input),
+                    streamed: rpc.descriptor.is_client_streaming(),
                     input,
                     metered,
                 };
@@ -124,10 +127,10 @@ impl Guard {
         if let (AuthRule::Session, Some(principal)) = (&rule.auth, &principal) {
             principal.session_id()?;
         }
-        let message = if rule.validated || rule.scope_field.is_some() {
-            Some(read_message(request, &rule.input).await?)
-        } else {
-            None
+        let message = match (rule.validated || rule.scope_field.is_some(), rule.streamed) {
+            (false, _) => None,
+            (true, false) => Some(read_message(request, &rule.input).await?),
+            (true, true) => Some(read_first_message(request, &rule.input).await?),
         };
         if let Some(message) = message.as_ref().filter(|_| rule.validated) {
             self.validator.check(message)?;
@@ -223,6 +226,54 @@ async fn read_message(
         .to_bytes();
     let message = decode_frame(&frame, input)?;
     *request.body_mut() = Body::new(http_body_util::Full::new(frame));
+    Ok(message)
+}
+
+/// Reads the first message of a client stream, decoded as `input`, and puts it back in front
+/// of the rest of the stream, which is left unread.
+async fn read_first_message(
+    request: &mut Request<Body>,
+    input: &MessageDescriptor,
+) -> Result<DynamicMessage, Error> {
+    let mut body = std::mem::replace(request.body_mut(), Body::empty());
+    let mut head = bytes::BytesMut::new();
+    let end = loop {
+        if let Some(length) = head.get(1..5) {
+            let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]);
+            let end = usize::try_from(length).map_or(usize::MAX, |length| length + 5);
+            if end > MAX_MESSAGE_BYTES {
+                return Err(Error::invalid_argument(
+                    "INVALID_MESSAGE",
+                    "a message of the stream exceeds 4 MiB",
+                ));
+            }
+            if head.len() >= end {
+                break end;
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    head.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => {
+                return Err(Error::invalid_argument(
+                    "INVALID_MESSAGE",
+                    "the request stream could not be read",
+                ));
+            }
+            None => break head.len(),
+        }
+    };
+    let message = decode_frame(&head[..end], input)?;
+    let head = futures_util::stream::once(async move {
+        Ok::<_, tonic::Status>(http_body::Frame::data(head.freeze()))
+    });
+    let rest = http_body_util::BodyStream::new(body);
+    *request.body_mut() = Body::new(http_body_util::StreamBody::new(
+        futures_util::StreamExt::chain(head, rest),
+    ));
     Ok(message)
 }
 
@@ -410,7 +461,8 @@ where
     }
 
     /// Runs the call as its own task, holding one of the in-flight permits: past the limit a
-    /// call is refused at once (`SERVER_BUSY`), and past the timeout the caller is answered
+    /// call is refused at once (`SERVER_BUSY`), and past the timeout (but for client streams)
+    /// the caller is answered
     /// `REQUEST_TIMEOUT` while the task still runs to its end, so no change is left half made
     /// by a cancelled future.
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
@@ -421,6 +473,11 @@ where
         Box::pin(async move {
             let started = Instant::now();
             let method = request.uri().path().to_owned();
+            // An upload lasts as long as its bytes take; its handler bounds the wait for each.
+            let timeout = match guard.rules.get(&method) {
+                Some(rule) if rule.streamed => None,
+                _ => Some(guard.limits.timeout),
+            };
             let response = match guard.in_flight.clone().try_acquire_owned() {
                 Err(_) => to_status(server_busy()).into_http(),
                 Ok(permit) => {
@@ -432,7 +489,11 @@ where
                             Err(error) => Ok(to_status(error).into_http()),
                         }
                     });
-                    match tokio::time::timeout(guard.limits.timeout, work).await {
+                    let answered = match timeout {
+                        Some(timeout) => tokio::time::timeout(timeout, work).await,
+                        None => Ok(work.await),
+                    };
+                    match answered {
                         Ok(Ok(Ok(response))) => response,
                         Ok(Ok(Err(infallible))) => match infallible {},
                         Ok(Err(failed)) => {

@@ -3,6 +3,7 @@
 
 pub mod client_address;
 pub mod contract;
+mod files;
 mod grpc;
 mod guard;
 mod metrics;
@@ -18,6 +19,7 @@ use crate::domain::apikey::ApiKeyService;
 use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::AuthService;
 use crate::domain::dependencies::DependencyService;
+use crate::domain::files::FileService;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitor, JobMonitorService};
 use crate::domain::mail::Outbox;
@@ -36,7 +38,7 @@ use crate::domain::webhooks::WebhookService;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use client_address::TrustedProxies;
 use contract::Contract;
 pub use guard::RequestLimits;
@@ -47,6 +49,7 @@ use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::audit::v1::audit_log_service_server::AuditLogServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
+use pb::keel::file::v1::file_service_server::FileServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
 use pb::keel::job::v1::job_service_server::JobServiceServer;
@@ -88,6 +91,7 @@ pub struct ApiDependencies {
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
     pub notifications: Arc<NotificationService>,
+    pub files: Arc<FileService>,
     pub hub: Arc<Hub>,
     pub dispatcher: Arc<Dispatcher>,
     pub dependencies: Arc<DependencyService>,
@@ -210,6 +214,10 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(RealtimeServiceServer::new(grpc::RealtimeApi::new(
             dependencies.hub.clone(),
+        )))
+        .add(FileServiceServer::new(grpc::FileApi::new(
+            dependencies.files.clone(),
+            dependencies.request_limits.timeout,
         )));
     keel_services.cover(&contract)?;
 
@@ -251,6 +259,12 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         contract.clone(),
         guarded,
         dependencies.max_body_bytes,
+        vec![
+            ("/api/v1/files/upload", "POST"),
+            ("/api/v1/files/*/content", "GET"),
+            ("/api/v1/ws", "GET"),
+            ("/api/v1/events/stream", "GET"),
+        ],
     ));
     let openapi = openapi::document(
         &contract,
@@ -267,10 +281,23 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         auth: dependencies.auth.clone(),
         contract: contract.clone(),
     });
+    let file_door = Arc::new(files::FileDoor {
+        files: dependencies.files.clone(),
+        transcoder: transcoder.clone(),
+        contract: contract.clone(),
+    });
     let router = Router::new()
         .route(
             "/api/{*path}",
             any(rest::handle).with_state(transcoder.clone()),
+        )
+        .route(
+            "/api/v1/files/upload",
+            post(files::upload).with_state(file_door.clone()),
+        )
+        .route(
+            "/api/v1/files/{file_id}/content",
+            get(files::content).with_state(file_door),
         )
         .route(
             "/api/v1/ws",

@@ -68,11 +68,13 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
                 .insert(binding.method.as_str().to_ascii_lowercase(), operation);
         }
     }
-    for (path, operation) in realtime_operations() {
+    let mut hand_written = realtime_operations().to_vec();
+    hand_written.extend(generator.file_operations(contract));
+    for (path, method, operation) in hand_written {
         paths
             .entry(path.to_owned())
             .or_default()
-            .insert("get".to_owned(), operation);
+            .insert(method.to_owned(), operation);
     }
     generator.schemas.insert("Error".to_owned(), error_schema());
     json!({
@@ -555,13 +557,8 @@ fn well_known(message: &MessageDescriptor) -> Option<Json> {
 
 /// The realtime doors: streams, not transcoded RPCs, described here so that REST clients find
 /// them (the messages are in the README; `RealtimeService/Subscribe` is the gRPC door).
-fn realtime_operations() -> [(&'static str, Json); 2] {
-    let error = |description: &str| {
-        json!({
-            "description": description,
-            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
-        })
-    };
+fn realtime_operations() -> [(&'static str, &'static str, Json); 2] {
+    let error = error_response;
     let security = json!([{ "bearerAuth": [] }, { "apiKeyHeader": [] }, { "tokenQuery": [] }]);
     let websocket = json!({
         "operationId": "Realtime_WebSocket",
@@ -621,7 +618,114 @@ fn realtime_operations() -> [(&'static str, Json); 2] {
             "default": error("Any other error: the HTTP status follows the gRPC code")
         }
     });
-    [("/api/v1/ws", websocket), ("/api/v1/events/stream", stream)]
+    [
+        ("/api/v1/ws", "get", websocket),
+        ("/api/v1/events/stream", "get", stream),
+    ]
+}
+
+fn error_response(description: &str) -> Json {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn binary(description: &str) -> Json {
+    json!({
+        "description": description,
+        "content": {
+            "application/octet-stream": { "schema": { "type": "string", "format": "binary" } }
+        }
+    })
+}
+
+impl Generator {
+    /// The file doors over plain HTTP: the multipart upload (the `UploadFile` stream) and the
+    /// content a signed URL serves.
+    fn file_operations(&mut self, contract: &Contract) -> Vec<(&'static str, &'static str, Json)> {
+        let file = contract
+            .rpcs
+            .iter()
+            .find(|rpc| rpc.grpc_path == "/keel.file.v1.FileService/UploadFile")
+            .and_then(|rpc| rpc.descriptor.output().get_field_by_name("file"))
+            .and_then(|field| field.kind().as_message().cloned());
+        let Some(file) = file else {
+            return Vec::new();
+        };
+        let file = self.message_ref(&file, Direction::Response);
+        let upload = json!({
+            "operationId": "FileService_UploadFile",
+            "tags": ["FileService"],
+            "summary": "Uploads a file (multipart/form-data)",
+            "description": "Streams the field `file` to storage: its type is detected from its \
+                bytes (the allow-list is configured), its SHA-256 computed on the way, and it \
+                counts against the organization's quotas. `organization_id`, `description` and \
+                `checksum` (the SHA-256 the client expects) come before `file`.",
+            "x-grpc-method": "/keel.file.v1.FileService/UploadFile",
+            "security": [{ "bearerAuth": [] }, { "oauth2Password": [] }, { "apiKeyHeader": [] }],
+            "requestBody": {
+                "required": true,
+                "content": { "multipart/form-data": { "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "organization_id": { "type": "string", "format": "uuid" },
+                        "description": { "type": "string", "maxLength": 1000 },
+                        "checksum": { "type": "string", "pattern": "^[0-9a-f]{64}$" },
+                        "file": { "type": "string", "format": "binary" }
+                    }
+                } } }
+            },
+            "responses": {
+                "201": {
+                    "description": "Stored",
+                    "content": { "application/json": { "schema": file } }
+                },
+                "400": error_response("Not a well-formed upload, or a checksum mismatch"),
+                "401": error_response("Missing, invalid or expired credentials"),
+                "403": error_response("Not allowed to upload into this organization"),
+                "404": error_response("No such organization, or not visible to the caller"),
+                "413": error_response("Larger than the server's or the organization's limit"),
+                "415": error_response("Not multipart, or a type not accepted or not the one declared"),
+                "429": error_response("Over the organization's storage or uploads of the day"),
+                "default": error_response("Any other error: the HTTP status follows the gRPC code")
+            }
+        });
+        let query = |name: &str, schema: Json| json!({ "name": name, "in": "query", "required": true, "schema": schema });
+        let content = json!({
+            "operationId": "FileService_Content",
+            "tags": ["FileService"],
+            "summary": "A file's bytes, through a signed download URL",
+            "description": "Serves what `GetDownloadUrl` signed, without credentials, until it \
+                expires: `Range` requests (one range), `ETag` and `If-None-Match`, and \
+                `Content-Disposition` with the original name.",
+            "security": [],
+            "parameters": [
+                {
+                    "name": "file_id",
+                    "in": "path",
+                    "required": true,
+                    "schema": { "type": "string", "format": "uuid" }
+                },
+                query("expires", json!({ "type": "integer" })),
+                query("disposition", json!({ "type": "string", "enum": ["attachment", "inline"] })),
+                query("signature", json!({ "type": "string" }))
+            ],
+            "responses": {
+                "200": binary("The file"),
+                "206": binary("The range asked for"),
+                "304": { "description": "Unchanged since the `ETag` sent" },
+                "403": error_response("A tampered or expired URL, or a deleted file"),
+                "416": { "description": "The range is outside the file" },
+                "default": error_response("Any other error")
+            }
+        });
+        vec![
+            ("/api/v1/files/upload", "post", upload),
+            ("/api/v1/files/{file_id}/content", "get", content),
+        ]
+    }
 }
 
 fn error_schema() -> Json {

@@ -14,6 +14,17 @@ use tonic::Code;
 const ERROR_DOMAIN: &str = "keel";
 const SERVER_BUSY: &str = "SERVER_BUSY";
 
+/// The reasons HTTP says more precisely than their gRPC code.
+fn reason_status(reason: &str) -> Option<StatusCode> {
+    match reason {
+        // The whole server out of capacity is 503 (RFC 9110), a caller's own limit 429.
+        SERVER_BUSY => Some(StatusCode::SERVICE_UNAVAILABLE),
+        "FILE_TOO_LARGE" => Some(StatusCode::PAYLOAD_TOO_LARGE),
+        "UNSUPPORTED_FILE_TYPE" => Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        _ => None,
+    }
+}
+
 fn any(type_name: &str, message: &impl Message) -> prost_types::Any {
     prost_types::Any {
         type_url: format!("type.googleapis.com/{type_name}"),
@@ -198,9 +209,8 @@ impl RestError {
                 && let Ok(info) = rpc::ErrorInfo::decode(detail.value.as_slice())
             {
                 error.reason = info.reason;
-                // The whole server out of capacity is 503 (RFC 9110), a caller's own limit 429.
-                if error.reason == SERVER_BUSY {
-                    error.http_status = StatusCode::SERVICE_UNAVAILABLE;
+                if let Some(status) = reason_status(&error.reason) {
+                    error.http_status = status;
                 }
             }
             if detail.type_url.ends_with("/google.rpc.RetryInfo")

@@ -81,6 +81,15 @@ struct MessagePlan {
     fields: Vec<FieldPlan>,
     /// `(buf.validate.message).oneof`: at most one of these fields set (exactly one if required).
     oneofs: Vec<(Vec<FieldDescriptor>, bool)>,
+    /// Message fields whose own fields have rules, checked when set (violations are named
+    /// `outer.inner`).
+    nested: Vec<(FieldDescriptor, MessagePlan)>,
+}
+
+impl MessagePlan {
+    fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.oneofs.is_empty() && self.nested.is_empty()
+    }
 }
 
 struct FieldPlan {
@@ -104,7 +113,7 @@ impl RequestValidator {
             let input = rpc.descriptor.input();
             let plan = compile(&input)
                 .with_context(|| format!("the buf.validate rules of {}", input.full_name()))?;
-            if !plan.fields.is_empty() || !plan.oneofs.is_empty() {
+            if !plan.is_empty() {
                 plans.insert(input.full_name().to_owned(), plan);
             }
         }
@@ -122,38 +131,61 @@ impl RequestValidator {
             return Ok(());
         };
         let mut violations = Violations::default();
-        for (fields, required) in &plan.oneofs {
-            // Named after its first field, so that a person sees which field to fill in.
-            let first = fields.first().map_or("", |field| field.name());
-            let set = fields
+        check_message(plan, message, &mut violations);
+        violations.finish()
+    }
+}
+
+fn check_message(plan: &MessagePlan, message: &DynamicMessage, violations: &mut Violations) {
+    for (fields, required) in &plan.oneofs {
+        // Named after its first field, so that a person sees which field to fill in.
+        let first = fields.first().map_or("", |field| field.name());
+        let set = fields
+            .iter()
+            .filter(|field| message.has_field(field))
+            .count();
+        let names = || {
+            fields
                 .iter()
-                .filter(|field| message.has_field(field))
-                .count();
-            let names = || {
-                fields
-                    .iter()
-                    .map(|field| field.name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            if set > 1 {
-                violations.push(FieldViolation::new(
-                    first,
-                    "message.oneof",
-                    format!("only one of {} can be set", names()),
-                ));
-            } else if set == 0 && *required {
-                violations.push(FieldViolation::new(
-                    first,
-                    "message.oneof",
-                    format!("one of {} must be set", names()),
-                ));
+                .map(|field| field.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if set > 1 {
+            violations.push(FieldViolation::new(
+                first,
+                "message.oneof",
+                format!("only one of {} can be set", names()),
+            ));
+        } else if set == 0 && *required {
+            violations.push(FieldViolation::new(
+                first,
+                "message.oneof",
+                format!("one of {} must be set", names()),
+            ));
+        }
+    }
+    for plan in &plan.fields {
+        check_field(message, plan, violations);
+    }
+    for (field, inner_plan) in &plan.nested {
+        let Some(inner) = message
+            .has_field(field)
+            .then(|| message.get_field(field))
+            .and_then(|value| value.as_message().cloned())
+        else {
+            continue;
+        };
+        let mut inner_violations = Violations::default();
+        check_message(inner_plan, &inner, &mut inner_violations);
+        if let Err(error) = inner_violations.finish() {
+            for violation in error.violations {
+                violations.push(FieldViolation {
+                    field: format!("{}.{}", field.name(), violation.field),
+                    ..violation
+                });
             }
         }
-        for plan in &plan.fields {
-            check_field(message, plan, &mut violations);
-        }
-        violations.finish()
     }
 }
 
@@ -179,13 +211,18 @@ fn compile(message: &MessageDescriptor) -> anyhow::Result<MessagePlan> {
     for field in message.fields() {
         if let Kind::Message(inner) = field.kind()
             && inner.full_name().starts_with("keel.")
-            && (message_rules(&inner).is_some()
-                || inner.fields().any(|f| field_rules(&f).is_some()))
         {
-            bail!(
-                "rules inside the nested message {} are not supported",
-                inner.full_name()
-            );
+            let inner_plan = compile(&inner)
+                .with_context(|| format!("the nested message {}", inner.full_name()))?;
+            if !inner_plan.is_empty() {
+                if field.is_list() || field.is_map() {
+                    bail!(
+                        "rules inside the repeated message {} are not supported",
+                        inner.full_name()
+                    );
+                }
+                plan.nested.push((field.clone(), inner_plan));
+            }
         }
         let Some(rules) = field_rules(&field) else {
             continue;

@@ -176,6 +176,7 @@ pub enum Missing {
     Webhook,
     WebhookDelivery,
     Notification,
+    File,
 }
 
 impl From<Missing> for Error {
@@ -198,6 +199,7 @@ impl From<Missing> for Error {
                 "no such delivery of this webhook",
             ),
             Missing::Notification => ("NOTIFICATION_NOT_FOUND", "no such notification"),
+            Missing::File => ("FILE_NOT_FOUND", "no such file"),
         };
         Error::not_found(reason, message)
     }

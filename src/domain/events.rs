@@ -5,6 +5,7 @@
 
 use super::auth::ClientInfo;
 use super::clock::{Clock, truncate_to_micros};
+pub use super::files::FileData;
 use super::principal::{Credential, Principal};
 use super::tenancy::permissions::RoleKey;
 use super::user::User;
@@ -205,6 +206,10 @@ catalog! {
     ApiKeyCreated = "api_key.created", ApiKeyData, Success,
         "An API key was created; its secret is never part of an event.";
     ApiKeyRevoked = "api_key.revoked", ApiKeyData, Success, "An API key was revoked.";
+    FileDeleted = "file.deleted", FileData, Success,
+        "A file was deleted: no longer listed or served, its bytes released.";
+    FileUploaded = "file.uploaded", FileData, Success,
+        "A file was uploaded (personal, or an organization's).";
     InvitationAccepted = "invitation.accepted", InvitationData, Success,
         "An invitation was accepted: its invitee is now a member.";
     InvitationCreated = "invitation.created", InvitationData, Success,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod dependencies;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod mail;

@@ -7,6 +7,7 @@ mod archive;
 mod dead_letters;
 mod dependencies;
 mod events;
+mod files;
 mod invitations;
 mod leases;
 mod notifications;

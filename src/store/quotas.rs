@@ -108,6 +108,17 @@ impl QuotaStore for SqlStore {
             .unwrap_or(0))
     }
 
+    async fn storage_used(&self, owner_id: Uuid) -> Result<i64> {
+        let bytes: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT bytes FROM storage_usage WHERE owner_id = $1")
+                .bind(owner_id)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(bytes.unwrap_or(0))
+    }
+
     async fn record_usage(&self, counts: &[(Counter, u64)], now: DateTime<Utc>) -> Result<()> {
         with_pool!(self, pool => async {
             let mut transaction = pool.begin_write().await?;

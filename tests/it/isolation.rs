@@ -11,11 +11,14 @@
 //! Afterwards everything A owns reads exactly as before.
 
 use crate::backend_tests;
+use crate::files::upload;
 use crate::harness::{Backend, TestApp, Tokens, with_token};
 use crate::invitations::verified_user;
 use crate::organizations::{add_member, create_organization, user};
 use bytes::{Buf, BufMut};
 use keel::api::contract::{BodyRule, Contract, HttpBinding, Rpc};
+use keel::api::pb::keel::file::v1::DownloadFileRequest;
+use keel::api::pb::keel::file::v1::file_service_client::FileServiceClient;
 use keel::api::pb::keel::realtime::v1::SubscribeRequest;
 use keel::api::pb::keel::realtime::v1::realtime_service_client::RealtimeServiceClient;
 use keel::api::rest::path_template::Segment;
@@ -454,6 +457,30 @@ async fn no_tenant_reaches_another(backend: Backend) {
         )
         .await;
     let key_a_id = key["api_key"]["id"].as_str().unwrap().to_owned();
+    let (status, shared_file) = upload(
+        &app,
+        &alice.access,
+        &[("organization_id", &org_a)],
+        "a.txt",
+        "text/plain",
+        b"A".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{shared_file}");
+    let (status, own_file) = upload(
+        &app,
+        &alice.access,
+        &[],
+        "b.txt",
+        "text/plain",
+        b"B".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{own_file}");
+    let files_a = [
+        shared_file["id"].as_str().unwrap().to_owned(),
+        own_file["id"].as_str().unwrap().to_owned(),
+    ];
     // Last, so that no event of the setup is delivered (to a port that discards it anyway).
     let (status, webhook) = app
         .rest(
@@ -592,11 +619,118 @@ async fn no_tenant_reaches_another(backend: Backend) {
         ("PERMISSION_DENIED".to_owned(), 403, Code::PermissionDenied)
     );
 
+    let tenants = Tenants {
+        alice: &alice,
+        org_a: &org_a,
+        mallory: &mallory,
+        mallory_key: &mallory_key,
+        vic: &vic,
+    };
+    files_stay_with_their_owners(&app, &tenants, &files_a).await;
+
     assert_eq!(
         snapshot(&app, &alice, &victim_ids).await,
         before,
         "organization A changed"
     );
+}
+
+struct Tenants<'a> {
+    alice: &'a Tokens,
+    org_a: &'a str,
+    mallory: &'a Tokens,
+    mallory_key: &'a str,
+    vic: &'a Tokens,
+}
+
+/// A's files (`[the organization's, Alice's own]`) on every file door: B's owner and B's key
+/// find neither; A's viewer reads the organization's but may neither delete it nor add to it,
+/// and never sees Alice's own.
+async fn files_stay_with_their_owners(app: &TestApp, tenants: &Tenants<'_>, files: &[String; 2]) {
+    let Tenants {
+        alice,
+        org_a,
+        mallory,
+        mallory_key,
+        vic,
+    } = tenants;
+    let organization = [("organization_id", *org_a)];
+    let ids = [files[0].as_str(), files[1].as_str()];
+    let channel = app.channel().await;
+    let outsiders = [mallory.access.as_str(), *mallory_key];
+    for (file_id, insider_reads) in [(ids[0], true), (ids[1], false)] {
+        for path in [
+            format!("/api/v1/files/{file_id}"),
+            format!("/api/v1/files/{file_id}/download"),
+        ] {
+            for token in outsiders {
+                assert_eq!(
+                    app.rest(Method::GET, &path, token, None).await.0,
+                    404,
+                    "{path}"
+                );
+            }
+            let expected = if insider_reads { 200 } else { 404 };
+            assert_eq!(
+                app.rest(Method::GET, &path, &vic.access, None).await.0,
+                expected,
+                "{path}"
+            );
+        }
+        let path = format!("/api/v1/files/{file_id}");
+        for token in outsiders {
+            assert_eq!(
+                app.rest(Method::DELETE, &path, token, None).await.0,
+                404,
+                "{path}"
+            );
+        }
+        let expected = if insider_reads { 403 } else { 404 };
+        assert_eq!(
+            app.rest(Method::DELETE, &path, &vic.access, None).await.0,
+            expected
+        );
+        for token in outsiders {
+            let mut client = FileServiceClient::new(channel.clone());
+            let request = with_token(
+                DownloadFileRequest {
+                    file_id: file_id.to_owned(),
+                },
+                token,
+            );
+            let refused = client.download_file(request).await.map(|_| ()).unwrap_err();
+            assert_eq!(refused.code(), Code::NotFound);
+        }
+    }
+    let listing = format!("/api/v1/files?organization_id={org_a}");
+    for token in outsiders {
+        assert_eq!(app.rest(Method::GET, &listing, token, None).await.0, 404);
+        let (status, _) = upload(
+            app,
+            token,
+            &organization,
+            "x.txt",
+            "text/plain",
+            b"X".to_vec(),
+        )
+        .await;
+        assert_eq!(status, 404);
+        // Their own listing holds nothing of A's.
+        let (_, listed) = app.rest(Method::GET, "/api/v1/files", token, None).await;
+        assert_eq!(listed["files"], json!([]));
+    }
+    let (status, _) = upload(
+        app,
+        &vic.access,
+        &organization,
+        "x.txt",
+        "text/plain",
+        b"X".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (_, listed) = app.rest(Method::GET, &listing, &alice.access, None).await;
+    assert_eq!(listed["files"].as_array().unwrap().len(), 1, "{listed}");
 }
 
 /// How subscribing to `channel` is answered over WebSocket (the error code), Server-Sent

@@ -15,6 +15,7 @@ mod contract;
 mod dead_letters;
 mod dependencies;
 mod device_sessions;
+mod files;
 mod fuzzing;
 mod hardening;
 mod invitations;

@@ -47,6 +47,9 @@ pub struct Transcoder {
     contract: Arc<Contract>,
     grpc: GrpcStack,
     max_body_bytes: usize,
+    /// Routes under `/api/` served by hand (streams, uploads), for `OPTIONS`: a path with `*`
+    /// for one segment, and its methods.
+    doors: Vec<(&'static str, &'static str)>,
 }
 
 struct Matched<'a> {
@@ -56,11 +59,17 @@ struct Matched<'a> {
 }
 
 impl Transcoder {
-    pub fn new(contract: Arc<Contract>, grpc: GrpcStack, max_body_bytes: usize) -> Self {
+    pub fn new(
+        contract: Arc<Contract>,
+        grpc: GrpcStack,
+        max_body_bytes: usize,
+        doors: Vec<(&'static str, &'static str)>,
+    ) -> Self {
         Self {
             contract,
             grpc,
             max_body_bytes,
+            doors,
         }
     }
 
@@ -88,6 +97,20 @@ impl Transcoder {
 
     /// A plain `OPTIONS` (not a CORS preflight): 204 with the path's methods in `Allow`.
     pub fn options(&self, path: &str) -> Response {
+        let segments = |text: &'static str| text.split('/');
+        let door = self.doors.iter().find(|(pattern, _)| {
+            segments(pattern).count() == path.split('/').count()
+                && segments(pattern)
+                    .zip(path.split('/'))
+                    .all(|(expected, actual)| expected == "*" || expected == actual)
+        });
+        if let Some((_, methods)) = door {
+            return (
+                StatusCode::NO_CONTENT,
+                [(header::ALLOW, format!("{methods}, OPTIONS"))],
+            )
+                .into_response();
+        }
         let best = self.best_matches(path);
         if best.is_empty() {
             return RestError::not_found_route(path).into_response();
@@ -141,7 +164,7 @@ impl Transcoder {
             &body,
         )?;
         let reply = self.dispatch(matched.rpc, &parts, message).await?;
-        self.render(matched.rpc, matched.binding, &reply)
+        render_reply(matched.rpc, matched.binding.response_body.as_ref(), &reply)
     }
 
     async fn read_body(&self, body: axum::body::Body) -> Result<Bytes, RestError> {
@@ -175,7 +198,18 @@ impl Transcoder {
         framed.put_u8(0);
         framed.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
         framed.put_slice(&encoded);
+        let body = tonic::body::Body::new(Full::new(framed.freeze()));
+        self.call(rpc, parts, body).await
+    }
 
+    /// Calls `rpc` with a body of gRPC frames, as a gRPC client would, through the guarded
+    /// stack; answers the reply's one message.
+    pub(in crate::api) async fn call(
+        &self,
+        rpc: &Rpc,
+        parts: &http::request::Parts,
+        body: tonic::body::Body,
+    ) -> Result<Bytes, RestError> {
         let mut inner = http::Request::builder()
             .method(http::Method::POST)
             .uri(rpc.grpc_path.as_str())
@@ -195,7 +229,7 @@ impl Transcoder {
             inner = inner.extension(*address);
         }
         let inner = inner
-            .body(tonic::body::Body::new(Full::new(framed.freeze())))
+            .body(body)
             .map_err(|error| internal(format!("building the inner request: {error}")))?;
 
         let Ok(response) = self.grpc.clone().oneshot(inner).await;
@@ -221,33 +255,40 @@ impl Transcoder {
         Ok(Bytes::copy_from_slice(payload))
     }
 
-    fn render(
-        &self,
-        rpc: &Rpc,
-        binding: &HttpBinding,
-        reply: &[u8],
-    ) -> Result<Response, RestError> {
-        let message = DynamicMessage::decode(rpc.descriptor.output(), reply)
-            .map_err(|error| internal(format!("decoding the reply: {error}")))?;
-        let options = SerializeOptions::new()
-            .use_proto_field_name(true)
-            .skip_default_fields(false);
-        let serialized = match &binding.response_body {
-            Some(field) => match message.get_field(field).as_message() {
-                Some(inner) => {
-                    inner.serialize_with_options(serde_json::value::Serializer, &options)
-                }
-                None => Ok(serde_json::Value::Null),
-            },
-            None => message.serialize_with_options(serde_json::value::Serializer, &options),
-        }
-        .map_err(|error| internal(format!("rendering the reply: {error}")))?;
-        let mut response = (rpc.success_status, axum::Json(serialized)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        Ok(response)
+    /// The contract's RPCs, by gRPC path.
+    pub(in crate::api) fn rpc(&self, grpc_path: &str) -> Option<&Rpc> {
+        self.contract
+            .rpcs
+            .iter()
+            .find(|rpc| rpc.grpc_path == grpc_path)
     }
+}
+
+/// A reply as proto3 JSON (`response_body`: one of its fields only), with the RPC's success
+/// status.
+pub(in crate::api) fn render_reply(
+    rpc: &Rpc,
+    response_body: Option<&prost_reflect::FieldDescriptor>,
+    reply: &[u8],
+) -> Result<Response, RestError> {
+    let message = DynamicMessage::decode(rpc.descriptor.output(), reply)
+        .map_err(|error| internal(format!("decoding the reply: {error}")))?;
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let serialized = match response_body {
+        Some(field) => match message.get_field(field).as_message() {
+            Some(inner) => inner.serialize_with_options(serde_json::value::Serializer, &options),
+            None => Ok(serde_json::Value::Null),
+        },
+        None => message.serialize_with_options(serde_json::value::Serializer, &options),
+    }
+    .map_err(|error| internal(format!("rendering the reply: {error}")))?;
+    let mut response = (rpc.success_status, axum::Json(serialized)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 fn internal(message: impl Into<String>) -> RestError {

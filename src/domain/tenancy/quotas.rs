@@ -146,6 +146,9 @@ pub trait QuotaStore: Send + Sync {
         metric: Metric,
         window_start: DateTime<Utc>,
     ) -> Result<u64>;
+    /// Bytes of live files counted against an owner (an organization, or a user's personal
+    /// files).
+    async fn storage_used(&self, owner_id: Uuid) -> Result<i64>;
     /// Writes counts in one transaction, never lowering a stored count.
     async fn record_usage(&self, counts: &[(Counter, u64)], now: DateTime<Utc>) -> Result<()>;
     /// Windows newest first, before `before` (by id).
@@ -316,25 +319,59 @@ impl QuotaService {
     /// over the limit. The first refusal of the month is recorded (`quota.exceeded`), not
     /// every one after it.
     pub async fn meter_api_call(&self, access: &Access) -> Result<()> {
+        let limit = self
+            .limits(access.organization_id)
+            .await?
+            .max_api_calls_per_month;
+        self.count_within(access, Metric::ApiCalls, limit, |limit| {
+            format!(
+                "the organization used its {limit} API calls of this month; the count resets on the 1st (UTC)"
+            )
+        })
+        .await
+    }
+
+    /// Counts one upload into the organization; refuses it past the day's limit (the first
+    /// refusal of the day is recorded).
+    pub async fn count_upload(&self, access: &Access) -> Result<()> {
+        let limit = (self.limits(access.organization_id).await?).max_file_uploads_per_day;
+        self.count_within(access, Metric::FileUploads, limit, |limit| {
+            format!(
+                "the organization uploaded its {limit} files of today; the count resets at midnight (UTC)"
+            )
+        })
+        .await
+    }
+
+    /// Counts one more of `metric` in the window; refuses past `limit`, recording the
+    /// window's first refusal (`quota.exceeded`).
+    async fn count_within(
+        &self,
+        access: &Access,
+        metric: Metric,
+        limit: i64,
+        refusal: impl FnOnce(i64) -> String,
+    ) -> Result<()> {
         let organization_id = access.organization_id;
-        let limit = self.limits(organization_id).await?.max_api_calls_per_month;
-        let counter = self.counter(organization_id, Metric::ApiCalls);
+        let counter = self.counter(organization_id, metric);
         let count = i64::try_from(self.count(counter, 1).await?).unwrap_or(i64::MAX);
         if count == limit.saturating_add(1) {
-            let resource = Metric::ApiCalls.name();
-            self.record_exceeded(&access.origin(), organization_id, resource, limit)
+            self.record_exceeded(&access.origin(), organization_id, metric.name(), limit)
                 .await?;
         }
         if count > limit {
             let wait = (counter.window_end - self.clock.now()).to_std().ok();
             return Err(Error {
                 retry_after: wait,
-                ..quota_exceeded(format!(
-                    "the organization used its {limit} API calls of this month; the count resets on the 1st (UTC)"
-                ))
+                ..quota_exceeded(refusal(limit))
             });
         }
         Ok(())
+    }
+
+    /// Bytes of live files counted against an owner.
+    pub async fn storage_used(&self, owner_id: Uuid) -> Result<i64> {
+        self.store.storage_used(owner_id).await
     }
 
     /// Records a refusal for a quota (`quota.exceeded`).
@@ -402,7 +439,7 @@ impl QuotaService {
             },
             Usage {
                 metric: "storage_bytes",
-                used: 0,
+                used: self.store.storage_used(organization_id).await?,
                 limit: limits.max_storage_bytes,
                 resets_at: None,
             },

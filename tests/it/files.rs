@@ -1,0 +1,614 @@
+//! Files: uploads over REST (multipart) and gRPC (client streaming), checked by content and
+//! hashed; signed download URLs served with ranges; quotas counted exactly under concurrency.
+
+use crate::harness::{Backend, TestApp, rest_violations, with_token};
+use crate::organizations::{add_member, create_organization, user};
+use keel::api::pb::keel::file::v1::file_service_client::FileServiceClient;
+use keel::api::pb::keel::file::v1::{
+    DownloadFileRequest, UploadFileRequest, UploadHeader, download_file_response,
+    upload_file_request,
+};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+crate::backend_tests!(
+    files_round_trip_on_every_door,
+    contents_decide_what_a_file_is,
+    quotas_hold_under_concurrent_uploads,
+);
+
+/// A PNG's signature and header chunk: enough for its type.
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02";
+const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
+
+fn png(size: usize) -> Vec<u8> {
+    let mut bytes = PNG.to_vec();
+    bytes.resize(size, 7);
+    bytes
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// `POST /api/v1/files/upload` with text `fields` first, then the file.
+pub async fn upload(
+    app: &TestApp,
+    token: &str,
+    fields: &[(&str, &str)],
+    filename: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (name, value) in fields {
+        form = form.text(name.to_string(), value.to_string());
+    }
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name(filename.to_owned())
+        .mime_str(content_type)
+        .unwrap();
+    form = form.part("file", part);
+    let response = app
+        .http
+        .post(app.url("/api/v1/files/upload"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn grpc_upload(
+    app: &TestApp,
+    token: &str,
+    header: UploadHeader,
+    chunks: Vec<Vec<u8>>,
+) -> Result<keel::api::pb::keel::file::v1::File, tonic::Status> {
+    let mut messages = vec![UploadFileRequest {
+        part: Some(upload_file_request::Part::Header(header)),
+    }];
+    messages.extend(chunks.into_iter().map(|chunk| UploadFileRequest {
+        part: Some(upload_file_request::Part::Chunk(chunk.into())),
+    }));
+    let mut client = FileServiceClient::new(app.channel().await);
+    let request = with_token(futures_util::stream::iter(messages), token);
+    client
+        .upload_file(request)
+        .await
+        .map(|response| response.into_inner().file.unwrap())
+}
+
+async fn download_url(app: &TestApp, token: &str, file_id: &str, query: &str) -> String {
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files/{file_id}/download{query}"),
+            token,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Made for the configured public URL, served by this test's server.
+    let url = body["download_url"].as_str().unwrap();
+    url.replace("http://keel.test", &app.base_url)
+}
+
+async fn files_round_trip_on_every_door(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+    let (bob_id, bob) = user(&app, "bob@example.com").await;
+
+    // REST: a personal image, its name cleaned, its checksum checked.
+    let image = png(100_000);
+    let checksum = sha256(&image);
+    let (status, file) = upload(
+        &app,
+        &alice.access,
+        &[("description", "a photo"), ("checksum", &checksum)],
+        "../../etc/photo.png",
+        "image/png",
+        image.clone(),
+    )
+    .await;
+    assert_eq!(status, 201, "{file}");
+    let id = file["id"].as_str().unwrap().to_owned();
+    assert_eq!(file["original_filename"], "photo.png");
+    assert_eq!(file["content_type"], "image/png");
+    assert_eq!(file["size"], "100000");
+    assert_eq!(file["checksum"], checksum.as_str());
+    assert_eq!(file["storage_provider"], "local");
+    assert_eq!(file["organization_id"], "");
+    assert_eq!(file["description"], "a photo");
+    assert_eq!(file["filename"], format!("{}.png", id.replace('-', "")));
+    let (status, listed) = app
+        .rest(Method::GET, "/api/v1/files", &alice.access, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["files"][0], file);
+    let (status, got) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files/{id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!((status.as_u16(), &got), (200, &file));
+    // Nobody else sees a personal file.
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files/{id}"),
+            &bob.access,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (404, Some("FILE_NOT_FOUND"))
+    );
+
+    // The signed URL serves the bytes without credentials, whole or in ranges.
+    let url = download_url(&app, &alice.access, &id, "").await;
+    let response = app.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(headers["etag"], format!("\"{checksum}\"").as_str());
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(
+        headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment; filename=\"photo.png\"")
+    );
+    assert_eq!(response.bytes().await.unwrap().as_ref(), image.as_slice());
+    let partial = app
+        .http
+        .get(&url)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(partial.status(), 206);
+    assert_eq!(partial.headers()["content-range"], "bytes 10-19/100000");
+    assert_eq!(partial.bytes().await.unwrap().as_ref(), &image[10..20]);
+    let unsatisfiable = app
+        .http
+        .get(&url)
+        .header("range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsatisfiable.status(), 416);
+    // A tampered URL (a later expiry, another file, another disposition) is refused.
+    let expires: i64 = url
+        .split("expires=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for tampered in [
+        url.replace(
+            &format!("expires={expires}"),
+            &format!("expires={}", expires + 3600),
+        ),
+        url.replace("disposition=attachment", "disposition=inline"),
+        url.replace(&id, &uuid::Uuid::now_v7().to_string()),
+        format!("{}x", url),
+    ] {
+        let response = app.http.get(&tampered).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{tampered}");
+    }
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files/{id}/download?expires_in=30"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(rest_violations(&body)[0].0, "expires_in", "{body}");
+
+    // gRPC: an organization's file in chunks, then streamed back.
+    let org = create_organization(&app, &alice.access, "acme").await;
+    add_member(&app, &alice.access, &org, &bob_id, json!(["viewer"])).await;
+    let text = "name,team\nada,core\n".repeat(5000).into_bytes();
+    let chunks: Vec<Vec<u8>> = text.chunks(30_000).map(<[u8]>::to_vec).collect();
+    let header = UploadHeader {
+        filename: "people.csv".into(),
+        organization_id: org.clone(),
+        ..Default::default()
+    };
+    let shared = grpc_upload(&app, &alice.access, header, chunks)
+        .await
+        .unwrap();
+    assert_eq!(shared.content_type, "text/csv");
+    assert_eq!(shared.checksum, sha256(&text));
+    assert_eq!(shared.organization_id, org);
+    // The viewer reads it through the gRPC stream, and may not delete it.
+    let mut client = FileServiceClient::new(app.channel().await);
+    let mut stream = client
+        .download_file(with_token(
+            DownloadFileRequest {
+                file_id: shared.id.clone(),
+            },
+            &bob.access,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    let mut described = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.part.unwrap() {
+            download_file_response::Part::File(file) => described = Some(file),
+            download_file_response::Part::Chunk(chunk) => received.extend_from_slice(&chunk),
+        }
+    }
+    assert_eq!(described.unwrap().id, shared.id);
+    assert_eq!(received, text);
+    let (status, listed) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files?organization_id={org}&content_type=text/"),
+            &bob.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["files"].as_array().unwrap().len(), 1);
+    let (status, body) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/files/{}", shared.id),
+            &bob.access,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (403, Some("PERMISSION_DENIED"))
+    );
+
+    // Deleted: gone from every door, its URL included.
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/files/{id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files/{id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 403);
+    let (_, listed) = app
+        .rest(Method::GET, "/api/v1/files", &alice.access, None)
+        .await;
+    assert_eq!(listed["files"], json!([]));
+}
+
+async fn contents_decide_what_a_file_is(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+    let reason = |body: &Value| body["reason"].as_str().unwrap_or_default().to_owned();
+
+    // JPEG bytes labelled PNG: refused, naming what they are.
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[],
+        "cat.png",
+        "image/png",
+        JPEG.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (415, "UNSUPPORTED_FILE_TYPE"),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("image/jpeg"),
+        "{body}"
+    );
+    // Unlabelled JPEG bytes are a JPEG, whatever their name.
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[],
+        "cat.png",
+        "application/octet-stream",
+        JPEG.to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["content_type"], "image/jpeg");
+    // A type outside the allow-list (an executable), and bytes of no known kind.
+    let elf = b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00".to_vec();
+    let (status, body) = upload(&app, &alice.access, &[], "tool.txt", "text/plain", elf).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (415, "UNSUPPORTED_FILE_TYPE"),
+        "{body}"
+    );
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[],
+        "x.bin",
+        "application/octet-stream",
+        vec![0, 1, 2, 3, 0, 9],
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (415, "UNSUPPORTED_FILE_TYPE"),
+        "{body}"
+    );
+    // A wrong checksum stores nothing; a malformed one is a field violation.
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[("checksum", &sha256(b"other"))],
+        "a.png",
+        "image/png",
+        png(500),
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (400, "CHECKSUM_MISMATCH"),
+        "{body}"
+    );
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[("checksum", "abc")],
+        "a.png",
+        "image/png",
+        png(500),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(rest_violations(&body)[0].0, "header.checksum", "{body}");
+    // Fields after the file come too late, unknown fields are refused, an empty file too.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(png(500)).file_name("a.png"),
+        )
+        .text("organization_id", uuid::Uuid::now_v7().to_string());
+    let response = app
+        .http
+        .post(app.url("/api/v1/files/upload"))
+        .bearer_auth(&alice.access)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[("folder", "x")],
+        "a.png",
+        "image/png",
+        png(500),
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (400, "UNKNOWN_FIELD"),
+        "{body}"
+    );
+    let (status, body) = upload(&app, &alice.access, &[], "a.txt", "text/plain", Vec::new()).await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (400, "EMPTY_FILE"),
+        "{body}"
+    );
+    // Not multipart at all.
+    let (status, body) = app
+        .rest(
+            Method::POST,
+            "/api/v1/files/upload",
+            &alice.access,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (415, Some("MULTIPART_REQUIRED"))
+    );
+    // Without credentials.
+    let response = app
+        .http
+        .post(app.url("/api/v1/files/upload"))
+        .multipart(
+            reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(png(10))),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // The upload's route says what it takes.
+    let options = app
+        .http
+        .request(Method::OPTIONS, app.url("/api/v1/files/upload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 204);
+    assert_eq!(options.headers()["allow"], "POST, OPTIONS");
+    // Only the JPEG stayed.
+    let (_, listed) = app
+        .rest(Method::GET, "/api/v1/files", &alice.access, None)
+        .await;
+    assert_eq!(listed["files"].as_array().unwrap().len(), 1, "{listed}");
+}
+
+async fn quotas_hold_under_concurrent_uploads(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.create_superuser("root@example.com").await;
+    let root = app.login("root@example.com").await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+    let org = create_organization(&app, &alice.access, "acme").await;
+    let (status, body) = app
+        .rest(
+            Method::PUT,
+            "/api/v1/quota/limits",
+            &root.access,
+            Some(json!({ "organization_id": org, "max_file_size_bytes": 2000, "max_storage_bytes": 3000, "max_file_uploads_per_day": 12 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let fields = [("organization_id", org.as_str())];
+
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &fields,
+        "big.png",
+        "image/png",
+        png(2001),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (413, Some("FILE_TOO_LARGE")),
+        "{body}"
+    );
+
+    // Eight uploads of 900 bytes race for 3000: three fit, never a fourth.
+    let uploads = (0..8).map(|index| {
+        let (app, token, fields) = (&app, &alice.access, &fields);
+        async move {
+            upload(
+                app,
+                token,
+                fields,
+                &format!("{index}.png"),
+                "image/png",
+                png(900),
+            )
+            .await
+        }
+    });
+    let results = futures_util::future::join_all(uploads).await;
+    let stored: Vec<&Value> = results
+        .iter()
+        .filter(|(status, _)| *status == 201)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(stored.len(), 3, "{results:?}");
+    for (status, body) in results.iter().filter(|(status, _)| *status != 201) {
+        assert_eq!(
+            (*status, body["reason"].as_str()),
+            (429, Some("QUOTA_EXCEEDED")),
+            "{body}"
+        );
+    }
+    let used = |status: &Value| {
+        status["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|usage| usage["metric"] == "storage_bytes")
+            .unwrap()["used"]
+            .clone()
+    };
+    let (_, quota) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/quota/status?organization_id={org}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(used(&quota), "2700");
+
+    // Deleting gives the bytes back at once.
+    let id = stored[0]["id"].as_str().unwrap();
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/files/{id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, quota) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/quota/status?organization_id={org}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(used(&quota), "1800");
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &fields,
+        "again.png",
+        "image/png",
+        png(900),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The day's uploads (every attempt counts: 1 + 8 + 1 so far) run out.
+    let (status, _) = upload(
+        &app,
+        &alice.access,
+        &fields,
+        "a.txt",
+        "text/plain",
+        b"hi".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = upload(
+        &app,
+        &alice.access,
+        &fields,
+        "b.txt",
+        "text/plain",
+        b"hi".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &fields,
+        "c.txt",
+        "text/plain",
+        b"hi".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (429, Some("QUOTA_EXCEEDED")),
+        "{body}"
+    );
+}
