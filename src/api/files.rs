@@ -24,6 +24,8 @@ use std::sync::Arc;
 use tonic::Code;
 
 const UPLOAD_RPC: &str = "/keel.file.v1.FileService/UploadFile";
+/// The largest chunk of an upload stream (`UploadFileRequest.chunk`).
+const MAX_CHUNK: usize = 1024 * 1024;
 /// The longest text field of an upload form.
 const MAX_TEXT_FIELD: usize = 4096;
 
@@ -153,10 +155,20 @@ fn file_chunks(
     file: multer::Field<'static>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, tonic::Status>> {
     let broken = |error: multer::Error| tonic::Status::invalid_argument(error.to_string());
-    let chunks = file.map(move |chunk| {
-        chunk
-            .map(|chunk| frame(upload_file_request::Part::Chunk(chunk)))
-            .map_err(broken)
+    // The parser hands over what it has buffered, at times several MiB at once: cut it to the
+    // contract's chunk size (a gRPC message is at most 4 MiB).
+    let chunks = file.flat_map(move |chunk| {
+        let frames: Vec<Result<Bytes, tonic::Status>> = match chunk {
+            Ok(chunk) => (0..chunk.len())
+                .step_by(MAX_CHUNK)
+                .map(|start| {
+                    let piece = chunk.slice(start..chunk.len().min(start + MAX_CHUNK));
+                    Ok(frame(upload_file_request::Part::Chunk(piece)))
+                })
+                .collect(),
+            Err(error) => vec![Err(broken(error))],
+        };
+        futures_util::stream::iter(frames)
     });
     let after = futures_util::stream::once(async move {
         match form.next_field().await {

@@ -1,6 +1,7 @@
 //! Files: uploads over REST (multipart) and gRPC (client streaming), checked by content and
 //! hashed; signed download URLs served with ranges; quotas counted exactly under concurrency.
 
+use crate::audit::wait_for_entries;
 use crate::harness::{Backend, TestApp, rest_violations, with_token};
 use crate::organizations::{add_member, create_organization, user};
 use keel::api::pb::keel::file::v1::file_service_client::FileServiceClient;
@@ -277,6 +278,20 @@ async fn files_round_trip_on_every_door(backend: Backend) {
     assert_eq!(
         (status.as_u16(), body["reason"].as_str()),
         (403, Some("PERMISSION_DENIED"))
+    );
+
+    // The organization's record shows the upload, by whom, with its checksum.
+    let recorded = wait_for_entries(
+        &app,
+        &alice.access,
+        &format!("/api/v1/organizations/{org}/audit-logs?action=file.uploaded"),
+        |entries| !entries.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        recorded[0]["details"]["checksum"],
+        shared.checksum.as_str(),
+        "{recorded:?}"
     );
 
     // Deleted: gone from every door, its URL included.
