@@ -12,7 +12,7 @@ use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::{DependencyService, Registry};
-use crate::domain::files::{FilePorts, FileService, FileSettings};
+use crate::domain::files::{FilePorts, FileService, FileSettings, ObjectStore};
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitorService};
 use crate::domain::mail::Mailer;
@@ -33,7 +33,7 @@ use crate::domain::totp::TotpService;
 use crate::domain::webhooks::{WebhookPorts, WebhookService};
 use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers};
 use crate::mail::{Delivery, MemoryOutbox};
-use crate::objects::LocalObjects;
+use crate::objects::{LocalObjects, S3Objects};
 use crate::registry::SparseIndex;
 use crate::security::breached::RangeFiles;
 use crate::security::jwt::{JwtCodec, SigningKeys};
@@ -126,6 +126,21 @@ impl Services {
                 Arc::new(MemoryCache::new(config.memory_cache_max_bytes)),
                 None,
             ),
+        };
+        let objects: Arc<dyn ObjectStore> = match &config.s3 {
+            Some(s3) => {
+                let objects = Arc::new(S3Objects::connect(s3).await?);
+                probes.push(objects.clone());
+                objects
+            }
+            None => {
+                let objects = Arc::new(
+                    LocalObjects::open(&config.data_dir.join("files"))
+                        .context("KEEL_DATA_DIR: creating the file storage directory")?,
+                );
+                probes.push(objects.clone());
+                objects
+            }
         };
 
         let keys = match (&config.jwt_hs256_secret, &config.jwt_private_key_file) {
@@ -281,10 +296,7 @@ impl Services {
         let files = Arc::new(FileService::new(
             FilePorts {
                 store: Arc::new(store.clone()),
-                objects: Arc::new(
-                    LocalObjects::open(&config.data_dir.join("files"))
-                        .context("KEEL_DATA_DIR: creating the file storage directory")?,
-                ),
+                objects,
                 access: access.clone(),
                 quotas: quotas.clone(),
                 pages: pages.clone(),
@@ -422,6 +434,7 @@ impl Services {
                 dispatcher: self.dispatcher.clone(),
                 leases: Arc::new(self.store.clone()),
                 webhooks: self.webhooks.clone(),
+                files: self.files.clone(),
                 audit: self.audit.clone(),
                 audit_retention: config.audit_retention,
                 dependencies: self.dependencies.clone(),
@@ -483,6 +496,7 @@ impl Keel {
             probes: services.probes.clone(),
             public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
+            max_file_bytes: config.max_file_bytes,
             request_limits: RequestLimits {
                 max_in_flight: config.max_concurrent_requests,
                 timeout: std::time::Duration::from_secs(config.request_timeout_seconds.into()),

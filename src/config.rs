@@ -7,6 +7,7 @@ use crate::domain::password::PasswordPolicy;
 use crate::domain::realtime::RealtimeSettings;
 use crate::domain::webhooks::WebhookSettings;
 use crate::jobs::JobSettings;
+use crate::objects::S3Settings;
 use crate::security::password::Argon2Settings;
 use anyhow::{Context, anyhow};
 use serde::Deserialize;
@@ -227,6 +228,16 @@ settings! {
     max_user_storage_mb, "KEEL_MAX_USER_STORAGE_MB" = "1024";
     /// Content types accepted for upload, comma-separated, as detected from the bytes
     file_allowed_types, "KEEL_FILE_ALLOWED_TYPES" ~ "images, PDF, Office documents, text, CSV, JSON, Markdown";
+    /// http(s)://… of an S3-compatible server for uploaded files (path-style unless AWS)
+    s3_endpoint, "KEEL_S3_ENDPOINT" ~ "none: files under <data dir>/files";
+    /// The bucket files go to; created if missing
+    s3_bucket, "KEEL_S3_BUCKET" = "keel";
+    /// Access key of the S3 server
+    s3_access_key, "KEEL_S3_ACCESS_KEY" ~ "none";
+    /// Secret key of the S3 server
+    s3_secret_key, "KEEL_S3_SECRET_KEY" ~ "none", secret;
+    /// Region signed into S3 requests
+    s3_region, "KEEL_S3_REGION" = "us-east-1";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -382,6 +393,8 @@ pub struct Config {
     pub max_file_bytes: i64,
     pub max_user_storage_bytes: i64,
     pub file_allowed_types: Vec<String>,
+    /// `None` keeps files on local disk.
+    pub s3: Option<S3Settings>,
     pub webhook_timeout: Duration,
     pub webhook_allow_private_targets: bool,
     pub migrate_on_start: bool,
@@ -575,6 +588,16 @@ impl Config {
                     .map(str::to_owned)
                     .collect(),
                 types => types.iter().map(|kind| kind.to_ascii_lowercase()).collect(),
+            },
+            s3: match settings.s3_endpoint().url(&["http://", "https://"])? {
+                None => None,
+                Some(endpoint) => Some(S3Settings {
+                    endpoint,
+                    bucket: settings.s3_bucket().parse()?,
+                    access_key: settings.s3_access_key().parse()?,
+                    secret_key: settings.s3_secret_key().parse()?,
+                    region: settings.s3_region().parse()?,
+                }),
             },
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,

@@ -11,6 +11,7 @@ use super::pb::keel::file::v1::{UploadFileRequest, UploadHeader, upload_file_req
 use super::rest::{Transcoder, render_reply};
 use super::status::RestError;
 use crate::domain::files::{Download, FileService, SignedDownload};
+use crate::objects::content_disposition;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use prost::Message;
 use std::sync::Arc;
 use tonic::Code;
@@ -183,26 +183,6 @@ fn file_chunks(
     chunks.chain(after)
 }
 
-/// `Content-Disposition` with the original name: an ASCII fallback and the UTF-8 form
-/// (RFC 6266), neither able to break out of the header.
-fn disposition(inline: bool, filename: &str) -> String {
-    let fallback: String = filename
-        .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!(
-        "{}; filename=\"{fallback}\"; filename*=UTF-8''{}",
-        if inline { "inline" } else { "attachment" },
-        utf8_percent_encode(filename, NON_ALPHANUMERIC)
-    )
-}
-
 /// The one range of `Range: bytes=…` within `size`: `Ok(None)` for the whole file (no header,
 /// or one Keel does not serve in parts, such as several ranges), `Err` when unsatisfiable.
 fn range(value: Option<&HeaderValue>, size: u64) -> Result<Option<(u64, u64)>, ()> {
@@ -286,7 +266,7 @@ impl FileDoor {
             .header(header::CONTENT_TYPE, &file.content_type)
             .header(
                 header::CONTENT_DISPOSITION,
-                disposition(inline, &file.original_filename),
+                content_disposition(inline, &file.original_filename),
             )
             // Nothing served here runs as a page of this origin.
             .header(header::CONTENT_SECURITY_POLICY, "sandbox");
@@ -345,13 +325,5 @@ mod tests {
         assert_eq!(range(Some(&header("bytes=0-1,4-5")), 10), Ok(None));
         assert_eq!(range(Some(&header("bytes=10-")), 10), Err(()));
         assert_eq!(range(Some(&header("bytes=x-")), 10), Err(()));
-    }
-
-    #[test]
-    fn dispositions_keep_names_inside_the_header() {
-        assert_eq!(
-            disposition(false, "résumé \"final\".pdf"),
-            "attachment; filename=\"r_sum_ _final_.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%22final%22%2Epdf"
-        );
     }
 }

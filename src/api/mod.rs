@@ -12,6 +12,7 @@ pub mod pb;
 mod realtime;
 pub mod rest;
 pub mod status;
+mod tus;
 mod validation;
 mod web;
 
@@ -38,7 +39,7 @@ use crate::domain::webhooks::WebhookService;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{MethodFilter, any, get, on, post};
 use client_address::TrustedProxies;
 use contract::Contract;
 pub use guard::RequestLimits;
@@ -101,6 +102,8 @@ pub struct ApiDependencies {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     pub public_url: String,
     pub max_body_bytes: usize,
+    /// The largest file anyone may upload (what resumable uploads announce).
+    pub max_file_bytes: i64,
     pub request_limits: RequestLimits,
     /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
     pub cors_allowed_origins: Vec<String>,
@@ -286,6 +289,13 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         transcoder: transcoder.clone(),
         contract: contract.clone(),
     });
+    let tus_door = Arc::new(tus::TusDoor {
+        files: dependencies.files.clone(),
+        auth: dependencies.auth.clone(),
+        contract: contract.clone(),
+        public_url: dependencies.public_url.clone(),
+        max_file_bytes: dependencies.max_file_bytes,
+    });
     let router = Router::new()
         .route(
             "/api/{*path}",
@@ -298,6 +308,20 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .route(
             "/api/v1/files/{file_id}/content",
             get(files::content).with_state(file_door),
+        )
+        .route(
+            tus::UPLOADS_PATH,
+            post(tus::create).with_state(tus_door.clone()),
+        )
+        .route(
+            "/api/v1/files/uploads/{upload_id}",
+            on(
+                MethodFilter::HEAD
+                    .or(MethodFilter::PATCH)
+                    .or(MethodFilter::DELETE),
+                tus::upload,
+            )
+            .with_state(tus_door.clone()),
         )
         .route(
             "/api/v1/ws",
@@ -364,6 +388,10 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .layer(axum::middleware::from_fn_with_state(
             transcoder,
             rest::plain_options,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            tus_door,
+            tus::capabilities,
         ));
     Ok(router)
 }
@@ -387,29 +415,44 @@ fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
     Ok(CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([
+            Method::HEAD,
             Method::GET,
             Method::POST,
             Method::PUT,
             Method::PATCH,
             Method::DELETE,
         ])
-        .allow_headers(headers(&[
-            "authorization",
-            "content-type",
-            "x-api-key",
-            "x-organization-id",
-            "x-request-id",
-            "x-grpc-web",
-            "x-user-agent",
-            "grpc-timeout",
-        ]))
-        .expose_headers(headers(&[
-            "grpc-status",
-            "grpc-message",
-            "grpc-status-details-bin",
-            "x-request-id",
-            "retry-after",
-        ]))
+        .allow_headers(headers(
+            &[
+                [
+                    "authorization",
+                    "content-type",
+                    "x-api-key",
+                    "x-organization-id",
+                    "x-request-id",
+                    "x-grpc-web",
+                    "x-user-agent",
+                    "grpc-timeout",
+                ]
+                .as_slice(),
+                &tus::REQUEST_HEADERS,
+            ]
+            .concat(),
+        ))
+        .expose_headers(headers(
+            &[
+                [
+                    "grpc-status",
+                    "grpc-message",
+                    "grpc-status-details-bin",
+                    "x-request-id",
+                    "retry-after",
+                ]
+                .as_slice(),
+                &tus::RESPONSE_HEADERS,
+            ]
+            .concat(),
+        ))
         .max_age(std::time::Duration::from_secs(3600)))
 }
 

@@ -70,6 +70,7 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
     }
     let mut hand_written = realtime_operations().to_vec();
     hand_written.extend(generator.file_operations(contract));
+    hand_written.extend(resumable_operations());
     for (path, method, operation) in hand_written {
         paths
             .entry(path.to_owned())
@@ -726,6 +727,161 @@ impl Generator {
             ("/api/v1/files/{file_id}/content", "get", content),
         ]
     }
+}
+
+/// The tus 1.0 protocol's requests (creation, core, termination) for resumable uploads.
+fn resumable_operations() -> [(&'static str, &'static str, Json); 5] {
+    let header = |name: &str, required: bool, schema: Json, description: &str| {
+        json!({
+            "name": name,
+            "in": "header",
+            "required": required,
+            "schema": schema,
+            "description": description
+        })
+    };
+    let version = header(
+        "Tus-Resumable",
+        true,
+        json!({ "type": "string", "enum": ["1.0.0"] }),
+        "The protocol version",
+    );
+    let upload_id = json!({
+        "name": "upload_id",
+        "in": "path",
+        "required": true,
+        "schema": { "type": "string", "format": "uuid" }
+    });
+    let security = json!([{ "bearerAuth": [] }, { "apiKeyHeader": [] }]);
+    let answered = |status: &str, description: &str, headers: &[&str]| {
+        let headers: Map<String, Json> = headers
+            .iter()
+            .map(|name| {
+                (
+                    (*name).to_owned(),
+                    json!({ "schema": { "type": "string" } }),
+                )
+            })
+            .collect();
+        (
+            status.to_owned(),
+            json!({ "description": description, "headers": headers }),
+        )
+    };
+    let responses = |success: (String, Json), errors: &[(&str, &str)]| {
+        let mut responses: Map<String, Json> = Map::new();
+        responses.insert(success.0, success.1);
+        for (status, description) in errors {
+            responses.insert((*status).to_owned(), error_response(description));
+        }
+        responses.insert(
+            "412".into(),
+            json!({ "description": "Tus-Resumable is not 1.0.0 (Tus-Version says what is)" }),
+        );
+        responses.insert("default".into(), error_response("Any other error"));
+        Json::Object(responses)
+    };
+    let unauthenticated = ("401", "Missing, invalid or expired credentials");
+    let unknown = ("404", "No such upload of the caller's, or it expired");
+    let create = json!({
+        "operationId": "FileService_CreateResumableUpload",
+        "tags": ["FileService"],
+        "summary": "Starts a resumable upload (tus 1.0 creation)",
+        "description": "`Upload-Metadata` holds comma-separated `key base64(value)` pairs: \
+            `filename`, `filetype`, `organization_id`, `description`, `checksum` (SHA-256, hex). \
+            The upload's URL comes back in `Location`; its id becomes the file's.",
+        "security": security,
+        "parameters": [
+            version,
+            header("Upload-Length", true, json!({ "type": "integer", "minimum": 1 }), "The file's size in bytes"),
+            header("Upload-Metadata", false, json!({ "type": "string" }), "What the file is")
+        ],
+        "responses": responses(
+            answered("201", "Started", &["Location", "Upload-Expires"]),
+            &[
+                ("400", "A missing or malformed header"),
+                unauthenticated,
+                ("403", "Not allowed to upload into this organization"),
+                ("404", "No such organization, or not visible to the caller"),
+                ("413", "Longer than the server's or the organization's limit"),
+                ("429", "Over the organization's storage or uploads of the day"),
+            ],
+        )
+    });
+    let status = json!({
+        "operationId": "FileService_ResumableUploadOffset",
+        "tags": ["FileService"],
+        "summary": "How many bytes a resumable upload holds (tus 1.0 HEAD)",
+        "security": security,
+        "parameters": [upload_id, version],
+        "responses": responses(
+            answered("200", "Its offset and length", &["Upload-Offset", "Upload-Length", "Upload-Expires"]),
+            &[unauthenticated, unknown],
+        )
+    });
+    let append = json!({
+        "operationId": "FileService_AppendResumableUpload",
+        "tags": ["FileService"],
+        "summary": "Appends bytes at the upload's offset (tus 1.0 PATCH)",
+        "description": "The bytes that arrive are kept even if the request breaks off; ask the \
+            offset with HEAD and continue from there. The last bytes make the upload a file, \
+            checked by content like any upload.",
+        "security": security,
+        "parameters": [
+            upload_id,
+            version,
+            header("Upload-Offset", true, json!({ "type": "integer", "minimum": 0 }), "Where these bytes go")
+        ],
+        "requestBody": {
+            "required": true,
+            "content": {
+                "application/offset+octet-stream": { "schema": { "type": "string", "format": "binary" } }
+            }
+        },
+        "responses": responses(
+            answered("204", "Appended", &["Upload-Offset", "Upload-Expires"]),
+            &[
+                ("400", "A missing header, or more bytes than the upload's length"),
+                unauthenticated,
+                unknown,
+                ("409", "Upload-Offset is not where the upload stands"),
+                ("415", "Not application/offset+octet-stream, or a type not accepted"),
+                ("423", "Another request is appending to this upload"),
+                ("429", "Over the storage quota"),
+            ],
+        )
+    });
+    let terminate = json!({
+        "operationId": "FileService_TerminateResumableUpload",
+        "tags": ["FileService"],
+        "summary": "Ends an unfinished upload and removes its bytes (tus 1.0 termination)",
+        "security": security,
+        "parameters": [upload_id, version],
+        "responses": responses(answered("204", "Terminated", &[]), &[unauthenticated, unknown])
+    });
+    let options = json!({
+            "operationId": "FileService_ResumableUploadOptions",
+            "tags": ["FileService"],
+            "summary": "What the tus server speaks: Tus-Version, Tus-Extension, Tus-Max-Size",
+            "security": [],
+            "responses": {
+                "204": {
+                    "description": "Its capabilities",
+                    "headers": {
+                        "Tus-Version": { "schema": { "type": "string" } },
+                        "Tus-Extension": { "schema": { "type": "string" } },
+                        "Tus-Max-Size": { "schema": { "type": "integer" } }
+                    }
+                }
+            }
+    });
+    [
+        ("/api/v1/files/uploads", "post", create),
+        ("/api/v1/files/uploads", "options", options),
+        ("/api/v1/files/uploads/{upload_id}", "head", status),
+        ("/api/v1/files/uploads/{upload_id}", "patch", append),
+        ("/api/v1/files/uploads/{upload_id}", "delete", terminate),
+    ]
 }
 
 fn error_schema() -> Json {

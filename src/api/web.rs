@@ -44,6 +44,13 @@ impl Health {
         }
     }
 
+    /// What serves each backing service (`{"database": "postgres", "storage": "s3"}`).
+    pub fn backends(&self) -> serde_json::Map<String, serde_json::Value> {
+        (self.probes.iter())
+            .map(|probe| (probe.name().to_owned(), json!(probe.backend())))
+            .collect()
+    }
+
     /// Runs every probe, tells gRPC health the outcome, and answers it per probe.
     pub async fn check(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
         let mut checks = serde_json::Map::new();
@@ -83,7 +90,8 @@ impl Health {
     }
 }
 
-/// `GET /health`: 200 when every backing service answers, 503 naming the ones that do not.
+/// `GET /health`: 200 when every backing service answers, 503 naming the ones that do not;
+/// with what serves each.
 pub async fn health(State(health): State<Arc<Health>>) -> Response {
     let (healthy, checks) = health.check().await;
     let (status, label) = if healthy {
@@ -91,7 +99,9 @@ pub async fn health(State(health): State<Arc<Health>>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    (status, Json(json!({ "status": label, "checks": checks }))).into_response()
+    let backends = health.backends();
+    let body = json!({ "status": label, "checks": checks, "backends": backends });
+    (status, Json(body)).into_response()
 }
 
 /// `GET /.well-known/jwks.json`.

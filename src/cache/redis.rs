@@ -215,6 +215,10 @@ impl HealthProbe for RedisCache {
         "cache"
     }
 
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
     async fn check(&self) -> Result<()> {
         self.client
             .ping::<String>(None)

@@ -177,6 +177,7 @@ pub enum Missing {
     WebhookDelivery,
     Notification,
     File,
+    Upload,
 }
 
 impl From<Missing> for Error {
@@ -200,6 +201,7 @@ impl From<Missing> for Error {
             ),
             Missing::Notification => ("NOTIFICATION_NOT_FOUND", "no such notification"),
             Missing::File => ("FILE_NOT_FOUND", "no such file"),
+            Missing::Upload => ("UPLOAD_NOT_FOUND", "no such upload, or it has expired"),
         };
         Error::not_found(reason, message)
     }

@@ -6,5 +6,7 @@ use super::error::Result;
 pub trait HealthProbe: Send + Sync {
     /// A short name for reports (`database`, `cache`).
     fn name(&self) -> &'static str;
+    /// What serves it (`postgres`, `redis`, `s3`…), as `/health` reports it.
+    fn backend(&self) -> &'static str;
     async fn check(&self) -> Result<()>;
 }

@@ -13,6 +13,7 @@ use crate::domain::auth::AuthService;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::error::{Error, Result};
+use crate::domain::files::FileService;
 use crate::domain::jobs::{
     DeadLetterService, JobMonitor, JobQueue, JobSummary, Lease, LeaseStore, MAIL_JOB,
 };
@@ -401,6 +402,7 @@ pub struct JobContext {
     /// Where the dispatcher's lease is kept.
     pub leases: Arc<dyn LeaseStore>,
     pub webhooks: Arc<WebhookService>,
+    pub files: Arc<FileService>,
     pub audit: Arc<AuditService>,
     /// `None` keeps the audit log forever.
     pub audit_retention: Option<chrono::Duration>,
@@ -564,6 +566,10 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     let purged = context.webhooks.purge_finished(finished).await?;
     if purged > 0 {
         tracing::info!(purged, "finished webhook deliveries purged");
+    }
+    let expired = context.files.expire_uploads().await?;
+    if expired > 0 {
+        tracing::info!(expired, "unfinished uploads expired");
     }
     let dispatched = chrono::Duration::days(DISPATCHED_EVENT_RETENTION_DAYS);
     let purged = context.dispatcher.purge_dispatched(dispatched).await?;

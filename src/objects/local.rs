@@ -3,7 +3,9 @@
 //! half an object and a failed upload leaves nothing behind.
 
 use crate::domain::error::{Error, Result};
-use crate::domain::files::{ByteStream, ObjectStore};
+use crate::domain::files::{Appended, ByteStream, ObjectStore, Presentation};
+use crate::domain::health::HealthProbe;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -35,10 +37,23 @@ impl LocalObjects {
         }
         Ok(self.root.join(key))
     }
+
+    /// Where a staged object grows until it is finished.
+    fn staged_path(&self, key: &str) -> Result<PathBuf> {
+        Ok(self.path(key)?.with_extension("staged"))
+    }
 }
 
 fn storage_error(error: std::io::Error) -> Error {
     Error::internal(format!("file storage: {error}"))
+}
+
+async fn remove_if_present(path: &Path) -> Result<()> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(storage_error(error)),
+    }
 }
 
 #[async_trait::async_trait]
@@ -88,10 +103,104 @@ impl ObjectStore for LocalObjects {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match tokio::fs::remove_file(self.path(key)?).await {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(storage_error(error)),
+        remove_if_present(&self.path(key)?).await
+    }
+
+    async fn begin_staged(&self, key: &str) -> Result<String> {
+        let path = self.staged_path(key)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(storage_error)?;
+        }
+        tokio::fs::File::create(&path)
+            .await
+            .map_err(storage_error)?;
+        Ok(String::new())
+    }
+
+    async fn append_staged(
+        &self,
+        key: &str,
+        _: &str,
+        offset: u64,
+        mut body: ByteStream,
+    ) -> Result<Appended> {
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(self.staged_path(key)?)
+            .await
+            .map_err(storage_error)?;
+        // Bytes past `offset` are from an append whose end was never recorded.
+        file.set_len(offset).await.map_err(storage_error)?;
+        file.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(storage_error)?;
+        let mut appended = Appended {
+            offset,
+            state: String::new(),
+            interrupted: None,
+        };
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    file.write_all(&chunk).await.map_err(storage_error)?;
+                    appended.offset += chunk.len() as u64;
+                }
+                Err(error) => {
+                    appended.interrupted = Some(error);
+                    break;
+                }
+            }
+        }
+        file.sync_all().await.map_err(storage_error)?;
+        Ok(appended)
+    }
+
+    async fn finish_staged(&self, key: &str, _: &str) -> Result<()> {
+        tokio::fs::rename(self.staged_path(key)?, self.path(key)?)
+            .await
+            .map_err(storage_error)
+    }
+
+    async fn abort_staged(&self, key: &str, _: &str) -> Result<()> {
+        remove_if_present(&self.staged_path(key)?).await
+    }
+
+    /// Keel serves local objects itself, through URLs it signs.
+    async fn presigned_url(
+        &self,
+        _: &str,
+        _: DateTime<Utc>,
+        _: u32,
+        _: &Presentation<'_>,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for LocalObjects {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+
+    fn backend(&self) -> &'static str {
+        "local"
+    }
+
+    /// The directory is there and writable.
+    async fn check(&self) -> Result<()> {
+        let metadata = tokio::fs::metadata(&self.root)
+            .await
+            .map_err(storage_error)?;
+        if metadata.is_dir() && !metadata.permissions().readonly() {
+            Ok(())
+        } else {
+            Err(storage_error(std::io::Error::other(format!(
+                "{} is not a writable directory",
+                self.root.display()
+            ))))
         }
     }
 }

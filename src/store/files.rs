@@ -3,7 +3,9 @@
 use super::{BeginWrite, SqlStore, database_error, with_pool};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
-use crate::domain::files::{FileFilter, FileStore, StorageBudget, StoredFile};
+use crate::domain::files::{
+    FileFilter, FileStore, PendingUpload, StorageBudget, StoredFile, UploadHeader,
+};
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
@@ -42,6 +44,46 @@ impl From<FileRow> for StoredFile {
         }
     }
 }
+
+#[derive(sqlx::FromRow)]
+struct UploadRow {
+    id: Uuid,
+    organization_id: Option<Uuid>,
+    uploaded_by: Uuid,
+    filename: String,
+    declared_type: Option<String>,
+    description: String,
+    checksum: Option<String>,
+    length: i64,
+    received: i64,
+    storage_state: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+impl From<UploadRow> for PendingUpload {
+    fn from(row: UploadRow) -> Self {
+        Self {
+            id: row.id,
+            uploaded_by: row.uploaded_by,
+            header: UploadHeader {
+                filename: row.filename,
+                organization_id: row.organization_id,
+                description: row.description,
+                declared_type: row.declared_type,
+                checksum: row.checksum,
+            },
+            length: row.length,
+            received: row.received,
+            storage_state: row.storage_state,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        }
+    }
+}
+
+const UPLOAD_COLUMNS: &str = "id, organization_id, uploaded_by, filename, declared_type, \
+     description, checksum, length, received, storage_state, created_at, expires_at";
 
 const COLUMNS: &str = "id, organization_id, uploaded_by, filename, original_filename, \
      content_type, size, checksum, storage_provider, object_key, description, created_at";
@@ -171,5 +213,112 @@ impl FileStore for SqlStore {
         }
         .await)
         .map_err(database_error)
+    }
+
+    async fn insert_upload(&self, upload: &PendingUpload) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO file_uploads ({UPLOAD_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        );
+        with_pool!(self, pool => {
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(upload.id)
+                .bind(upload.header.organization_id)
+                .bind(upload.uploaded_by)
+                .bind(&upload.header.filename)
+                .bind(upload.header.declared_type.as_deref())
+                .bind(&upload.header.description)
+                .bind(upload.header.checksum.as_deref())
+                .bind(upload.length)
+                .bind(upload.received)
+                .bind(&upload.storage_state)
+                .bind(upload.created_at)
+                .bind(upload.expires_at)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(database_error)
+    }
+
+    async fn find_upload(&self, id: Uuid) -> Result<Option<PendingUpload>> {
+        let sql = format!("SELECT {UPLOAD_COLUMNS} FROM file_uploads WHERE id = $1");
+        let row: Option<UploadRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await
+        })
+        .map_err(database_error)?;
+        Ok(row.map(PendingUpload::from))
+    }
+
+    async fn claim_upload(
+        &self,
+        id: Uuid,
+        received: i64,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool> {
+        let claimed = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE file_uploads SET appending_until = $4 WHERE id = $1 AND received = $2 \
+                 AND (appending_until IS NULL OR appending_until < $3)",
+            )
+            .bind(id)
+            .bind(received)
+            .bind(now)
+            .bind(until)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })
+        .map_err(database_error)?;
+        Ok(claimed == 1)
+    }
+
+    async fn record_append(&self, id: Uuid, received: i64, storage_state: &str) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE file_uploads SET received = $2, storage_state = $3, \
+                 appending_until = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .bind(received)
+            .bind(storage_state)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(database_error)
+    }
+
+    async fn delete_upload(&self, id: Uuid) -> Result<bool> {
+        let deleted = with_pool!(self, pool => {
+            sqlx::query("DELETE FROM file_uploads WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(database_error)?;
+        Ok(deleted == 1)
+    }
+
+    async fn expired_uploads(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PendingUpload>> {
+        let sql = format!(
+            "SELECT {UPLOAD_COLUMNS} FROM file_uploads WHERE expires_at < $1 \
+             ORDER BY expires_at LIMIT $2"
+        );
+        let rows: Vec<UploadRow> = with_pool!(self, pool => {
+            sqlx::query_as(AssertSqlSafe(sql))
+                .bind(now)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(database_error)?;
+        Ok(rows.into_iter().map(PendingUpload::from).collect())
     }
 }

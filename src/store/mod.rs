@@ -225,6 +225,10 @@ impl HealthProbe for SqlStore {
         "database"
     }
 
+    fn backend(&self) -> &'static str {
+        self.backend_name()
+    }
+
     async fn check(&self) -> Result<()> {
         with_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
             .map(|_| ())

@@ -23,13 +23,13 @@ crate::backend_tests!(
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02";
 const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
 
-fn png(size: usize) -> Vec<u8> {
+pub fn png(size: usize) -> Vec<u8> {
     let mut bytes = PNG.to_vec();
     bytes.resize(size, 7);
     bytes
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
@@ -83,7 +83,7 @@ async fn grpc_upload(
         .map(|response| response.into_inner().file.unwrap())
 }
 
-async fn download_url(app: &TestApp, token: &str, file_id: &str, query: &str) -> String {
+pub async fn download_url(app: &TestApp, token: &str, file_id: &str, query: &str) -> String {
     let (status, body) = app
         .rest(
             Method::GET,
@@ -96,6 +96,16 @@ async fn download_url(app: &TestApp, token: &str, file_id: &str, query: &str) ->
     // Made for the configured public URL, served by this test's server.
     let url = body["download_url"].as_str().unwrap();
     url.replace("http://keel.test", &app.base_url)
+}
+
+/// The value of `name` in `url`'s query.
+fn query_value(url: &str, name: &str) -> String {
+    let query = url.split_once('?').unwrap().1;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .unwrap()
+        .1
+        .into_owned()
 }
 
 async fn files_round_trip_on_every_door(backend: Backend) {
@@ -121,7 +131,6 @@ async fn files_round_trip_on_every_door(backend: Backend) {
     assert_eq!(file["content_type"], "image/png");
     assert_eq!(file["size"], "100000");
     assert_eq!(file["checksum"], checksum.as_str());
-    assert_eq!(file["storage_provider"], "local");
     assert_eq!(file["organization_id"], "");
     assert_eq!(file["description"], "a photo");
     assert_eq!(file["filename"], format!("{}.png", id.replace('-', "")));
@@ -153,20 +162,33 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         (404, Some("FILE_NOT_FOUND"))
     );
 
-    // The signed URL serves the bytes without credentials, whole or in ranges.
+    // The download URL serves the bytes without credentials, whole or in ranges: a URL Keel
+    // signs and serves on local disk, the bucket's own presigned URL on S3.
+    let on_s3 = backend == Backend::Services;
+    assert_eq!(file["storage_provider"], if on_s3 { "s3" } else { "local" });
     let url = download_url(&app, &alice.access, &id, "").await;
+    if on_s3 {
+        let endpoint = std::env::var("KEEL_TEST_S3_ENDPOINT").unwrap();
+        assert!(url.starts_with(&endpoint), "{url}");
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+    } else {
+        assert!(url.starts_with(&app.base_url), "{url}");
+    }
     let response = app.http.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     assert_eq!(headers["content-type"], "image/png");
-    assert_eq!(headers["etag"], format!("\"{checksum}\"").as_str());
-    assert_eq!(headers["x-content-type-options"], "nosniff");
     assert!(
         headers["content-disposition"]
             .to_str()
             .unwrap()
-            .starts_with("attachment; filename=\"photo.png\"")
+            .starts_with("attachment; filename=\"photo.png\""),
+        "{headers:?}"
     );
+    if !on_s3 {
+        assert_eq!(headers["etag"], format!("\"{checksum}\"").as_str());
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+    }
     assert_eq!(response.bytes().await.unwrap().as_ref(), image.as_slice());
     let partial = app
         .http
@@ -186,28 +208,44 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(unsatisfiable.status(), 416);
-    // A tampered URL (a later expiry, another file, another disposition) is refused.
-    let expires: i64 = url
-        .split("expires=")
-        .nth(1)
-        .unwrap()
-        .split('&')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    for tampered in [
+    // A tampered URL (a later expiry, another disposition, another file, a changed signature)
+    // is refused.
+    let later = if on_s3 {
+        url.replace("X-Amz-Expires=3600", "X-Amz-Expires=7200")
+    } else {
+        let expires = query_value(&url, "expires");
         url.replace(
             &format!("expires={expires}"),
-            &format!("expires={}", expires + 3600),
-        ),
-        url.replace("disposition=attachment", "disposition=inline"),
-        url.replace(&id, &uuid::Uuid::now_v7().to_string()),
-        format!("{}x", url),
+            &format!("expires={}", expires.parse::<i64>().unwrap() + 3600),
+        )
+    };
+    let other = uuid::Uuid::now_v7();
+    let signature = query_value(
+        &url,
+        if on_s3 {
+            "X-Amz-Signature"
+        } else {
+            "signature"
+        },
+    );
+    let forged = format!("{}{}", &signature[1..], &signature[..1]);
+    for tampered in [
+        later,
+        url.replacen("attachment", "inline", 1),
+        url.replace(&id, &other.to_string())
+            .replace(&id.replace('-', ""), &other.simple().to_string()),
+        url.replace(&signature, &forged),
     ] {
+        assert_ne!(tampered, url);
         let response = app.http.get(&tampered).send().await.unwrap();
         assert_eq!(response.status(), 403, "{tampered}");
     }
+    // A URL for a minute, issued two hours ago, has expired.
+    app.clock.advance(chrono::Duration::hours(-2));
+    let stale = download_url(&app, &alice.access, &id, "?expires_in=60").await;
+    app.clock.advance(chrono::Duration::hours(2));
+    let response = app.http.get(&stale).send().await.unwrap();
+    assert_eq!(response.status(), 403, "{stale}");
     let (status, body) = app
         .rest(
             Method::GET,
@@ -313,7 +351,9 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         )
         .await;
     assert_eq!(status, 404);
-    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 403);
+    // Keel refuses its URL for a deleted file; the bucket no longer has the object.
+    let gone = app.http.get(&url).send().await.unwrap().status();
+    assert_eq!(gone, if on_s3 { 404 } else { 403 });
     let (_, listed) = app
         .rest(Method::GET, "/api/v1/files", &alice.access, None)
         .await;

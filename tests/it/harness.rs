@@ -1,6 +1,7 @@
 //! `TestApp::spawn`: the real server on an ephemeral port, on the embedded defaults (SQLite,
-//! memory cache) or on the services named by `KEEL_TEST_DATABASE_URL` / `KEEL_TEST_REDIS_URL`
-//! (a fresh PostgreSQL database and Redis key prefix per test), with real clients.
+//! memory cache, files on disk) or on the services named by `KEEL_TEST_DATABASE_URL`,
+//! `KEEL_TEST_REDIS_URL` and `KEEL_TEST_S3_*` (a fresh PostgreSQL database, Redis key prefix
+//! and S3 bucket per test), with real clients.
 
 use crate::smtp::Mailbox;
 use keel::api::pb::keel::auth::v1::auth_service_client::AuthServiceClient;
@@ -16,7 +17,8 @@ use tonic::transport::Channel;
 pub enum Backend {
     /// SQLite in a temporary directory, memory cache.
     Embedded,
-    /// PostgreSQL and Redis from `KEEL_TEST_DATABASE_URL` / `KEEL_TEST_REDIS_URL`.
+    /// PostgreSQL, Redis and S3 from `KEEL_TEST_DATABASE_URL`, `KEEL_TEST_REDIS_URL` and
+    /// `KEEL_TEST_S3_ENDPOINT` / `_ACCESS_KEY` / `_SECRET_KEY`.
     Services,
 }
 
@@ -45,22 +47,30 @@ macro_rules! backend_tests {
     };
 }
 
+const SERVICE_VARIABLES: [&str; 5] = [
+    "KEEL_TEST_DATABASE_URL",
+    "KEEL_TEST_REDIS_URL",
+    "KEEL_TEST_S3_ENDPOINT",
+    "KEEL_TEST_S3_ACCESS_KEY",
+    "KEEL_TEST_S3_SECRET_KEY",
+];
+
 /// Whether the service-backed variant runs: skipped (with a note) when the services are not
 /// configured, unless `KEEL_TEST_REQUIRE_SERVICES=1`, which turns the skip into a failure.
 pub fn services_available() -> bool {
-    let configured = std::env::var("KEEL_TEST_DATABASE_URL").is_ok()
-        && std::env::var("KEEL_TEST_REDIS_URL").is_ok();
+    let missing: Vec<_> = SERVICE_VARIABLES
+        .iter()
+        .filter(|variable| std::env::var(variable).is_err())
+        .collect();
     let required = std::env::var("KEEL_TEST_REQUIRE_SERVICES").is_ok_and(|value| value == "1");
     assert!(
-        configured || !required,
-        "KEEL_TEST_REQUIRE_SERVICES=1 but KEEL_TEST_DATABASE_URL or KEEL_TEST_REDIS_URL is unset"
+        missing.is_empty() || !required,
+        "KEEL_TEST_REQUIRE_SERVICES=1 but {missing:?} unset"
     );
-    if !configured {
-        eprintln!(
-            "skipped: set KEEL_TEST_DATABASE_URL and KEEL_TEST_REDIS_URL to run on PostgreSQL and Redis"
-        );
+    if !missing.is_empty() {
+        eprintln!("skipped: set {SERVICE_VARIABLES:?} to run on PostgreSQL, Redis and S3");
     }
-    configured
+    missing.is_empty()
 }
 
 /// A tool a test drives (a fuzzer, a client generator), from the environment variable `variable`
@@ -120,6 +130,11 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         settings.database_url = Some(fresh_postgres_database());
         settings.redis_url = std::env::var("KEEL_TEST_REDIS_URL").ok();
         settings.redis_prefix = Some(format!("keel-test:{}:", uuid::Uuid::now_v7().simple()));
+        settings.s3_endpoint = std::env::var("KEEL_TEST_S3_ENDPOINT").ok();
+        settings.s3_access_key = std::env::var("KEEL_TEST_S3_ACCESS_KEY").ok();
+        settings.s3_secret_key = std::env::var("KEEL_TEST_S3_SECRET_KEY").ok();
+        // Created by the server as it starts.
+        settings.s3_bucket = Some(format!("keel-test-{}", uuid::Uuid::now_v7().simple()));
     }
     settings
 }

@@ -15,6 +15,7 @@ use crate::files::upload;
 use crate::harness::{Backend, TestApp, Tokens, with_token};
 use crate::invitations::verified_user;
 use crate::organizations::{add_member, create_organization, user};
+use crate::resumable::{organization_metadata, tus_status};
 use bytes::{Buf, BufMut};
 use keel::api::contract::{BodyRule, Contract, HttpBinding, Rpc};
 use keel::api::pb::keel::file::v1::DownloadFileRequest;
@@ -646,6 +647,8 @@ struct Tenants<'a> {
 /// A's files (`[the organization's, Alice's own]`) on every file door: B's owner and B's key
 /// find neither; A's viewer reads the organization's but may neither delete it nor add to it,
 /// and never sees Alice's own.
+const UPLOADS: &str = "/api/v1/files/uploads";
+
 async fn files_stay_with_their_owners(app: &TestApp, tenants: &Tenants<'_>, files: &[String; 2]) {
     let Tenants {
         alice,
@@ -731,6 +734,31 @@ async fn files_stay_with_their_owners(app: &TestApp, tenants: &Tenants<'_>, file
     assert_eq!(status, 403);
     let (_, listed) = app.rest(Method::GET, &listing, &alice.access, None).await;
     assert_eq!(listed["files"].as_array().unwrap().len(), 1, "{listed}");
+
+    // Resumable uploads: none into A from outside (nor by A's viewer), and A's own unreached.
+    let into_a = organization_metadata(org_a);
+    let creation = [("upload-length", "1"), ("upload-metadata", into_a.as_str())];
+    for (token, expected) in [(outsiders[0], 404), (outsiders[1], 404), (&vic.access, 403)] {
+        let status = tus_status(app, Method::POST, UPLOADS, token, &creation).await;
+        assert_eq!(status, expected);
+    }
+    let path = crate::resumable::create(app, &alice.access, 1, &[("organization_id", org_a)]).await;
+    let append = [
+        ("upload-offset", "0"),
+        ("content-type", "application/offset+octet-stream"),
+    ];
+    for token in [outsiders[0], outsiders[1], vic.access.as_str()] {
+        for (method, headers) in [
+            (Method::HEAD, &[][..]),
+            (Method::PATCH, &append[..]),
+            (Method::DELETE, &[][..]),
+        ] {
+            let status = tus_status(app, method.clone(), &path, token, headers).await;
+            assert_eq!(status, 404, "{method} {path}");
+        }
+    }
+    let status = tus_status(app, Method::HEAD, &path, &alice.access, &[]).await;
+    assert_eq!(status, 200);
 }
 
 /// How subscribing to `channel` is answered over WebSocket (the error code), Server-Sent

@@ -116,7 +116,7 @@ async fn a_refused_delivery_is_retried(backend: Backend) {
 }
 
 /// Rows of `sql` (`{jobs}` names apalis's job table) in `config`'s databases.
-async fn query<Row>(config: &Config, sql: &str) -> Vec<Row>
+pub async fn query<Row>(config: &Config, sql: &str) -> Vec<Row>
 where
     Row: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
         + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>

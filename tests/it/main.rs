@@ -28,6 +28,7 @@ mod organizations;
 mod quotas;
 mod realtime;
 mod rest_errors;
+mod resumable;
 mod roles;
 mod sessions;
 mod surface;

@@ -25,6 +25,12 @@ async fn health_reports_the_backends(backend: Backend) {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
     assert_eq!(body["checks"]["database"], "ok");
+    assert_eq!(body["checks"]["storage"], "ok");
+    let backends = match backend {
+        Backend::Embedded => json!({"database": "sqlite", "storage": "local"}),
+        Backend::Services => json!({"database": "postgres", "cache": "redis", "storage": "s3"}),
+    };
+    assert_eq!(body["backends"], backends);
     if backend == Backend::Services {
         assert_eq!(body["checks"]["cache"], "ok");
     }

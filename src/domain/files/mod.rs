@@ -23,6 +23,10 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+mod resumable;
+
+pub use resumable::{UPLOAD_LIFETIME, UploadProgress};
+
 /// Bytes as they stream in or out.
 pub type ByteStream = BoxStream<'static, Result<Bytes>>;
 
@@ -43,6 +47,49 @@ pub trait ObjectStore: Send + Sync {
     /// The object's bytes from `start`, `length` of them (to the end when `None`).
     async fn get(&self, key: &str, start: u64, length: Option<u64>) -> Result<ByteStream>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// A URL at which the storage itself serves `key` for `expires_in` seconds from
+    /// `issued_at`, presented as asked; `None` for a store that only Keel reads (Keel then
+    /// signs a URL it serves).
+    async fn presigned_url(
+        &self,
+        key: &str,
+        issued_at: DateTime<Utc>,
+        expires_in: u32,
+        presentation: &Presentation<'_>,
+    ) -> Result<Option<String>>;
+    /// Starts an object written over several requests (a resumable upload), under `key` once
+    /// finished; answers the storage's state of it, which the caller keeps between requests.
+    async fn begin_staged(&self, key: &str) -> Result<String>;
+    /// Appends `body` to a staged object holding `offset` bytes. What arrives before `body`
+    /// fails is kept: the answer says how far the object got, and why it stopped early.
+    async fn append_staged(
+        &self,
+        key: &str,
+        state: &str,
+        offset: u64,
+        body: ByteStream,
+    ) -> Result<Appended>;
+    /// Makes the complete staged object the object at `key`.
+    async fn finish_staged(&self, key: &str, state: &str) -> Result<()>;
+    /// Removes a staged object and whatever it holds.
+    async fn abort_staged(&self, key: &str, state: &str) -> Result<()>;
+}
+
+/// How far an append took a staged object.
+pub struct Appended {
+    /// The bytes the object holds now.
+    pub offset: u64,
+    /// The storage's state of it, for the next call.
+    pub state: String,
+    /// Why the body ended early, if it did.
+    pub interrupted: Option<Error>,
+}
+
+/// How a download presents a file: its type, and shown in place or saved under its name.
+pub struct Presentation<'a> {
+    pub content_type: &'a str,
+    pub filename: &'a str,
+    pub inline: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +106,21 @@ pub struct StoredFile {
     pub object_key: String,
     pub description: String,
     pub created_at: DateTime<Utc>,
+}
+
+/// An upload written over several requests, until it holds `length` bytes; its id is the
+/// file's once complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub id: Uuid,
+    pub uploaded_by: Uuid,
+    pub header: UploadHeader,
+    pub length: i64,
+    pub received: i64,
+    /// The object store's state of the staged object.
+    pub storage_state: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Whose quota a file counts against, and up to how many bytes.
@@ -109,10 +171,29 @@ pub trait FileStore: Send + Sync {
         now: DateTime<Utc>,
         event: &Event,
     ) -> Result<bool>;
+    async fn insert_upload(&self, upload: &PendingUpload) -> Result<()>;
+    /// An unfinished upload, expired or not.
+    async fn find_upload(&self, id: Uuid) -> Result<Option<PendingUpload>>;
+    /// Takes the upload for one append while it holds `received` bytes and no other append
+    /// holds it (or that one's lease ran out before `now`): `false` otherwise.
+    async fn claim_upload(
+        &self,
+        id: Uuid,
+        received: i64,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool>;
+    /// Records where an append left the upload, and releases it.
+    async fn record_append(&self, id: Uuid, received: i64, storage_state: &str) -> Result<()>;
+    /// `false` when it was gone already.
+    async fn delete_upload(&self, id: Uuid) -> Result<bool>;
+    /// Uploads that expired before `now`, oldest first.
+    async fn expired_uploads(&self, now: DateTime<Utc>, limit: usize)
+    -> Result<Vec<PendingUpload>>;
 }
 
 /// What a client says about a file it uploads.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UploadHeader {
     pub filename: String,
     pub organization_id: Option<Uuid>,
@@ -187,6 +268,31 @@ impl EventData for FileData {
     fn user_id(&self) -> Option<Uuid> {
         Some(self.uploaded_by)
     }
+}
+
+/// What an upload may use: whose storage, the size limit (and whose it is), the event origin.
+struct Admission {
+    budget: StorageBudget,
+    max_bytes: (i64, &'static str),
+    origin: Origin,
+}
+
+/// An object written in full, before it is recorded as a file.
+struct Written {
+    id: Uuid,
+    object_key: String,
+    content_type: String,
+    size: i64,
+    checksum: String,
+}
+
+/// Keel's own key for a file's object: never derived from what the client sends.
+fn object_key(id: Uuid) -> String {
+    format!("objects/{}", id.simple())
+}
+
+fn empty_file() -> Error {
+    Error::invalid_argument("EMPTY_FILE", "the file is empty")
 }
 
 /// A signed download link as the content route receives it back.
@@ -336,18 +442,24 @@ impl FileService {
         header: UploadHeader,
         body: ByteStream,
     ) -> Result<StoredFile> {
-        let (budget, max_bytes, origin) = self.admit_upload(principal, &header).await?;
+        let admission = self
+            .admit_upload(principal, header.organization_id, true)
+            .await?;
         let (prefix, complete, rest) = read_prefix(body).await?;
         if prefix.is_empty() {
-            return Err(Error::invalid_argument("EMPTY_FILE", "the file is empty"));
+            return Err(empty_file());
         }
-        let original_filename = sanitize_filename(&header.filename);
-        let content_type = self.checked_type(&prefix, complete, &original_filename, &header)?;
+        let content_type = self.checked_type(
+            &prefix,
+            complete,
+            &sanitize_filename(&header.filename),
+            &header,
+        )?;
 
         let id = Uuid::now_v7();
-        let object_key = format!("objects/{}", id.simple());
-        let used = self.ports.quotas.storage_used(budget.owner_id).await?;
-        let room = budget.limit.saturating_sub(used);
+        let object_key = object_key(id);
+        let room = self.room(admission.budget).await?;
+        let (max_bytes, limit) = (admission.max_bytes, admission.budget.limit);
         let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
         let counted = {
             let progress = progress.clone();
@@ -362,7 +474,7 @@ impl FileService {
                         return Err(too_large(max_bytes.0, max_bytes.1));
                     }
                     if progress.size > room {
-                        return Err(storage_full(budget.limit));
+                        return Err(storage_full(limit));
                     }
                     Ok(chunk)
                 })
@@ -376,17 +488,92 @@ impl FileService {
                 format!("{:x}", progress.hasher.clone().finalize()),
             )
         };
-        let file = StoredFile {
+        let written = Written {
             id,
-            organization_id: header.organization_id,
-            uploaded_by: principal.user.id,
-            filename: format!("{}{}", id.simple(), extension_of(&content_type)),
-            original_filename,
+            object_key,
             content_type,
             size,
             checksum,
+        };
+        self.record(principal, &header, &admission, written).await
+    }
+
+    /// Checks the caller may upload to `organization_id` (their own files when `None`), counts
+    /// the upload against the day's when `count`, and answers the budget and limits it meets.
+    async fn admit_upload(
+        &self,
+        principal: &Principal,
+        organization_id: Option<Uuid>,
+        count: bool,
+    ) -> Result<Admission> {
+        let instance = self.settings.max_file_bytes;
+        let Some(organization_id) = organization_id else {
+            return Ok(Admission {
+                budget: StorageBudget {
+                    owner_id: principal.user.id,
+                    limit: self.settings.max_user_storage_bytes,
+                },
+                max_bytes: (instance, "on this server"),
+                origin: Origin::from(principal),
+            });
+        };
+        let access = self
+            .ports
+            .access
+            .authorize(
+                principal.clone(),
+                Scope::Organization(organization_id),
+                "file:create",
+            )
+            .await?;
+        let limits = self.ports.quotas.limits(organization_id).await?;
+        if count {
+            self.ports.quotas.count_upload(&access).await?;
+        }
+        Ok(Admission {
+            budget: StorageBudget {
+                owner_id: organization_id,
+                limit: limits.max_storage_bytes,
+            },
+            max_bytes: if limits.max_file_size_bytes < instance {
+                (limits.max_file_size_bytes, "in this organization")
+            } else {
+                (instance, "on this server")
+            },
+            origin: access.origin(),
+        })
+    }
+
+    /// The room left in `budget`, in bytes.
+    async fn room(&self, budget: StorageBudget) -> Result<i64> {
+        let used = self.ports.quotas.storage_used(budget.owner_id).await?;
+        Ok(budget.limit.saturating_sub(used))
+    }
+
+    /// Records an object written under `object_key` as file `id`, once its checksum is the
+    /// one the client expects and its size fits the budget; otherwise removes the object.
+    async fn record(
+        &self,
+        principal: &Principal,
+        header: &UploadHeader,
+        admission: &Admission,
+        written: Written,
+    ) -> Result<StoredFile> {
+        let file = StoredFile {
+            id: written.id,
+            organization_id: header.organization_id,
+            uploaded_by: principal.user.id,
+            filename: format!(
+                "{}{}",
+                written.id.simple(),
+                extension_of(&written.content_type)
+            ),
+            original_filename: sanitize_filename(&header.filename),
+            content_type: written.content_type,
+            size: written.size,
+            checksum: written.checksum,
             storage_provider: self.provider().to_owned(),
-            object_key,
+            object_key: written.object_key,
             description: header.description.clone(),
             created_at: truncate_to_micros(self.ports.clock.now()),
         };
@@ -403,10 +590,13 @@ impl FileService {
                 ),
             ))
         } else {
-            let event = self.event(EventKind::FileUploaded, &origin, &file);
-            match self.ports.store.insert_file(&file, budget, &event).await {
+            let event = self.event(EventKind::FileUploaded, &admission.origin, &file);
+            match (self.ports.store)
+                .insert_file(&file, admission.budget, &event)
+                .await
+            {
                 Ok(true) => None,
-                Ok(false) => Some(storage_full(budget.limit)),
+                Ok(false) => Some(storage_full(admission.budget.limit)),
                 Err(error) => Some(error),
             }
         };
@@ -415,52 +605,6 @@ impl FileService {
             Some(error) => {
                 self.discard(&file.object_key).await;
                 Err(error)
-            }
-        }
-    }
-
-    /// Checks the caller may upload here, counts the upload against the day's, and answers
-    /// the storage budget, the size limit (with whose it is) and the event's origin.
-    async fn admit_upload(
-        &self,
-        principal: &Principal,
-        header: &UploadHeader,
-    ) -> Result<(StorageBudget, (i64, &'static str), Origin)> {
-        let instance = self.settings.max_file_bytes;
-        match header.organization_id {
-            None => Ok((
-                StorageBudget {
-                    owner_id: principal.user.id,
-                    limit: self.settings.max_user_storage_bytes,
-                },
-                (instance, "on this server"),
-                Origin::from(principal),
-            )),
-            Some(organization_id) => {
-                let access = self
-                    .ports
-                    .access
-                    .authorize(
-                        principal.clone(),
-                        Scope::Organization(organization_id),
-                        "file:create",
-                    )
-                    .await?;
-                let limits = self.ports.quotas.limits(organization_id).await?;
-                self.ports.quotas.count_upload(&access).await?;
-                let max = if limits.max_file_size_bytes < instance {
-                    (limits.max_file_size_bytes, "in this organization")
-                } else {
-                    (instance, "on this server")
-                };
-                Ok((
-                    StorageBudget {
-                        owner_id: organization_id,
-                        limit: limits.max_storage_bytes,
-                    },
-                    max,
-                    access.origin(),
-                ))
             }
         }
     }
@@ -628,14 +772,33 @@ impl FileService {
         };
         let file = self.get(principal, id).await?;
         let inline = inline && displayable(&file.content_type);
-        let expires = self.ports.clock.now().timestamp() + i64::from(expires_in);
-        let url = format!(
-            "{}/api/v1/files/{}/content?expires={expires}&disposition={}&signature={}",
-            self.settings.public_url.trim_end_matches('/'),
-            file.id,
-            if inline { "inline" } else { "attachment" },
-            self.signature(file.id, expires, inline),
-        );
+        let presentation = Presentation {
+            content_type: &file.content_type,
+            filename: &file.original_filename,
+            inline,
+        };
+        let now = self.ports.clock.now();
+        let presigned = (self.ports.objects)
+            .presigned_url(
+                &file.object_key,
+                now,
+                expires_in.unsigned_abs(),
+                &presentation,
+            )
+            .await?;
+        let url = match presigned {
+            Some(url) => url,
+            None => {
+                let expires = now.timestamp() + i64::from(expires_in);
+                format!(
+                    "{}/api/v1/files/{}/content?expires={expires}&disposition={}&signature={}",
+                    self.settings.public_url.trim_end_matches('/'),
+                    file.id,
+                    if inline { "inline" } else { "attachment" },
+                    self.signature(file.id, expires, inline),
+                )
+            }
+        };
         Ok((url, expires_in))
     }
 

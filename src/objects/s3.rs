@@ -1,0 +1,391 @@
+//! Objects in an S3 bucket (AWS, MinIO, Ceph, R2…), through the `minio` crate. Uploads stream
+//! as multipart uploads of `PART_BYTES` parts (one part in memory at a time); downloads are
+//! presigned URLs the storage serves itself.
+
+use super::content_disposition;
+use crate::domain::error::{Error, Result};
+use crate::domain::files::{Appended, ByteStream, ObjectStore, Presentation};
+use crate::domain::health::HealthProbe;
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, TryStreamExt};
+use minio::s3::builders::ObjectContent;
+use minio::s3::creds::StaticProvider;
+use minio::s3::http::BaseUrl;
+use minio::s3::multimap_ext::Multimap;
+use minio::s3::response_traits::HasEtagFromHeaders;
+use minio::s3::segmented_bytes::SegmentedBytes;
+use minio::s3::types::{ETag, PartInfo, Region, S3Api};
+use minio::s3::{MinioClient, MinioClientBuilder};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// The part size of streamed uploads: the memory an upload holds, and a 80 GB object limit
+/// at S3's 10,000 parts.
+const PART_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A staged object: an S3 multipart upload of `PART_BYTES` parts, and the bytes short of a
+/// part kept in a `<key>.tail` object until more arrive (S3 needs 5 MiB parts but the last).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Staged {
+    upload_id: String,
+    parts: Vec<StagedPart>,
+    tail: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StagedPart {
+    number: u16,
+    etag: String,
+    size: u64,
+}
+
+impl Staged {
+    fn parse(state: &str) -> Result<Self> {
+        serde_json::from_str(state).map_err(storage_error)
+    }
+
+    fn encode(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(storage_error)
+    }
+}
+
+fn tail_key(key: &str) -> String {
+    format!("{key}.tail")
+}
+
+/// `KEEL_S3_*`.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub region: String,
+}
+
+pub struct S3Objects {
+    client: MinioClient,
+    bucket: String,
+}
+
+fn storage_error(error: impl std::fmt::Display) -> Error {
+    Error::internal(format!("S3 storage: {error}"))
+}
+
+impl S3Objects {
+    /// Connects and creates the bucket if it is missing.
+    pub async fn connect(settings: &S3Settings) -> anyhow::Result<Self> {
+        let mut base_url: BaseUrl = settings
+            .endpoint
+            .parse()
+            .map_err(|error| anyhow::anyhow!("KEEL_S3_ENDPOINT: {error}"))?;
+        base_url.region = Region::new(&settings.region)
+            .map_err(|error| anyhow::anyhow!("KEEL_S3_REGION: {error}"))?;
+        let provider = StaticProvider::new(&settings.access_key, &settings.secret_key, None);
+        let client = MinioClientBuilder::new(base_url)
+            .provider(Some(provider))
+            .build()
+            .map_err(|error| anyhow::anyhow!("KEEL_S3_ENDPOINT: {error}"))?;
+        let objects = Self {
+            client,
+            bucket: settings.bucket.clone(),
+        };
+        let bucket = || anyhow::anyhow!("KEEL_S3_BUCKET {:?}", settings.bucket);
+        let exists = objects
+            .client
+            .bucket_exists(&objects.bucket)
+            .map_err(|error| bucket().context(error.to_string()))?
+            .build()
+            .send()
+            .await
+            .map_err(|error| bucket().context(format!("reaching the S3 server: {error}")))?
+            .exists();
+        if !exists {
+            objects
+                .client
+                .create_bucket(&objects.bucket)
+                .map_err(|error| bucket().context(error.to_string()))?
+                .build()
+                .send()
+                .await
+                .map_err(|error| bucket().context(format!("creating the bucket: {error}")))?;
+            tracing::info!(bucket = %objects.bucket, "created the S3 bucket");
+        }
+        Ok(objects)
+    }
+}
+
+impl S3Objects {
+    async fn read_all(&self, key: &str) -> Result<BytesMut> {
+        let mut bytes = BytesMut::new();
+        let mut stream = self.get(key, 0, None).await?;
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok(bytes)
+    }
+
+    async fn upload_part(&self, key: &str, staged: &mut Staged, bytes: Bytes) -> Result<()> {
+        let number = u16::try_from(staged.parts.len() + 1).map_err(storage_error)?;
+        let size = bytes.len() as u64;
+        let response = self
+            .client
+            .upload_part(
+                &self.bucket,
+                key,
+                staged.upload_id.as_str(),
+                number,
+                SegmentedBytes::from(bytes),
+            )
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        let etag = response.etag().map_err(storage_error)?.into_inner();
+        staged.parts.push(StagedPart { number, etag, size });
+        Ok(())
+    }
+
+    /// Keeps `bytes` (less than a part) as the staged object's tail.
+    async fn keep_tail(&self, key: &str, staged: &mut Staged, bytes: Bytes) -> Result<()> {
+        let tail = tail_key(key);
+        if bytes.is_empty() {
+            if staged.tail > 0 {
+                self.delete(&tail).await?;
+            }
+        } else {
+            self.client
+                .put_object(
+                    &self.bucket,
+                    tail.as_str(),
+                    SegmentedBytes::from(bytes.clone()),
+                )
+                .map_err(storage_error)?
+                .build()
+                .send()
+                .await
+                .map_err(storage_error)?;
+        }
+        staged.tail = bytes.len() as u64;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Objects {
+    fn provider(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn put(&self, key: &str, body: ByteStream) -> Result<()> {
+        // minio sees an I/O error; the caller gets the body's own (too large, over quota…).
+        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let body = {
+            let failure = failure.clone();
+            body.map_err(move |error| {
+                let message = error.to_string();
+                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+                std::io::Error::other(message)
+            })
+        };
+        let sent = self
+            .client
+            .put_object_content(
+                &self.bucket,
+                key,
+                ObjectContent::new_from_stream(body, None),
+            )
+            .map_err(storage_error)?
+            .part_size(PART_BYTES)
+            .build()
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(error) => Err(failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| storage_error(error))),
+        }
+    }
+
+    async fn get(&self, key: &str, start: u64, length: Option<u64>) -> Result<ByteStream> {
+        let response = self
+            .client
+            .get_object(&self.bucket, key)
+            .map_err(storage_error)?
+            .offset(start)
+            .length(length)
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        let (stream, _) = response.into_boxed_stream().map_err(storage_error)?;
+        Ok(stream.map_err(storage_error).boxed())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object(&self.bucket, key)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(storage_error)
+    }
+
+    async fn begin_staged(&self, key: &str) -> Result<String> {
+        let created = self
+            .client
+            .create_multipart_upload(&self.bucket, key)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        let upload_id = created.upload_id().await.map_err(storage_error)?;
+        Staged {
+            upload_id: upload_id.to_string(),
+            ..Staged::default()
+        }
+        .encode()
+    }
+
+    async fn append_staged(
+        &self,
+        key: &str,
+        state: &str,
+        offset: u64,
+        mut body: ByteStream,
+    ) -> Result<Appended> {
+        let mut staged = Staged::parse(state)?;
+        let mut pending = if staged.tail > 0 {
+            self.read_all(&tail_key(key)).await?
+        } else {
+            BytesMut::new()
+        };
+        let mut appended = Appended {
+            offset,
+            state: String::new(),
+            interrupted: None,
+        };
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    appended.offset += chunk.len() as u64;
+                    pending.extend_from_slice(&chunk);
+                    while pending.len() as u64 >= PART_BYTES {
+                        let part = pending.split_to(PART_BYTES as usize).freeze();
+                        self.upload_part(key, &mut staged, part).await?;
+                    }
+                }
+                Err(error) => {
+                    appended.interrupted = Some(error);
+                    break;
+                }
+            }
+        }
+        self.keep_tail(key, &mut staged, pending.freeze()).await?;
+        appended.state = staged.encode()?;
+        Ok(appended)
+    }
+
+    async fn finish_staged(&self, key: &str, state: &str) -> Result<()> {
+        let mut staged = Staged::parse(state)?;
+        if staged.tail > 0 {
+            let last = self.read_all(&tail_key(key)).await?.freeze();
+            self.upload_part(key, &mut staged, last).await?;
+        }
+        let parts = (staged.parts.iter())
+            .map(|part| {
+                let etag = ETag::new(part.etag.as_str()).map_err(storage_error)?;
+                Ok(PartInfo::new(part.number, etag, part.size, None))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.client
+            .complete_multipart_upload(&self.bucket, key, staged.upload_id.as_str(), parts)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        if staged.tail > 0 {
+            self.delete(&tail_key(key)).await?;
+        }
+        Ok(())
+    }
+
+    async fn abort_staged(&self, key: &str, state: &str) -> Result<()> {
+        let staged = Staged::parse(state)?;
+        self.client
+            .abort_multipart_upload(&self.bucket, key, staged.upload_id.as_str())
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        self.delete(&tail_key(key)).await
+    }
+
+    async fn presigned_url(
+        &self,
+        key: &str,
+        issued_at: DateTime<Utc>,
+        expires_in: u32,
+        presentation: &Presentation<'_>,
+    ) -> Result<Option<String>> {
+        let mut headers = Multimap::new();
+        headers.insert(
+            "response-content-type".into(),
+            presentation.content_type.into(),
+        );
+        headers.insert(
+            "response-content-disposition".into(),
+            content_disposition(presentation.inline, presentation.filename),
+        );
+        let presigned = self
+            .client
+            .get_presigned_object_url(&self.bucket, key, http::Method::GET)
+            .map_err(storage_error)?
+            .request_time(issued_at)
+            .expiry_seconds(expires_in)
+            .extra_query_params(headers)
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        Ok(Some(presigned.url))
+    }
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for S3Objects {
+    fn name(&self) -> &'static str {
+        "storage"
+    }
+
+    fn backend(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn check(&self) -> Result<()> {
+        let exists = self
+            .client
+            .bucket_exists(&self.bucket)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?
+            .exists();
+        if exists {
+            Ok(())
+        } else {
+            Err(storage_error(format!("bucket {} is gone", self.bucket)))
+        }
+    }
+}
