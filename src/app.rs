@@ -308,6 +308,7 @@ impl Services {
                 max_user_storage_bytes: config.max_user_storage_bytes,
                 allowed_types: config.file_allowed_types.clone(),
                 public_url: config.public_url.clone(),
+                images: config.images,
             },
         ));
         let invitations = Arc::new(InvitationService::new(

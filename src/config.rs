@@ -3,6 +3,7 @@
 //! default and doc. Everything is validated at start; an invalid value fails with a message
 //! naming the setting.
 
+use crate::domain::files::ImageSettings;
 use crate::domain::password::PasswordPolicy;
 use crate::domain::realtime::RealtimeSettings;
 use crate::domain::webhooks::WebhookSettings;
@@ -228,6 +229,10 @@ settings! {
     max_user_storage_mb, "KEEL_MAX_USER_STORAGE_MB" = "1024";
     /// Content types accepted for upload, comma-separated, as detected from the bytes
     file_allowed_types, "KEEL_FILE_ALLOWED_TYPES" ~ "images, PDF, Office documents, text, CSV, JSON, Markdown";
+    /// Uploaded images wider or taller than this many pixels are shrunk to fit
+    image_max_dimension, "KEEL_IMAGE_MAX_DIMENSION" = "1920";
+    /// Quality (1–100) of re-encoded JPEG images
+    image_jpeg_quality, "KEEL_IMAGE_JPEG_QUALITY" = "85";
     /// http(s)://… of an S3-compatible server for uploaded files (path-style unless AWS)
     s3_endpoint, "KEEL_S3_ENDPOINT" ~ "none: files under <data dir>/files";
     /// The bucket files go to; created if missing
@@ -393,6 +398,7 @@ pub struct Config {
     pub max_file_bytes: i64,
     pub max_user_storage_bytes: i64,
     pub file_allowed_types: Vec<String>,
+    pub images: ImageSettings,
     /// `None` keeps files on local disk.
     pub s3: Option<S3Settings>,
     pub webhook_timeout: Duration,
@@ -588,6 +594,13 @@ impl Config {
                     .map(str::to_owned)
                     .collect(),
                 types => types.iter().map(|kind| kind.to_ascii_lowercase()).collect(),
+            },
+            images: ImageSettings {
+                max_dimension: settings.image_max_dimension().positive()?,
+                jpeg_quality: match settings.image_jpeg_quality().positive()? {
+                    quality @ 1..=100 => quality,
+                    _ => return Err(settings.image_jpeg_quality().invalid("must be 1 to 100")),
+                },
             },
             s3: match settings.s3_endpoint().url(&["http://", "https://"])? {
                 None => None,

@@ -14,19 +14,45 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 crate::backend_tests!(
+    images_are_stored_upright_bounded_and_without_metadata,
     files_round_trip_on_every_door,
     contents_decide_what_a_file_is,
     quotas_hold_under_concurrent_uploads,
 );
 
-/// A PNG's signature and header chunk: enough for its type.
-const PNG: &[u8] = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02";
+/// A JPEG's first bytes: enough for its type, not an image.
 const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00";
 
-pub fn png(size: usize) -> Vec<u8> {
-    let mut bytes = PNG.to_vec();
+/// `size` bytes that are a PDF by their first bytes (PDFs are stored as sent).
+pub fn pdf(size: usize) -> Vec<u8> {
+    let mut bytes = b"%PDF-1.7\n".to_vec();
     bytes.resize(size, 7);
     bytes
+}
+
+/// A real JPEG photo of `width` × `height`, with an EXIF block that says "rotate 90°" and
+/// carries a GPS position.
+pub fn photo(width: u32, height: u32) -> Vec<u8> {
+    let pixels = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    });
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(pixels)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let mut tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0".to_vec();
+    tiff.extend_from_slice(b"GPS 48.8584 N 2.2945 E");
+    let mut exif = b"Exif\0\0".to_vec();
+    exif.extend_from_slice(&tiff);
+    let length = u16::try_from(exif.len() + 2).unwrap().to_be_bytes();
+    let mut photo = jpeg[..2].to_vec();
+    photo.extend_from_slice(&[0xFF, 0xE1, length[0], length[1]]);
+    photo.extend_from_slice(&exif);
+    photo.extend_from_slice(&jpeg[2..]);
+    photo
 }
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -113,27 +139,27 @@ async fn files_round_trip_on_every_door(backend: Backend) {
     let (_, alice) = user(&app, "alice@example.com").await;
     let (bob_id, bob) = user(&app, "bob@example.com").await;
 
-    // REST: a personal image, its name cleaned, its checksum checked.
-    let image = png(100_000);
-    let checksum = sha256(&image);
+    // REST: a personal document, its name cleaned, its checksum checked.
+    let document = pdf(100_000);
+    let checksum = sha256(&document);
     let (status, file) = upload(
         &app,
         &alice.access,
-        &[("description", "a photo"), ("checksum", &checksum)],
-        "../../etc/photo.png",
-        "image/png",
-        image.clone(),
+        &[("description", "a report"), ("checksum", &checksum)],
+        "../../etc/report.pdf",
+        "application/pdf",
+        document.clone(),
     )
     .await;
     assert_eq!(status, 201, "{file}");
     let id = file["id"].as_str().unwrap().to_owned();
-    assert_eq!(file["original_filename"], "photo.png");
-    assert_eq!(file["content_type"], "image/png");
+    assert_eq!(file["original_filename"], "report.pdf");
+    assert_eq!(file["content_type"], "application/pdf");
     assert_eq!(file["size"], "100000");
     assert_eq!(file["checksum"], checksum.as_str());
     assert_eq!(file["organization_id"], "");
-    assert_eq!(file["description"], "a photo");
-    assert_eq!(file["filename"], format!("{}.png", id.replace('-', "")));
+    assert_eq!(file["description"], "a report");
+    assert_eq!(file["filename"], format!("{}.pdf", id.replace('-', "")));
     let (status, listed) = app
         .rest(Method::GET, "/api/v1/files", &alice.access, None)
         .await;
@@ -177,19 +203,22 @@ async fn files_round_trip_on_every_door(backend: Backend) {
     let response = app.http.get(&url).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
-    assert_eq!(headers["content-type"], "image/png");
+    assert_eq!(headers["content-type"], "application/pdf");
     assert!(
         headers["content-disposition"]
             .to_str()
             .unwrap()
-            .starts_with("attachment; filename=\"photo.png\""),
+            .starts_with("attachment; filename=\"report.pdf\""),
         "{headers:?}"
     );
     if !on_s3 {
         assert_eq!(headers["etag"], format!("\"{checksum}\"").as_str());
         assert_eq!(headers["x-content-type-options"], "nosniff");
     }
-    assert_eq!(response.bytes().await.unwrap().as_ref(), image.as_slice());
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        document.as_slice()
+    );
     let partial = app
         .http
         .get(&url)
@@ -199,7 +228,7 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         .unwrap();
     assert_eq!(partial.status(), 206);
     assert_eq!(partial.headers()["content-range"], "bytes 10-19/100000");
-    assert_eq!(partial.bytes().await.unwrap().as_ref(), &image[10..20]);
+    assert_eq!(partial.bytes().await.unwrap().as_ref(), &document[10..20]);
     let unsatisfiable = app
         .http
         .get(&url)
@@ -360,6 +389,61 @@ async fn files_round_trip_on_every_door(backend: Backend) {
     assert_eq!(listed["files"], json!([]));
 }
 
+/// The stored image's bytes, through its download URL.
+pub async fn stored_bytes(app: &TestApp, token: &str, file_id: &str) -> Vec<u8> {
+    let url = download_url(app, token, file_id, "").await;
+    let response = app.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap().to_vec()
+}
+
+/// The checks of an image stored from `photo(3000, 2000)`: turned upright by its EXIF
+/// orientation (2000 × 3000), shrunk to fit 1920, re-encoded without the EXIF block.
+pub fn assert_reencoded_photo(stored: &[u8], file: &Value) {
+    use image::GenericImageView;
+    let decoded = image::load_from_memory(stored).unwrap();
+    assert_eq!(decoded.dimensions(), (1280, 1920));
+    assert!(!stored.windows(4).any(|window| window == b"Exif"));
+    assert!(!stored.windows(3).any(|window| window == b"GPS"));
+    assert_eq!(file["content_type"], "image/jpeg");
+    assert_eq!(file["size"], stored.len().to_string());
+    assert_eq!(file["checksum"], sha256(stored));
+}
+
+async fn images_are_stored_upright_bounded_and_without_metadata(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+
+    // The client's checksum is of what it sent; the file's is of what is stored.
+    let original = photo(3000, 2000);
+    let (status, file) = upload(
+        &app,
+        &alice.access,
+        &[("checksum", &sha256(&original))],
+        "holiday.jpg",
+        "image/jpeg",
+        original.clone(),
+    )
+    .await;
+    assert_eq!(status, 201, "{file}");
+    let stored = stored_bytes(&app, &alice.access, file["id"].as_str().unwrap()).await;
+    assert_reencoded_photo(&stored, &file);
+    assert_ne!(file["checksum"], sha256(&original));
+
+    // A PNG stays a PNG, shrunk to fit.
+    let wide = image::RgbaImage::from_pixel(2500, 100, image::Rgba([10, 20, 30, 128]));
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgba8(wide)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let (status, file) = upload(&app, &alice.access, &[], "banner.png", "image/png", png).await;
+    assert_eq!(status, 201, "{file}");
+    assert_eq!(file["content_type"], "image/png");
+    let stored = stored_bytes(&app, &alice.access, file["id"].as_str().unwrap()).await;
+    let decoded = image::load_from_memory_with_format(&stored, image::ImageFormat::Png).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (1920, 77));
+}
+
 async fn contents_decide_what_a_file_is(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (_, alice) = user(&app, "alice@example.com").await;
@@ -384,18 +468,36 @@ async fn contents_decide_what_a_file_is(backend: Backend) {
         body["message"].as_str().unwrap().contains("image/jpeg"),
         "{body}"
     );
-    // Unlabelled JPEG bytes are a JPEG, whatever their name.
+    // Unlabelled JPEG bytes are a JPEG, whatever their name; what only starts like one is not.
     let (status, body) = upload(
         &app,
         &alice.access,
         &[],
         "cat.png",
         "application/octet-stream",
-        JPEG.to_vec(),
+        photo(40, 30),
     )
     .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["content_type"], "image/jpeg");
+    assert_eq!(
+        body["filename"].as_str().unwrap().rsplit('.').next(),
+        Some("jpg")
+    );
+    let (status, body) = upload(
+        &app,
+        &alice.access,
+        &[],
+        "cat.jpg",
+        "image/jpeg",
+        JPEG.to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, reason(&body).as_str()),
+        (415, "UNSUPPORTED_FILE_TYPE"),
+        "{body}"
+    );
     // A type outside the allow-list (an executable), and bytes of no known kind.
     let elf = b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00".to_vec();
     let (status, body) = upload(&app, &alice.access, &[], "tool.txt", "text/plain", elf).await;
@@ -423,9 +525,9 @@ async fn contents_decide_what_a_file_is(backend: Backend) {
         &app,
         &alice.access,
         &[("checksum", &sha256(b"other"))],
-        "a.png",
-        "image/png",
-        png(500),
+        "a.pdf",
+        "application/pdf",
+        pdf(500),
     )
     .await;
     assert_eq!(
@@ -437,9 +539,9 @@ async fn contents_decide_what_a_file_is(backend: Backend) {
         &app,
         &alice.access,
         &[("checksum", "abc")],
-        "a.png",
-        "image/png",
-        png(500),
+        "a.pdf",
+        "application/pdf",
+        pdf(500),
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -448,7 +550,7 @@ async fn contents_decide_what_a_file_is(backend: Backend) {
     let form = reqwest::multipart::Form::new()
         .part(
             "file",
-            reqwest::multipart::Part::bytes(png(500)).file_name("a.png"),
+            reqwest::multipart::Part::bytes(pdf(500)).file_name("a.pdf"),
         )
         .text("organization_id", uuid::Uuid::now_v7().to_string());
     let response = app
@@ -464,9 +566,9 @@ async fn contents_decide_what_a_file_is(backend: Backend) {
         &app,
         &alice.access,
         &[("folder", "x")],
-        "a.png",
-        "image/png",
-        png(500),
+        "a.pdf",
+        "application/pdf",
+        pdf(500),
     )
     .await;
     assert_eq!(
@@ -498,7 +600,7 @@ async fn contents_decide_what_a_file_is(backend: Backend) {
         .http
         .post(app.url("/api/v1/files/upload"))
         .multipart(
-            reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(png(10))),
+            reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(pdf(10))),
         )
         .send()
         .await
@@ -541,9 +643,9 @@ async fn quotas_hold_under_concurrent_uploads(backend: Backend) {
         &app,
         &alice.access,
         &fields,
-        "big.png",
-        "image/png",
-        png(2001),
+        "big.pdf",
+        "application/pdf",
+        pdf(2001),
     )
     .await;
     assert_eq!(
@@ -560,9 +662,9 @@ async fn quotas_hold_under_concurrent_uploads(backend: Backend) {
                 app,
                 token,
                 fields,
-                &format!("{index}.png"),
-                "image/png",
-                png(900),
+                &format!("{index}.pdf"),
+                "application/pdf",
+                pdf(900),
             )
             .await
         }
@@ -624,9 +726,9 @@ async fn quotas_hold_under_concurrent_uploads(backend: Backend) {
         &app,
         &alice.access,
         &fields,
-        "again.png",
-        "image/png",
-        png(900),
+        "again.pdf",
+        "application/pdf",
+        pdf(900),
     )
     .await;
     assert_eq!(status, 201, "{body}");

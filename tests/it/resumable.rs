@@ -1,7 +1,7 @@
 //! Resumable uploads over the tus 1.0 protocol, driven as a tus client drives them: create,
 //! append, break off, ask where the upload stands, continue, finish; terminate; expire.
 
-use crate::files::{png, sha256};
+use crate::files::{pdf, photo, sha256};
 use crate::harness::{Backend, TestApp};
 use crate::organizations::user;
 use base64::Engine;
@@ -163,18 +163,21 @@ async fn interrupted_uploads_continue_where_they_stopped(backend: Backend) {
     assert_eq!(response.headers()["tus-version"], "1.0.0");
 
     // Past a part of S3's multipart upload (8 MiB), so both the parts and the tail are used.
-    let image = {
-        let mut image = png(11 * 1024 * 1024);
-        for (index, byte) in image.iter_mut().enumerate().skip(64) {
+    let document = {
+        let mut document = pdf(11 * 1024 * 1024);
+        for (index, byte) in document.iter_mut().enumerate().skip(64) {
             *byte = (index % 251) as u8;
         }
-        image
+        document
     };
     let path = create(
         &app,
         &alice.access,
-        image.len(),
-        &[("filename", "big photo.png"), ("filetype", "image/png")],
+        document.len(),
+        &[
+            ("filename", "big report.pdf"),
+            ("filetype", "application/pdf"),
+        ],
     )
     .await;
     assert_eq!(
@@ -190,7 +193,7 @@ async fn interrupted_uploads_continue_where_they_stopped(backend: Backend) {
     // The first 3 MiB, then the connection breaks.
     let sent = 3 * 1024 * 1024;
     let first: Vec<Result<Bytes, std::io::Error>> = vec![
-        Ok(Bytes::copy_from_slice(&image[..sent])),
+        Ok(Bytes::copy_from_slice(&document[..sent])),
         Err(std::io::Error::other("the train entered a tunnel")),
     ];
     let broken = patch(
@@ -235,11 +238,11 @@ async fn interrupted_uploads_continue_where_they_stopped(backend: Backend) {
     assert_eq!(response.status(), 415);
 
     // The rest, from wherever the server says; the upload becomes the file of the same id.
-    let response = resume(&app, &alice.access, &path, &image).await;
+    let response = resume(&app, &alice.access, &path, &document).await;
     assert_eq!(response.status(), 204, "{:?}", response.text().await);
     assert_eq!(
         response.headers()["upload-offset"],
-        image.len().to_string().as_str()
+        document.len().to_string().as_str()
     );
     let id = path.rsplit('/').next().unwrap();
     let (status, file) = app
@@ -251,13 +254,13 @@ async fn interrupted_uploads_continue_where_they_stopped(backend: Backend) {
         )
         .await;
     assert_eq!(status, 200, "{file}");
-    assert_eq!(file["original_filename"], "big photo.png");
-    assert_eq!(file["content_type"], "image/png");
-    assert_eq!(file["size"], image.len().to_string());
-    assert_eq!(file["checksum"], sha256(&image));
+    assert_eq!(file["original_filename"], "big report.pdf");
+    assert_eq!(file["content_type"], "application/pdf");
+    assert_eq!(file["size"], document.len().to_string());
+    assert_eq!(file["checksum"], sha256(&document));
     let url = crate::files::download_url(&app, &alice.access, id, "").await;
     let downloaded = app.http.get(&url).send().await.unwrap().bytes().await;
-    assert!(downloaded.unwrap() == image, "the bytes come back whole");
+    assert!(downloaded.unwrap() == document, "the bytes come back whole");
     // A finished upload is no longer one.
     assert_eq!(
         offset(&app, &alice.access, &path).await,
@@ -285,6 +288,34 @@ async fn uploads_are_checked_when_complete_and_can_be_terminated(backend: Backen
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["reason"], "UNSUPPORTED_FILE_TYPE");
     assert_eq!(offset(&app, &alice.access, &path).await.0, 404);
+
+    // A photo is re-encoded once complete, as an upload in one piece is.
+    let original = photo(3000, 2000);
+    let path = create(
+        &app,
+        &alice.access,
+        original.len(),
+        &[
+            ("filename", "holiday.jpg"),
+            ("checksum", &sha256(&original)),
+        ],
+    )
+    .await;
+    let response = patch(&app, &alice.access, &path, 0, original.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204, "{:?}", response.text().await);
+    let id = path.rsplit('/').next().unwrap();
+    let (_, file) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/files/{id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    let stored = crate::files::stored_bytes(&app, &alice.access, id).await;
+    crate::files::assert_reencoded_photo(&stored, &file);
 
     // Bytes beyond the declared length are refused.
     let path = create(&app, &alice.access, 10, &[("filename", "notes.txt")]).await;
@@ -333,7 +364,11 @@ async fn uploads_are_checked_when_complete_and_can_be_terminated(backend: Backen
     let (_, listed) = app
         .rest(Method::GET, "/api/v1/files", &alice.access, None)
         .await;
-    assert_eq!(listed["files"], serde_json::json!([]));
+    assert_eq!(
+        listed["files"].as_array().unwrap().len(),
+        1,
+        "only the photo"
+    );
 }
 
 async fn abandoned_uploads_expire_and_are_removed(backend: Backend) {

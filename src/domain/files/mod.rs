@@ -23,8 +23,10 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+mod images;
 mod resumable;
 
+pub use images::ImageSettings;
 pub use resumable::{UPLOAD_LIFETIME, UploadProgress};
 
 /// Bytes as they stream in or out.
@@ -212,6 +214,7 @@ pub struct FileSettings {
     pub allowed_types: Vec<String>,
     /// Where signed download URLs point (`<public url>/api/v1/files/{id}/content`).
     pub public_url: String,
+    pub images: ImageSettings,
 }
 
 /// The file service's collaborators.
@@ -228,6 +231,7 @@ pub struct FilePorts {
 pub struct FileService {
     ports: FilePorts,
     settings: FileSettings,
+    image_permits: tokio::sync::Semaphore,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -283,7 +287,14 @@ struct Written {
     object_key: String,
     content_type: String,
     size: i64,
+    /// Of the stored bytes.
     checksum: String,
+    /// Of the bytes the client sent (not the same for a re-encoded image).
+    received_checksum: String,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Keel's own key for a file's object: never derived from what the client sends.
@@ -427,7 +438,37 @@ fn is_text(content_type: &str) -> bool {
 
 impl FileService {
     pub fn new(ports: FilePorts, settings: FileSettings) -> Self {
-        Self { ports, settings }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            ports,
+            settings,
+            image_permits: tokio::sync::Semaphore::new(cores),
+        }
+    }
+
+    /// Re-encodes an uploaded image and stores it under `key`: its size and SHA-256. The work
+    /// runs on a blocking thread, as many at once as there are cores (each may hold a decoded
+    /// image in memory).
+    async fn store_reencoded(
+        &self,
+        key: &str,
+        original: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(i64, String)> {
+        let stored = {
+            let _permit = (self.image_permits.acquire().await)
+                .map_err(|_| Error::internal("the image permits are closed"))?;
+            let (content_type, settings) = (content_type.to_owned(), self.settings.images);
+            tokio::task::spawn_blocking(move || {
+                images::reencode(&original, &content_type, settings)
+            })
+            .await
+            .map_err(|error| Error::internal(format!("re-encoding an image: {error}")))??
+        };
+        let (size, checksum) = (stored.len() as i64, sha256_hex(&stored));
+        let body = futures_util::stream::once(async move { Ok(Bytes::from(stored)) }).boxed();
+        self.ports.objects.put(key, body).await?;
+        Ok((size, checksum))
     }
 
     pub fn provider(&self) -> &'static str {
@@ -480,13 +521,23 @@ impl FileService {
                 })
                 .boxed()
         };
-        self.ports.objects.put(&object_key, counted).await?;
-        let (size, checksum) = {
+        let received = || {
             let progress = progress.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                progress.size,
-                format!("{:x}", progress.hasher.clone().finalize()),
-            )
+            format!("{:x}", progress.hasher.clone().finalize())
+        };
+        let (size, checksum, received_checksum) = if images::reencoded(&content_type) {
+            let mut original = Vec::new();
+            let mut counted = counted;
+            while let Some(chunk) = counted.next().await {
+                original.extend_from_slice(&chunk?);
+            }
+            let (size, checksum) =
+                (self.store_reencoded(&object_key, original, &content_type)).await?;
+            (size, checksum, received())
+        } else {
+            self.ports.objects.put(&object_key, counted).await?;
+            let size = progress.lock().unwrap_or_else(|p| p.into_inner()).size;
+            (size, received(), received())
         };
         let written = Written {
             id,
@@ -494,6 +545,7 @@ impl FileService {
             content_type,
             size,
             checksum,
+            received_checksum,
         };
         self.record(principal, &header, &admission, written).await
     }
@@ -569,24 +621,24 @@ impl FileService {
                 extension_of(&written.content_type)
             ),
             original_filename: sanitize_filename(&header.filename),
-            content_type: written.content_type,
+            content_type: written.content_type.clone(),
             size: written.size,
-            checksum: written.checksum,
+            checksum: written.checksum.clone(),
             storage_provider: self.provider().to_owned(),
-            object_key: written.object_key,
+            object_key: written.object_key.clone(),
             description: header.description.clone(),
             created_at: truncate_to_micros(self.ports.clock.now()),
         };
         let refusal = if header
             .checksum
             .as_deref()
-            .is_some_and(|expected| expected != file.checksum)
+            .is_some_and(|expected| expected != written.received_checksum)
         {
             Some(Error::invalid_argument(
                 "CHECKSUM_MISMATCH",
                 format!(
                     "the file's SHA-256 is {}, not the checksum sent; nothing was stored",
-                    file.checksum
+                    written.received_checksum
                 ),
             ))
         } else {

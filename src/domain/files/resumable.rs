@@ -5,8 +5,8 @@
 //! an upload left unfinished for `UPLOAD_LIFETIME` is removed by the cleanup job.
 
 use super::{
-    ByteStream, FileService, PendingUpload, SNIFF_BYTES, StoredFile, empty_file, object_key,
-    storage_full, too_large,
+    ByteStream, FileService, PendingUpload, SNIFF_BYTES, StoredFile, Written, empty_file, images,
+    object_key, storage_full, too_large,
 };
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Missing, Result};
@@ -181,27 +181,39 @@ impl FileService {
             let complete = upload.length <= SNIFF_BYTES as i64;
             let filename = super::sanitize_filename(&upload.header.filename);
             let content_type = self.checked_type(&prefix, complete, &filename, &upload.header)?;
+            // Read back once: hashed, and kept whole when it is an image to re-encode.
             let mut hasher = Sha256::new();
+            let mut whole = images::reencoded(&content_type).then(Vec::new);
             let mut bytes = self.ports.objects.get(&key, 0, None).await?;
             while let Some(chunk) = bytes.next().await {
-                hasher.update(&chunk?);
+                let chunk = chunk?;
+                hasher.update(&chunk);
+                if let Some(whole) = whole.as_mut() {
+                    whole.extend_from_slice(&chunk);
+                }
             }
-            Ok((admission, content_type, format!("{:x}", hasher.finalize())))
+            let received_checksum = format!("{:x}", hasher.finalize());
+            let (size, checksum) = match whole {
+                Some(original) => (self.store_reencoded(&key, original, &content_type)).await?,
+                None => (upload.length, received_checksum.clone()),
+            };
+            let written = Written {
+                id: upload.id,
+                object_key: key.clone(),
+                content_type,
+                size,
+                checksum,
+                received_checksum,
+            };
+            Ok((admission, written))
         }
         .await;
-        let (admission, content_type, checksum) = match checked {
+        let (admission, written) = match checked {
             Ok(checked) => checked,
             Err(error) => {
                 self.discard(&key).await;
                 return Err(error);
             }
-        };
-        let written = super::Written {
-            id: upload.id,
-            object_key: key,
-            content_type,
-            size: upload.length,
-            checksum,
         };
         self.record(principal, &upload.header, &admission, written)
             .await
