@@ -309,6 +309,7 @@ impl Services {
                 allowed_types: config.file_allowed_types.clone(),
                 public_url: config.public_url.clone(),
                 images: config.images,
+                thumbnail_sizes: config.thumbnail_sizes.clone(),
             },
         ));
         let invitations = Arc::new(InvitationService::new(

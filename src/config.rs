@@ -233,6 +233,8 @@ settings! {
     image_max_dimension, "KEEL_IMAGE_MAX_DIMENSION" = "1920";
     /// Quality (1–100) of re-encoded JPEG images
     image_jpeg_quality, "KEEL_IMAGE_JPEG_QUALITY" = "85";
+    /// Thumbnail boxes images may be downloaded in (`?thumb=WxH`), comma-separated
+    image_thumbnail_sizes, "KEEL_IMAGE_THUMBNAIL_SIZES" = "100x100,300x300,600x600";
     /// http(s)://… of an S3-compatible server for uploaded files (path-style unless AWS)
     s3_endpoint, "KEEL_S3_ENDPOINT" ~ "none: files under <data dir>/files";
     /// The bucket files go to; created if missing
@@ -399,6 +401,8 @@ pub struct Config {
     pub max_user_storage_bytes: i64,
     pub file_allowed_types: Vec<String>,
     pub images: ImageSettings,
+    /// `WxH` each.
+    pub thumbnail_sizes: Vec<String>,
     /// `None` keeps files on local disk.
     pub s3: Option<S3Settings>,
     pub webhook_timeout: Duration,
@@ -601,6 +605,23 @@ impl Config {
                     quality @ 1..=100 => quality,
                     _ => return Err(settings.image_jpeg_quality().invalid("must be 1 to 100")),
                 },
+            },
+            thumbnail_sizes: {
+                let sizes = settings.image_thumbnail_sizes().list();
+                let valid = |size: &String| {
+                    size.split_once('x').is_some_and(|(width, height)| {
+                        [width, height].iter().all(|side| {
+                            side.parse::<u32>()
+                                .is_ok_and(|side| (1..=4096).contains(&side))
+                        })
+                    })
+                };
+                if let Some(invalid) = sizes.iter().find(|size| !valid(size)) {
+                    return Err(settings.image_thumbnail_sizes().invalid(format!(
+                        "{invalid:?} is not WIDTHxHEIGHT with sides of 1 to 4096"
+                    )));
+                }
+                sizes
             },
             s3: match settings.s3_endpoint().url(&["http://", "https://"])? {
                 None => None,

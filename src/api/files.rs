@@ -252,13 +252,17 @@ impl FileDoor {
                 Some("attachment") => false,
                 _ => return Err(invalid()),
             },
+            thumb: query.get("thumb").cloned(),
             signature: query.get("signature").cloned().ok_or_else(invalid)?,
         };
         let pool = &self.contract.pool;
-        let Download { file, inline } = (self.files.signed_download(&link).await)
+        let download = (self.files.signed_download(&link).await)
             .map_err(|error| RestError::from_domain(error, pool))?;
-        let etag = format!("\"{}\"", file.checksum);
-        let size = u64::try_from(file.size).unwrap_or(0);
+        let Download {
+            ref file, inline, ..
+        } = download;
+        let etag = format!("\"{}\"", download.etag);
+        let size = download.size;
         let mut response = Response::builder()
             .header(header::ETAG, &etag)
             .header(header::ACCEPT_RANGES, "bytes")
@@ -299,7 +303,7 @@ impl FileDoor {
                     .unwrap_or_default());
             }
         };
-        let bytes = (self.files.bytes(&file, start, Some(length)).await)
+        let bytes = (self.files.bytes(&download, start, Some(length)).await)
             .map_err(|error| RestError::from_domain(error, pool))?;
         let body = Body::from_stream(bytes.map(|chunk| chunk.map_err(std::io::Error::other)));
         Ok(response

@@ -711,7 +711,14 @@ impl Generator {
                 },
                 query("expires", json!({ "type": "integer" })),
                 query("disposition", json!({ "type": "string", "enum": ["attachment", "inline"] })),
-                query("signature", json!({ "type": "string" }))
+                query("signature", json!({ "type": "string" })),
+                {
+                    "name": "thumb",
+                    "in": "query",
+                    "required": false,
+                    "schema": { "type": "string", "pattern": "^[0-9]{1,4}x[0-9]{1,4}$" },
+                    "description": "The thumbnail the URL was signed for"
+                }
             ],
             "responses": {
                 "200": binary("The file"),

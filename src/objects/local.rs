@@ -106,6 +106,14 @@ impl ObjectStore for LocalObjects {
         remove_if_present(&self.path(key)?).await
     }
 
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(storage_error(error)),
+        }
+    }
+
     async fn begin_staged(&self, key: &str) -> Result<String> {
         let path = self.staged_path(key)?;
         if let Some(parent) = path.parent() {

@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
 use minio::s3::builders::ObjectContent;
 use minio::s3::creds::StaticProvider;
+use minio::s3::error::S3ServerError;
 use minio::s3::http::BaseUrl;
+use minio::s3::minio_error_response::MinioErrorCode;
 use minio::s3::multimap_ext::Multimap;
 use minio::s3::response_traits::HasEtagFromHeaders;
 use minio::s3::segmented_bytes::SegmentedBytes;
@@ -329,6 +331,25 @@ impl ObjectStore for S3Objects {
             .await
             .map_err(storage_error)?;
         self.delete(&tail_key(key)).await
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>> {
+        let stat = self
+            .client
+            .stat_object(&self.bucket, key)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await;
+        match stat {
+            Ok(stat) => stat.size().map(Some).map_err(storage_error),
+            Err(minio::s3::error::Error::S3Server(S3ServerError::S3Error(response)))
+                if response.code() == MinioErrorCode::NoSuchKey =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(storage_error(error)),
+        }
     }
 
     async fn presigned_url(

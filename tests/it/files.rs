@@ -426,9 +426,86 @@ async fn images_are_stored_upright_bounded_and_without_metadata(backend: Backend
     )
     .await;
     assert_eq!(status, 201, "{file}");
-    let stored = stored_bytes(&app, &alice.access, file["id"].as_str().unwrap()).await;
+    let id = file["id"].as_str().unwrap().to_owned();
+    let stored = stored_bytes(&app, &alice.access, &id).await;
     assert_reencoded_photo(&stored, &file);
     assert_ne!(file["checksum"], sha256(&original));
+
+    // Thumbnails of the configured sizes, made once, fitted inside their box.
+    let thumb_url = download_url(&app, &alice.access, &id, "?thumb=100x100").await;
+    let thumb = app.http.get(&thumb_url).send().await.unwrap();
+    assert_eq!(thumb.status(), 200);
+    assert_eq!(thumb.headers()["content-type"], "image/jpeg");
+    let thumb = image::load_from_memory(&thumb.bytes().await.unwrap()).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (67, 100));
+    // A size not configured, and not a size at all.
+    for query in ["?thumb=123x45", "?thumb=big"] {
+        let (status, body) = app
+            .rest(
+                Method::GET,
+                &format!("/api/v1/files/{id}/download{query}"),
+                &alice.access,
+                None,
+            )
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(rest_violations(&body)[0].0, "thumb", "{body}");
+    }
+    if backend == Backend::Embedded {
+        // The box is signed into Keel's URL.
+        let other = thumb_url.replace("thumb=100x100", "thumb=300x300");
+        assert_eq!(app.http.get(&other).send().await.unwrap().status(), 403);
+    }
+    let document = upload(
+        &app,
+        &alice.access,
+        &[],
+        "a.pdf",
+        "application/pdf",
+        pdf(50),
+    )
+    .await;
+    let (status, body) = app
+        .rest(
+            Method::GET,
+            &format!(
+                "/api/v1/files/{}/download?thumb=100x100",
+                document.1["id"].as_str().unwrap()
+            ),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["reason"].as_str()),
+        (400, Some("NOT_AN_IMAGE"))
+    );
+    // Deleting the image removes its thumbnails.
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/files/{id}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let gone = app.http.get(&thumb_url).send().await.unwrap().status();
+    assert_eq!(
+        gone,
+        if backend == Backend::Services {
+            404
+        } else {
+            403
+        }
+    );
+    if backend == Backend::Embedded {
+        let kept = app
+            .config
+            .data_dir
+            .join(format!("files/thumbs/{}", id.replace('-', "")));
+        assert_eq!(std::fs::read_dir(kept).unwrap().count(), 0);
+    }
 
     // A PNG stays a PNG, shrunk to fit.
     let wide = image::RgbaImage::from_pixel(2500, 100, image::Rgba([10, 20, 30, 128]));

@@ -95,10 +95,11 @@ headers = {{ Authorization = "Bearer {other}" }}
 include-name-regex = "^(POST /api/v1/auth/(verify-email|reset-password|magic-link/verify)|POST /api/v1/totp/(enable|disable|backup-codes)|PUT /api/v1/users/me/password)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 
-# Random bytes are rarely a type Keel accepts, and a download URL is signed by the server: a
-# well-formed upload may be refused by its contents (415), a well-formed URL by its signature.
+# Random bytes are rarely a type Keel accepts, a download URL is signed by the server, and the
+# thumbnail sizes are the server's configuration: a well-formed upload may be refused by its
+# contents (415), a well-formed URL by its signature, a well-formed size as not configured.
 [[operations]]
-include-name-regex = "^(POST /api/v1/files/upload|GET /api/v1/files/\\{{file_id\\}}/content)$"
+include-name-regex = "^(POST /api/v1/files/upload|GET /api/v1/files/\\{{file_id\\}}/(content|download))$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "413", "415", "429"]
 
 # Resumable uploads (tus): an upload id is the server's, an offset must be where the upload

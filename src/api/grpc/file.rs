@@ -169,7 +169,13 @@ impl FileRpc for FileApi {
         let file_id = id("file_id", &body.file_id)?;
         let (download_url, expires_in) = self
             .files
-            .download_url(&principal, file_id, body.expires_in, body.inline)
+            .download_url(
+                &principal,
+                file_id,
+                body.expires_in,
+                body.inline,
+                &body.thumb,
+            )
             .await?;
         Ok(Response::new(GetDownloadUrlResponse {
             download_url,
@@ -186,7 +192,7 @@ impl FileRpc for FileApi {
         let principal = principal(&request)?;
         let file_id = id("file_id", &request.get_ref().file_id)?;
         let download = self.files.download(&principal, file_id).await?;
-        let bytes = self.files.bytes(&download.file, 0, None).await?;
+        let bytes = self.files.bytes(&download, 0, None).await?;
         let first = DownloadFileResponse {
             part: Some(download_file_response::Part::File(file_to_proto(
                 download.file,

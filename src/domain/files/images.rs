@@ -51,27 +51,29 @@ fn unreadable(content_type: &str, error: image::ImageError) -> Error {
     }
 }
 
-/// The image's bytes, upright, within the bound, re-encoded (JPEG at the configured quality,
-/// PNG and WebP losslessly). CPU-bound: run it off the async threads.
-pub fn reencode(bytes: &[u8], content_type: &str, settings: ImageSettings) -> Result<Vec<u8>> {
-    let format = format_of(content_type)
-        .ok_or_else(|| Error::internal(format!("{content_type} is not re-encoded")))?;
+fn format(content_type: &str) -> Result<ImageFormat> {
+    format_of(content_type)
+        .ok_or_else(|| Error::internal(format!("{content_type} is not re-encoded")))
+}
+
+/// The decoded image, and the orientation its EXIF asks for.
+fn decode(bytes: &[u8], content_type: &str) -> Result<(DynamicImage, Orientation)> {
     let failed = |error| unreadable(content_type, error);
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format(content_type)?);
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(failed)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(failed)?;
-    image.apply_orientation(orientation);
-    let bound = settings.max_dimension;
-    if image.width() > bound || image.height() > bound {
-        // Keeps the aspect ratio: the longer side becomes `bound`.
-        image = image.resize(bound, bound, FilterType::CatmullRom);
-    }
+    let image = DynamicImage::from_decoder(decoder).map_err(failed)?;
+    Ok((image, orientation))
+}
+
+/// Encodes in the image's own format: JPEG at the configured quality, PNG and WebP losslessly.
+/// Nothing but pixels is written.
+fn encode(image: &DynamicImage, content_type: &str, settings: ImageSettings) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    let written = match format {
+    let written = match format(content_type)? {
         ImageFormat::Jpeg => {
             let encoder = JpegEncoder::new_with_quality(&mut out, settings.jpeg_quality);
             DynamicImage::ImageRgb8(image.to_rgb8()).write_with_encoder(encoder)
@@ -81,6 +83,35 @@ pub fn reencode(bytes: &[u8], content_type: &str, settings: ImageSettings) -> Re
     };
     written.map_err(|error| Error::internal(format!("encoding the image: {error}")))?;
     Ok(out)
+}
+
+/// Shrinks `image` to fit `width` × `height`, keeping its aspect ratio; never enlarges it.
+fn fit(image: DynamicImage, (width, height): (u32, u32)) -> DynamicImage {
+    if image.width() > width || image.height() > height {
+        image.resize(width, height, FilterType::CatmullRom)
+    } else {
+        image
+    }
+}
+
+/// The image's bytes, upright, within the bound, re-encoded without metadata. CPU-bound: run
+/// it off the async threads.
+pub fn reencode(bytes: &[u8], content_type: &str, settings: ImageSettings) -> Result<Vec<u8>> {
+    let (mut image, orientation) = decode(bytes, content_type)?;
+    image.apply_orientation(orientation);
+    let bound = settings.max_dimension;
+    encode(&fit(image, (bound, bound)), content_type, settings)
+}
+
+/// A thumbnail of a stored (already upright) image, fitted inside `size`.
+pub fn thumbnail(
+    bytes: &[u8],
+    content_type: &str,
+    size: (u32, u32),
+    settings: ImageSettings,
+) -> Result<Vec<u8>> {
+    let (image, _) = decode(bytes, content_type)?;
+    encode(&fit(image, size), content_type, settings)
 }
 
 #[cfg(test)]

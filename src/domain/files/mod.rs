@@ -49,6 +49,8 @@ pub trait ObjectStore: Send + Sync {
     /// The object's bytes from `start`, `length` of them (to the end when `None`).
     async fn get(&self, key: &str, start: u64, length: Option<u64>) -> Result<ByteStream>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// The object's size, or `None` when there is no such object.
+    async fn size(&self, key: &str) -> Result<Option<u64>>;
     /// A URL at which the storage itself serves `key` for `expires_in` seconds from
     /// `issued_at`, presented as asked; `None` for a store that only Keel reads (Keel then
     /// signs a URL it serves).
@@ -215,6 +217,8 @@ pub struct FileSettings {
     /// Where signed download URLs point (`<public url>/api/v1/files/{id}/content`).
     pub public_url: String,
     pub images: ImageSettings,
+    /// The thumbnails made on request, `WxH`.
+    pub thumbnail_sizes: Vec<String>,
 }
 
 /// The file service's collaborators.
@@ -312,13 +316,36 @@ pub struct SignedDownload {
     pub file_id: Uuid,
     pub expires: i64,
     pub inline: bool,
+    /// A thumbnail's box, `WxH`.
+    pub thumb: Option<String>,
     pub signature: String,
 }
 
-/// A file's bytes on their way out.
+/// A file's bytes on their way out: the file's own, or one of its thumbnails.
 pub struct Download {
     pub file: StoredFile,
     pub inline: bool,
+    pub object_key: String,
+    pub size: u64,
+    /// Names these bytes: the file's SHA-256, with the thumbnail's box.
+    pub etag: String,
+}
+
+impl Download {
+    fn whole(file: StoredFile, inline: bool) -> Self {
+        Self {
+            object_key: file.object_key.clone(),
+            size: u64::try_from(file.size).unwrap_or(0),
+            etag: file.checksum.clone(),
+            file,
+            inline,
+        }
+    }
+}
+
+/// Where a file's thumbnail of `thumb` (`WxH`) is kept.
+fn thumbnail_key(id: Uuid, thumb: &str) -> String {
+    format!("thumbs/{}/{thumb}", id.simple())
 }
 
 fn too_large(limit: i64, whose: &str) -> Error {
@@ -446,25 +473,33 @@ impl FileService {
         }
     }
 
-    /// Re-encodes an uploaded image and stores it under `key`: its size and SHA-256. The work
-    /// runs on a blocking thread, as many at once as there are cores (each may hold a decoded
-    /// image in memory).
+    /// Runs image work on a blocking thread, as many at once as there are cores (each may hold
+    /// a decoded image in memory).
+    async fn with_image_permit(
+        &self,
+        content_type: &str,
+        work: impl FnOnce(&str, ImageSettings) -> Result<Vec<u8>> + Send + 'static,
+    ) -> Result<Vec<u8>> {
+        let _permit = (self.image_permits.acquire().await)
+            .map_err(|_| Error::internal("the image permits are closed"))?;
+        let (content_type, settings) = (content_type.to_owned(), self.settings.images);
+        tokio::task::spawn_blocking(move || work(&content_type, settings))
+            .await
+            .map_err(|error| Error::internal(format!("image work: {error}")))?
+    }
+
+    /// Re-encodes an uploaded image and stores it under `key`: its size and SHA-256.
     async fn store_reencoded(
         &self,
         key: &str,
         original: Vec<u8>,
         content_type: &str,
     ) -> Result<(i64, String)> {
-        let stored = {
-            let _permit = (self.image_permits.acquire().await)
-                .map_err(|_| Error::internal("the image permits are closed"))?;
-            let (content_type, settings) = (content_type.to_owned(), self.settings.images);
-            tokio::task::spawn_blocking(move || {
-                images::reencode(&original, &content_type, settings)
+        let stored = self
+            .with_image_permit(content_type, move |content_type, settings| {
+                images::reencode(&original, content_type, settings)
             })
-            .await
-            .map_err(|error| Error::internal(format!("re-encoding an image: {error}")))??
-        };
+            .await?;
         let (size, checksum) = (stored.len() as i64, sha256_hex(&stored));
         let body = futures_util::stream::once(async move { Ok(Bytes::from(stored)) }).boxed();
         self.ports.objects.put(key, body).await?;
@@ -794,22 +829,32 @@ impl FileService {
             return Err(Missing::File.into());
         }
         self.discard(&file.object_key).await;
+        for thumb in &self.settings.thumbnail_sizes {
+            self.discard(&thumbnail_key(file.id, thumb)).await;
+        }
         Ok(())
     }
 
-    fn signature(&self, file_id: Uuid, expires: i64, inline: bool) -> String {
-        let data = format!("{file_id}:{expires}:{}", u8::from(inline));
+    fn signature(&self, file_id: Uuid, expires: i64, inline: bool, thumb: Option<&str>) -> String {
+        let mut data = format!("{file_id}:{expires}:{}", u8::from(inline));
+        if let Some(thumb) = thumb {
+            data.push(':');
+            data.push_str(thumb);
+        }
         let mac = self.ports.keyring.mac(SIGNATURE_PURPOSE, data.as_bytes());
         base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, mac)
     }
 
-    /// A URL serving the file for `expires_in` seconds (60 to 86400; 3600 for 0), signed.
+    /// A URL serving the file, or its thumbnail `thumb` (`WxH`) when not empty, for
+    /// `expires_in` seconds (60 to 86400; 3600 for 0): the storage's presigned URL, or one
+    /// Keel signs and serves.
     pub async fn download_url(
         &self,
         principal: &Principal,
         id: Uuid,
         expires_in: i32,
         inline: bool,
+        thumb: &str,
     ) -> Result<(String, i32)> {
         let expires_in = match expires_in {
             0 => 3600,
@@ -822,8 +867,29 @@ impl FileService {
                 )]));
             }
         };
+        let thumb = (!thumb.is_empty()).then_some(thumb);
+        if let Some(thumb) = thumb
+            && !self
+                .settings
+                .thumbnail_sizes
+                .iter()
+                .any(|size| size == thumb)
+        {
+            return Err(Error::invalid_fields(vec![FieldViolation::new(
+                "thumb",
+                "THUMBNAIL_SIZE",
+                format!(
+                    "thumbnails come in {}",
+                    self.settings.thumbnail_sizes.join(", ")
+                ),
+            )]));
+        }
         let file = self.get(principal, id).await?;
         let inline = inline && displayable(&file.content_type);
+        let key = match thumb {
+            Some(thumb) => self.thumbnail(&file, thumb).await?.0,
+            None => file.object_key.clone(),
+        };
         let presentation = Presentation {
             content_type: &file.content_type,
             filename: &file.original_filename,
@@ -831,34 +897,66 @@ impl FileService {
         };
         let now = self.ports.clock.now();
         let presigned = (self.ports.objects)
-            .presigned_url(
-                &file.object_key,
-                now,
-                expires_in.unsigned_abs(),
-                &presentation,
-            )
+            .presigned_url(&key, now, expires_in.unsigned_abs(), &presentation)
             .await?;
         let url = match presigned {
             Some(url) => url,
             None => {
                 let expires = now.timestamp() + i64::from(expires_in);
                 format!(
-                    "{}/api/v1/files/{}/content?expires={expires}&disposition={}&signature={}",
+                    "{}/api/v1/files/{}/content?expires={expires}&disposition={}{}&signature={}",
                     self.settings.public_url.trim_end_matches('/'),
                     file.id,
                     if inline { "inline" } else { "attachment" },
-                    self.signature(file.id, expires, inline),
+                    thumb
+                        .map(|thumb| format!("&thumb={thumb}"))
+                        .unwrap_or_default(),
+                    self.signature(file.id, expires, inline, thumb),
                 )
             }
         };
         Ok((url, expires_in))
     }
 
-    /// The file a signed URL names, while it is valid and the file exists; 403 otherwise.
+    /// An image's thumbnail of `thumb` (`WxH`, a configured size), made and kept on first
+    /// request: its key and size.
+    async fn thumbnail(&self, file: &StoredFile, thumb: &str) -> Result<(String, u64)> {
+        if !images::reencoded(&file.content_type) {
+            return Err(Error::invalid_argument(
+                "NOT_AN_IMAGE",
+                "thumbnails are made of JPEG, PNG and WebP images",
+            ));
+        }
+        let key = thumbnail_key(file.id, thumb);
+        if let Some(size) = self.ports.objects.size(&key).await? {
+            return Ok((key, size));
+        }
+        let (width, height) = thumb
+            .split_once('x')
+            .and_then(|(width, height)| Some((width.parse().ok()?, height.parse().ok()?)))
+            .ok_or_else(|| Error::internal(format!("thumbnail size {thumb:?}")))?;
+        let mut original = Vec::new();
+        let mut bytes = self.ports.objects.get(&file.object_key, 0, None).await?;
+        while let Some(chunk) = bytes.next().await {
+            original.extend_from_slice(&chunk?);
+        }
+        let made = self
+            .with_image_permit(&file.content_type, move |content_type, settings| {
+                images::thumbnail(&original, content_type, (width, height), settings)
+            })
+            .await?;
+        let size = made.len() as u64;
+        let body = futures_util::stream::once(async move { Ok(Bytes::from(made)) }).boxed();
+        self.ports.objects.put(&key, body).await?;
+        Ok((key, size))
+    }
+
+    /// What a signed URL names, while it is valid and the file exists; 403 otherwise.
     pub async fn signed_download(&self, link: &SignedDownload) -> Result<Download> {
         let refused =
             |message: &str| Error::permission_denied("INVALID_DOWNLOAD_URL", message.to_owned());
-        let expected = self.signature(link.file_id, link.expires, link.inline);
+        let thumb = link.thumb.as_deref();
+        let expected = self.signature(link.file_id, link.expires, link.inline, thumb);
         if !bool::from(expected.as_bytes().ct_eq(link.signature.as_bytes())) {
             return Err(refused("this download URL is not valid"));
         }
@@ -871,30 +969,36 @@ impl FileService {
             .find_file(link.file_id)
             .await?
             .ok_or_else(|| refused("this file no longer exists"))?;
+        let Some(thumb) = thumb else {
+            return Ok(Download::whole(file, link.inline));
+        };
+        let object_key = thumbnail_key(file.id, thumb);
+        let size = (self.ports.objects.size(&object_key).await?)
+            .ok_or_else(|| refused("this thumbnail no longer exists"))?;
         Ok(Download {
+            etag: format!("{}-{thumb}", file.checksum),
             file,
             inline: link.inline,
+            object_key,
+            size,
         })
     }
 
     /// A file the caller may read, for streaming.
     pub async fn download(&self, principal: &Principal, id: Uuid) -> Result<Download> {
-        Ok(Download {
-            file: self.get(principal, id).await?,
-            inline: false,
-        })
+        Ok(Download::whole(self.get(principal, id).await?, false))
     }
 
     /// The bytes of a file being downloaded, from `start`, `length` of them.
     pub async fn bytes(
         &self,
-        file: &StoredFile,
+        download: &Download,
         start: u64,
         length: Option<u64>,
     ) -> Result<ByteStream> {
         self.ports
             .objects
-            .get(&file.object_key, start, length)
+            .get(&download.object_key, start, length)
             .await
     }
 }
