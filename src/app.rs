@@ -310,6 +310,7 @@ impl Services {
                 public_url: config.public_url.clone(),
                 images: config.images,
                 thumbnail_sizes: config.thumbnail_sizes.clone(),
+                retention: config.file_retention,
             },
         ));
         let invitations = Arc::new(InvitationService::new(

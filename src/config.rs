@@ -229,6 +229,8 @@ settings! {
     max_user_storage_mb, "KEEL_MAX_USER_STORAGE_MB" = "1024";
     /// Content types accepted for upload, comma-separated, as detected from the bytes
     file_allowed_types, "KEEL_FILE_ALLOWED_TYPES" ~ "images, PDF, Office documents, text, CSV, JSON, Markdown";
+    /// Days a deleted file's bytes are kept (out of reach) before the cleanup removes them
+    file_retention_days, "KEEL_FILE_RETENTION_DAYS" = "7";
     /// Uploaded images wider or taller than this many pixels are shrunk to fit
     image_max_dimension, "KEEL_IMAGE_MAX_DIMENSION" = "1920";
     /// Quality (1–100) of re-encoded JPEG images
@@ -403,6 +405,7 @@ pub struct Config {
     pub images: ImageSettings,
     /// `WxH` each.
     pub thumbnail_sizes: Vec<String>,
+    pub file_retention: chrono::Duration,
     /// `None` keeps files on local disk.
     pub s3: Option<S3Settings>,
     pub webhook_timeout: Duration,
@@ -606,6 +609,7 @@ impl Config {
                     _ => return Err(settings.image_jpeg_quality().invalid("must be 1 to 100")),
                 },
             },
+            file_retention: chrono::Duration::days(settings.file_retention_days().parse()?),
             thumbnail_sizes: {
                 let sizes = settings.image_thumbnail_sizes().list();
                 let valid = |size: &String| {

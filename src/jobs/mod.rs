@@ -571,6 +571,10 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     if expired > 0 {
         tracing::info!(expired, "unfinished uploads expired");
     }
+    let purged = context.files.purge().await?;
+    if purged > 0 {
+        tracing::info!(purged, "storage of deleted files and ended uploads removed");
+    }
     let dispatched = chrono::Duration::days(DISPATCHED_EVENT_RETENTION_DAYS);
     let purged = context.dispatcher.purge_dispatched(dispatched).await?;
     if purged > 0 {

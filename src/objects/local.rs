@@ -106,6 +106,18 @@ impl ObjectStore for LocalObjects {
         remove_if_present(&self.path(key)?).await
     }
 
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let to = self.path(to)?;
+        if let Some(parent) = to.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(storage_error)?;
+        }
+        tokio::fs::rename(self.path(from)?, to)
+            .await
+            .map_err(storage_error)
+    }
+
     async fn size(&self, key: &str) -> Result<Option<u64>> {
         match tokio::fs::metadata(self.path(key)?).await {
             Ok(metadata) => Ok(Some(metadata.len())),

@@ -9,15 +9,15 @@ use crate::domain::health::HealthProbe;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
+use minio::s3::builders::CopySource;
 use minio::s3::builders::ObjectContent;
 use minio::s3::creds::StaticProvider;
 use minio::s3::error::S3ServerError;
 use minio::s3::http::BaseUrl;
-use minio::s3::minio_error_response::MinioErrorCode;
 use minio::s3::multimap_ext::Multimap;
 use minio::s3::response_traits::HasEtagFromHeaders;
 use minio::s3::segmented_bytes::SegmentedBytes;
-use minio::s3::types::{ETag, PartInfo, Region, S3Api};
+use minio::s3::types::{BucketName, ETag, ObjectKey, PartInfo, Region, S3Api};
 use minio::s3::{MinioClient, MinioClientBuilder};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,12 @@ impl Staged {
     fn encode(&self) -> Result<String> {
         serde_json::to_string(self).map_err(storage_error)
     }
+}
+
+/// Whether S3 answered with the error `code` (`NoSuchKey`…): what was asked for is not there.
+fn is_missing(error: &minio::s3::error::Error, code: &str) -> bool {
+    matches!(error, minio::s3::error::Error::S3Server(S3ServerError::S3Error(response))
+        if response.code().to_string() == code)
 }
 
 fn tail_key(key: &str) -> String {
@@ -323,14 +329,37 @@ impl ObjectStore for S3Objects {
 
     async fn abort_staged(&self, key: &str, state: &str) -> Result<()> {
         let staged = Staged::parse(state)?;
-        self.client
+        let aborted = self
+            .client
             .abort_multipart_upload(&self.bucket, key, staged.upload_id.as_str())
             .map_err(storage_error)?
             .build()
             .send()
+            .await;
+        match aborted {
+            Ok(_) => {}
+            // Aborted or completed before.
+            Err(error) if is_missing(&error, "NoSuchUpload") => {}
+            Err(error) => return Err(storage_error(error)),
+        }
+        self.delete(&tail_key(key)).await
+    }
+
+    /// S3 has no rename: a server-side copy, then the original goes.
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let source = CopySource::builder()
+            .bucket(BucketName::new(&self.bucket).map_err(storage_error)?)
+            .object(ObjectKey::new(from).map_err(storage_error)?)
+            .build();
+        self.client
+            .copy_object(&self.bucket, to)
+            .map_err(storage_error)?
+            .source(source)
+            .build()
+            .send()
             .await
             .map_err(storage_error)?;
-        self.delete(&tail_key(key)).await
+        self.delete(from).await
     }
 
     async fn size(&self, key: &str) -> Result<Option<u64>> {
@@ -343,11 +372,7 @@ impl ObjectStore for S3Objects {
             .await;
         match stat {
             Ok(stat) => stat.size().map(Some).map_err(storage_error),
-            Err(minio::s3::error::Error::S3Server(S3ServerError::S3Error(response)))
-                if response.code() == MinioErrorCode::NoSuchKey =>
-            {
-                Ok(None)
-            }
+            Err(error) if is_missing(&error, "NoSuchKey") => Ok(None),
             Err(error) => Err(storage_error(error)),
         }
     }

@@ -4,7 +4,8 @@ use super::{BeginWrite, SqlStore, database_error, with_pool};
 use crate::domain::error::Result;
 use crate::domain::events::Event;
 use crate::domain::files::{
-    FileFilter, FileStore, PendingUpload, StorageBudget, StoredFile, UploadHeader,
+    FileFilter, FileStore, PendingUpload, PurgeTarget, QueuedPurge, StorageBudget, StoredFile,
+    UploadHeader,
 };
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
@@ -302,23 +303,61 @@ impl FileStore for SqlStore {
         Ok(deleted == 1)
     }
 
-    async fn expired_uploads(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<PendingUpload>> {
-        let sql = format!(
-            "SELECT {UPLOAD_COLUMNS} FROM file_uploads WHERE expires_at < $1 \
-             ORDER BY expires_at LIMIT $2"
-        );
-        let rows: Vec<UploadRow> = with_pool!(self, pool => {
-            sqlx::query_as(AssertSqlSafe(sql))
+    async fn delete_expired_uploads(&self, now: DateTime<Utc>) -> Result<u64> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM file_uploads WHERE expires_at < $1")
                 .bind(now)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(pool)
+                .execute(pool)
                 .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(database_error)
+    }
+
+    async fn forget_deleted_files(&self, cutoff: DateTime<Utc>) -> Result<u64> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM files WHERE deleted_at < $1")
+                .bind(cutoff)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })
+        .map_err(database_error)
+    }
+
+    async fn queued_purges(&self, limit: usize) -> Result<Vec<QueuedPurge>> {
+        let rows: Vec<(i64, Uuid, String, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, item_id, kind, storage_state FROM object_purges ORDER BY id LIMIT $1",
+            )
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await
         })
         .map_err(database_error)?;
-        Ok(rows.into_iter().map(PendingUpload::from).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id, item_id, kind, storage_state)| QueuedPurge {
+                id,
+                target: match kind.as_str() {
+                    "upload" => PurgeTarget::Upload {
+                        id: item_id,
+                        storage_state,
+                    },
+                    _ => PurgeTarget::File(item_id),
+                },
+            })
+            .collect())
+    }
+
+    async fn finish_purge(&self, id: i64) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("DELETE FROM object_purges WHERE id = $1")
+                .bind(id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })
+        .map_err(database_error)
     }
 }

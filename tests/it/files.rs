@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 crate::backend_tests!(
+    storage_goes_after_retention_and_with_its_organization,
     images_are_stored_upright_bounded_and_without_metadata,
     files_round_trip_on_every_door,
     contents_decide_what_a_file_is,
@@ -387,6 +388,119 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         .rest(Method::GET, "/api/v1/files", &alice.access, None)
         .await;
     assert_eq!(listed["files"], json!([]));
+}
+
+/// The size of the object under `key` in the test server's storage, if there is one.
+pub async fn object_size(app: &TestApp, key: &str) -> Option<u64> {
+    use keel::domain::files::ObjectStore;
+    match &app.config.s3 {
+        Some(s3) => {
+            keel::objects::S3Objects::connect(s3)
+                .await
+                .unwrap()
+                .size(key)
+                .await
+        }
+        None => {
+            keel::objects::LocalObjects::open(&app.config.data_dir.join("files"))
+                .unwrap()
+                .size(key)
+                .await
+        }
+    }
+    .unwrap()
+}
+
+async fn storage_goes_after_retention_and_with_its_organization(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |settings| {
+        settings.cleanup_schedule = Some("* * * * * *".into());
+    })
+    .await;
+    let (_, alice) = user(&app, "alice@example.com").await;
+    let org = create_organization(&app, &alice.access, "acme").await;
+    let mut ids = Vec::new();
+    for organization in ["", org.as_str()] {
+        let (status, file) = upload(
+            &app,
+            &alice.access,
+            &[("organization_id", organization)],
+            "a.pdf",
+            "application/pdf",
+            pdf(1000),
+        )
+        .await;
+        assert_eq!(status, 201, "{file}");
+        ids.push(file["id"].as_str().unwrap().replace('-', ""));
+    }
+    // An organization's upload, left unfinished.
+    let unfinished = crate::resumable::create(
+        &app,
+        &alice.access,
+        100,
+        &[("organization_id", org.as_str()), ("filename", "b.txt")],
+    )
+    .await;
+    let (personal, shared) = (&ids[0], &ids[1]);
+    let rows = |sql: &'static str| crate::jobs::query::<(i64,)>(&app.config, sql);
+    let eventually = |sql: &'static str, expected: i64| async move {
+        for _ in 0..100 {
+            if rows(sql).await[0].0 == expected {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{sql} never reached {expected}");
+    };
+
+    // Deleted: out of reach at once, its bytes kept for the retention period.
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/files/{}", uuid::Uuid::parse_str(personal).unwrap()),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        object_size(&app, &format!("objects/{personal}")).await,
+        None
+    );
+    assert_eq!(
+        object_size(&app, &format!("trash/{personal}")).await,
+        Some(1000)
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(rows("SELECT COUNT(*) FROM files").await[0].0, 2);
+    // Past it (7 days), the row and the bytes go.
+    app.clock.advance(chrono::Duration::days(8));
+    eventually("SELECT COUNT(*) FROM files", 1).await;
+    eventually("SELECT COUNT(*) FROM object_purges", 0).await;
+    assert_eq!(object_size(&app, &format!("trash/{personal}")).await, None);
+
+    // The organization's file and unfinished upload go with the organization.
+    let alice = app.login("alice@example.com").await;
+    let (status, body) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/organizations/{org}"),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("SELECT COUNT(*) FROM files", 0).await;
+    eventually("SELECT COUNT(*) FROM file_uploads", 0).await;
+    eventually("SELECT COUNT(*) FROM object_purges", 0).await;
+    assert_eq!(object_size(&app, &format!("objects/{shared}")).await, None);
+    if backend == Backend::Embedded {
+        let id = unfinished.rsplit('/').next().unwrap().replace('-', "");
+        let staged = app
+            .config
+            .data_dir
+            .join(format!("files/objects/{id}.staged"));
+        assert!(!staged.exists(), "{staged:?}");
+    }
 }
 
 /// The stored image's bytes, through its download URL.

@@ -38,6 +38,8 @@ const SNIFF_BYTES: usize = 64 * 1024;
 const MAX_FILENAME_BYTES: usize = 255;
 const SIGNATURE_PURPOSE: &str = "file-download";
 const LIST: &str = "files";
+/// Queued storage removals worked per cleanup run.
+const PURGE_BATCH: usize = 500;
 
 /// Where objects live: a directory, or an S3 bucket.
 #[async_trait::async_trait]
@@ -49,6 +51,8 @@ pub trait ObjectStore: Send + Sync {
     /// The object's bytes from `start`, `length` of them (to the end when `None`).
     async fn get(&self, key: &str, start: u64, length: Option<u64>) -> Result<ByteStream>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Moves an object to another key (within the store).
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
     /// The object's size, or `None` when there is no such object.
     async fn size(&self, key: &str) -> Result<Option<u64>>;
     /// A URL at which the storage itself serves `key` for `expires_in` seconds from
@@ -191,9 +195,30 @@ pub trait FileStore: Send + Sync {
     async fn record_append(&self, id: Uuid, received: i64, storage_state: &str) -> Result<()>;
     /// `false` when it was gone already.
     async fn delete_upload(&self, id: Uuid) -> Result<bool>;
-    /// Uploads that expired before `now`, oldest first.
-    async fn expired_uploads(&self, now: DateTime<Utc>, limit: usize)
-    -> Result<Vec<PendingUpload>>;
+    /// Deletes the uploads that expired before `now` (their storage is queued for removal):
+    /// how many.
+    async fn delete_expired_uploads(&self, now: DateTime<Utc>) -> Result<u64>;
+    /// Deletes the rows of files deleted before `cutoff` (their storage is queued for
+    /// removal): how many.
+    async fn forget_deleted_files(&self, cutoff: DateTime<Utc>) -> Result<u64>;
+    /// Storage removals queued as file and unfinished upload rows went, oldest first.
+    async fn queued_purges(&self, limit: usize) -> Result<Vec<QueuedPurge>>;
+    async fn finish_purge(&self, id: i64) -> Result<()>;
+}
+
+/// Storage whose row is gone, to remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedPurge {
+    pub id: i64,
+    pub target: PurgeTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// A file's object (live or in the trash) and its thumbnails.
+    File(Uuid),
+    /// An unfinished upload's staged object.
+    Upload { id: Uuid, storage_state: String },
 }
 
 /// What a client says about a file it uploads.
@@ -219,6 +244,8 @@ pub struct FileSettings {
     pub images: ImageSettings,
     /// The thumbnails made on request, `WxH`.
     pub thumbnail_sizes: Vec<String>,
+    /// How long a deleted file's bytes are kept before the cleanup job removes them.
+    pub retention: chrono::Duration,
 }
 
 /// The file service's collaborators.
@@ -341,6 +368,12 @@ impl Download {
             inline,
         }
     }
+}
+
+/// Where a deleted file's object waits out the retention period: away from its key, so that a
+/// presigned URL issued before the deletion no longer reaches it.
+fn trash_key(id: Uuid) -> String {
+    format!("trash/{}", id.simple())
 }
 
 /// Where a file's thumbnail of `thumb` (`WxH`) is kept.
@@ -828,11 +861,51 @@ impl FileService {
         {
             return Err(Missing::File.into());
         }
-        self.discard(&file.object_key).await;
-        for thumb in &self.settings.thumbnail_sizes {
-            self.discard(&thumbnail_key(file.id, thumb)).await;
+        let moved = (self.ports.objects)
+            .rename(&file.object_key, &trash_key(file.id))
+            .await;
+        if let Err(error) = moved {
+            tracing::warn!(%error, key = file.object_key, "moving a deleted file's object failed");
         }
+        self.discard_thumbnails(file.id).await;
         Ok(())
+    }
+
+    async fn discard_thumbnails(&self, id: Uuid) {
+        for thumb in &self.settings.thumbnail_sizes {
+            self.discard(&thumbnail_key(id, thumb)).await;
+        }
+    }
+
+    /// Forgets files deleted longer ago than the retention period, then removes the storage
+    /// of every file and unfinished upload whose row is gone; answers how many it removed.
+    /// What fails to go stays queued for the next run.
+    pub async fn purge(&self) -> Result<usize> {
+        let cutoff = self.ports.clock.now() - self.settings.retention;
+        self.ports.store.forget_deleted_files(cutoff).await?;
+        let mut purged = 0;
+        for purge in self.ports.store.queued_purges(PURGE_BATCH).await? {
+            let removed = match &purge.target {
+                PurgeTarget::File(id) => {
+                    self.discard_thumbnails(*id).await;
+                    let live = self.ports.objects.delete(&object_key(*id)).await;
+                    live.and(self.ports.objects.delete(&trash_key(*id)).await)
+                }
+                PurgeTarget::Upload { id, storage_state } => {
+                    (self.ports.objects)
+                        .abort_staged(&object_key(*id), storage_state)
+                        .await
+                }
+            };
+            match removed {
+                Ok(()) => {
+                    self.ports.store.finish_purge(purge.id).await?;
+                    purged += 1;
+                }
+                Err(error) => tracing::warn!(%error, ?purge, "removing storage failed"),
+            }
+        }
+        Ok(purged)
     }
 
     fn signature(&self, file_id: Uuid, expires: i64, inline: bool, thumb: Option<&str>) -> String {

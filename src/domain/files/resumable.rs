@@ -2,7 +2,9 @@
 //! each continuing where the last stopped, then checked, hashed and recorded like any upload.
 //!
 //! Only the uploader sees an upload. One append at a time writes to it (a lease in the store);
-//! an upload left unfinished for `UPLOAD_LIFETIME` is removed by the cleanup job.
+//! an upload left unfinished for `UPLOAD_LIFETIME` is ended by the cleanup job. The bytes of an
+//! upload that ends unfinished (cancelled, expired, or its owner deleted) are queued for
+//! removal by the database as the row goes (`FileService::purge` removes them).
 
 use super::{
     ByteStream, FileService, PendingUpload, SNIFF_BYTES, StoredFile, Written, empty_file, images,
@@ -19,8 +21,6 @@ use uuid::Uuid;
 pub const UPLOAD_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// How long one append may hold an upload before another may take over (a crashed one).
 const APPEND_LEASE: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
-/// Expired uploads removed per round of the cleanup job.
-const EXPIRED_BATCH: usize = 100;
 
 /// Where an append left its upload.
 pub enum UploadProgress {
@@ -67,7 +67,13 @@ impl FileService {
             expires_at: now + UPLOAD_LIFETIME,
         };
         if let Err(error) = self.ports.store.insert_upload(&upload).await {
-            self.abort_staged(&upload).await;
+            // No row, so nothing queued its removal.
+            let aborted = (self.ports.objects)
+                .abort_staged(&key, &upload.storage_state)
+                .await;
+            if let Err(error) = aborted {
+                tracing::warn!(%error, key, "removing a refused upload's bytes failed");
+            }
             return Err(error);
         }
         Ok(upload)
@@ -219,41 +225,20 @@ impl FileService {
             .await
     }
 
-    /// Ends an unfinished upload and removes what it holds.
+    /// Ends an unfinished upload; its bytes go with the next cleanup (queued with the row).
     pub async fn cancel_upload(&self, principal: &Principal, id: Uuid) -> Result<()> {
-        let upload = self.upload_status(principal, id).await?;
+        self.upload_status(principal, id).await?;
         if !self.ports.store.delete_upload(id).await? {
             return Err(Missing::Upload.into());
         }
-        self.abort_staged(&upload).await;
         Ok(())
     }
 
-    /// Removes uploads left unfinished past their expiry; answers how many.
-    pub async fn expire_uploads(&self) -> Result<usize> {
-        let now = self.ports.clock.now();
-        let mut removed = 0;
-        loop {
-            let expired = self.ports.store.expired_uploads(now, EXPIRED_BATCH).await?;
-            for upload in &expired {
-                if self.ports.store.delete_upload(upload.id).await? {
-                    self.abort_staged(upload).await;
-                    removed += 1;
-                }
-            }
-            if expired.len() < EXPIRED_BATCH {
-                return Ok(removed);
-            }
-        }
-    }
-
-    async fn abort_staged(&self, upload: &PendingUpload) {
-        let key = object_key(upload.id);
-        if let Err(error) = (self.ports.objects)
-            .abort_staged(&key, &upload.storage_state)
+    /// Ends the uploads left unfinished past their expiry (their bytes are queued for
+    /// removal); answers how many.
+    pub async fn expire_uploads(&self) -> Result<u64> {
+        (self.ports.store)
+            .delete_expired_uploads(self.ports.clock.now())
             .await
-        {
-            tracing::warn!(%error, key, "removing an unfinished upload's bytes failed");
-        }
     }
 }
