@@ -105,7 +105,7 @@ impl FileDoor {
                     "send the file as multipart/form-data, in the field `file`",
                 )
             })?;
-        let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
+        let mut form = multer::Multipart::new(OnePerPoll::new(body.into_data_stream()), boundary);
         let mut header = UploadHeader::default();
         let file = loop {
             let field = form
@@ -145,6 +145,41 @@ impl FileDoor {
         let reply = self.transcoder.call(rpc, &parts, body).await?;
         let file_field = rpc.descriptor.output().get_field_by_name("file");
         render_reply(rpc, file_field.as_ref(), &reply)
+    }
+}
+
+/// Hands the form parser one chunk per poll. multer reads whatever the connection has ready
+/// into its buffer before it returns a field's bytes, and on a fast client that is much of the
+/// upload (tens of MiB held at once); one chunk at a time keeps it to what the consumer takes.
+struct OnePerPoll<S> {
+    inner: S,
+    yielded: bool,
+}
+
+impl<S> OnePerPoll<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            yielded: false,
+        }
+    }
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for OnePerPoll<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if std::mem::take(&mut self.yielded) {
+            // Ready again at once, but only after the parser has used what it got.
+            context.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let next = std::pin::Pin::new(&mut self.inner).poll_next(context);
+        self.yielded = matches!(next, std::task::Poll::Ready(Some(_)));
+        next
     }
 }
 

@@ -246,7 +246,7 @@ impl TusDoor {
             .map_err(|error| self.refusal(error))?;
         let (offset, expires) = match progress {
             UploadProgress::Partial(upload) => (upload.received, Some(expires(&upload))),
-            UploadProgress::Complete(file) => (file.size, None),
+            UploadProgress::Complete { length, .. } => (length, None),
         };
         let mut response = StatusCode::NO_CONTENT.into_response();
         let headers = response.headers_mut();

@@ -22,9 +22,9 @@ use minio::s3::{MinioClient, MinioClientBuilder};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
-/// The part size of streamed uploads: the memory an upload holds, and a 80 GB object limit
-/// at S3's 10,000 parts.
-const PART_BYTES: u64 = 8 * 1024 * 1024;
+/// The part size of streamed uploads: S3's smallest, since an upload holds a part (and the
+/// client library's copies of it) in memory; objects are then limited to 10,000 parts, 50 GiB.
+const PART_BYTES: u64 = 5 * 1024 * 1024;
 
 /// A staged object: an S3 multipart upload of `PART_BYTES` parts, and the bytes short of a
 /// part kept in a `<key>.tail` object until more arrive (S3 needs 5 MiB parts but the last).

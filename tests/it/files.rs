@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 crate::backend_tests!(
+    api_keys_reach_personal_files_by_their_scopes,
     storage_goes_after_retention_and_with_its_organization,
     images_are_stored_upright_bounded_and_without_metadata,
     files_round_trip_on_every_door,
@@ -388,6 +389,65 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         .rest(Method::GET, "/api/v1/files", &alice.access, None)
         .await;
     assert_eq!(listed["files"], json!([]));
+}
+
+/// A new API key of the caller's, with `body`'s scopes and organization.
+async fn api_key(app: &TestApp, token: &str, body: Value) -> String {
+    let (status, key) = app
+        .rest(Method::POST, "/api/v1/api-keys", token, Some(body))
+        .await;
+    assert_eq!(status, 201, "{key}");
+    key["key"].as_str().unwrap().to_owned()
+}
+
+async fn api_keys_reach_personal_files_by_their_scopes(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let alice = app.verified("alice@example.com").await;
+    let org = create_organization(&app, &alice.access, "acme").await;
+    let (status, file) = upload(
+        &app,
+        &alice.access,
+        &[],
+        "a.pdf",
+        "application/pdf",
+        pdf(99),
+    )
+    .await;
+    assert_eq!(status, 201, "{file}");
+    let file_path = format!("/api/v1/files/{}", file["id"].as_str().unwrap());
+
+    let unscoped = api_key(&app, &alice.access, json!({ "name": "none" })).await;
+    let reader = api_key(
+        &app,
+        &alice.access,
+        json!({ "name": "r", "scopes": ["file:read"] }),
+    )
+    .await;
+    let writer = api_key(
+        &app,
+        &alice.access,
+        json!({ "name": "w", "scopes": ["file:create"] }),
+    )
+    .await;
+    let bound = api_key(
+        &app,
+        &alice.access,
+        json!({ "name": "b", "scopes": ["file:read", "file:create"], "organization_id": org }),
+    )
+    .await;
+    let outcomes = [
+        (&unscoped, 403, 403, 403),
+        (&reader, 200, 200, 403),
+        (&writer, 403, 403, 201),
+        (&bound, 403, 403, 403),
+    ];
+    for (key, lists, reads, uploads) in outcomes {
+        let (status, body) = app.rest(Method::GET, "/api/v1/files", key, None).await;
+        assert_eq!(status, lists, "{body}");
+        assert_eq!(app.rest(Method::GET, &file_path, key, None).await.0, reads);
+        let (status, body) = upload(&app, key, &[], "b.pdf", "application/pdf", pdf(9)).await;
+        assert_eq!(status, uploads, "{body}");
+    }
 }
 
 /// The size of the object under `key` in the test server's storage, if there is one.

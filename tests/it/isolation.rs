@@ -718,10 +718,17 @@ async fn files_stay_with_their_owners(app: &TestApp, tenants: &Tenants<'_>, file
         )
         .await;
         assert_eq!(status, 404);
-        // Their own listing holds nothing of A's.
-        let (_, listed) = app.rest(Method::GET, "/api/v1/files", token, None).await;
-        assert_eq!(listed["files"], json!([]));
     }
+    // Mallory's own listing holds nothing of A's (her key, bound to B, reaches no personal
+    // files at all).
+    let (_, listed) = app
+        .rest(Method::GET, "/api/v1/files", &mallory.access, None)
+        .await;
+    assert_eq!(listed["files"], json!([]));
+    let (status, _) = app
+        .rest(Method::GET, "/api/v1/files", mallory_key, None)
+        .await;
+    assert_eq!(status, 403);
     let (status, _) = upload(
         app,
         &vic.access,

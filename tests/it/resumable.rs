@@ -162,7 +162,7 @@ async fn interrupted_uploads_continue_where_they_stopped(backend: Backend) {
     assert_eq!(response.status(), 412);
     assert_eq!(response.headers()["tus-version"], "1.0.0");
 
-    // Past a part of S3's multipart upload (8 MiB), so both the parts and the tail are used.
+    // Past two parts of S3's multipart upload (5 MiB), so both the parts and the tail are used.
     let document = {
         let mut document = pdf(11 * 1024 * 1024);
         for (index, byte) in document.iter_mut().enumerate().skip(64) {
@@ -305,6 +305,11 @@ async fn uploads_are_checked_when_complete_and_can_be_terminated(backend: Backen
         .await
         .unwrap();
     assert_eq!(response.status(), 204, "{:?}", response.text().await);
+    // The offset is the client's bytes', whatever size the stored image has.
+    assert_eq!(
+        response.headers()["upload-offset"],
+        original.len().to_string().as_str()
+    );
     let id = path.rsplit('/').next().unwrap();
     let (_, file) = app
         .rest(

@@ -9,7 +9,7 @@ use super::clock::{Clock, truncate_to_micros};
 use super::error::{Error, ErrorKind, FieldViolation, Missing, Result};
 use super::events::{Event, EventData, EventKind, Origin};
 use super::page::{Page, PageTokens};
-use super::principal::Principal;
+use super::principal::{Credential, Principal};
 use super::secret::Keyring;
 use super::tenancy::access::{AccessControl, Scope};
 use super::tenancy::quotas::{QuotaService, quota_exceeded};
@@ -393,6 +393,27 @@ fn unsupported(message: String) -> Error {
     Error::invalid_argument("UNSUPPORTED_FILE_TYPE", message)
 }
 
+/// Whether the caller may reach their own personal files with `permission`: a user always; an
+/// API key only when unbound to an organization (a bound key acts there only) and scoped with
+/// the permission, as for an organization's files.
+fn personal_access(principal: &Principal, permission: &str) -> Result<()> {
+    match &principal.credential {
+        Credential::Session(_) => Ok(()),
+        Credential::ApiKey {
+            organization_id: None,
+            scopes,
+            ..
+        } if scopes.iter().any(|scope| scope == permission) => Ok(()),
+        Credential::ApiKey { .. } => Err(Error::permission_denied(
+            "PERMISSION_DENIED",
+            format!(
+                "this API key may not reach personal files: it needs the {permission} scope \
+                 and no organization of its own"
+            ),
+        )),
+    }
+}
+
 /// Types a browser shows without running them as a page.
 fn displayable(content_type: &str) -> bool {
     content_type.starts_with("image/")
@@ -628,6 +649,7 @@ impl FileService {
     ) -> Result<Admission> {
         let instance = self.settings.max_file_bytes;
         let Some(organization_id) = organization_id else {
+            personal_access(principal, "file:create")?;
             return Ok(Admission {
                 budget: StorageBudget {
                     owner_id: principal.user.id,
@@ -786,7 +808,10 @@ impl FileService {
     ) -> Result<(StoredFile, Origin)> {
         let file = self.ports.store.find_file(id).await?.ok_or(Missing::File)?;
         match file.organization_id {
-            None if file.uploaded_by == principal.user.id => Ok((file, Origin::from(principal))),
+            None if file.uploaded_by == principal.user.id => {
+                personal_access(principal, permission)?;
+                Ok((file, Origin::from(principal)))
+            }
             None => Err(Missing::File.into()),
             Some(organization_id) => {
                 let access = self
@@ -835,7 +860,10 @@ impl FileService {
                     )
                     .await?;
             }
-            None => filter.uploaded_by = Some(principal.user.id),
+            None => {
+                personal_access(principal, "file:read")?;
+                filter.uploaded_by = Some(principal.user.id);
+            }
         }
         let request = self.ports.pages.request(LIST, page_size, page_token)?;
         let rows = self

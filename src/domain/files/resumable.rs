@@ -26,8 +26,9 @@ const APPEND_LEASE: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 pub enum UploadProgress {
     /// More bytes are expected.
     Partial(PendingUpload),
-    /// The last bytes arrived: the upload is now this file.
-    Complete(StoredFile),
+    /// The last of its `length` bytes arrived: the upload is now this file (whose size differs
+    /// when it is an image, re-encoded).
+    Complete { length: i64, file: StoredFile },
 }
 
 impl FileService {
@@ -79,15 +80,22 @@ impl FileService {
         Ok(upload)
     }
 
-    /// The caller's unfinished upload.
+    /// The caller's unfinished upload, while they may still upload there.
     pub async fn upload_status(&self, principal: &Principal, id: Uuid) -> Result<PendingUpload> {
         let upload = self.ports.store.find_upload(id).await?;
-        upload
+        let upload = upload
             .filter(|upload| {
                 upload.uploaded_by == principal.user.id
                     && upload.expires_at > self.ports.clock.now()
             })
-            .ok_or_else(|| Missing::Upload.into())
+            .ok_or(Missing::Upload)?;
+        self.admit_upload(principal, upload.header.organization_id, false)
+            .await
+            .map_err(|error| match error.kind {
+                ErrorKind::NotFound | ErrorKind::PermissionDenied => Missing::Upload.into(),
+                _ => error,
+            })?;
+        Ok(upload)
     }
 
     /// Appends `body` at `offset`, which must be where the upload stands; bytes that arrive
@@ -167,7 +175,8 @@ impl FileService {
             .await?;
         let recorded = self.complete(principal, &upload).await;
         self.ports.store.delete_upload(id).await?;
-        recorded.map(UploadProgress::Complete)
+        let length = upload.length;
+        recorded.map(|file| UploadProgress::Complete { length, file })
     }
 
     /// Checks and records a finished upload's object as a file (or removes it).
