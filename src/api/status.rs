@@ -19,7 +19,9 @@ fn reason_status(reason: &str) -> Option<StatusCode> {
     match reason {
         // The whole server out of capacity is 503 (RFC 9110), a caller's own limit 429.
         SERVER_BUSY => Some(StatusCode::SERVICE_UNAVAILABLE),
-        "FILE_TOO_LARGE" => Some(StatusCode::PAYLOAD_TOO_LARGE),
+        "FILE_TOO_LARGE" | "IMAGE_TOO_LARGE" => Some(StatusCode::PAYLOAD_TOO_LARGE),
+        // What tus servers answer while another request appends to the upload.
+        "UPLOAD_BUSY" => Some(StatusCode::LOCKED),
         "UNSUPPORTED_FILE_TYPE" => Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
         _ => None,
     }

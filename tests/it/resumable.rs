@@ -349,6 +349,37 @@ async fn uploads_are_checked_when_complete_and_can_be_terminated(backend: Backen
         .unwrap();
     assert_eq!(response.status(), 413);
 
+    // While one request appends, another is told the upload is busy (423), and changes nothing.
+    let path = create(&app, &alice.access, 10, &[("filename", "notes.txt")]).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    sender.send(Ok(Bytes::from_static(b"0123"))).await.unwrap();
+    let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    let slow = patch(
+        &app,
+        &alice.access,
+        &path,
+        0,
+        reqwest::Body::wrap_stream(body),
+    );
+    let probe = async {
+        for _ in 0..100 {
+            let probed = patch(&app, &alice.access, &path, 0, Vec::new().into()).await;
+            if probed.unwrap().status() == StatusCode::LOCKED {
+                drop(sender);
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    let (slow, locked) = tokio::join!(slow, probe);
+    assert!(locked, "a second append while the first is under way");
+    let slow = slow.unwrap();
+    assert_eq!(slow.status(), 204);
+    assert_eq!(slow.headers()["upload-offset"], "4");
+
     // Terminated: gone, and its bytes with it.
     let path = create(&app, &alice.access, 100, &[("filename", "notes.txt")]).await;
     let response = patch(&app, &alice.access, &path, 0, vec![b'a'; 40].into())
