@@ -9,7 +9,7 @@ use crate::domain::health::HealthProbe;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt};
-use minio::s3::builders::{CopySource, ObjectContent};
+use minio::s3::builders::CopySource;
 use minio::s3::creds::StaticProvider;
 use minio::s3::error::S3ServerError;
 use minio::s3::http::BaseUrl;
@@ -19,7 +19,6 @@ use minio::s3::segmented_bytes::SegmentedBytes;
 use minio::s3::types::{BucketName, ETag, ObjectKey, PartInfo, Region, S3Api};
 use minio::s3::{MinioClient, MinioClientBuilder};
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, Mutex};
 
 /// The part size of streamed uploads: S3's smallest, since an upload holds a part (and the
 /// client library's copies of it) in memory; objects are then limited to 10,000 parts, 50 GiB.
@@ -155,27 +154,47 @@ impl S3Objects {
         Ok(())
     }
 
+    async fn put_whole(&self, key: &str, bytes: Bytes) -> Result<()> {
+        self.client
+            .put_object(&self.bucket, key, SegmentedBytes::from(bytes))
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(storage_error)
+    }
+
+    /// Completes a multipart upload from its parts.
+    async fn complete(&self, key: &str, staged: &Staged) -> Result<()> {
+        let parts = (staged.parts.iter())
+            .map(|part| {
+                let etag = ETag::new(part.etag.as_str()).map_err(storage_error)?;
+                Ok(PartInfo::new(part.number, etag, part.size, None))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.client
+            .complete_multipart_upload(&self.bucket, key, staged.upload_id.as_str(), parts)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(storage_error)
+    }
+
     /// Keeps `bytes` (less than a part) as the staged object's tail.
     async fn keep_tail(&self, key: &str, staged: &mut Staged, bytes: Bytes) -> Result<()> {
         let tail = tail_key(key);
+        let length = bytes.len() as u64;
         if bytes.is_empty() {
             if staged.tail > 0 {
                 self.delete(&tail).await?;
             }
         } else {
-            self.client
-                .put_object(
-                    &self.bucket,
-                    tail.as_str(),
-                    SegmentedBytes::from(bytes.clone()),
-                )
-                .map_err(storage_error)?
-                .build()
-                .send()
-                .await
-                .map_err(storage_error)?;
+            self.put_whole(&tail, bytes).await?;
         }
-        staged.tail = bytes.len() as u64;
+        staged.tail = length;
         Ok(())
     }
 }
@@ -186,37 +205,41 @@ impl ObjectStore for S3Objects {
         "s3"
     }
 
-    async fn put(&self, key: &str, body: ByteStream) -> Result<()> {
-        // minio sees an I/O error; the caller gets the body's own (too large, over quota…).
-        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
-        let body = {
-            let failure = failure.clone();
-            body.map_err(move |error| {
-                let message = error.to_string();
-                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-                std::io::Error::other(message)
-            })
-        };
-        let sent = self
-            .client
-            .put_object_content(
-                &self.bucket,
-                key,
-                ObjectContent::new_from_stream(body, None),
-            )
-            .map_err(storage_error)?
-            .part_size(PART_BYTES)
-            .build()
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(error) => Err(failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| storage_error(error))),
+    /// A body shorter than a part is one PUT; a longer one a multipart upload, aborted if the
+    /// body fails. Parts are copied out of the body's chunks: those may be slices of larger
+    /// buffers (tonic's decoding buffer), which a part made of them would keep alive.
+    async fn put(&self, key: &str, mut body: ByteStream) -> Result<()> {
+        let part_bytes = PART_BYTES as usize;
+        let mut pending = BytesMut::with_capacity(part_bytes);
+        let mut staged: Option<Staged> = None;
+        let sent = async {
+            while let Some(chunk) = body.next().await {
+                pending.extend_from_slice(&chunk?);
+                while pending.len() >= part_bytes {
+                    let part = pending.split_to(part_bytes).freeze();
+                    let staged = match staged.as_mut() {
+                        Some(staged) => staged,
+                        None => staged.insert(Staged::parse(&self.begin_staged(key).await?)?),
+                    };
+                    self.upload_part(key, staged, part).await?;
+                }
+            }
+            match staged.as_mut() {
+                None => self.put_whole(key, pending.split().freeze()).await,
+                Some(staged) => {
+                    if !pending.is_empty() {
+                        let last = pending.split().freeze();
+                        self.upload_part(key, staged, last).await?;
+                    }
+                    self.complete(key, staged).await
+                }
+            }
         }
+        .await;
+        if let (Err(_), Some(staged)) = (&sent, &staged) {
+            let _ = self.abort_staged(key, &staged.encode()?).await;
+        }
+        sent
     }
 
     async fn get(&self, key: &str, start: u64, length: Option<u64>) -> Result<ByteStream> {
@@ -307,19 +330,7 @@ impl ObjectStore for S3Objects {
             let last = self.read_all(&tail_key(key)).await?.freeze();
             self.upload_part(key, &mut staged, last).await?;
         }
-        let parts = (staged.parts.iter())
-            .map(|part| {
-                let etag = ETag::new(part.etag.as_str()).map_err(storage_error)?;
-                Ok(PartInfo::new(part.number, etag, part.size, None))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.client
-            .complete_multipart_upload(&self.bucket, key, staged.upload_id.as_str(), parts)
-            .map_err(storage_error)?
-            .build()
-            .send()
-            .await
-            .map_err(storage_error)?;
+        self.complete(key, &staged).await?;
         if staged.tail > 0 {
             self.delete(&tail_key(key)).await?;
         }
