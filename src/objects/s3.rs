@@ -206,29 +206,41 @@ impl ObjectStore for S3Objects {
     }
 
     /// A body shorter than a part is one PUT; a longer one a multipart upload, aborted if the
-    /// body fails. Parts are copied out of the body's chunks: those may be slices of larger
-    /// buffers (tonic's decoding buffer), which a part made of them would keep alive.
+    /// body fails. Parts are gathered in one buffer, reused from part to part: the body's
+    /// chunks may be slices of larger buffers (tonic's decoding buffer) that a part made of
+    /// them would keep alive, and a new 5 MiB buffer per part leaves the allocator holding
+    /// freed ones.
     async fn put(&self, key: &str, mut body: ByteStream) -> Result<()> {
         let part_bytes = PART_BYTES as usize;
-        let mut pending = BytesMut::with_capacity(part_bytes);
+        let mut buffer = BytesMut::with_capacity(part_bytes);
         let mut staged: Option<Staged> = None;
         let sent = async {
             while let Some(chunk) = body.next().await {
-                pending.extend_from_slice(&chunk?);
-                while pending.len() >= part_bytes {
-                    let part = pending.split_to(part_bytes).freeze();
+                let mut chunk = chunk?;
+                while !chunk.is_empty() {
+                    let room = part_bytes - buffer.len();
+                    buffer.extend_from_slice(&chunk.split_to(room.min(chunk.len())));
+                    if buffer.len() < part_bytes {
+                        continue;
+                    }
                     let staged = match staged.as_mut() {
                         Some(staged) => staged,
                         None => staged.insert(Staged::parse(&self.begin_staged(key).await?)?),
                     };
-                    self.upload_part(key, staged, part).await?;
+                    let part = std::mem::take(&mut buffer).freeze();
+                    self.upload_part(key, staged, part.clone()).await?;
+                    // The client has let go of its copies once the part is sent.
+                    buffer = part
+                        .try_into_mut()
+                        .unwrap_or_else(|_| BytesMut::with_capacity(part_bytes));
+                    buffer.clear();
                 }
             }
+            let last = buffer.split().freeze();
             match staged.as_mut() {
-                None => self.put_whole(key, pending.split().freeze()).await,
+                None => self.put_whole(key, last).await,
                 Some(staged) => {
-                    if !pending.is_empty() {
-                        let last = pending.split().freeze();
+                    if !last.is_empty() {
                         self.upload_part(key, staged, last).await?;
                     }
                     self.complete(key, staged).await

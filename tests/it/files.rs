@@ -349,6 +349,42 @@ async fn files_round_trip_on_every_door(backend: Backend) {
         (403, Some("PERMISSION_DENIED"))
     );
 
+    // Longer than a part of S3's multipart upload (5 MiB): sent in parts, back whole and in
+    // order.
+    let mut big = pdf(11 * 1024 * 1024 + 3);
+    for (index, byte) in big.iter_mut().enumerate().skip(16) {
+        *byte = (index % 251) as u8;
+    }
+    let chunks: Vec<Vec<u8>> = big.chunks(1024 * 1024).map(<[u8]>::to_vec).collect();
+    let header = UploadHeader {
+        filename: "big.pdf".into(),
+        ..Default::default()
+    };
+    let stored = grpc_upload(&app, &alice.access, header, chunks)
+        .await
+        .unwrap();
+    assert_eq!(stored.checksum, sha256(&big));
+    let big_url = download_url(&app, &alice.access, &stored.id, "").await;
+    let back = app
+        .http
+        .get(&big_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(back == big, "the bytes come back whole");
+    let (status, _) = app
+        .rest(
+            Method::DELETE,
+            &format!("/api/v1/files/{}", stored.id),
+            &alice.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+
     // The organization's record shows the upload, by whom, with its checksum.
     let recorded = wait_for_entries(
         &app,
