@@ -98,15 +98,8 @@ impl S3Objects {
             bucket: settings.bucket.clone(),
         };
         let bucket = || anyhow::anyhow!("KEEL_S3_BUCKET {:?}", settings.bucket);
-        let exists = objects
-            .client
-            .bucket_exists(&objects.bucket)
-            .map_err(|error| bucket().context(error.to_string()))?
-            .build()
-            .send()
-            .await
-            .map_err(|error| bucket().context(format!("reaching the S3 server: {error}")))?
-            .exists();
+        let exists = (objects.bucket_exists().await)
+            .map_err(|error| bucket().context(format!("reaching the S3 server: {error}")))?;
         if !exists {
             objects
                 .client
@@ -123,6 +116,18 @@ impl S3Objects {
 }
 
 impl S3Objects {
+    async fn bucket_exists(&self) -> Result<bool> {
+        let answer = self
+            .client
+            .bucket_exists(&self.bucket)
+            .map_err(storage_error)?
+            .build()
+            .send()
+            .await
+            .map_err(storage_error)?;
+        Ok(answer.exists())
+    }
+
     async fn read_all(&self, key: &str) -> Result<BytesMut> {
         let mut bytes = BytesMut::new();
         let mut stream = self.get(key, 0, None).await?;
@@ -441,16 +446,7 @@ impl HealthProbe for S3Objects {
     }
 
     async fn check(&self) -> Result<()> {
-        let exists = self
-            .client
-            .bucket_exists(&self.bucket)
-            .map_err(storage_error)?
-            .build()
-            .send()
-            .await
-            .map_err(storage_error)?
-            .exists();
-        if exists {
+        if self.bucket_exists().await? {
             Ok(())
         } else {
             Err(storage_error(format!("bucket {} is gone", self.bucket)))

@@ -113,6 +113,16 @@ async fn patch(
         .await
 }
 
+/// The file a finished upload at `path` became (the upload's id is the file's).
+async fn finished_file(app: &TestApp, token: &str, path: &str) -> (String, serde_json::Value) {
+    let id = path.rsplit('/').next().unwrap().to_owned();
+    let (status, file) = app
+        .rest(Method::GET, &format!("/api/v1/files/{id}"), token, None)
+        .await;
+    assert_eq!(status, 200, "{file}");
+    (id, file)
+}
+
 /// Sends `bytes[from..]` as a tus client resumes: from the offset the server reports, again
 /// while the server still finishes the broken-off request (409 or 423).
 async fn resume(app: &TestApp, token: &str, path: &str, bytes: &[u8]) -> reqwest::Response {
@@ -277,21 +287,12 @@ async fn interrupted_uploads_continue_where_they_stopped(backend: Backend) {
         response.headers()["upload-offset"],
         document.len().to_string().as_str()
     );
-    let id = path.rsplit('/').next().unwrap();
-    let (status, file) = app
-        .rest(
-            Method::GET,
-            &format!("/api/v1/files/{id}"),
-            &alice.access,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{file}");
+    let (id, file) = finished_file(&app, &alice.access, &path).await;
     assert_eq!(file["original_filename"], "big report.pdf");
     assert_eq!(file["content_type"], "application/pdf");
     assert_eq!(file["size"], document.len().to_string());
     assert_eq!(file["checksum"], sha256(&document));
-    let url = crate::files::download_url(&app, &alice.access, id, "").await;
+    let url = crate::files::download_url(&app, &alice.access, &id, "").await;
     let downloaded = app.http.get(&url).send().await.unwrap().bytes().await;
     assert!(downloaded.unwrap() == document, "the bytes come back whole");
     // A finished upload is no longer one.
@@ -343,16 +344,8 @@ async fn uploads_are_checked_when_complete_and_can_be_terminated(backend: Backen
         response.headers()["upload-offset"],
         original.len().to_string().as_str()
     );
-    let id = path.rsplit('/').next().unwrap();
-    let (_, file) = app
-        .rest(
-            Method::GET,
-            &format!("/api/v1/files/{id}"),
-            &alice.access,
-            None,
-        )
-        .await;
-    let stored = crate::files::stored_bytes(&app, &alice.access, id).await;
+    let (id, file) = finished_file(&app, &alice.access, &path).await;
+    let stored = crate::files::stored_bytes(&app, &alice.access, &id).await;
     crate::files::assert_reencoded_photo(&stored, &file);
 
     // Bytes beyond the declared length are refused.
