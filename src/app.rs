@@ -33,6 +33,7 @@ use crate::domain::totp::TotpService;
 use crate::domain::webhooks::{WebhookPorts, WebhookService};
 use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers};
 use crate::mail::{Delivery, MemoryOutbox};
+use crate::oauth;
 use crate::objects::{LocalObjects, S3Objects};
 use crate::registry::SparseIndex;
 use crate::security::breached::RangeFiles;
@@ -346,6 +347,12 @@ impl Services {
                     api_keys: api_keys.clone(),
                     totp: totp.clone(),
                     one_time_tokens: Arc::new(store.clone()),
+                    identities: Arc::new(store.clone()),
+                    identity_providers: oauth::identity_providers(
+                        &config.oauth_providers,
+                        config.oauth_redirect_allowlist.clone(),
+                        clock.clone(),
+                    )?,
                     mailer,
                     hasher,
                     breaches: match &config.breached_passwords_dir {

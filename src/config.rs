@@ -8,10 +8,12 @@ use crate::domain::password::PasswordPolicy;
 use crate::domain::realtime::RealtimeSettings;
 use crate::domain::webhooks::WebhookSettings;
 use crate::jobs::JobSettings;
+use crate::oauth::{ProviderConfig, ProviderSettings};
 use crate::objects::S3Settings;
 use crate::security::password::Argon2Settings;
 use anyhow::{Context, anyhow};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -54,6 +56,11 @@ macro_rules! settings {
                 )]
                 pub $key: Option<String>,
             )*
+            /// Sign-in providers by name: `KEEL_OAUTH_<NAME>_*`, or `[oauth.<name>]` in the
+            /// config file.
+            #[arg(skip)]
+            #[serde(default)]
+            pub oauth: BTreeMap<String, ProviderSettings>,
         }
 
         impl Settings {
@@ -64,7 +71,12 @@ macro_rules! settings {
 
             /// `self`'s values where given, `lower`'s otherwise.
             pub fn over(self, lower: Settings) -> Settings {
-                Settings { $($key: self.$key.or(lower.$key)),* }
+                let mut oauth = lower.oauth;
+                for (name, settings) in self.oauth {
+                    let lower = oauth.remove(&name).unwrap_or_default();
+                    oauth.insert(name, settings.over(lower));
+                }
+                Settings { $($key: self.$key.or(lower.$key),)* oauth }
             }
 
             $(
@@ -164,6 +176,8 @@ settings! {
     trusted_proxies, "KEEL_TRUSTED_PROXIES" ~ "none";
     /// Comma-separated browser origins allowed by CORS (https://app.example.com)
     cors_allowed_origins, "KEEL_CORS_ALLOWED_ORIGINS" ~ "none";
+    /// Comma-separated exact URLs sign-in providers may send browsers back to (`redirect_uri`)
+    oauth_redirect_allowlist, "KEEL_OAUTH_REDIRECT_ALLOWLIST" ~ "none";
     /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
     /// `SERVER_BUSY`
     max_concurrent_requests, "KEEL_MAX_CONCURRENT_REQUESTS" = "1024";
@@ -388,6 +402,8 @@ pub struct Config {
     pub rate_limit_invitations_per_hour: u32,
     pub trusted_proxies: Vec<String>,
     pub cors_allowed_origins: Vec<String>,
+    pub oauth_redirect_allowlist: Vec<String>,
+    pub oauth_providers: Vec<(String, ProviderConfig)>,
     pub max_concurrent_requests: usize,
     pub request_timeout_seconds: u32,
     pub max_body_bytes: usize,
@@ -464,6 +480,19 @@ impl Config {
                 )));
             }
         }
+        let oauth_redirect_allowlist = settings.oauth_redirect_allowlist().list();
+        for uri in &oauth_redirect_allowlist {
+            if !(uri.starts_with("https://") || uri.starts_with("http://")) {
+                return Err(settings
+                    .oauth_redirect_allowlist()
+                    .invalid(format!("{uri:?} is not an http(s):// URL")));
+            }
+        }
+        let oauth_providers = settings
+            .oauth
+            .iter()
+            .map(|(name, provider)| Ok((name.clone(), ProviderConfig::resolve(name, provider)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let hash_concurrency = settings.hash_concurrency().positive_or(cores)?;
         let metrics_token = settings.metrics_token().text().map(str::to_owned);
@@ -522,6 +551,8 @@ impl Config {
                 .positive()?,
             trusted_proxies: settings.trusted_proxies().list(),
             cors_allowed_origins,
+            oauth_redirect_allowlist,
+            oauth_providers,
             max_concurrent_requests: settings.max_concurrent_requests().positive()?,
             request_timeout_seconds: settings.request_timeout_seconds().positive()?,
             max_body_bytes: settings.max_body_bytes().positive()?,
@@ -699,5 +730,33 @@ mod tests {
         let merged = environment.over(file);
         assert_eq!(merged.listen.as_deref(), Some("127.0.0.1:2"));
         assert_eq!(merged.data_dir.as_deref(), Some("/from/file"));
+    }
+
+    #[test]
+    fn a_provider_from_the_file_takes_its_secret_from_the_environment() -> anyhow::Result<()> {
+        let file: Settings = toml::from_str(
+            "[oauth.keycloak]\nissuer = \"https://sso.example/realms/keel\"\n\
+             client_id = \"keel\"\nclient_secret = \"from-the-file\"\n",
+        )?;
+        let environment = Settings {
+            oauth: crate::oauth::providers_from_env(
+                [
+                    ("KEEL_OAUTH_KEYCLOAK_CLIENT_ID", "keel"),
+                    ("KEEL_OAUTH_KEYCLOAK_CLIENT_SECRET", "from-the-environment"),
+                ]
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+            ),
+            ..Settings::default()
+        };
+        let config = Config::from_settings(&environment.over(file))?;
+        let [(name, ProviderConfig::Oidc(keycloak))] = config.oauth_providers.as_slice() else {
+            anyhow::bail!("one OIDC provider expected: {:?}", config.oauth_providers);
+        };
+        assert_eq!(name, "keycloak");
+        assert_eq!(keycloak.issuer, "https://sso.example/realms/keel");
+        assert_eq!(keycloak.client_secret, "from-the-environment");
+        assert!(toml::from_str::<Settings>("[oauth.x]\nclient_key = \"typo\"\n").is_err());
+        Ok(())
     }
 }

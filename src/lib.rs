@@ -10,6 +10,7 @@ pub mod config;
 pub mod domain;
 pub mod jobs;
 pub mod mail;
+pub mod oauth;
 pub mod objects;
 pub mod registry;
 pub mod security;

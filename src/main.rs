@@ -7,6 +7,7 @@ use keel::config::{Config, LogFormat, Settings};
 use keel::domain::audit::Verification;
 use keel::domain::auth::Registration;
 use keel::domain::clock::SystemClock;
+use keel::oauth;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -120,7 +121,11 @@ async fn run() -> anyhow::Result<()> {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
     };
-    let config = Config::from_settings(&cli.settings.over(file_settings))?;
+    let environment = Settings {
+        oauth: oauth::providers_from_env(std::env::vars()),
+        ..cli.settings
+    };
+    let config = Config::from_settings(&environment.over(file_settings))?;
     init_tracing(config.log_format);
 
     match cli.command.unwrap_or(Command::Serve { no_workers: false }) {

@@ -50,6 +50,7 @@ use pb::keel::admin::v1::admin_service_server::AdminServiceServer;
 use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::audit::v1::audit_log_service_server::AuditLogServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
+use pb::keel::auth::v1::o_auth_service_server::OAuthServiceServer;
 use pb::keel::file::v1::file_service_server::FileServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
@@ -165,6 +166,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     // The one list of Keel's services: each is routed and reported by gRPC health from here.
     let keel_services = KeelServices::default()
         .add(AuthServiceServer::new(grpc::AuthApi::new(
+            dependencies.auth.clone(),
+        )))
+        .add(OAuthServiceServer::new(grpc::OAuthApi::new(
             dependencies.auth.clone(),
         )))
         .add(SessionServiceServer::new(grpc::SessionApi::new(

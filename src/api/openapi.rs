@@ -63,7 +63,7 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
         for (index, binding) in rpc.bindings.iter().enumerate() {
             let operation = generator.operation(rpc, binding, index);
             paths
-                .entry(binding.template.text.clone())
+                .entry(binding.template.openapi_path())
                 .or_default()
                 .insert(binding.method.as_str().to_ascii_lowercase(), operation);
         }

@@ -92,6 +92,10 @@ impl Cache for MemoryCache {
         Ok(())
     }
 
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.entries.remove(key).map(|stored| stored.value.to_vec()))
+    }
+
     async fn increment_below(&self, key: &str, limit: u64, ttl: Duration) -> Result<Option<u64>> {
         let outcome =
             self.entries

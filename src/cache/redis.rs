@@ -189,6 +189,13 @@ impl Cache for RedisCache {
             .map(|_| ())
             .map_err(redis_error)
     }
+
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.client
+            .getdel::<Option<Vec<u8>>, _>(self.key(key))
+            .await
+            .map_err(redis_error)
+    }
 }
 
 /// INCRBY that sets the expiry when the counter has none (it was just created), atomically

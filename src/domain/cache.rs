@@ -11,6 +11,8 @@ pub trait Cache: Send + Sync {
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>>;
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Reads and deletes an entry at once: of racing takers, one gets it.
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Adds `by` to a counter (0 reads it) and answers the new count; a new counter lives for
     /// `ttl`. `get` reads a counter as decimal text.
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64>;

@@ -178,6 +178,7 @@ pub enum Missing {
     Notification,
     File,
     Upload,
+    Identity,
 }
 
 impl From<Missing> for Error {
@@ -202,6 +203,10 @@ impl From<Missing> for Error {
             Missing::Notification => ("NOTIFICATION_NOT_FOUND", "no such notification"),
             Missing::File => ("FILE_NOT_FOUND", "no such file"),
             Missing::Upload => ("UPLOAD_NOT_FOUND", "no such upload, or it has expired"),
+            Missing::Identity => (
+                "IDENTITY_NOT_FOUND",
+                "no such identity linked to your account",
+            ),
         };
         Error::not_found(reason, message)
     }

@@ -259,6 +259,10 @@ catalog! {
         "An account was created (sign-up or the operator's CLI).";
     UserDeleted = "user.deleted", UserData, Success,
         "An account was deleted (deactivated; its sessions and keys revoked).";
+    UserIdentityLinked = "user.identity_linked", IdentityData, Success,
+        "A sign-in provider's identity was linked to an account (by a sign-in or by the user).";
+    UserIdentityUnlinked = "user.identity_unlinked", IdentityData, Success,
+        "A sign-in provider's identity was unlinked from an account.";
     UserLockedOut = "user.locked_out", SignInFailureData, Failure,
         "Repeated failures locked an account's sign-in for a while.";
     UserLoginFailed = "user.login_failed", SignInFailureData, Failure,
@@ -443,6 +447,25 @@ impl EventData for SessionData {
     const SUBJECT: &'static str = "session";
     fn subject_id(&self) -> String {
         self.session_id.to_string()
+    }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
+}
+
+/// A provider identity of an account.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IdentityData {
+    pub identity_id: Uuid,
+    pub user_id: Uuid,
+    /// The provider's name (`google`, `keycloak`…).
+    pub provider: String,
+}
+
+impl EventData for IdentityData {
+    const SUBJECT: &'static str = "identity";
+    fn subject_id(&self) -> String {
+        self.identity_id.to_string()
     }
     fn user_id(&self) -> Option<Uuid> {
         Some(self.user_id)

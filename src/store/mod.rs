@@ -8,6 +8,7 @@ mod dead_letters;
 mod dependencies;
 mod events;
 mod files;
+mod identities;
 mod invitations;
 mod leases;
 mod notifications;

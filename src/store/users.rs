@@ -42,6 +42,28 @@ impl From<UserRow> for UserCredentials {
 const SELECT_USER: &str = "SELECT id, email, full_name, email_verified, is_superuser, is_active, \
      created_at, updated_at, password_hash FROM users";
 
+/// The row of a new account; `password_set` is false for one made by a provider sign-in.
+macro_rules! insert_user_row {
+    ($user:expr, $password_hash:expr, $password_set:expr) => {
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, full_name, email_verified, \
+             is_superuser, is_active, created_at, updated_at, password_set) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind($user.id)
+        .bind(&$user.email)
+        .bind($password_hash)
+        .bind(&$user.full_name)
+        .bind($user.email_verified)
+        .bind($user.is_superuser)
+        .bind($user.is_active)
+        .bind($user.created_at)
+        .bind($user.updated_at)
+        .bind($password_set)
+    };
+}
+pub(super) use insert_user_row;
+
 /// Users matching a search, a page at a time, along the primary key (the search filters the
 /// walk; an empty one stops at the page size).
 pub(super) fn list_users_sql() -> String {
@@ -58,22 +80,9 @@ impl UserStore for SqlStore {
     async fn insert_user(&self, user: &User, password_hash: &str, events: &[Event]) -> Result<()> {
         let inserted = with_pool!(self, pool => async {
             let mut transaction = pool.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO users (id, email, password_hash, full_name, email_verified, \
-                 is_superuser, is_active, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(user.id)
-            .bind(&user.email)
-            .bind(password_hash)
-            .bind(&user.full_name)
-            .bind(user.email_verified)
-            .bind(user.is_superuser)
-            .bind(user.is_active)
-            .bind(user.created_at)
-            .bind(user.updated_at)
-            .execute(&mut *transaction)
-            .await?;
+            insert_user_row!(user, password_hash, true)
+                .execute(&mut *transaction)
+                .await?;
             insert_events!(transaction, events);
             transaction.commit().await
         }
@@ -143,7 +152,7 @@ impl UserStore for SqlStore {
         execute_with_events!(
             self,
             events,
-            sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE id = $1")
+            sqlx::query("UPDATE users SET password_hash = $2, password_set = TRUE, updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(password_hash)
                 .bind(now)

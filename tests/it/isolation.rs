@@ -342,7 +342,7 @@ async fn call_route(
     for segment in &binding.template.segments {
         path.push('/');
         match segment {
-            Segment::Literal(literal) => path.push_str(literal),
+            Segment::Literal(literal) | Segment::Fixed { literal, .. } => path.push_str(literal),
             Segment::Variable(names) => {
                 let value = fields.remove(&names[0]).unwrap();
                 path.push_str(value.as_str().unwrap());

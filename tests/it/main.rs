@@ -23,6 +23,7 @@ mod isolation;
 mod jobs;
 mod mail_flows;
 mod notifications;
+mod oauth;
 mod operations;
 mod organizations;
 mod quotas;

@@ -171,7 +171,7 @@ async fn openapi_covers_every_http_rule() {
     for rpc in &contract.rpcs {
         for binding in &rpc.bindings {
             bindings += 1;
-            let operation = &document["paths"][&binding.template.text]
+            let operation = &document["paths"][&binding.template.openapi_path()]
                 [binding.method.as_str().to_ascii_lowercase()];
             assert_eq!(
                 operation["x-grpc-method"], rpc.grpc_path,

@@ -3,7 +3,7 @@
 use super::{client_info, count_i32, principal, user_to_proto};
 use crate::api::pb::keel::auth::v1::auth_service_server::AuthService;
 use crate::api::pb::keel::auth::v1::*;
-use crate::domain::auth::{self, LoginOutcome, Registration, TokenPair};
+use crate::domain::auth::{self, Registration};
 use crate::domain::user::User;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -20,38 +20,6 @@ impl AuthApi {
 
 /// The answer to every request for a link: the same whether or not a message goes out.
 const LINK_SENT: &str = "if the address belongs to an account, a message is on its way";
-
-/// A sign-in reply of type `$reply` carrying a token pair: the four token fields are set here
-/// once for every reply that has them (generated messages share no type). Replies with more
-/// fields leave them at their defaults.
-macro_rules! token_reply {
-    ($reply:ident, $tokens:expr) => {{
-        let tokens: TokenPair = $tokens;
-        #[allow(clippy::needless_update)]
-        let reply = $reply {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            token_type: "bearer".to_owned(),
-            expires_in: count_i32(tokens.expires_in.num_seconds()),
-            ..Default::default()
-        };
-        reply
-    }};
-}
-
-/// A sign-in reply of type `$reply` for a sign-in that may still need its second factor.
-macro_rules! login_reply {
-    ($reply:ident, $outcome:expr) => {
-        match $outcome {
-            LoginOutcome::SignedIn(tokens) => token_reply!($reply, tokens),
-            LoginOutcome::MfaRequired { mfa_token } => $reply {
-                mfa_required: true,
-                mfa_token,
-                ..Default::default()
-            },
-        }
-    };
-}
 
 #[tonic::async_trait]
 impl AuthService for AuthApi {

@@ -1,6 +1,38 @@
 //! tonic implementations of the Keel services: each converts proto to domain at the edge, calls
 //! the use case and converts back. No logic lives here.
 
+/// A sign-in reply of type `$reply` carrying a token pair: the four token fields are set here
+/// once for every reply that has them (generated messages share no type). Replies with more
+/// fields leave them at their defaults.
+macro_rules! token_reply {
+    ($reply:ident, $tokens:expr) => {{
+        let tokens: crate::domain::auth::TokenPair = $tokens;
+        #[allow(clippy::needless_update)]
+        let reply = $reply {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: "bearer".to_owned(),
+            expires_in: crate::api::grpc::count_i32(tokens.expires_in.num_seconds()),
+            ..Default::default()
+        };
+        reply
+    }};
+}
+
+/// A sign-in reply of type `$reply` for a sign-in that may still need its second factor.
+macro_rules! login_reply {
+    ($reply:ident, $outcome:expr) => {
+        match $outcome {
+            crate::domain::auth::LoginOutcome::SignedIn(tokens) => token_reply!($reply, tokens),
+            crate::domain::auth::LoginOutcome::MfaRequired { mfa_token } => $reply {
+                mfa_required: true,
+                mfa_token,
+                ..Default::default()
+            },
+        }
+    };
+}
+
 mod admin;
 mod api_key;
 mod audit;
@@ -10,6 +42,7 @@ mod file;
 mod invitation;
 mod job;
 mod notification;
+mod oauth;
 mod organization;
 mod quota;
 mod realtime;
@@ -29,6 +62,7 @@ pub use file::FileApi;
 pub use invitation::InvitationApi;
 pub use job::JobApi;
 pub use notification::NotificationApi;
+pub use oauth::OAuthApi;
 pub use organization::OrganizationApi;
 pub use quota::QuotaApi;
 pub use realtime::RealtimeApi;

@@ -1,5 +1,6 @@
 //! `google.api.http` path templates: literal segments and `{field}` / `{field.sub}` /
-//! `{field=*}` variables, one path segment each.
+//! `{field=*}` variables, one path segment each, and `{field=literal}`, which matches only
+//! `literal` and binds it (an alias route for one value: `/auth/{provider=keycloak}/callback`).
 
 use anyhow::{bail, ensure};
 use prost_reflect::{Kind, MessageDescriptor};
@@ -9,6 +10,11 @@ pub enum Segment {
     Literal(String),
     /// A variable bound to a (possibly nested) field of the request, by proto field names.
     Variable(Vec<String>),
+    /// A literal segment that also sets a field to itself.
+    Fixed {
+        field: Vec<String>,
+        literal: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,21 +37,28 @@ impl PathTemplate {
             ensure!(!raw.is_empty(), "path template {text} has an empty segment");
             let segment = match raw.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 Some(variable) => {
-                    let field_path = match variable.split_once('=') {
-                        Some((field, "*")) => field,
+                    let (field_path, literal) = match variable.split_once('=') {
+                        Some((field, "*")) => (field, None),
+                        Some((field, literal)) if is_plain(literal) => (field, Some(literal)),
                         Some(_) => bail!(
-                            "path template {text}: only {{field}} and {{field=*}} are supported"
+                            "path template {text}: only {{field}}, {{field=*}} and {{field=literal}} are supported"
                         ),
-                        None => variable,
+                        None => (variable, None),
                     };
                     let names: Vec<String> = field_path.split('.').map(str::to_owned).collect();
                     check_scalar_field(input, &names)
                         .map_err(|error| anyhow::anyhow!("path template {text}: {error}"))?;
-                    Segment::Variable(names)
+                    match literal {
+                        Some(literal) => Segment::Fixed {
+                            field: names,
+                            literal: literal.to_owned(),
+                        },
+                        None => Segment::Variable(names),
+                    }
                 }
                 None => {
                     ensure!(
-                        !raw.contains(['{', '}', ':', '*']),
+                        is_plain(raw),
                         "path template {text}: unsupported segment {raw}"
                     );
                     Segment::Literal(raw.to_owned())
@@ -87,18 +100,40 @@ impl PathTemplate {
                     captures.push((field.clone(), value));
                     score.push(false);
                 }
+                Segment::Fixed { field, literal } => {
+                    if literal != part {
+                        return None;
+                    }
+                    captures.push((field.clone(), literal.clone()));
+                    score.push(true);
+                }
             }
         }
         Some((score, captures))
     }
 
-    /// The field paths bound by variables, dotted (`organization_id`).
+    /// The field paths the path binds, dotted (`organization_id`).
     pub fn variables(&self) -> impl Iterator<Item = String> + '_ {
         self.segments.iter().filter_map(|segment| match segment {
-            Segment::Variable(names) => Some(names.join(".")),
+            Segment::Variable(names) | Segment::Fixed { field: names, .. } => Some(names.join(".")),
             Segment::Literal(_) => None,
         })
     }
+
+    /// The path as OpenAPI writes it: `{field}` parameters, fixed values spelled out.
+    pub fn openapi_path(&self) -> String {
+        self.segments
+            .iter()
+            .map(|segment| match segment {
+                Segment::Literal(literal) | Segment::Fixed { literal, .. } => format!("/{literal}"),
+                Segment::Variable(names) => format!("/{{{}}}", names.join(".")),
+            })
+            .collect()
+    }
+}
+
+fn is_plain(segment: &str) -> bool {
+    !segment.contains(['{', '}', ':', '*', '='])
 }
 
 fn check_scalar_field(input: &MessageDescriptor, names: &[String]) -> anyhow::Result<()> {
@@ -145,6 +180,22 @@ mod tests {
             .matches("/api/v1/sessions/all")
             .ok_or_else(|| anyhow::anyhow!("no match"))?;
         assert!(all_score > id_score);
+        Ok(())
+    }
+
+    #[test]
+    fn a_fixed_value_matches_only_itself_and_binds_it() -> anyhow::Result<()> {
+        let template = PathTemplate::parse("/auth/{email=keycloak}/callback", &user_descriptor()?)?;
+        let (_, captures) = template
+            .matches("/auth/keycloak/callback")
+            .ok_or_else(|| anyhow::anyhow!("no match"))?;
+        assert_eq!(
+            captures,
+            vec![(vec!["email".to_owned()], "keycloak".to_owned())]
+        );
+        assert!(template.matches("/auth/google/callback").is_none());
+        assert_eq!(template.openapi_path(), "/auth/keycloak/callback");
+        assert_eq!(template.variables().collect::<Vec<_>>(), ["email"]);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 mod accounts;
 pub mod device;
 mod links;
+mod oauth;
 mod session;
 mod sessions;
 mod throttle;
@@ -10,6 +11,10 @@ mod token;
 
 pub use device::Device;
 pub use links::{LinkPurpose, OneTimeTokenStore};
+pub use oauth::{
+    AuthorizationRequest, AuthorizationStart, IDENTITY_TAKEN, Identity, IdentityProvider,
+    IdentityProviders, IdentityStore, LAST_SIGN_IN_METHOD, ProviderCallback, ProviderIdentity,
+};
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
 pub use throttle::ThrottleSettings;
@@ -88,6 +93,8 @@ pub struct AuthPorts {
     pub api_keys: Arc<ApiKeyService>,
     pub totp: Arc<TotpService>,
     pub one_time_tokens: Arc<dyn OneTimeTokenStore>,
+    pub identities: Arc<dyn IdentityStore>,
+    pub identity_providers: IdentityProviders,
     pub mailer: Arc<dyn Mailer>,
     pub hasher: Arc<dyn PasswordHasher>,
     /// The list of breached passwords new ones are checked against, if configured.
@@ -108,6 +115,8 @@ pub struct AuthService {
     api_keys: Arc<ApiKeyService>,
     totp: Arc<TotpService>,
     one_time_tokens: Arc<dyn OneTimeTokenStore>,
+    identities: Arc<dyn IdentityStore>,
+    identity_providers: IdentityProviders,
     mailer: Arc<dyn Mailer>,
     hasher: Arc<dyn PasswordHasher>,
     breaches: Option<Arc<dyn BreachedPasswords>>,
@@ -162,6 +171,8 @@ impl AuthService {
             api_keys: ports.api_keys,
             totp: ports.totp,
             one_time_tokens: ports.one_time_tokens,
+            identities: ports.identities,
+            identity_providers: ports.identity_providers,
             mailer: ports.mailer,
             hasher: ports.hasher,
             breaches: ports.breaches,

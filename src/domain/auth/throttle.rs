@@ -14,6 +14,8 @@ use crate::domain::secret;
 use chrono::{DateTime, Duration, Utc};
 use std::future::Future;
 
+const RATE_MESSAGE: &str = "too many attempts, try again later";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleSettings {
     /// Consecutive failures that lock an account.
@@ -116,17 +118,32 @@ impl AuthService {
         account: &str,
         client: &ClientInfo,
     ) -> Result<()> {
-        let budget = Budget::per_minute(self.settings.throttle.attempts_per_minute);
-        let message = "too many attempts, try again later";
         self.rate_limits
-            .admit(&format!("{scope}:account:{account}"), budget, message)
+            .admit(
+                &format!("{scope}:account:{account}"),
+                self.attempt_budget(),
+                RATE_MESSAGE,
+            )
             .await?;
+        self.admit_client(scope, client).await
+    }
+
+    /// Counts a request against the per-minute budget of `scope` per client address.
+    pub(super) async fn admit_client(&self, scope: &str, client: &ClientInfo) -> Result<()> {
         if let Some(ip) = &client.ip_address {
             self.rate_limits
-                .admit(&format!("{scope}:ip:{ip}"), budget, message)
+                .admit(
+                    &format!("{scope}:ip:{ip}"),
+                    self.attempt_budget(),
+                    RATE_MESSAGE,
+                )
                 .await?;
         }
         Ok(())
+    }
+
+    fn attempt_budget(&self) -> Budget {
+        Budget::per_minute(self.settings.throttle.attempts_per_minute)
     }
 
     async fn locked_until(&self, account: &str) -> Result<Option<DateTime<Utc>>> {

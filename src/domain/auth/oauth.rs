@@ -1,0 +1,436 @@
+//! Sign-in with outside identity providers (OAuth2 and OpenID Connect), and the provider
+//! identities linked to accounts.
+//!
+//! Keel keeps the flow's secrets (`state`, the PKCE verifier, the OIDC nonce) in the cache,
+//! bound to the provider and the `redirect_uri`, and spends them once. The protocol itself
+//! (discovery, the code exchange, ID-token checks) is the `IdentityProvider` adapter's.
+
+use super::{AuthService, ClientInfo, LoginOutcome, account_disabled};
+use crate::domain::clock::truncate_to_micros;
+use crate::domain::error::{Error, ErrorKind, Missing, Result};
+use crate::domain::events::{Event, EventKind, IdentityData, Origin};
+use crate::domain::secret;
+use crate::domain::user::{EmailAddress, User, parse_full_name};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// What a flow asks the provider for; the adapter turns it into the authorization URL and
+/// presents it again with the code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthorizationRequest {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub redirect_uri: String,
+}
+
+/// Who the provider says signed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderIdentity {
+    /// Stable and unique at the provider (`sub`, or GitHub's numeric id).
+    pub subject: String,
+    pub email: Option<String>,
+    /// The provider vouches for the address.
+    pub email_verified: bool,
+    pub name: Option<String>,
+}
+
+/// One configured provider (the adapter speaks its protocol).
+#[async_trait::async_trait]
+pub trait IdentityProvider: Send + Sync {
+    /// `oidc` or `oauth2`.
+    fn protocol(&self) -> &'static str;
+    /// The URL to send the browser to.
+    async fn authorization_url(&self, request: &AuthorizationRequest) -> Result<String>;
+    /// Trades `code` for the identity, with every check the protocol allows: for OIDC the
+    /// ID token's signature, issuer, audience, expiry and nonce. A refusal is
+    /// `PROVIDER_REJECTED`; a provider that cannot be reached, `PROVIDER_UNAVAILABLE`.
+    async fn identify(
+        &self,
+        code: &str,
+        request: &AuthorizationRequest,
+    ) -> Result<ProviderIdentity>;
+}
+
+/// The configured providers by name, and where they may send browsers back to.
+#[derive(Default)]
+pub struct IdentityProviders {
+    providers: BTreeMap<String, Arc<dyn IdentityProvider>>,
+    redirect_allowlist: Vec<String>,
+}
+
+impl IdentityProviders {
+    pub fn new(redirect_allowlist: Vec<String>) -> Self {
+        Self {
+            providers: BTreeMap::new(),
+            redirect_allowlist,
+        }
+    }
+
+    pub fn with(mut self, name: &str, provider: Arc<dyn IdentityProvider>) -> Self {
+        self.providers.insert(name.to_owned(), provider);
+        self
+    }
+
+    /// The providers' names and protocols, by name.
+    pub fn list(&self) -> Vec<(String, &'static str)> {
+        self.providers
+            .iter()
+            .map(|(name, provider)| (name.clone(), provider.protocol()))
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Result<&Arc<dyn IdentityProvider>> {
+        self.providers.get(name).ok_or_else(|| {
+            Error::not_found(
+                "PROVIDER_NOT_FOUND",
+                format!("no sign-in provider named {name:?} is configured on this instance"),
+            )
+        })
+    }
+
+    /// Exact matches only: anything else could send the code to someone else's page.
+    fn check_redirect(&self, redirect_uri: &str) -> Result<()> {
+        if self
+            .redirect_allowlist
+            .iter()
+            .any(|allowed| allowed == redirect_uri)
+        {
+            return Ok(());
+        }
+        Err(Error::invalid_argument(
+            "REDIRECT_URI_NOT_ALLOWED",
+            "redirect_uri is not one of this instance's allowed redirect URIs \
+             (KEEL_OAUTH_REDIRECT_ALLOWLIST)",
+        ))
+    }
+}
+
+/// A provider identity linked to an account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub provider: String,
+    pub subject: String,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// Where linked identities live.
+#[async_trait::async_trait]
+pub trait IdentityStore: Send + Sync {
+    async fn find_identity(&self, provider: &str, subject: &str) -> Result<Option<Identity>>;
+    /// Links an identity; `IDENTITY_TAKEN` when it is linked already.
+    async fn insert_identity(&self, identity: &Identity, events: &[Event]) -> Result<()>;
+    /// Creates an account without a password, and its first identity, at once.
+    async fn insert_user_with_identity(
+        &self,
+        user: &User,
+        unusable_password_hash: &str,
+        identity: &Identity,
+        events: &[Event],
+    ) -> Result<()>;
+    async fn record_identity_use(&self, id: Uuid, email: &str, now: DateTime<Utc>) -> Result<()>;
+    async fn list_identities(&self, user_id: Uuid) -> Result<Vec<Identity>>;
+    /// Unlinks `id` if it is `user_id`'s (`false` when there is no such identity of theirs),
+    /// unless it is the account's last way to sign in (no password, no other identity):
+    /// `LAST_SIGN_IN_METHOD`.
+    async fn delete_identity(&self, user_id: Uuid, id: Uuid, events: &[Event]) -> Result<bool>;
+}
+
+pub const IDENTITY_TAKEN: &str = "IDENTITY_TAKEN";
+pub const LAST_SIGN_IN_METHOD: &str = "LAST_SIGN_IN_METHOD";
+
+const STATE_LIFETIME_MINUTES: i64 = 10;
+
+/// A started flow waiting for its code (in the cache port, under the state's digest).
+#[derive(Serialize, Deserialize)]
+struct PendingAuthorization {
+    provider: String,
+    request: AuthorizationRequest,
+    expires_at: DateTime<Utc>,
+}
+
+fn state_key(state: &str) -> String {
+    format!("oauth-state:{}", secret::digest_hex(state))
+}
+
+fn invalid_state() -> Error {
+    Error::invalid_argument(
+        "INVALID_STATE",
+        "the sign-in state is unknown, spent or expired, or belongs to another provider or \
+         redirect_uri: start the sign-in again",
+    )
+}
+
+/// A started flow: where to send the browser, and the `state` that comes back.
+pub struct AuthorizationStart {
+    pub authorization_url: String,
+    pub state: String,
+}
+
+/// What the provider's redirect brought back to the app.
+pub struct ProviderCallback<'a> {
+    pub provider: &'a str,
+    pub code: &'a str,
+    pub state: &'a str,
+    pub redirect_uri: &'a str,
+}
+
+impl AuthService {
+    pub fn oauth_providers(&self) -> Vec<(String, &'static str)> {
+        self.identity_providers.list()
+    }
+
+    pub async fn start_oauth(
+        &self,
+        provider: &str,
+        redirect_uri: &str,
+        client: &ClientInfo,
+    ) -> Result<AuthorizationStart> {
+        let identity_provider = self.identity_providers.get(provider)?;
+        self.identity_providers.check_redirect(redirect_uri)?;
+        self.admit_client("oauth", client).await?;
+        let request = AuthorizationRequest {
+            state: secret::generate(),
+            nonce: secret::generate(),
+            pkce_verifier: secret::generate(),
+            redirect_uri: redirect_uri.to_owned(),
+        };
+        let authorization_url = identity_provider.authorization_url(&request).await?;
+        let lifetime = Duration::minutes(STATE_LIFETIME_MINUTES);
+        let state = request.state.clone();
+        let pending = PendingAuthorization {
+            provider: provider.to_owned(),
+            request,
+            expires_at: self.clock.now() + lifetime,
+        };
+        let encoded = serde_json::to_vec(&pending).map_err(Error::internal)?;
+        let ttl = lifetime.to_std().map_err(Error::internal)?;
+        self.cache.set(&state_key(&state), &encoded, ttl).await?;
+        Ok(AuthorizationStart {
+            authorization_url,
+            state,
+        })
+    }
+
+    /// Spends the state and asks the provider who signed in.
+    async fn identify(
+        &self,
+        callback: &ProviderCallback<'_>,
+        client: &ClientInfo,
+    ) -> Result<ProviderIdentity> {
+        let identity_provider = self.identity_providers.get(callback.provider)?;
+        self.admit_client("oauth", client).await?;
+        let pending: PendingAuthorization = self
+            .cache
+            .take(&state_key(callback.state))
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<PendingAuthorization>(&bytes).ok())
+            .filter(|pending| {
+                pending.expires_at > self.clock.now()
+                    && pending.provider == callback.provider
+                    && pending.request.redirect_uri == callback.redirect_uri
+            })
+            .ok_or_else(invalid_state)?;
+        identity_provider
+            .identify(callback.code, &pending.request)
+            .await
+    }
+
+    /// Signs in with the identity the provider vouches for: the account it is linked to, the
+    /// verified account with its verified address, or a new account.
+    pub async fn finish_oauth(
+        &self,
+        callback: ProviderCallback<'_>,
+        client: ClientInfo,
+    ) -> Result<LoginOutcome> {
+        let identity = self.identify(&callback, &client).await?;
+        let now = truncate_to_micros(self.clock.now());
+        let linked = self
+            .identities
+            .find_identity(callback.provider, &identity.subject)
+            .await?;
+        let user = match linked {
+            Some(linked) => {
+                let email = identity.email.as_deref().unwrap_or(&linked.email);
+                self.identities
+                    .record_identity_use(linked.id, email, now)
+                    .await?;
+                self.user(linked.user_id).await?
+            }
+            None => {
+                self.join_or_create(callback.provider, &identity, &client)
+                    .await?
+            }
+        };
+        if !user.is_active {
+            return Err(account_disabled());
+        }
+        self.require_verified(&user)?;
+        tracing::info!(user_id = %user.id, provider = callback.provider, "signed in with a provider");
+        if self.totp.is_enabled(user.id).await? {
+            return self.start_mfa(&user, client).await;
+        }
+        Ok(LoginOutcome::SignedIn(
+            self.open_session(&user, client).await?,
+        ))
+    }
+
+    /// A first sign-in with an identity: it joins the account of its address when both
+    /// sides have proven the address, or makes a new account.
+    async fn join_or_create(
+        &self,
+        provider: &str,
+        identity: &ProviderIdentity,
+        client: &ClientInfo,
+    ) -> Result<User> {
+        let email = identity
+            .email
+            .as_deref()
+            .filter(|_| identity.email_verified)
+            .and_then(|email| EmailAddress::parse(email).ok())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::FailedPrecondition,
+                    "EMAIL_NOT_VERIFIED",
+                    "the provider does not vouch for an email address of this identity: \
+                     verify it there, or sign in here and link the identity",
+                )
+            })?;
+        let now = truncate_to_micros(self.clock.now());
+        if let Some(existing) = self.users.find_credentials_by_email(&email).await? {
+            let user = existing.user;
+            if !user.is_active {
+                return Err(account_disabled());
+            }
+            if !user.email_verified {
+                return Err(Error::new(
+                    ErrorKind::FailedPrecondition,
+                    "LINK_REQUIRED",
+                    "an account with this address exists: sign in to it, then link this identity",
+                ));
+            }
+            let linked = self.new_identity(user.id, provider, identity, email.as_str());
+            let event = self.identity_event(
+                EventKind::UserIdentityLinked,
+                &Origin::user(user.id, client),
+                &linked,
+            );
+            self.identities.insert_identity(&linked, &[event]).await?;
+            return Ok(user);
+        }
+        let user = User {
+            id: Uuid::now_v7(),
+            email: email.as_str().to_owned(),
+            full_name: identity
+                .name
+                .as_deref()
+                .and_then(|name| parse_full_name(name).ok())
+                .unwrap_or_default(),
+            email_verified: true,
+            is_superuser: false,
+            is_active: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let linked = self.new_identity(user.id, provider, identity, email.as_str());
+        let origin = Origin::user(user.id, client);
+        let events = [
+            self.user_event(EventKind::UserCreated, &origin, &user),
+            self.identity_event(EventKind::UserIdentityLinked, &origin, &linked),
+        ];
+        let unusable = self.hasher.hash(&secret::generate()).await?;
+        self.identities
+            .insert_user_with_identity(&user, &unusable, &linked, &events)
+            .await?;
+        tracing::info!(user_id = %user.id, provider, "user registered with a provider");
+        Ok(user)
+    }
+
+    /// Links the identity of a finished flow to the caller's account.
+    pub async fn link_identity(
+        &self,
+        user_id: Uuid,
+        callback: ProviderCallback<'_>,
+        client: &ClientInfo,
+    ) -> Result<Identity> {
+        let identity = self.identify(&callback, client).await?;
+        let email = identity.email.clone().unwrap_or_default();
+        let linked = self.new_identity(user_id, callback.provider, &identity, &email);
+        let event = self.identity_event(
+            EventKind::UserIdentityLinked,
+            &Origin::user(user_id, client),
+            &linked,
+        );
+        self.identities.insert_identity(&linked, &[event]).await?;
+        Ok(linked)
+    }
+
+    pub async fn list_identities(&self, user_id: Uuid) -> Result<Vec<Identity>> {
+        self.identities.list_identities(user_id).await
+    }
+
+    pub async fn unlink_identity(
+        &self,
+        user_id: Uuid,
+        identity_id: Uuid,
+        client: &ClientInfo,
+    ) -> Result<()> {
+        let Some(identity) = self
+            .identities
+            .list_identities(user_id)
+            .await?
+            .into_iter()
+            .find(|identity| identity.id == identity_id)
+        else {
+            return Err(Missing::Identity.into());
+        };
+        let event = self.identity_event(
+            EventKind::UserIdentityUnlinked,
+            &Origin::user(user_id, client),
+            &identity,
+        );
+        if !self
+            .identities
+            .delete_identity(user_id, identity_id, &[event])
+            .await?
+        {
+            return Err(Missing::Identity.into());
+        }
+        Ok(())
+    }
+
+    fn new_identity(
+        &self,
+        user_id: Uuid,
+        provider: &str,
+        identity: &ProviderIdentity,
+        email: &str,
+    ) -> Identity {
+        let now = truncate_to_micros(self.clock.now());
+        Identity {
+            id: Uuid::now_v7(),
+            user_id,
+            provider: provider.to_owned(),
+            subject: identity.subject.clone(),
+            email: email.to_owned(),
+            created_at: now,
+            last_used_at: now,
+        }
+    }
+
+    fn identity_event(&self, kind: EventKind, origin: &Origin, identity: &Identity) -> Event {
+        let data = IdentityData {
+            identity_id: identity.id,
+            user_id: identity.user_id,
+            provider: identity.provider.clone(),
+        };
+        Event::new(kind, origin, self.clock.as_ref(), &data)
+    }
+}
