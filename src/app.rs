@@ -28,6 +28,7 @@ use crate::domain::tenancy::invitations::{InvitationBudgets, InvitationPorts, In
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::quotas::{QuotaPorts, QuotaService};
 use crate::domain::tenancy::roles::RoleService;
+use crate::domain::tenancy::sso::{SsoPorts, SsoService};
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
 use crate::domain::webhooks::{WebhookPorts, WebhookService};
@@ -62,6 +63,7 @@ pub struct Services {
     teams: Arc<TeamService>,
     directory: Arc<UserDirectory>,
     quotas: Arc<QuotaService>,
+    sso: Arc<SsoService>,
     outbox: Option<Arc<dyn Outbox>>,
     store: SqlStore,
     jobs: JobStore,
@@ -339,6 +341,18 @@ impl Services {
             keyring.clone(),
             clock.clone(),
         ));
+        let sso = Arc::new(SsoService::new(SsoPorts {
+            store: Arc::new(store.clone()),
+            organizations: Arc::new(store.clone()),
+            access: access.clone(),
+            quotas: quotas.clone(),
+            providers: Arc::new(oauth::OrganizationOidc::new(
+                config.sso_allow_private_issuers,
+                clock.clone(),
+            )?),
+            keyring: keyring.clone(),
+            clock: clock.clone(),
+        }));
         let auth = Arc::new(
             AuthService::new(
                 AuthPorts {
@@ -353,6 +367,7 @@ impl Services {
                         config.oauth_redirect_allowlist.clone(),
                         clock.clone(),
                     )?,
+                    organization_providers: sso.clone(),
                     mailer,
                     hasher,
                     breaches: match &config.breached_passwords_dir {
@@ -401,6 +416,7 @@ impl Services {
             teams,
             directory,
             quotas,
+            sso,
             outbox,
             store,
             jobs,
@@ -491,6 +507,7 @@ impl Keel {
             teams: services.teams.clone(),
             directory: services.directory.clone(),
             quotas: services.quotas.clone(),
+            sso: services.sso.clone(),
             outbox: services.outbox.clone(),
             dead_letters: services.dead_letters.clone(),
             audit: services.audit.clone(),

@@ -178,6 +178,8 @@ settings! {
     cors_allowed_origins, "KEEL_CORS_ALLOWED_ORIGINS" ~ "none";
     /// Comma-separated exact URLs sign-in providers may send browsers back to (`redirect_uri`)
     oauth_redirect_allowlist, "KEEL_OAUTH_REDIRECT_ALLOWLIST" ~ "none";
+    /// Let organizations' sign-in providers be loopback or private addresses (development only)
+    sso_allow_private_issuers, "KEEL_SSO_ALLOW_PRIVATE_ISSUERS" = "false";
     /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
     /// `SERVER_BUSY`
     max_concurrent_requests, "KEEL_MAX_CONCURRENT_REQUESTS" = "1024";
@@ -404,6 +406,7 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     pub oauth_redirect_allowlist: Vec<String>,
     pub oauth_providers: Vec<(String, ProviderConfig)>,
+    pub sso_allow_private_issuers: bool,
     pub max_concurrent_requests: usize,
     pub request_timeout_seconds: u32,
     pub max_body_bytes: usize,
@@ -553,6 +556,7 @@ impl Config {
             cors_allowed_origins,
             oauth_redirect_allowlist,
             oauth_providers,
+            sso_allow_private_issuers: settings.sso_allow_private_issuers().parse()?,
             max_concurrent_requests: settings.max_concurrent_requests().positive()?,
             request_timeout_seconds: settings.request_timeout_seconds().positive()?,
             max_body_bytes: settings.max_body_bytes().positive()?,

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod mail;
 pub mod oauth;
 pub mod objects;
+pub mod outbound;
 pub mod registry;
 pub mod security;
 pub mod store;

@@ -33,6 +33,7 @@ use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::tenancy::roles::RoleService;
+use crate::domain::tenancy::sso::SsoService;
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
 use crate::domain::webhooks::WebhookService;
@@ -61,6 +62,7 @@ use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
 use pb::keel::realtime::v1::realtime_service_server::RealtimeServiceServer;
 use pb::keel::role::v1::role_service_server::RoleServiceServer;
 use pb::keel::session::v1::session_service_server::SessionServiceServer;
+use pb::keel::sso::v1::sso_service_server::SsoServiceServer;
 use pb::keel::team::v1::team_service_server::TeamServiceServer;
 use pb::keel::totp::v1::totp_service_server::TotpServiceServer;
 use pb::keel::user::v1::user_service_server::UserServiceServer;
@@ -88,6 +90,7 @@ pub struct ApiDependencies {
     pub teams: Arc<TeamService>,
     pub directory: Arc<UserDirectory>,
     pub quotas: Arc<QuotaService>,
+    pub sso: Arc<SsoService>,
     pub outbox: Option<Arc<dyn Outbox>>,
     pub dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
@@ -203,6 +206,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(QuotaServiceServer::new(grpc::QuotaApi::new(
             dependencies.quotas.clone(),
+        )))
+        .add(SsoServiceServer::new(grpc::SsoApi::new(
+            dependencies.sso.clone(),
         )))
         .add(DeadLetterServiceServer::new(grpc::DeadLetterApi::new(
             dependencies.dead_letters.clone(),

@@ -351,10 +351,18 @@ impl Generator {
     }
 
     fn message_ref(&mut self, message: &MessageDescriptor, direction: Direction) -> Json {
+        self.named_ref(message.full_name().to_owned(), message, direction)
+    }
+
+    fn named_ref(
+        &mut self,
+        name: String,
+        message: &MessageDescriptor,
+        direction: Direction,
+    ) -> Json {
         if let Some(schema) = well_known(message) {
             return schema;
         }
-        let name = message.full_name().to_owned();
         if !self.schemas.contains_key(&name) {
             // Placeholder first, so recursive messages terminate.
             self.schemas.insert(name.clone(), json!({}));
@@ -531,7 +539,15 @@ impl Generator {
                 "type": "string",
                 "enum": descriptor.values().map(|value| value.name().to_owned()).collect::<Vec<_>>(),
             }),
-            Kind::Message(message) => self.message_ref(message, direction),
+            // A message inside a request may be written in responses too: its request schema
+            // (which refuses unknown fields) is a schema of its own.
+            Kind::Message(message) => match direction {
+                Direction::Request { .. } => {
+                    let name = format!("{}.Input", message.full_name());
+                    self.named_ref(name, message, direction)
+                }
+                Direction::Response => self.message_ref(message, direction),
+            },
         }
     }
 }

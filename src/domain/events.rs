@@ -244,6 +244,16 @@ catalog! {
          hour by default).";
     SessionRevoked = "session.revoked", SessionData, Success,
         "A session was ended: signed out, revoked, or closed by a password change.";
+    SsoConnectionDeleted = "sso.connection_deleted", SsoConnectionData, Success,
+        "An organization removed its single sign-on provider.";
+    SsoConnectionSet = "sso.connection_set", SsoConnectionData, Success,
+        "An organization set (or changed) its single sign-on provider.";
+    SsoDomainApproved = "sso.domain_approved", SsoDomainData, Success,
+        "A platform superuser approved a domain an organization claimed for single sign-on.";
+    SsoDomainClaimed = "sso.domain_claimed", SsoDomainData, Success,
+        "An organization claimed an email domain for single sign-on.";
+    SsoDomainRemoved = "sso.domain_removed", SsoDomainData, Success,
+        "An organization gave up an email domain.";
     TeamCreated = "team.created", TeamData, Success, "A team was created.";
     TeamDeleted = "team.deleted", TeamData, Success, "A team was deleted.";
     TeamMemberAdded = "team.member_added", TeamMemberData, Success,
@@ -507,6 +517,43 @@ impl EventData for OrganizationData {
     const SUBJECT: &'static str = "organization";
     fn subject_id(&self) -> String {
         self.organization_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+/// An organization's single sign-on provider (never its client secret).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SsoConnectionData {
+    pub organization_id: Uuid,
+    pub issuer: String,
+    pub client_id: String,
+    pub enforce: bool,
+}
+
+impl EventData for SsoConnectionData {
+    const SUBJECT: &'static str = "sso_connection";
+    fn subject_id(&self) -> String {
+        self.organization_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+/// An email domain claimed for single sign-on.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct SsoDomainData {
+    pub organization_id: Uuid,
+    pub domain: String,
+    pub approved: bool,
+}
+
+impl EventData for SsoDomainData {
+    const SUBJECT: &'static str = "sso_domain";
+    fn subject_id(&self) -> String {
+        self.domain.clone()
     }
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)

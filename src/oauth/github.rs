@@ -1,7 +1,7 @@
 //! GitHub (and GitHub Enterprise Server) sign-in: plain OAuth2, so who signed in comes from
 //! the API: `/user` for the id and name, `/user/emails` for the primary verified address.
 
-use super::{GitHubSettings, rejected, unavailable};
+use super::{GitHubSettings, ProviderHttp, rejected, unavailable};
 use crate::domain::auth::{AuthorizationRequest, IdentityProvider, ProviderIdentity};
 use crate::domain::error::Result;
 use oauth2::basic::BasicClient;
@@ -17,7 +17,7 @@ type GitHubClient =
 
 pub struct GitHubProvider {
     settings: GitHubSettings,
-    http: reqwest::Client,
+    http: ProviderHttp,
 }
 
 #[derive(Deserialize)]
@@ -34,7 +34,7 @@ struct GitHubEmail {
 }
 
 impl GitHubProvider {
-    pub fn new(settings: GitHubSettings, http: reqwest::Client) -> Self {
+    pub fn new(settings: GitHubSettings, http: ProviderHttp) -> Self {
         Self { settings, http }
     }
 
@@ -55,6 +55,7 @@ impl GitHubProvider {
         let url = format!("{}{path}", self.settings.api_url);
         let response = self
             .http
+            .client
             .get(&url)
             .bearer_auth(token)
             .header(reqwest::header::ACCEPT, "application/vnd.github+json")
@@ -120,6 +121,7 @@ impl IdentityProvider for GitHubProvider {
             email_verified: primary.is_some(),
             email: primary.map(|email| email.email),
             name: user.name,
+            groups: Vec::new(),
         })
     }
 }

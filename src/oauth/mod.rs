@@ -8,11 +8,17 @@ mod oidc;
 use crate::domain::auth::{IdentityProvider, IdentityProviders};
 use crate::domain::clock::Clock;
 use crate::domain::error::Error;
+use crate::domain::tenancy::sso::{ConnectionProviders, SsoConnection};
+use crate::outbound::{GuardedResolver, check_literal};
 use anyhow::{Context, bail};
+use openidconnect::{AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
 
 pub use github::GitHubProvider;
 pub use oidc::OidcProvider;
@@ -121,6 +127,8 @@ pub struct OidcSettings {
     /// Microsoft's multi-tenant endpoints announce the issuer `…/{tenantid}/v2.0`: each token's
     /// issuer must be that with its own `tid`.
     pub issuer_per_tenant: bool,
+    /// The claim listing the person's groups, read for organizations' providers.
+    pub groups_claim: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +209,7 @@ impl ProviderConfig {
                     client_secret,
                     scopes: scopes(&oidc_scopes),
                     issuer_per_tenant: MICROSOFT_SHARED_TENANTS.contains(&tenant),
+                    groups_claim: None,
                 })
             }
             _ => ProviderConfig::Oidc(OidcSettings {
@@ -213,20 +222,126 @@ impl ProviderConfig {
                 client_secret,
                 scopes: scopes(&oidc_scopes),
                 issuer_per_tenant: false,
+                groups_claim: None,
             }),
         })
     }
 }
 
-/// The HTTP client of every provider call: no redirects (a token request that is redirected
-/// must fail, not be replayed elsewhere), bounded in time.
-fn http_client() -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    Ok(reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
-        .build()?)
+/// The HTTP client of provider calls: no redirects (a token request that is redirected must
+/// fail, not be replayed elsewhere), bounded in time. Organizations' providers are addresses
+/// their admins chose, so their calls go through the SSRF guard (`guarded`); the instance's are
+/// the operator's.
+#[derive(Clone)]
+pub struct ProviderHttp {
+    client: reqwest::Client,
+    guarded: bool,
+}
+
+impl ProviderHttp {
+    pub fn new(guarded: bool) -> anyhow::Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")));
+        if guarded {
+            builder = builder
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver::new(false)));
+        }
+        Ok(Self {
+            client: builder.build()?,
+            guarded,
+        })
+    }
+
+    fn check(&self, url: &str) -> Result<(), String> {
+        if !self.guarded {
+            return Ok(());
+        }
+        let url = reqwest::Url::parse(url).map_err(|error| format!("{url}: {error}"))?;
+        check_literal(&url).map_err(|refused| refused.to_string())
+    }
+
+    /// A GET whose answer must be 2xx.
+    async fn get(&self, url: &str) -> Result<bytes::Bytes, String> {
+        self.check(url)?;
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|error| format!("{url}: {error}"))?;
+        response
+            .bytes()
+            .await
+            .map_err(|error| format!("{url}: {error}"))
+    }
+}
+
+impl<'c> AsyncHttpClient<'c> for ProviderHttp {
+    type Error = HttpClientError<reqwest::Error>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            self.check(&request.uri().to_string())
+                .map_err(HttpClientError::Other)?;
+            self.client.call(request).await
+        })
+    }
+}
+
+/// Organizations' providers (enterprise SSO): OpenID Connect by discovery, guarded. A
+/// provider is kept (with the discovery document and keys it read) while its settings stay.
+pub struct OrganizationOidc {
+    http: ProviderHttp,
+    clock: Arc<dyn Clock>,
+    built: moka::sync::Cache<Uuid, (OidcSettings, Arc<dyn IdentityProvider>)>,
+}
+
+impl OrganizationOidc {
+    /// `allow_private` lifts the SSRF guard (development and tests).
+    pub fn new(allow_private: bool, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: ProviderHttp::new(!allow_private)?,
+            clock,
+            built: moka::sync::Cache::new(10_000),
+        })
+    }
+}
+
+impl ConnectionProviders for OrganizationOidc {
+    fn provider(
+        &self,
+        connection: &SsoConnection,
+        client_secret: &str,
+    ) -> Arc<dyn IdentityProvider> {
+        let settings = OidcSettings {
+            issuer: connection.issuer.clone(),
+            client_id: connection.client_id.clone(),
+            client_secret: client_secret.to_owned(),
+            scopes: connection.scopes.clone(),
+            issuer_per_tenant: false,
+            groups_claim: Some(connection.groups_claim.clone()),
+        };
+        if let Some((built_from, provider)) = self.built.get(&connection.organization_id)
+            && built_from == settings
+        {
+            return provider;
+        }
+        let provider: Arc<dyn IdentityProvider> = Arc::new(OidcProvider::new(
+            settings.clone(),
+            self.http.clone(),
+            self.clock.clone(),
+        ));
+        self.built
+            .insert(connection.organization_id, (settings, provider.clone()));
+        provider
+    }
 }
 
 /// The configured providers, ready to use.
@@ -235,7 +350,7 @@ pub fn identity_providers(
     redirect_allowlist: Vec<String>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<IdentityProviders> {
-    let http = http_client()?;
+    let http = ProviderHttp::new(false)?;
     let mut providers = IdentityProviders::new(redirect_allowlist);
     for (name, config) in configs {
         let provider: Arc<dyn IdentityProvider> = match config {

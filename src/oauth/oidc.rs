@@ -3,7 +3,7 @@
 //! `iss`, `aud`, `azp`, `exp`, `iat`, `nonce`); claims the ID token leaves out come from the
 //! userinfo endpoint.
 
-use super::{OidcSettings, rejected, unavailable};
+use super::{OidcSettings, ProviderHttp, rejected, unavailable};
 use crate::domain::auth::{AuthorizationRequest, IdentityProvider, ProviderIdentity};
 use crate::domain::clock::Clock;
 use crate::domain::error::Result;
@@ -25,15 +25,35 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::RwLock;
 
-/// Claims beyond the standard ones that Keel reads.
+/// Claims beyond the standard ones: Microsoft's tenant id (`tid`, which its multi-tenant
+/// issuer is spelled with) and an organization's groups claim.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct ExtraClaims {
-    /// Microsoft's tenant id, which its multi-tenant issuer is spelled with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tid: Option<String>,
-}
+struct ExtraClaims(serde_json::Map<String, serde_json::Value>);
 
 impl AdditionalClaims for ExtraClaims {}
+
+impl ExtraClaims {
+    fn tid(&self) -> &str {
+        self.0
+            .get("tid")
+            .and_then(|tid| tid.as_str())
+            .unwrap_or_default()
+    }
+
+    /// A claim listing strings (a lone string counts as a list of one).
+    fn strings(&self, name: &str) -> Option<Vec<String>> {
+        match self.0.get(name)? {
+            serde_json::Value::String(one) => Some(vec![one.clone()]),
+            serde_json::Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(|item| item.as_str().map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+}
 
 type OidcTokenResponse = StandardTokenResponse<
     IdTokenFields<
@@ -76,13 +96,13 @@ struct Discovered {
 
 pub struct OidcProvider {
     settings: OidcSettings,
-    http: reqwest::Client,
+    http: ProviderHttp,
     clock: Arc<dyn Clock>,
     discovered: RwLock<Option<Discovered>>,
 }
 
 impl OidcProvider {
-    pub fn new(settings: OidcSettings, http: reqwest::Client, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(settings: OidcSettings, http: ProviderHttp, clock: Arc<dyn Clock>) -> Self {
         Self {
             settings,
             http,
@@ -120,14 +140,11 @@ impl OidcProvider {
             "{}/.well-known/openid-configuration",
             self.settings.issuer.trim_end_matches('/')
         );
-        let response = self
+        let body = self
             .http
             .get(&url)
-            .send()
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|error| unavailable(format!("discovery at {url}: {error}")))?;
-        let body = response.bytes().await.map_err(unavailable)?;
+            .map_err(|error| unavailable(format!("discovery at {error}")))?;
         let metadata: CoreProviderMetadata = serde_json::from_slice(&body)
             .map_err(|error| unavailable(format!("discovery document at {url}: {error}")))?;
         let announced = metadata.issuer().as_str();
@@ -180,11 +197,7 @@ impl OidcProvider {
             .require_issuer_match(!self.settings.issuer_per_tenant);
         let claims = id_token.claims(&verifier, &Nonce::new(nonce.to_owned()))?;
         if self.settings.issuer_per_tenant {
-            let tenant = claims
-                .additional_claims()
-                .tid
-                .as_deref()
-                .unwrap_or_default();
+            let tenant = claims.additional_claims().tid();
             let expected = issuer.replace("{tenantid}", tenant);
             if tenant.is_empty() || claims.issuer().as_str() != expected {
                 return Err(ClaimsVerificationError::InvalidIssuer(format!(
@@ -252,6 +265,8 @@ impl IdentityProvider for OidcProvider {
         }
         .map_err(|error| rejected(format!("its ID token failed a check: {error}")))?;
 
+        let groups_claim = self.settings.groups_claim.as_deref();
+        let groups = groups_claim.and_then(|claim| claims.additional_claims().strings(claim));
         let mut identity = ProviderIdentity {
             subject: claims.subject().as_str().to_owned(),
             email: claims.email().map(|email| email.as_str().to_owned()),
@@ -260,8 +275,10 @@ impl IdentityProvider for OidcProvider {
                 .name()
                 .and_then(|name| name.get(None))
                 .map(|name| name.as_str().to_owned()),
+            groups: groups.clone().unwrap_or_default(),
         };
-        if identity.email.is_none()
+        let incomplete = identity.email.is_none() || (groups_claim.is_some() && groups.is_none());
+        if incomplete
             && let Ok(request) = client.0.user_info(
                 tokens.access_token().clone(),
                 Some(claims.subject().clone()),
@@ -271,8 +288,15 @@ impl IdentityProvider for OidcProvider {
                 .request_async(&self.http)
                 .await
                 .map_err(|error| rejected(format!("its userinfo endpoint: {error}")))?;
-            identity.email = info.email().map(|email| email.as_str().to_owned());
-            identity.email_verified = info.email_verified().unwrap_or(false);
+            if identity.email.is_none() {
+                identity.email = info.email().map(|email| email.as_str().to_owned());
+                identity.email_verified = info.email_verified().unwrap_or(false);
+            }
+            if let Some(groups) =
+                groups_claim.and_then(|claim| info.additional_claims().strings(claim))
+            {
+                identity.groups = groups;
+            }
             if identity.name.is_none() {
                 identity.name = info
                     .name()

@@ -16,6 +16,7 @@ mod one_time_tokens;
 mod organizations;
 mod quotas;
 mod sessions;
+mod sso;
 mod teams;
 mod totp;
 mod users;

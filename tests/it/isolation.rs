@@ -221,6 +221,30 @@ fn templates() -> BTreeMap<&'static str, Value> {
             "keel.quota.v1.QuotaService/ListUsageLogs",
             json!({ "organization_id": org }),
         ),
+        (
+            "keel.sso.v1.SsoService/GetSsoConnection",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.sso.v1.SsoService/SetSsoConnection",
+            json!({ "organization_id": org, "issuer": "https://evil.example", "client_id": "x", "client_secret": "y", "enforce": true }),
+        ),
+        (
+            "keel.sso.v1.SsoService/DeleteSsoConnection",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.sso.v1.SsoService/AddSsoDomain",
+            json!({ "organization_id": org, "domain": "evil.example" }),
+        ),
+        (
+            "keel.sso.v1.SsoService/ListSsoDomains",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.sso.v1.SsoService/RemoveSsoDomain",
+            json!({ "organization_id": org, "domain": "victim.example" }),
+        ),
     ])
 }
 
@@ -388,6 +412,8 @@ async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -
         format!("/api/v1/organizations/{org}/teams"),
         format!("/api/v1/teams/{team}/members"),
         format!("/api/v1/webhooks?organization_id={org}"),
+        format!("/api/v1/organizations/{org}/sso"),
+        format!("/api/v1/organizations/{org}/sso/domains"),
         "/api/v1/api-keys".to_owned(),
     ] {
         let (status, body) = app.rest(Method::GET, &path, &owner.access, None).await;
@@ -482,6 +508,24 @@ async fn no_tenant_reaches_another(backend: Backend) {
         shared_file["id"].as_str().unwrap().to_owned(),
         own_file["id"].as_str().unwrap().to_owned(),
     ];
+    let (status, connection) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/v1/organizations/{org_a}/sso"),
+            &alice.access,
+            Some(json!({ "issuer": "https://sso.victim.example", "client_id": "victim", "client_secret": "s" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{connection}");
+    let (status, domain) = app
+        .rest(
+            Method::POST,
+            &format!("/api/v1/organizations/{org_a}/sso/domains"),
+            &alice.access,
+            Some(json!({ "domain": "victim.example" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{domain}");
     // Last, so that no event of the setup is delivered (to a port that discards it anyway).
     let (status, webhook) = app
         .rest(

@@ -32,6 +32,7 @@ mod rest_errors;
 mod resumable;
 mod roles;
 mod sessions;
+mod sso;
 mod surface;
 mod teams;
 mod throttling;

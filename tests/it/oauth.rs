@@ -20,20 +20,20 @@ use tonic::transport::Channel;
 
 backend_tests!(a_provider_identity_signs_in_on_both_doors);
 
-const CLIENT_ID: &str = "keel-test-client";
-const CLIENT_SECRET: &str = "a-client-secret-only-for-tests";
-const REDIRECT_URI: &str = "https://app.example/oauth/callback";
+pub const CLIENT_ID: &str = "keel-test-client";
+pub const CLIENT_SECRET: &str = "a-client-secret-only-for-tests";
+pub const REDIRECT_URI: &str = "https://app.example/oauth/callback";
 
 /// `oidc-provider` in a child process, killed with the test.
-struct OidcPeer {
-    issuer: String,
+pub struct OidcPeer {
+    pub issuer: String,
     _process: tokio::process::Child,
     _dir: tempfile::TempDir,
 }
 
 impl OidcPeer {
     /// `None` (and the test skips, as the other npm-backed tests do) without node_modules.
-    async fn start(id_token_ttl_seconds: u32) -> Option<Self> {
+    pub async fn start(id_token_ttl_seconds: u32) -> Option<Self> {
         let node_modules = tool("KEEL_TEST_NODE_MODULES", "node_modules")?;
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(&node_modules, dir.path().join("node_modules")).unwrap();
@@ -109,10 +109,11 @@ async fn oauth_client(app: &TestApp) -> OAuthServiceClient<Channel> {
 /// The browser's part: from the authorization URL, signs in at the provider as `login`
 /// (following its redirects with its cookies) until it is sent back to `REDIRECT_URI`;
 /// answers the `code` and `state` it brings.
-async fn sign_in_at_provider(authorization_url: &str, login: &str) -> (String, String) {
+pub async fn sign_in_at_provider(authorization_url: &str, login: &str) -> (String, String) {
     let browser = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(30))
         .build()
         .unwrap();
     let mut url = Url::parse(authorization_url).unwrap();
@@ -184,7 +185,12 @@ async fn grpc_sign_in(app: &TestApp, login: &str) -> Result<String, tonic::Statu
 }
 
 /// A call without credentials; answers status and JSON body.
-async fn public(app: &TestApp, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+pub async fn public(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = app.http.request(method, app.url(path));
     if let Some(body) = body {
         request = request.json(&body);
@@ -193,7 +199,7 @@ async fn public(app: &TestApp, method: Method, path: &str, body: Option<Value>) 
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn me(app: &TestApp, access: &str) -> Value {
+pub async fn me(app: &TestApp, access: &str) -> Value {
     let (status, user) = app.rest(Method::GET, "/api/v1/auth/me", access, None).await;
     assert_eq!(status, 200, "{user}");
     user

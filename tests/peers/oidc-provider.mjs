@@ -2,7 +2,8 @@
 // loopback, with one confidential client, PKCE required and an RSA key. Signing in is
 // headless: the interaction route signs in the account named by `login_hint` and grants what
 // was asked. Accounts are made up from their id: `alice@example.com` has that address,
-// verified; `unverified:bob@example.com` has it unverified.
+// verified; `unverified:bob@example.com` has it unverified. Everyone is in the group `staff`;
+// accounts whose name starts with `admin` also in `admins` (the `groups` scope and claim).
 //
 // Settings come from the environment: CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, ID_TOKEN_TTL
 // (seconds). It prints `{"issuer": …}` once listening. `POST /test/rotate-keys` replaces the
@@ -18,7 +19,9 @@ function account(id) {
   return {
     accountId: id,
     async claims() {
-      return { sub: id, email, email_verified: verified, name: `User ${email.split('@')[0]}` };
+      const name = email.split('@')[0];
+      const groups = name.startsWith('admin') ? ['staff', 'admins'] : ['staff'];
+      return { sub: id, email, email_verified: verified, name: `User ${name}`, groups };
     },
   };
 }
@@ -40,7 +43,8 @@ function provider(issuer) {
     }],
     jwks: { keys: [signingKey()] },
     pkce: { required: () => true },
-    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+    claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'], groups: ['groups'] },
+    scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
     ttl: { IdToken: Number(process.env.ID_TOKEN_TTL || 3600) },
     findAccount: (ctx, id) => account(id),
     interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },

@@ -270,6 +270,7 @@ impl AuthService {
         if !user.is_active {
             return Err(super::account_disabled());
         }
+        self.refuse_if_sso_enforced(&user.email).await?;
         if self
             .prove_address(&user, &Origin::user(user.id, &client))
             .await?

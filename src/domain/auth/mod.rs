@@ -13,7 +13,8 @@ pub use device::Device;
 pub use links::{LinkPurpose, OneTimeTokenStore};
 pub use oauth::{
     AuthorizationRequest, AuthorizationStart, IDENTITY_TAKEN, Identity, IdentityProvider,
-    IdentityProviders, IdentityStore, LAST_SIGN_IN_METHOD, ProviderCallback, ProviderIdentity,
+    IdentityProviders, IdentityStore, LAST_SIGN_IN_METHOD, OrganizationProvider,
+    OrganizationProviders, ProviderCallback, ProviderIdentity,
 };
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
@@ -95,6 +96,7 @@ pub struct AuthPorts {
     pub one_time_tokens: Arc<dyn OneTimeTokenStore>,
     pub identities: Arc<dyn IdentityStore>,
     pub identity_providers: IdentityProviders,
+    pub organization_providers: Arc<dyn OrganizationProviders>,
     pub mailer: Arc<dyn Mailer>,
     pub hasher: Arc<dyn PasswordHasher>,
     /// The list of breached passwords new ones are checked against, if configured.
@@ -117,6 +119,7 @@ pub struct AuthService {
     one_time_tokens: Arc<dyn OneTimeTokenStore>,
     identities: Arc<dyn IdentityStore>,
     identity_providers: IdentityProviders,
+    organization_providers: Arc<dyn OrganizationProviders>,
     mailer: Arc<dyn Mailer>,
     hasher: Arc<dyn PasswordHasher>,
     breaches: Option<Arc<dyn BreachedPasswords>>,
@@ -173,6 +176,7 @@ impl AuthService {
             one_time_tokens: ports.one_time_tokens,
             identities: ports.identities,
             identity_providers: ports.identity_providers,
+            organization_providers: ports.organization_providers,
             mailer: ports.mailer,
             hasher: ports.hasher,
             breaches: ports.breaches,
@@ -342,6 +346,7 @@ impl AuthService {
         if !missing.is_empty() {
             return Err(Error::invalid_fields(missing));
         }
+        self.refuse_if_sso_enforced(email).await?;
         self.hasher.admit()?;
         let account = throttle::account_key(email);
         self.admit_attempt(&account, &client).await?;

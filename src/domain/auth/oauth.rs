@@ -36,6 +36,9 @@ pub struct ProviderIdentity {
     /// The provider vouches for the address.
     pub email_verified: bool,
     pub name: Option<String>,
+    /// The groups the provider lists for the person (organizations' providers, by the
+    /// connection's claim).
+    pub groups: Vec<String>,
 }
 
 /// One configured provider (the adapter speaks its protocol).
@@ -109,6 +112,45 @@ impl IdentityProviders {
     }
 }
 
+/// An organization's own provider (enterprise single sign-on).
+pub struct OrganizationProvider {
+    pub organization_id: Uuid,
+    pub provider: Arc<dyn IdentityProvider>,
+    /// The email domains approved for the organization: the only addresses it signs in.
+    pub domains: Vec<String>,
+    /// Its sign-in counts as both factors.
+    pub trust_mfa: bool,
+}
+
+/// Organizations' own providers, named `sso-<organization id>`.
+#[async_trait::async_trait]
+pub trait OrganizationProviders: Send + Sync {
+    async fn find(&self, name: &str) -> Result<Option<OrganizationProvider>>;
+    /// Makes a user who signed in through the organization's provider (in `groups` there) a
+    /// member of it.
+    async fn admit(
+        &self,
+        organization_id: Uuid,
+        user: &User,
+        groups: &[String],
+        client: &ClientInfo,
+    ) -> Result<()>;
+    /// The provider `email` must sign in through, when its organization refuses passwords.
+    async fn enforced_for(&self, email: &EmailAddress) -> Result<Option<String>>;
+}
+
+/// A password or magic-link sign-in refused: the address's organization signs its people in
+/// through its own provider.
+pub fn sso_required(provider: &str) -> Error {
+    Error::new(
+        ErrorKind::FailedPrecondition,
+        "SSO_REQUIRED",
+        format!(
+            "your organization signs you in with single sign-on: start with the provider {provider}"
+        ),
+    )
+}
+
 /// A provider identity linked to an account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -168,6 +210,23 @@ fn invalid_state() -> Error {
     )
 }
 
+/// An organization's provider speaks only for addresses of the domains approved for it.
+fn check_domain(identity: &ProviderIdentity, domains: &[String]) -> Result<()> {
+    let domain = identity
+        .email
+        .as_deref()
+        .and_then(|email| email.rsplit_once('@'))
+        .map(|(_, domain)| domain.to_ascii_lowercase());
+    if domain.is_some_and(|domain| domains.contains(&domain)) {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::FailedPrecondition,
+        "DOMAIN_NOT_APPROVED",
+        "the organization's provider signs in only addresses of the domains approved for it",
+    ))
+}
+
 /// A started flow: where to send the browser, and the `state` that comes back.
 pub struct AuthorizationStart {
     pub authorization_url: String,
@@ -187,13 +246,24 @@ impl AuthService {
         self.identity_providers.list()
     }
 
+    /// A provider by name: the instance's, or an organization's (`sso-<organization id>`).
+    async fn provider(
+        &self,
+        name: &str,
+    ) -> Result<(Arc<dyn IdentityProvider>, Option<OrganizationProvider>)> {
+        if let Some(organization) = self.organization_providers.find(name).await? {
+            return Ok((organization.provider.clone(), Some(organization)));
+        }
+        Ok((self.identity_providers.get(name)?.clone(), None))
+    }
+
     pub async fn start_oauth(
         &self,
         provider: &str,
         redirect_uri: &str,
         client: &ClientInfo,
     ) -> Result<AuthorizationStart> {
-        let identity_provider = self.identity_providers.get(provider)?;
+        let (identity_provider, _) = self.provider(provider).await?;
         self.identity_providers.check_redirect(redirect_uri)?;
         self.admit_client("oauth", client).await?;
         let request = AuthorizationRequest {
@@ -219,13 +289,13 @@ impl AuthService {
         })
     }
 
-    /// Spends the state and asks the provider who signed in.
+    /// Spends the state and asks `identity_provider` who signed in.
     async fn identify(
         &self,
+        identity_provider: &dyn IdentityProvider,
         callback: &ProviderCallback<'_>,
         client: &ClientInfo,
     ) -> Result<ProviderIdentity> {
-        let identity_provider = self.identity_providers.get(callback.provider)?;
         self.admit_client("oauth", client).await?;
         let pending: PendingAuthorization = self
             .cache
@@ -250,7 +320,13 @@ impl AuthService {
         callback: ProviderCallback<'_>,
         client: ClientInfo,
     ) -> Result<LoginOutcome> {
-        let identity = self.identify(&callback, &client).await?;
+        let (identity_provider, organization) = self.provider(callback.provider).await?;
+        let identity = self
+            .identify(identity_provider.as_ref(), &callback, &client)
+            .await?;
+        if let Some(organization) = &organization {
+            check_domain(&identity, &organization.domains)?;
+        }
         let now = truncate_to_micros(self.clock.now());
         let linked = self
             .identities
@@ -273,8 +349,19 @@ impl AuthService {
             return Err(account_disabled());
         }
         self.require_verified(&user)?;
+        let trusted_for_mfa = organization.as_ref().is_some_and(|found| found.trust_mfa);
+        if let Some(organization) = organization {
+            self.organization_providers
+                .admit(
+                    organization.organization_id,
+                    &user,
+                    &identity.groups,
+                    &client,
+                )
+                .await?;
+        }
         tracing::info!(user_id = %user.id, provider = callback.provider, "signed in with a provider");
-        if self.totp.is_enabled(user.id).await? {
+        if !trusted_for_mfa && self.totp.is_enabled(user.id).await? {
             return self.start_mfa(&user, client).await;
         }
         Ok(LoginOutcome::SignedIn(
@@ -360,7 +447,11 @@ impl AuthService {
         callback: ProviderCallback<'_>,
         client: &ClientInfo,
     ) -> Result<Identity> {
-        let identity = self.identify(&callback, client).await?;
+        // Organizations' providers sign their people in; they link nothing.
+        let identity_provider = self.identity_providers.get(callback.provider)?.clone();
+        let identity = self
+            .identify(identity_provider.as_ref(), &callback, client)
+            .await?;
         let email = identity.email.clone().unwrap_or_default();
         let linked = self.new_identity(user_id, callback.provider, &identity, &email);
         let event = self.identity_event(
@@ -404,6 +495,17 @@ impl AuthService {
             return Err(Missing::Identity.into());
         }
         Ok(())
+    }
+
+    /// Refuses password and magic-link sign-ins of addresses whose organization enforces SSO.
+    pub(super) async fn refuse_if_sso_enforced(&self, email: &str) -> Result<()> {
+        let Ok(email) = EmailAddress::parse(email) else {
+            return Ok(());
+        };
+        match self.organization_providers.enforced_for(&email).await? {
+            Some(provider) => Err(sso_required(&provider)),
+            None => Ok(()),
+        }
     }
 
     fn new_identity(

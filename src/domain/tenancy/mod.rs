@@ -9,6 +9,7 @@ pub mod organizations;
 pub mod permissions;
 pub mod quotas;
 pub mod roles;
+pub mod sso;
 pub mod teams;
 
 use super::error::{Error, Result};

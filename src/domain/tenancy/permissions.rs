@@ -98,6 +98,14 @@ pub const CATALOG: &[PermissionInfo] = &[
     management("role:delete", "delete custom roles"),
     management("role:read", "list roles and their permissions"),
     management("role:update", "change custom roles and their permissions"),
+    platform(
+        "sso:approve",
+        "approve the email domains organizations claim for single sign-on",
+    ),
+    management(
+        "sso:manage",
+        "set the organization's single sign-on provider and claim its email domains",
+    ),
     organization("team:create", "create teams"),
     organization("team:delete", "delete teams"),
     organization("team:read", "list teams and their members"),
