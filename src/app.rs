@@ -6,6 +6,7 @@ use crate::api::contract::Contract;
 use crate::api::{self, ApiDependencies, RequestLimits};
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Config;
+use crate::dns::DnsTxt;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::audit::{AuditService, Dispatcher};
 use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings};
@@ -350,6 +351,7 @@ impl Services {
                 config.sso_allow_private_issuers,
                 clock.clone(),
             )?),
+            dns: Arc::new(DnsTxt::new(config.dns_nameserver)?),
             keyring: keyring.clone(),
             clock: clock.clone(),
         }));

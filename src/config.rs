@@ -178,6 +178,8 @@ settings! {
     cors_allowed_origins, "KEEL_CORS_ALLOWED_ORIGINS" ~ "none";
     /// Comma-separated exact URLs sign-in providers may send browsers back to (`redirect_uri`)
     oauth_redirect_allowlist, "KEEL_OAUTH_REDIRECT_ALLOWLIST" ~ "none";
+    /// host:port of the DNS server asked for domain-verification TXT records
+    dns_nameserver, "KEEL_DNS_NAMESERVER" ~ "the system's resolvers";
     /// Let organizations' sign-in providers be loopback or private addresses (development only)
     sso_allow_private_issuers, "KEEL_SSO_ALLOW_PRIVATE_ISSUERS" = "false";
     /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
@@ -407,6 +409,8 @@ pub struct Config {
     pub oauth_redirect_allowlist: Vec<String>,
     pub oauth_providers: Vec<(String, ProviderConfig)>,
     pub sso_allow_private_issuers: bool,
+    /// `None`: the system's resolvers.
+    pub dns_nameserver: Option<SocketAddr>,
     pub max_concurrent_requests: usize,
     pub request_timeout_seconds: u32,
     pub max_body_bytes: usize,
@@ -557,6 +561,11 @@ impl Config {
             oauth_redirect_allowlist,
             oauth_providers,
             sso_allow_private_issuers: settings.sso_allow_private_issuers().parse()?,
+            dns_nameserver: settings
+                .dns_nameserver()
+                .text()
+                .map(|_| settings.dns_nameserver().parse())
+                .transpose()?,
             max_concurrent_requests: settings.max_concurrent_requests().positive()?,
             request_timeout_seconds: settings.request_timeout_seconds().positive()?,
             max_body_bytes: settings.max_body_bytes().positive()?,

@@ -7,6 +7,7 @@ pub mod app;
 pub mod build_info;
 pub mod cache;
 pub mod config;
+pub mod dns;
 pub mod domain;
 pub mod jobs;
 pub mod mail;

@@ -1,6 +1,6 @@
 -- Enterprise single sign-on: an organization's OpenID Connect provider (its client secret
--- sealed with the instance keyring), and the email domains organizations claim for it, which a
--- platform superuser approves.
+-- sealed with the instance keyring), and the email domains organizations claim for it, approved
+-- by a DNS TXT record carrying verification_token or by a platform superuser.
 
 CREATE TABLE sso_connections (
     organization_id BLOB PRIMARY KEY REFERENCES organizations (id) ON DELETE CASCADE,
@@ -21,6 +21,7 @@ CREATE TABLE sso_connections (
 CREATE TABLE sso_domains (
     domain TEXT PRIMARY KEY,
     organization_id BLOB NOT NULL REFERENCES organizations (id) ON DELETE CASCADE,
+    verification_token TEXT NOT NULL,
     created_at TEXT NOT NULL,
     approved_at TEXT
 );

@@ -30,6 +30,7 @@ struct ConnectionRow {
 struct DomainRow {
     domain: String,
     organization_id: Uuid,
+    verification_token: String,
     created_at: DateTime<Utc>,
     approved_at: Option<DateTime<Utc>>,
 }
@@ -39,14 +40,15 @@ impl From<DomainRow> for SsoDomain {
         SsoDomain {
             domain: row.domain,
             organization_id: row.organization_id,
+            verification_token: row.verification_token,
             created_at: row.created_at,
             approved_at: row.approved_at,
         }
     }
 }
 
-const SELECT_DOMAIN: &str =
-    "SELECT domain, organization_id, created_at, approved_at FROM sso_domains";
+const SELECT_DOMAIN: &str = "SELECT domain, organization_id, verification_token, created_at, \
+     approved_at FROM sso_domains";
 
 fn domain_taken() -> Error {
     Error::already_exists(
@@ -144,11 +146,12 @@ impl SsoStore for SqlStore {
             self,
             events,
             sqlx::query(
-                "INSERT INTO sso_domains (domain, organization_id, created_at, approved_at) \
-                 VALUES ($1, $2, $3, $4)"
+                "INSERT INTO sso_domains (domain, organization_id, verification_token, \
+                 created_at, approved_at) VALUES ($1, $2, $3, $4, $5)"
             )
             .bind(&domain.domain)
             .bind(domain.organization_id)
+            .bind(&domain.verification_token)
             .bind(domain.created_at)
             .bind(domain.approved_at),
             unique_or(domain_taken)

@@ -242,6 +242,10 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "organization_id": org }),
         ),
         (
+            "keel.sso.v1.SsoService/VerifySsoDomain",
+            json!({ "organization_id": org, "domain": "victim.example" }),
+        ),
+        (
             "keel.sso.v1.SsoService/RemoveSsoDomain",
             json!({ "organization_id": org, "domain": "victim.example" }),
         ),

@@ -4,7 +4,7 @@
 
 use crate::audit::wait_for_entries;
 use crate::backend_tests;
-use crate::harness::{Backend, PASSWORD, TestApp};
+use crate::harness::{Backend, PASSWORD, TestApp, tool};
 use crate::invitations::verified_user;
 use crate::oauth::{
     CLIENT_ID, CLIENT_SECRET, OidcPeer, REDIRECT_URI, me, public, sign_in_at_provider,
@@ -294,4 +294,131 @@ async fn organization_providers_on_private_addresses_are_refused() {
             "{issuer}"
         );
     }
+}
+
+/// dnslib's zone resolver (PyPI) on loopback, answering `zone`; killed with the test.
+struct DnsServer {
+    _process: tokio::process::Child,
+    _zone: tempfile::NamedTempFile,
+}
+
+async fn dns_server(venv: &std::path::Path, port: u16, zone: &str) -> DnsServer {
+    use tokio::io::AsyncBufReadExt;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), zone).unwrap();
+    let mut process = tokio::process::Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "dnslib.zoneresolver",
+            "--address",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--zone")
+        .arg(file.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs dnslib");
+    let stdout = process.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let started = lines
+        .next_line()
+        .await
+        .unwrap()
+        .expect("the DNS server starts");
+    assert!(started.starts_with("Starting Zone Resolver"), "{started}");
+    // It logs every query; a closed pipe would end it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    DnsServer {
+        _process: process,
+        _zone: file,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_txt_record_proves_a_domain() {
+    let Some(venv) = tool("KEEL_TEST_PYTHON_VENV", "Python virtualenv") else {
+        return;
+    };
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = TestApp::spawn_with(Backend::Embedded, |settings| {
+        settings.dns_nameserver = Some(format!("127.0.0.1:{port}"));
+    })
+    .await;
+    let (_, alice) = verified_user(&app, "alice@acme.example").await;
+    let org = create_organization(&app, &alice.access, "acme").await;
+    let domains = format!("/api/v1/organizations/{org}/sso/domains");
+    let mut records = Vec::new();
+    for domain in ["acme.example", "beta.example"] {
+        let (status, claim) = app
+            .rest(
+                Method::POST,
+                &domains,
+                &alice.access,
+                Some(json!({ "domain": domain })),
+            )
+            .await;
+        assert_eq!(status, 201, "{claim}");
+        assert_eq!(
+            claim["verification_record_name"],
+            format!("_keel-challenge.{domain}")
+        );
+        records.push(
+            claim["verification_record_text"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert!(records[0].starts_with("keel-verification="));
+    // acme.example publishes its record; beta.example publishes another claim's.
+    let zone = format!(
+        "_keel-challenge.acme.example. 60 IN TXT \"{}\"\n\
+         _keel-challenge.beta.example. 60 IN TXT \"keel-verification=someone-else\"\n",
+        records[0]
+    );
+    let _dns = dns_server(&venv, port, &zone).await;
+
+    let (status, verified) = app
+        .rest(
+            Method::POST,
+            &format!("{domains}/acme.example/verify"),
+            &alice.access,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &verified["approved"]),
+        (200, &json!(true)),
+        "{verified}"
+    );
+    assert_eq!(
+        app.status_and_reason(
+            Method::POST,
+            &format!("{domains}/beta.example/verify"),
+            &alice.access,
+            Some(json!({}))
+        )
+        .await,
+        (409, "DOMAIN_NOT_VERIFIED".into())
+    );
+    let (_, listed) = app.rest(Method::GET, &domains, &alice.access, None).await;
+    let approved: Vec<(&str, bool)> = listed["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|domain| {
+            (
+                domain["domain"].as_str().unwrap(),
+                domain["approved"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(approved, [("acme.example", true), ("beta.example", false)]);
 }

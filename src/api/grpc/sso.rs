@@ -39,7 +39,10 @@ fn connection_to_proto(connection: sso::SsoConnection) -> SsoConnection {
 }
 
 fn domain_to_proto(domain: sso::SsoDomain) -> SsoDomain {
+    let (verification_record_name, verification_record_text) = domain.verification_record();
     SsoDomain {
+        verification_record_name,
+        verification_record_text,
         domain: domain.domain,
         organization_id: domain.organization_id.to_string(),
         approved: domain.approved_at.is_some(),
@@ -53,15 +56,17 @@ impl SsoService for SsoApi {
     async fn get_sso_connection(
         &self,
         request: Request<GetSsoConnectionRequest>,
-    ) -> Result<Response<SsoConnection>, Status> {
+    ) -> Result<Response<GetSsoConnectionResponse>, Status> {
         let connection = self.sso.connection(&access(&request)?).await?;
-        Ok(Response::new(connection_to_proto(connection)))
+        Ok(Response::new(GetSsoConnectionResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn set_sso_connection(
         &self,
         request: Request<SetSsoConnectionRequest>,
-    ) -> Result<Response<SsoConnection>, Status> {
+    ) -> Result<Response<SetSsoConnectionResponse>, Status> {
         let access = access(&request)?;
         let body = request.into_inner();
         let settings = ConnectionSettings {
@@ -80,7 +85,9 @@ impl SsoService for SsoApi {
                 .collect(),
         };
         let connection = self.sso.set_connection(&access, settings).await?;
-        Ok(Response::new(connection_to_proto(connection)))
+        Ok(Response::new(SetSsoConnectionResponse {
+            connection: Some(connection_to_proto(connection)),
+        }))
     }
 
     async fn delete_sso_connection(
@@ -94,13 +101,15 @@ impl SsoService for SsoApi {
     async fn add_sso_domain(
         &self,
         request: Request<AddSsoDomainRequest>,
-    ) -> Result<Response<SsoDomain>, Status> {
+    ) -> Result<Response<AddSsoDomainResponse>, Status> {
         let access = access(&request)?;
         let domain = self
             .sso
             .add_domain(&access, &request.get_ref().domain)
             .await?;
-        Ok(Response::new(domain_to_proto(domain)))
+        Ok(Response::new(AddSsoDomainResponse {
+            domain: Some(domain_to_proto(domain)),
+        }))
     }
 
     async fn list_sso_domains(
@@ -110,6 +119,20 @@ impl SsoService for SsoApi {
         let domains = self.sso.domains(&access(&request)?).await?;
         Ok(Response::new(ListSsoDomainsResponse {
             domains: domains.into_iter().map(domain_to_proto).collect(),
+        }))
+    }
+
+    async fn verify_sso_domain(
+        &self,
+        request: Request<VerifySsoDomainRequest>,
+    ) -> Result<Response<VerifySsoDomainResponse>, Status> {
+        let access = access(&request)?;
+        let domain = self
+            .sso
+            .verify_domain(&access, &request.get_ref().domain)
+            .await?;
+        Ok(Response::new(VerifySsoDomainResponse {
+            domain: Some(domain_to_proto(domain)),
         }))
     }
 
@@ -127,13 +150,15 @@ impl SsoService for SsoApi {
     async fn approve_sso_domain(
         &self,
         request: Request<ApproveSsoDomainRequest>,
-    ) -> Result<Response<SsoDomain>, Status> {
+    ) -> Result<Response<ApproveSsoDomainResponse>, Status> {
         let caller = principal(&request)?;
         let domain = self
             .sso
             .approve_domain(&caller, &request.get_ref().domain)
             .await?;
-        Ok(Response::new(domain_to_proto(domain)))
+        Ok(Response::new(ApproveSsoDomainResponse {
+            domain: Some(domain_to_proto(domain)),
+        }))
     }
 
     async fn discover_sso(

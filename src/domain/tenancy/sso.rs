@@ -15,7 +15,7 @@ use crate::domain::events::{
     Event, EventKind, MemberData, Origin, SsoConnectionData, SsoDomainData,
 };
 use crate::domain::principal::Principal;
-use crate::domain::secret::Keyring;
+use crate::domain::secret::{self, Keyring};
 use crate::domain::user::{EmailAddress, User};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -50,8 +50,27 @@ impl SsoConnection {
 pub struct SsoDomain {
     pub domain: String,
     pub organization_id: Uuid,
+    /// What the domain's TXT record must say to prove the claim.
+    pub verification_token: String,
     pub created_at: DateTime<Utc>,
     pub approved_at: Option<DateTime<Utc>>,
+}
+
+impl SsoDomain {
+    /// The TXT record that proves the claim: its name and its text.
+    pub fn verification_record(&self) -> (String, String) {
+        (
+            format!("_keel-challenge.{}", self.domain),
+            format!("keel-verification={}", self.verification_token),
+        )
+    }
+}
+
+/// DNS, for the TXT records that prove who owns a domain.
+#[async_trait::async_trait]
+pub trait TxtRecords: Send + Sync {
+    /// The texts of `name`'s TXT records; none for a name that does not exist.
+    async fn txt(&self, name: &str) -> Result<Vec<String>>;
 }
 
 /// Where connections and domains live.
@@ -150,6 +169,7 @@ pub struct SsoPorts {
     pub access: Arc<AccessControl>,
     pub quotas: Arc<QuotaService>,
     pub providers: Arc<dyn ConnectionProviders>,
+    pub dns: Arc<dyn TxtRecords>,
     pub keyring: Arc<dyn Keyring>,
     pub clock: Arc<dyn Clock>,
 }
@@ -160,6 +180,7 @@ pub struct SsoService {
     access: Arc<AccessControl>,
     quotas: Arc<QuotaService>,
     providers: Arc<dyn ConnectionProviders>,
+    dns: Arc<dyn TxtRecords>,
     keyring: Arc<dyn Keyring>,
     clock: Arc<dyn Clock>,
 }
@@ -188,6 +209,7 @@ impl SsoService {
             access: ports.access,
             quotas: ports.quotas,
             providers: ports.providers,
+            dns: ports.dns,
             keyring: ports.keyring,
             clock: ports.clock,
         }
@@ -311,6 +333,7 @@ impl SsoService {
         let domain = SsoDomain {
             domain: parse_domain(domain)?,
             organization_id: access.organization_id,
+            verification_token: secret::generate(),
             created_at: truncate_to_micros(self.clock.now()),
             approved_at: None,
         };
@@ -323,18 +346,22 @@ impl SsoService {
         self.store.list_domains(access.organization_id).await
     }
 
-    pub async fn remove_domain(&self, access: &Access, domain: &str) -> Result<()> {
+    /// The claim of `domain`, by `organization_id` when given.
+    async fn claim(&self, domain: &str, organization_id: Option<Uuid>) -> Result<SsoDomain> {
         let domain = parse_domain(domain).map_err(|_| domain_not_found())?;
-        let claim = self
-            .store
+        self.store
             .find_domain(&domain)
             .await?
-            .filter(|claim| claim.organization_id == access.organization_id)
-            .ok_or_else(domain_not_found)?;
+            .filter(|claim| organization_id.is_none_or(|id| claim.organization_id == id))
+            .ok_or_else(domain_not_found)
+    }
+
+    pub async fn remove_domain(&self, access: &Access, domain: &str) -> Result<()> {
+        let claim = self.claim(domain, Some(access.organization_id)).await?;
         let removed = self.domain_event(EventKind::SsoDomainRemoved, &access.origin(), &claim);
         if !self
             .store
-            .delete_domain(access.organization_id, &domain, &[removed])
+            .delete_domain(access.organization_id, &claim.domain, &[removed])
             .await?
         {
             return Err(domain_not_found());
@@ -344,19 +371,39 @@ impl SsoService {
 
     /// A platform superuser's word that the claiming organization owns the domain.
     pub async fn approve_domain(&self, caller: &Principal, domain: &str) -> Result<SsoDomain> {
-        let domain = parse_domain(domain).map_err(|_| domain_not_found())?;
-        let claim = self
-            .store
-            .find_domain(&domain)
-            .await?
-            .ok_or_else(domain_not_found)?;
+        let claim = self.claim(domain, None).await?;
+        self.approve(claim, &caller.into()).await
+    }
+
+    /// Approves the organization's claim when the domain's TXT record proves it.
+    pub async fn verify_domain(&self, access: &Access, domain: &str) -> Result<SsoDomain> {
+        let claim = self.claim(domain, Some(access.organization_id)).await?;
+        if claim.approved_at.is_some() {
+            return Ok(claim);
+        }
+        let (name, text) = claim.verification_record();
+        if !self.dns.txt(&name).await?.contains(&text) {
+            return Err(Error::new(
+                ErrorKind::FailedPrecondition,
+                "DOMAIN_NOT_VERIFIED",
+                format!(
+                    "no TXT record {name} with the text {text} was found: publish it, then verify again (DNS changes can take a while to spread)"
+                ),
+            ));
+        }
+        self.approve(claim, &access.origin()).await
+    }
+
+    async fn approve(&self, claim: SsoDomain, origin: &Origin) -> Result<SsoDomain> {
+        let now = truncate_to_micros(self.clock.now());
+        let domain = claim.domain.clone();
         let approved = SsoDomain {
-            approved_at: Some(truncate_to_micros(self.clock.now())),
+            approved_at: Some(now),
             ..claim
         };
-        let event = self.domain_event(EventKind::SsoDomainApproved, &caller.into(), &approved);
+        let event = self.domain_event(EventKind::SsoDomainApproved, origin, &approved);
         self.store
-            .approve_domain(&domain, truncate_to_micros(self.clock.now()), &[event])
+            .approve_domain(&domain, now, &[event])
             .await?
             .ok_or_else(domain_not_found)
     }
