@@ -415,8 +415,9 @@ pub struct SignInFailureData {
     pub user_id: Option<Uuid>,
     /// The address as typed, up to 254 characters.
     pub email: String,
-    /// `invalid_credentials`, `invalid_code`, `account_disabled`, `email_not_verified` or
-    /// `locked_out`.
+    /// `invalid_credentials`, `invalid_code`, `account_disabled`, `email_not_verified`,
+    /// `locked_out`, or a provider sign-in's refusal (`provider_rejected`, `link_required`,
+    /// `domain_not_approved`…).
     pub reason: String,
 }
 

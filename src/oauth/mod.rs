@@ -5,7 +5,7 @@
 mod github;
 mod oidc;
 
-use crate::domain::auth::{IdentityProvider, IdentityProviders};
+use crate::domain::auth::{IdentityProvider, IdentityProviders, PROVIDER_REJECTED};
 use crate::domain::clock::Clock;
 use crate::domain::error::Error;
 use crate::domain::tenancy::sso::{ConnectionProviders, SsoConnection};
@@ -371,7 +371,7 @@ pub fn identity_providers(
 /// The provider answered, but not with what the flow needs.
 fn rejected(why: impl std::fmt::Display) -> Error {
     Error::unauthenticated(
-        "PROVIDER_REJECTED",
+        PROVIDER_REJECTED,
         format!("the sign-in provider did not confirm this sign-in: {why}"),
     )
 }

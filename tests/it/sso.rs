@@ -323,9 +323,9 @@ async fn dns_server(venv: &std::path::Path, port: u16, zone: &str) -> DnsServer 
         .expect("python runs dnslib");
     let stdout = process.stdout.take().unwrap();
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let started = lines
-        .next_line()
+    let started = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
         .await
+        .expect("the DNS server starts within 20 s")
         .unwrap()
         .expect("the DNS server starts");
     assert!(started.starts_with("Starting Zone Resolver"), "{started}");

@@ -14,7 +14,7 @@ pub use links::{LinkPurpose, OneTimeTokenStore};
 pub use oauth::{
     AuthorizationRequest, AuthorizationStart, IDENTITY_TAKEN, Identity, IdentityProvider,
     IdentityProviders, IdentityStore, LAST_SIGN_IN_METHOD, OrganizationProvider,
-    OrganizationProviders, ProviderCallback, ProviderIdentity,
+    OrganizationProviders, PROVIDER_REJECTED, ProviderCallback, ProviderIdentity,
 };
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};

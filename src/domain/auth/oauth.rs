@@ -8,7 +8,7 @@
 use super::{AuthService, ClientInfo, LoginOutcome, account_disabled};
 use crate::domain::clock::truncate_to_micros;
 use crate::domain::error::{Error, ErrorKind, Missing, Result};
-use crate::domain::events::{Event, EventKind, IdentityData, Origin};
+use crate::domain::events::{Event, EventKind, IdentityData, Origin, SignInFailureData};
 use crate::domain::secret;
 use crate::domain::user::{EmailAddress, User, parse_full_name};
 use chrono::{DateTime, Duration, Utc};
@@ -186,6 +186,8 @@ pub trait IdentityStore: Send + Sync {
 }
 
 pub const IDENTITY_TAKEN: &str = "IDENTITY_TAKEN";
+/// The provider refused the code, or its answer failed a check.
+pub const PROVIDER_REJECTED: &str = "PROVIDER_REJECTED";
 pub const LAST_SIGN_IN_METHOD: &str = "LAST_SIGN_IN_METHOD";
 
 const STATE_LIFETIME_MINUTES: i64 = 10;
@@ -314,23 +316,57 @@ impl AuthService {
     }
 
     /// Signs in with the identity the provider vouches for: the account it is linked to, the
-    /// verified account with its verified address, or a new account.
+    /// verified account with its verified address, or a new account. Refusals once the
+    /// provider answered are recorded as failed sign-ins (`user.login_failed`, the reason in
+    /// lower case: `provider_rejected`, `link_required`, `email_not_verified`…).
     pub async fn finish_oauth(
         &self,
         callback: ProviderCallback<'_>,
         client: ClientInfo,
     ) -> Result<LoginOutcome> {
         let (identity_provider, organization) = self.provider(callback.provider).await?;
-        let identity = self
+        let origin = Origin::anonymous(&client);
+        let refused = |email: &str, error: Error| {
+            let reason = error.reason.to_ascii_lowercase();
+            self.refused(&origin, SignInFailureData::new(None, email, &reason), error)
+        };
+        let identity = match self
             .identify(identity_provider.as_ref(), &callback, &client)
-            .await?;
+            .await
+        {
+            Err(error) if error.reason == PROVIDER_REJECTED => return Err(refused("", error).await),
+            identified => identified?,
+        };
+        match self
+            .sign_in_identity(callback.provider, &identity, organization, client)
+            .await
+        {
+            Err(error)
+                if matches!(
+                    error.kind,
+                    ErrorKind::FailedPrecondition | ErrorKind::Unauthenticated
+                ) =>
+            {
+                Err(refused(identity.email.as_deref().unwrap_or_default(), error).await)
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn sign_in_identity(
+        &self,
+        provider: &str,
+        identity: &ProviderIdentity,
+        organization: Option<OrganizationProvider>,
+        client: ClientInfo,
+    ) -> Result<LoginOutcome> {
         if let Some(organization) = &organization {
-            check_domain(&identity, &organization.domains)?;
+            check_domain(identity, &organization.domains)?;
         }
         let now = truncate_to_micros(self.clock.now());
         let linked = self
             .identities
-            .find_identity(callback.provider, &identity.subject)
+            .find_identity(provider, &identity.subject)
             .await?;
         let user = match linked {
             Some(linked) => {
@@ -340,10 +376,7 @@ impl AuthService {
                     .await?;
                 self.user(linked.user_id).await?
             }
-            None => {
-                self.join_or_create(callback.provider, &identity, &client)
-                    .await?
-            }
+            None => self.join_or_create(provider, identity, &client).await?,
         };
         if !user.is_active {
             return Err(account_disabled());
@@ -360,7 +393,7 @@ impl AuthService {
                 )
                 .await?;
         }
-        tracing::info!(user_id = %user.id, provider = callback.provider, "signed in with a provider");
+        tracing::info!(user_id = %user.id, provider, "signed in with a provider");
         if !trusted_for_mfa && self.totp.is_enabled(user.id).await? {
             return self.start_mfa(&user, client).await;
         }
