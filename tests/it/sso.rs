@@ -197,6 +197,16 @@ async fn an_organization_signs_its_people_in_through_its_provider(backend: Backe
     );
     assert_ne!(answer["access_token"], "");
 
+    // On its approved domains, Acme's provider vouches for addresses itself, even when it
+    // does not say `email_verified` (as Entra ID never does).
+    let (status, tokens) = sign_in(&app, &provider, "unverified:frank@acme.example").await;
+    assert_eq!(status, 200, "{tokens}");
+    let frank = me(&app, tokens["access_token"].as_str().unwrap()).await;
+    assert_eq!(
+        (&frank["email"], &frank["email_verified"]),
+        (&json!("frank@acme.example"), &json!(true))
+    );
+
     // Acme's provider speaks for Acme's domains only.
     let (status, refusal) = sign_in(&app, &provider, "eve@elsewhere.example").await;
     assert_eq!(

@@ -360,9 +360,21 @@ impl AuthService {
         organization: Option<OrganizationProvider>,
         client: ClientInfo,
     ) -> Result<LoginOutcome> {
-        if let Some(organization) = &organization {
-            check_domain(identity, &organization.domains)?;
-        }
+        // An organization's provider speaks for the domains approved for it: there its word
+        // on an address is the owner's, whether or not it sends `email_verified` (Entra ID
+        // does not).
+        let vouched;
+        let identity = match &organization {
+            Some(organization) => {
+                check_domain(identity, &organization.domains)?;
+                vouched = ProviderIdentity {
+                    email_verified: true,
+                    ..identity.clone()
+                };
+                &vouched
+            }
+            None => identity,
+        };
         let now = truncate_to_micros(self.clock.now());
         let linked = self
             .identities
