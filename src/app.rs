@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::dns::DnsTxt;
 use crate::domain::apikey::ApiKeyService;
 use crate::domain::audit::{AuditService, Dispatcher};
-use crate::domain::auth::{AuthPorts, AuthService, AuthSettings, ThrottleSettings};
+use crate::domain::auth::{self, AuthPorts, AuthService, AuthSettings, ThrottleSettings};
 use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::{DependencyService, Registry};
@@ -370,6 +370,20 @@ impl Services {
                         clock.clone(),
                     )?,
                     organization_providers: sso.clone(),
+                    passkeys: Arc::new(store.clone()),
+                    webauthn: match &config.passkeys {
+                        Some(passkeys) => Some(Arc::new(auth::relying_party(
+                            &passkeys.rp_id,
+                            &passkeys.origins,
+                        )?)),
+                        None => {
+                            tracing::warn!(
+                                "passkeys are off: KEEL_PUBLIC_URL is on an IP address; set \
+                                 KEEL_PASSKEY_RP_ID to a domain"
+                            );
+                            None
+                        }
+                    },
                     mailer,
                     hasher,
                     breaches: match &config.breached_passwords_dir {

@@ -182,6 +182,10 @@ settings! {
     dns_nameserver, "KEEL_DNS_NAMESERVER" ~ "the system's resolvers";
     /// Let organizations' sign-in providers be loopback or private addresses (development only)
     sso_allow_private_issuers, "KEEL_SSO_ALLOW_PRIVATE_ISSUERS" = "false";
+    /// The passkeys' relying party: the domain (or a parent domain) of the pages that use them
+    passkey_rp_id, "KEEL_PASSKEY_RP_ID" ~ "the host of KEEL_PUBLIC_URL (localhost for a loopback address)";
+    /// Comma-separated origins of the pages that register and use passkeys
+    passkey_origins, "KEEL_PASSKEY_ORIGINS" ~ "the origin of KEEL_PUBLIC_URL";
     /// RPCs served at once; past it, calls are refused at once with 503 / RESOURCE_EXHAUSTED
     /// `SERVER_BUSY`
     max_concurrent_requests, "KEEL_MAX_CONCURRENT_REQUESTS" = "1024";
@@ -409,6 +413,8 @@ pub struct Config {
     pub oauth_redirect_allowlist: Vec<String>,
     pub oauth_providers: Vec<(String, ProviderConfig)>,
     pub sso_allow_private_issuers: bool,
+    /// None when the relying party cannot be worked out (a public URL on an IP address).
+    pub passkeys: Option<PasskeySettings>,
     /// `None`: the system's resolvers.
     pub dns_nameserver: Option<SocketAddr>,
     pub max_concurrent_requests: usize,
@@ -436,6 +442,74 @@ pub struct Config {
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
+}
+
+/// Who passkeys are for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeySettings {
+    pub rp_id: String,
+    pub origins: Vec<url::Url>,
+}
+
+/// The relying party and the pages' origins: by default the public URL's, with `localhost`
+/// for a loopback address (browsers refuse IP addresses as relying parties). Every origin must
+/// be the relying party's domain or below it, over https (http only for localhost); a public
+/// URL that cannot be one (an IP address, plain http) leaves passkeys off unless they are
+/// configured.
+fn passkey_settings(
+    settings: &Settings,
+    public_url: &str,
+) -> anyhow::Result<Option<PasskeySettings>> {
+    let public = url::Url::parse(public_url)?;
+    let loopback = match public.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    };
+    let rp_id = match (settings.passkey_rp_id().text(), public.domain()) {
+        (Some(rp_id), _) => rp_id.to_ascii_lowercase(),
+        (None, Some(domain)) => domain.to_owned(),
+        (None, None) if loopback => "localhost".to_owned(),
+        (None, None) => return Ok(None),
+    };
+    let given = settings.passkey_origins().list();
+    let origins = if !given.is_empty() {
+        given
+            .iter()
+            .map(|origin| {
+                url::Url::parse(origin).map_err(|error| {
+                    settings
+                        .passkey_origins()
+                        .invalid(format!("{origin:?}: {error}"))
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else if loopback && public.domain().is_none() {
+        let mut origin = public.clone();
+        origin.set_host(Some("localhost"))?;
+        vec![origin]
+    } else {
+        vec![public]
+    };
+    for origin in &origins {
+        let host = origin.domain().unwrap_or_default();
+        let under_rp = host == rp_id || host.ends_with(&format!(".{rp_id}"));
+        let secure =
+            origin.scheme() == "https" || (origin.scheme() == "http" && host == "localhost");
+        if under_rp && secure {
+            continue;
+        }
+        if given.is_empty() && settings.passkey_rp_id().text().is_none() {
+            // Browsers would refuse the public URL's own origin: passkeys stay off.
+            return Ok(None);
+        }
+        return Err(settings.passkey_origins().invalid(format!(
+            "{} must be https:// (http:// only for localhost) on {rp_id} or below it \
+             (KEEL_PASSKEY_RP_ID)",
+            origin.origin().ascii_serialization()
+        )));
+    }
+    Ok(Some(PasskeySettings { rp_id, origins }))
 }
 
 /// ASVS 2.1.2: passwords of up to 128 characters are accepted (not a setting).
@@ -487,6 +561,7 @@ impl Config {
                 )));
             }
         }
+        let passkeys = passkey_settings(settings, &public_url)?;
         let oauth_redirect_allowlist = settings.oauth_redirect_allowlist().list();
         for uri in &oauth_redirect_allowlist {
             if !(uri.starts_with("https://") || uri.starts_with("http://")) {
@@ -561,6 +636,7 @@ impl Config {
             oauth_redirect_allowlist,
             oauth_providers,
             sso_allow_private_issuers: settings.sso_allow_private_issuers().parse()?,
+            passkeys,
             dns_nameserver: settings
                 .dns_nameserver()
                 .text()
@@ -700,6 +776,60 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://./data/keel.db");
         assert_eq!(config.public_url, "http://127.0.0.1:8000");
         assert!(config.redis_url.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn passkeys_follow_the_public_url_or_their_own_settings() -> anyhow::Result<()> {
+        let passkeys = |public_url: &str, rp_id: Option<&str>, origins: Option<&str>| {
+            let settings = Settings {
+                public_url: Some(public_url.into()),
+                passkey_rp_id: rp_id.map(Into::into),
+                passkey_origins: origins.map(Into::into),
+                ..Settings::default()
+            };
+            Config::from_settings(&settings).map(|config| {
+                config.passkeys.map(|passkeys| {
+                    let origins: Vec<String> =
+                        passkeys.origins.iter().map(ToString::to_string).collect();
+                    (passkeys.rp_id, origins.join(","))
+                })
+            })
+        };
+        let set = |rp_id: &str, origins: &str| Some((rp_id.to_owned(), origins.to_owned()));
+        // A loopback address is localhost to a browser; an IP or plain http elsewhere is off.
+        assert_eq!(
+            passkeys("http://127.0.0.1:8000", None, None)?,
+            set("localhost", "http://localhost:8000/")
+        );
+        assert_eq!(
+            passkeys("https://id.example.com", None, None)?,
+            set("id.example.com", "https://id.example.com/")
+        );
+        assert_eq!(passkeys("http://10.0.0.5:8000", None, None)?, None);
+        assert_eq!(passkeys("http://keel.test", None, None)?, None);
+        // Pages on other hosts under a parent domain.
+        assert_eq!(
+            passkeys(
+                "https://api.example.com",
+                Some("example.com"),
+                Some("https://app.example.com,https://example.com")
+            )?,
+            set(
+                "example.com",
+                "https://app.example.com/,https://example.com/"
+            )
+        );
+        for (rp_id, origins) in [
+            ("example.com", "https://evil.com"),
+            ("example.com", "http://app.example.com"),
+            ("example.com", "not a url"),
+        ] {
+            let error = passkeys("https://api.example.com", Some(rp_id), Some(origins))
+                .expect_err(origins)
+                .to_string();
+            assert!(error.starts_with("KEEL_PASSKEY_ORIGINS"), "{error}");
+        }
         Ok(())
     }
 

@@ -52,6 +52,7 @@ use pb::keel::apikey::v1::api_key_service_server::ApiKeyServiceServer;
 use pb::keel::audit::v1::audit_log_service_server::AuditLogServiceServer;
 use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::auth::v1::o_auth_service_server::OAuthServiceServer;
+use pb::keel::auth::v1::passkey_service_server::PasskeyServiceServer;
 use pb::keel::file::v1::file_service_server::FileServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
@@ -77,6 +78,9 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_swagger_ui::SwaggerUi;
+
+/// `google.protobuf.Struct` and JSON objects, both ways (for clients of `Struct` fields).
+pub use grpc::{json_to_struct, struct_to_json};
 
 pub struct ApiDependencies {
     pub contract: Arc<Contract>,
@@ -172,6 +176,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             dependencies.auth.clone(),
         )))
         .add(OAuthServiceServer::new(grpc::OAuthApi::new(
+            dependencies.auth.clone(),
+        )))
+        .add(PasskeyServiceServer::new(grpc::PasskeyApi::new(
             dependencies.auth.clone(),
         )))
         .add(SessionServiceServer::new(grpc::SessionApi::new(

@@ -179,6 +179,7 @@ pub enum Missing {
     File,
     Upload,
     Identity,
+    Passkey,
 }
 
 impl From<Missing> for Error {
@@ -207,6 +208,7 @@ impl From<Missing> for Error {
                 "IDENTITY_NOT_FOUND",
                 "no such identity linked to your account",
             ),
+            Missing::Passkey => ("PASSKEY_NOT_FOUND", "no such passkey on your account"),
         };
         Error::not_found(reason, message)
     }

@@ -281,6 +281,10 @@ catalog! {
         "Two-factor authentication was turned off (by the user or a superuser).";
     UserMfaEnabled = "user.mfa_enabled", UserData, Success,
         "Two-factor authentication was turned on.";
+    UserPasskeyAdded = "user.passkey_added", PasskeyData, Success,
+        "A passkey was registered to an account.";
+    UserPasskeyRemoved = "user.passkey_removed", PasskeyData, Success,
+        "A passkey was removed from an account.";
     UserPasswordChanged = "user.password_changed", UserData, Success,
         "A user changed their password.";
     UserPasswordReset = "user.password_reset", UserData, Success,
@@ -477,6 +481,25 @@ impl EventData for IdentityData {
     const SUBJECT: &'static str = "identity";
     fn subject_id(&self) -> String {
         self.identity_id.to_string()
+    }
+    fn user_id(&self) -> Option<Uuid> {
+        Some(self.user_id)
+    }
+}
+
+/// A passkey of an account.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct PasskeyData {
+    pub passkey_id: Uuid,
+    pub user_id: Uuid,
+    /// The name the user gave it.
+    pub name: String,
+}
+
+impl EventData for PasskeyData {
+    const SUBJECT: &'static str = "passkey";
+    fn subject_id(&self) -> String {
+        self.passkey_id.to_string()
     }
     fn user_id(&self) -> Option<Uuid> {
         Some(self.user_id)

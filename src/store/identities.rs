@@ -134,9 +134,33 @@ impl IdentityStore for SqlStore {
     }
 
     async fn delete_identity(&self, user_id: Uuid, id: Uuid, events: &[Event]) -> Result<bool> {
-        let outcome: std::result::Result<Option<bool>, sqlx::Error> = with_pool!(self, pool => async {
+        self.delete_way_in("user_identities", user_id, id, events)
+            .await?
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::FailedPrecondition,
+                    LAST_SIGN_IN_METHOD,
+                    "this identity is your account's only way to sign in: set a password first \
+                     (with a password reset), or link another identity or add a passkey",
+                )
+            })
+    }
+}
+
+impl SqlStore {
+    /// Deletes the row `id` of the user's ways to sign in (`table`: identities or passkeys)
+    /// with its events, unless the account would be left without one: no password and no other
+    /// identity or passkey (`None` then). False when the user has no such row.
+    pub(super) async fn delete_way_in(
+        &self,
+        table: &'static str,
+        user_id: Uuid,
+        id: Uuid,
+        events: &[Event],
+    ) -> Result<Option<bool>> {
+        with_pool!(self, pool => async {
             let mut transaction = pool.begin_write().await?;
-            // Locks the account's row, so two unlinks cannot each leave the other's last.
+            // Locks the account's row, so two removals cannot each leave the other's last.
             let password_set: Option<bool> = sqlx::query_scalar(
                 "UPDATE users SET updated_at = updated_at WHERE id = $1 RETURNING password_set",
             )
@@ -144,7 +168,8 @@ impl IdentityStore for SqlStore {
             .fetch_optional(&mut *transaction)
             .await?;
             let others: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM user_identities WHERE user_id = $1 AND id <> $2",
+                "SELECT (SELECT COUNT(*) FROM user_identities WHERE user_id = $1 AND id <> $2) \
+                 + (SELECT COUNT(*) FROM passkeys WHERE user_id = $1 AND id <> $2)",
             )
             .bind(user_id)
             .bind(id)
@@ -153,12 +178,14 @@ impl IdentityStore for SqlStore {
             if password_set != Some(true) && others == 0 {
                 return Ok(None);
             }
-            let deleted = sqlx::query("DELETE FROM user_identities WHERE id = $1 AND user_id = $2")
-                .bind(id)
-                .bind(user_id)
-                .execute(&mut *transaction)
-                .await?
-                .rows_affected()
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE id = $1 AND user_id = $2"
+            )))
+            .bind(id)
+            .bind(user_id)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected()
                 > 0;
             if deleted {
                 insert_events!(transaction, events);
@@ -166,14 +193,7 @@ impl IdentityStore for SqlStore {
             transaction.commit().await?;
             Ok(Some(deleted))
         }
-        .await);
-        outcome.map_err(database_error)?.ok_or_else(|| {
-            Error::new(
-                ErrorKind::FailedPrecondition,
-                LAST_SIGN_IN_METHOD,
-                "this identity is your account's only way to sign in: set a password first \
-                 (with a password reset), or link another identity",
-            )
-        })
+        .await)
+        .map_err(database_error)
     }
 }

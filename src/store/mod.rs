@@ -14,6 +14,7 @@ mod leases;
 mod notifications;
 mod one_time_tokens;
 mod organizations;
+mod passkeys;
 mod quotas;
 mod sessions;
 mod sso;

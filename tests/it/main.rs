@@ -26,6 +26,7 @@ mod notifications;
 mod oauth;
 mod operations;
 mod organizations;
+mod passkeys;
 mod quotas;
 mod realtime;
 mod rest_errors;

@@ -82,7 +82,7 @@ async fn notifications_are_read_marked_and_deleted_by_their_user_alone(backend: 
     )
     .await;
     assert_eq!(status, 201, "{second}");
-    assert_eq!(second["data"], json!({ "percent": 91.0 }));
+    assert_eq!(second["data"], json!({ "percent": 91 }));
     let mut grpc = NotificationServiceClient::new(app.channel().await);
     let third = grpc
         .create_notification(with_token(

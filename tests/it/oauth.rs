@@ -4,6 +4,7 @@
 
 use crate::backend_tests;
 use crate::harness::{Backend, PASSWORD, TestApp, grpc_reason, tool, with_token};
+use crate::passkeys::{Device, register as register_passkey, with_passkeys};
 use crate::totp::enroll;
 use keel::api::pb::keel::auth::v1::o_auth_service_client::OAuthServiceClient;
 use keel::api::pb::keel::auth::v1::{
@@ -104,6 +105,7 @@ impl OidcPeer {
 /// Keel with the provider as `keycloak` (the seed's alias route is its callback).
 async fn keel(backend: Backend, peer: &OidcPeer) -> TestApp {
     TestApp::spawn_with(backend, |settings| {
+        with_passkeys(settings);
         settings.oauth_redirect_allowlist = Some(REDIRECT_URI.into());
         settings.oauth.insert("keycloak".into(), peer.settings());
     })
@@ -302,6 +304,20 @@ async fn a_provider_identity_signs_in_on_both_doors(backend: Backend) {
         )
         .await;
     assert_eq!(password_login.status(), 401);
+
+    // A passkey is a way in too: with one, the identity may go, and then the passkey stays.
+    let mut device = Device::new();
+    let passkey = register_passkey(&app, &access, &mut device, "Laptop").await;
+    let identity_path = format!("/api/v1/auth/identities/{}", identities[0].id);
+    let (status, _) = app
+        .rest(Method::DELETE, &identity_path, &access, None)
+        .await;
+    assert_eq!(status, 200);
+    let passkey_path = format!("/api/v1/auth/passkeys/{}", passkey["id"].as_str().unwrap());
+    let (status, reason) = app
+        .status_and_reason(Method::DELETE, &passkey_path, &access, None)
+        .await;
+    assert_eq!((status, reason.as_str()), (409, "LAST_SIGN_IN_METHOD"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,7 @@ async fn organizations_are_created_listed_updated_and_deleted(backend: Backend) 
         .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["slug"], "acme");
-    assert_eq!(created["settings"], json!({ "plan": "pro", "seats": 3.0 }));
+    assert_eq!(created["settings"], json!({ "plan": "pro", "seats": 3 }));
     let id = created["id"].as_str().unwrap().to_owned();
 
     let (status, taken) = app

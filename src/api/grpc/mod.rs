@@ -44,6 +44,7 @@ mod job;
 mod notification;
 mod oauth;
 mod organization;
+mod passkey;
 mod quota;
 mod realtime;
 mod role;
@@ -65,6 +66,7 @@ pub use job::JobApi;
 pub use notification::NotificationApi;
 pub use oauth::OAuthApi;
 pub use organization::OrganizationApi;
+pub use passkey::PasskeyApi;
 pub use quota::QuotaApi;
 pub use realtime::RealtimeApi;
 pub use role::RoleApi;
@@ -179,8 +181,7 @@ fn value_to_json(value: prost_types::Value) -> serde_json::Value {
     use prost_types::value::Kind;
     match value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::NumberValue(number)) => serde_json::Number::from_f64(number)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::NumberValue(number)) => json_number(number),
         Some(Kind::StringValue(text)) => serde_json::Value::String(text),
         Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(flag),
         Some(Kind::StructValue(object)) => serde_json::Value::Object(struct_to_json(object)),
@@ -188,6 +189,17 @@ fn value_to_json(value: prost_types::Value) -> serde_json::Value {
             serde_json::Value::Array(list.values.into_iter().map(value_to_json).collect())
         }
     }
+}
+
+/// A double as JSON, whole numbers as integers, as Go's and C++'s protobuf JSON print them: a
+/// `Struct` has only doubles, and `-7` read back as `-7.0` is no integer to a typed reader
+/// (WebAuthn's `alg`, say).
+pub fn json_number(number: f64) -> serde_json::Value {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: every integer below is a double
+    if number.fract() == 0.0 && number.abs() < EXACT {
+        return serde_json::Value::from(number as i64);
+    }
+    serde_json::Number::from_f64(number).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 /// A JSON object to `google.protobuf.Struct`.

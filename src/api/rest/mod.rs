@@ -276,7 +276,7 @@ pub(in crate::api) fn render_reply(
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
         .skip_default_fields(false);
-    let serialized = match response_body {
+    let mut serialized = match response_body {
         Some(field) => match message.get_field(field).as_message() {
             Some(inner) => inner.serialize_with_options(serde_json::value::Serializer, &options),
             None => Ok(serde_json::Value::Null),
@@ -284,11 +284,29 @@ pub(in crate::api) fn render_reply(
         None => message.serialize_with_options(serde_json::value::Serializer, &options),
     }
     .map_err(|error| internal(format!("rendering the reply: {error}")))?;
+    whole_numbers_as_integers(&mut serialized);
     let mut response = (rpc.success_status, axum::Json(serialized)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// prost-reflect prints every double with a fraction (`-7.0`); Keel prints whole ones as
+/// integers, as the gRPC door's `Struct` conversion does.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(number) => {
+            if let Some(double) = number.as_f64().filter(|_| number.is_f64()) {
+                *value = crate::api::grpc::json_number(double);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(whole_numbers_as_integers)
+        }
+        _ => {}
+    }
 }
 
 fn internal(message: impl Into<String>) -> RestError {

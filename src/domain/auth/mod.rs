@@ -4,6 +4,7 @@ mod accounts;
 pub mod device;
 mod links;
 mod oauth;
+mod passkeys;
 mod session;
 mod sessions;
 mod throttle;
@@ -15,6 +16,9 @@ pub use oauth::{
     AuthorizationRequest, AuthorizationStart, IDENTITY_TAKEN, Identity, IdentityProvider,
     IdentityProviders, IdentityStore, LAST_SIGN_IN_METHOD, OrganizationProvider,
     OrganizationProviders, PROVIDER_REJECTED, ProviderCallback, ProviderIdentity,
+};
+pub use passkeys::{
+    PASSKEY_TAKEN, PasskeyCeremony, PasskeyRecord, PasskeyStore, last_sign_in_method, relying_party,
 };
 pub use session::{ClientInfo, RefreshTokenRecord, Session, SessionStore};
 pub use sessions::{SessionStats, SessionView};
@@ -97,6 +101,9 @@ pub struct AuthPorts {
     pub identities: Arc<dyn IdentityStore>,
     pub identity_providers: IdentityProviders,
     pub organization_providers: Arc<dyn OrganizationProviders>,
+    pub passkeys: Arc<dyn PasskeyStore>,
+    /// The relying party passkeys are for; none when it cannot be worked out (an IP address).
+    pub webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     pub mailer: Arc<dyn Mailer>,
     pub hasher: Arc<dyn PasswordHasher>,
     /// The list of breached passwords new ones are checked against, if configured.
@@ -120,6 +127,8 @@ pub struct AuthService {
     identities: Arc<dyn IdentityStore>,
     identity_providers: IdentityProviders,
     organization_providers: Arc<dyn OrganizationProviders>,
+    passkeys: Arc<dyn PasskeyStore>,
+    webauthn: Option<Arc<webauthn_rs::Webauthn>>,
     mailer: Arc<dyn Mailer>,
     hasher: Arc<dyn PasswordHasher>,
     breaches: Option<Arc<dyn BreachedPasswords>>,
@@ -147,6 +156,13 @@ fn account_disabled() -> Error {
 
 fn invalid_credentials() -> Error {
     Error::unauthenticated("INVALID_CREDENTIALS", "invalid email or password")
+}
+
+fn invalid_mfa_token() -> Error {
+    Error::unauthenticated(
+        "INVALID_MFA_TOKEN",
+        "the MFA token is not valid or expired, sign in again",
+    )
 }
 
 fn session_key(session_id: Uuid) -> String {
@@ -177,6 +193,8 @@ impl AuthService {
             identities: ports.identities,
             identity_providers: ports.identity_providers,
             organization_providers: ports.organization_providers,
+            passkeys: ports.passkeys,
+            webauthn: ports.webauthn,
             mailer: ports.mailer,
             hasher: ports.hasher,
             breaches: ports.breaches,
@@ -428,20 +446,8 @@ impl AuthService {
     /// Completes a sign-in with its second factor: an authenticator code or a backup code.
     /// Wrong codes count towards the lockout like wrong passwords.
     pub async fn login_mfa(&self, mfa_token: &str, code: &str) -> Result<TokenPair> {
-        let invalid_token = || {
-            Error::unauthenticated(
-                "INVALID_MFA_TOKEN",
-                "the MFA token is not valid or expired, sign in again",
-            )
-        };
         let key = mfa_key(mfa_token);
-        let pending: PendingMfa = self
-            .cache
-            .get(&key)
-            .await?
-            .and_then(|bytes| serde_json::from_slice::<PendingMfa>(&bytes).ok())
-            .filter(|pending| pending.expires_at > self.clock.now())
-            .ok_or_else(invalid_token)?;
+        let pending = self.pending_mfa(mfa_token).await?;
         let user = self.user(pending.user_id).await?;
         let account = throttle::account_key(&user.email);
         self.admit_attempt(&account, &pending.client).await?;
@@ -458,7 +464,9 @@ impl AuthService {
             return Err(invalid_code());
         }
         // Single use: a second request with the same token finds nothing.
-        self.cache.delete(&key).await?;
+        if self.cache.take(&key).await?.is_none() {
+            return Err(invalid_mfa_token());
+        }
         self.record_success(&account).await?;
         if !user.is_active {
             let origin = Origin::anonymous(&pending.client);
@@ -466,6 +474,17 @@ impl AuthService {
             return Err(self.refused(&origin, failure, account_disabled()).await);
         }
         self.open_session(&user, pending.client).await
+    }
+
+    /// The password-verified sign-in `mfa_token` stands for, still waiting for its second
+    /// factor.
+    async fn pending_mfa(&self, mfa_token: &str) -> Result<PendingMfa> {
+        self.cache
+            .get(&mfa_key(mfa_token))
+            .await?
+            .and_then(|bytes| serde_json::from_slice::<PendingMfa>(&bytes).ok())
+            .filter(|pending| pending.expires_at > self.clock.now())
+            .ok_or_else(invalid_mfa_token)
     }
 
     /// Upgrades a legacy or outdated password hash; a failure only delays the upgrade.
