@@ -33,7 +33,7 @@ use crate::domain::tenancy::sso::{SsoPorts, SsoService};
 use crate::domain::tenancy::teams::TeamService;
 use crate::domain::totp::TotpService;
 use crate::domain::webhooks::{WebhookPorts, WebhookService};
-use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers};
+use crate::jobs::{JobContext, JobStore, Queues, Requeue, Workers, WorkersProbe};
 use crate::mail::{Delivery, MemoryOutbox};
 use crate::oauth;
 use crate::objects::{LocalObjects, S3Objects};
@@ -126,10 +126,11 @@ impl Services {
                 probes.push(redis.clone());
                 (redis.clone(), Some(redis))
             }
-            None => (
-                Arc::new(MemoryCache::new(config.memory_cache_max_bytes)),
-                None,
-            ),
+            None => {
+                let memory = Arc::new(MemoryCache::new(config.memory_cache_max_bytes));
+                probes.push(memory.clone());
+                (memory, None)
+            }
         };
         let objects: Arc<dyn ObjectStore> = match &config.s3 {
             Some(s3) => {
@@ -537,6 +538,11 @@ impl Keel {
             jobs: services.job_monitor.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
+            workers_probe: Arc::new(WorkersProbe {
+                leases: Arc::new(services.store.clone()),
+                jobs: Arc::new(services.jobs.clone()),
+                clock: services.clock.clone(),
+            }),
             public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
             max_file_bytes: config.max_file_bytes,

@@ -107,7 +107,10 @@ pub struct ApiDependencies {
     pub job_monitor: Arc<dyn JobMonitor>,
     pub jobs: Arc<JobMonitorService>,
     pub jwks: serde_json::Value,
+    /// Readiness: the database, the cache, the storage.
     pub probes: Vec<Arc<dyn HealthProbe>>,
+    /// The job workers, wherever they run (reported, not part of readiness).
+    pub workers_probe: Arc<dyn HealthProbe>,
     pub public_url: String,
     pub max_body_bytes: usize,
     /// The largest file anyone may upload (what resumable uploads announce).
@@ -244,6 +247,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health = Arc::new(web::Health::new(
         dependencies.probes,
+        dependencies.workers_probe,
         health_reporter,
         keel_services.names,
     ));
@@ -348,7 +352,13 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             "/api/v1/events/stream",
             get(realtime::event_stream).with_state(realtime),
         )
-        .route("/health", get(web::health).with_state(health))
+        .route("/health", get(web::live))
+        .route("/api/v1/health", get(web::live))
+        .route("/health/ready", get(web::ready).with_state(health.clone()))
+        .route(
+            "/api/v1/health/{component}",
+            get(web::component).with_state(health),
+        )
         .route(
             "/.well-known/jwks.json",
             get(web::jwks).with_state(Arc::new(dependencies.jwks)),

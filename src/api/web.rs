@@ -20,53 +20,81 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often gRPC health is brought up to date between `/health` requests.
+/// How often gRPC health is brought up to date between readiness requests.
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The server's readiness: the backing services' probes, reported on `/health` and, with the
-/// same answer, on `grpc.health.v1` (for the whole server, `""`, and each Keel service).
+/// The server's health: the backing services' probes. Readiness (`/health/ready`) is the
+/// database's, the cache's and the storage's, answered the same on `grpc.health.v1` (for the
+/// whole server, `""`, and each Keel service); the workers' probe is reported on its own and
+/// in `/api/v1/health/all` but does not make an API replica unready (the workers may run in
+/// other processes, and an API that is down with them helps nobody).
 pub struct Health {
-    probes: Vec<Arc<dyn HealthProbe>>,
+    readiness: Vec<Arc<dyn HealthProbe>>,
+    workers: Arc<dyn HealthProbe>,
     reporter: HealthReporter,
     services: Vec<&'static str>,
 }
 
+/// One probe's answer.
+struct Checked {
+    probe: Arc<dyn HealthProbe>,
+    healthy: bool,
+    latency: Duration,
+    figures: Vec<(&'static str, u64)>,
+}
+
+impl Checked {
+    fn json(&self) -> serde_json::Value {
+        let mut report = json!({
+            "status": if self.healthy { "healthy" } else { "unhealthy" },
+            "backend": self.probe.backend(),
+            "latency_ms": (self.latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        });
+        for (name, value) in &self.figures {
+            report[*name] = json!(value);
+        }
+        report
+    }
+}
+
 impl Health {
     pub fn new(
-        probes: Vec<Arc<dyn HealthProbe>>,
+        readiness: Vec<Arc<dyn HealthProbe>>,
+        workers: Arc<dyn HealthProbe>,
         reporter: HealthReporter,
         services: Vec<&'static str>,
     ) -> Self {
         Self {
-            probes,
+            readiness,
+            workers,
             reporter,
             services,
         }
     }
 
-    /// What serves each backing service (`{"database": "postgres", "storage": "s3"}`).
-    pub fn backends(&self) -> serde_json::Map<String, serde_json::Value> {
-        (self.probes.iter())
-            .map(|probe| (probe.name().to_owned(), json!(probe.backend())))
-            .collect()
+    async fn run(probe: &Arc<dyn HealthProbe>) -> Checked {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
+        let healthy = matches!(outcome, Ok(Ok(())));
+        if !healthy {
+            tracing::warn!(service = probe.name(), "health check failed");
+        }
+        Checked {
+            probe: probe.clone(),
+            healthy,
+            latency: started.elapsed(),
+            figures: if healthy {
+                probe.figures().await
+            } else {
+                Vec::new()
+            },
+        }
     }
 
-    /// Runs every probe, tells gRPC health the outcome, and answers it per probe.
-    pub async fn check(&self) -> (bool, serde_json::Map<String, serde_json::Value>) {
-        let mut checks = serde_json::Map::new();
-        let mut healthy = true;
-        for probe in &self.probes {
-            let outcome = tokio::time::timeout(PROBE_TIMEOUT, probe.check()).await;
-            let ok = matches!(outcome, Ok(Ok(())));
-            if !ok {
-                tracing::warn!(service = probe.name(), "health check failed");
-            }
-            healthy &= ok;
-            checks.insert(
-                probe.name().to_owned(),
-                json!(if ok { "ok" } else { "unavailable" }),
-            );
-        }
+    /// Runs the readiness probes (at once) and tells gRPC health the outcome.
+    async fn ready(&self) -> (bool, Vec<Checked>) {
+        let checked = futures_util::future::join_all(self.readiness.iter().map(Self::run)).await;
+        let healthy = checked.iter().all(|check| check.healthy);
         let status = if healthy {
             ServingStatus::Serving
         } else {
@@ -75,7 +103,12 @@ impl Health {
         for service in std::iter::once("").chain(self.services.iter().copied()) {
             self.reporter.set_service_status(service, status).await;
         }
-        (healthy, checks)
+        (healthy, checked)
+    }
+
+    /// Runs the readiness probes and tells gRPC health the outcome.
+    pub async fn check(&self) {
+        self.ready().await;
     }
 
     /// Keeps gRPC health current while the server lives.
@@ -90,18 +123,74 @@ impl Health {
     }
 }
 
-/// `GET /health`: 200 when every backing service answers, 503 naming the ones that do not;
-/// with what serves each.
-pub async fn health(State(health): State<Arc<Health>>) -> Response {
-    let (healthy, checks) = health.check().await;
-    let (status, label) = if healthy {
-        (StatusCode::OK, "ok")
+fn health_status(healthy: bool) -> StatusCode {
+    if healthy {
+        StatusCode::OK
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// `GET /health` and `GET /api/v1/health`: liveness. The process answers; its backing
+/// services are readiness's business (a database outage restarts nothing).
+pub async fn live() -> Response {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+/// `GET /health/ready`: 200 when the database, the cache and the storage answer, 503 naming
+/// the ones that do not; with what serves each.
+pub async fn ready(State(health): State<Arc<Health>>) -> Response {
+    let (healthy, checked) = health.ready().await;
+    let label = |ok: bool| json!(if ok { "ok" } else { "unavailable" });
+    let per_probe = |value: &dyn Fn(&Checked) -> serde_json::Value| {
+        (checked.iter())
+            .map(|check| (check.probe.name().to_owned(), value(check)))
+            .collect::<serde_json::Map<_, _>>()
     };
-    let backends = health.backends();
-    let body = json!({ "status": label, "checks": checks, "backends": backends });
-    (status, Json(body)).into_response()
+    let body = json!({
+        "status": label(healthy),
+        "checks": per_probe(&|check| label(check.healthy)),
+        "backends": per_probe(&|check| json!(check.probe.backend())),
+    });
+    (health_status(healthy), Json(body)).into_response()
+}
+
+/// `GET /api/v1/health/{component}` (the original's routes, `db`, `redis` and `celery` among
+/// them): one backing service with its latency, or `all` of them, the workers' included; 503
+/// when one fails.
+pub async fn component(
+    State(health): State<Arc<Health>>,
+    axum::extract::Path(component): axum::extract::Path<String>,
+) -> Response {
+    let name = match component.as_str() {
+        "db" => "database",
+        "redis" => "cache",
+        "celery" => "workers",
+        other => other,
+    };
+    let chosen: Vec<_> = (health.readiness.iter().chain([&health.workers]))
+        .filter(|probe| name == "all" || probe.name() == name)
+        .collect();
+    if chosen.is_empty() {
+        return not_found(&format!("/api/v1/health/{component}"));
+    }
+    let checked = futures_util::future::join_all(chosen.into_iter().map(Health::run)).await;
+    let healthy = checked.iter().all(|check| check.healthy);
+    let body = match checked.as_slice() {
+        [one] if name != "all" => {
+            let mut body = one.json();
+            body["name"] = json!(name);
+            body
+        }
+        all => json!({
+            "status": if healthy { "healthy" } else { "unhealthy" },
+            "checks": all
+                .iter()
+                .map(|check| (check.probe.name().to_owned(), check.json()))
+                .collect::<serde_json::Map<_, _>>(),
+        }),
+    };
+    (health_status(healthy), Json(body)).into_response()
 }
 
 /// `GET /.well-known/jwks.json`.

@@ -4,6 +4,7 @@
 
 use crate::domain::cache::Cache;
 use crate::domain::error::Result;
+use crate::domain::health::HealthProbe;
 use moka::Expiry;
 use moka::ops::compute::{CompResult, Op};
 use moka::sync::Cache as Moka;
@@ -61,6 +62,22 @@ impl MemoryCache {
 
 fn counter(stored: &Stored) -> Option<u64> {
     std::str::from_utf8(&stored.value).ok()?.parse().ok()
+}
+
+/// In the process itself: up whenever the process is.
+#[async_trait::async_trait]
+impl HealthProbe for MemoryCache {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[async_trait::async_trait]

@@ -1,4 +1,4 @@
-//! Readiness of a backing service, for `/health` and `grpc.health.v1`.
+//! Health of a backing service, for `/health/ready`, `/api/v1/health/…` and `grpc.health.v1`.
 
 use super::error::Result;
 
@@ -6,7 +6,11 @@ use super::error::Result;
 pub trait HealthProbe: Send + Sync {
     /// A short name for reports (`database`, `cache`).
     fn name(&self) -> &'static str;
-    /// What serves it (`postgres`, `redis`, `s3`…), as `/health` reports it.
+    /// What serves it (`postgres`, `redis`, `s3`…), as health reports it.
     fn backend(&self) -> &'static str;
     async fn check(&self) -> Result<()>;
+    /// Figures reported beside a passing check (the job queue's depth, say).
+    async fn figures(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

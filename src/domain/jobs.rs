@@ -144,6 +144,8 @@ pub trait LeaseStore: Send + Sync {
     ) -> Result<bool>;
     /// Gives up lease `name`, if `holder` has it.
     async fn release_lease(&self, name: &str, holder: Uuid) -> Result<()>;
+    /// Until when lease `name` is held, if anyone took it.
+    async fn lease_expiry(&self, name: &str) -> Result<Option<DateTime<Utc>>>;
 }
 
 /// This process's lease on work one process at a time should do (handing the outbox on: two

@@ -14,6 +14,7 @@ use crate::domain::clock::Clock;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::error::{Error, Result};
 use crate::domain::files::FileService;
+use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{
     DeadLetterService, JobMonitor, JobQueue, JobSummary, Lease, LeaseStore, MAIL_JOB,
 };
@@ -646,6 +647,47 @@ const DISPATCH_LEASE: &str = "dispatch-events";
 /// How long a dispatcher that stopped renewing keeps its lease (a process killed holding it
 /// delays dispatch this long at most).
 const DISPATCH_LEASE_TERM: chrono::Duration = chrono::Duration::seconds(30);
+
+/// The job workers as health sees them: running when a process holds the event dispatch
+/// lease (every worker process contends for it, and its holder renews it while it runs),
+/// with the jobs queued and running.
+pub struct WorkersProbe {
+    pub leases: Arc<dyn LeaseStore>,
+    pub jobs: Arc<dyn JobMonitor>,
+    pub clock: Arc<dyn Clock>,
+}
+
+#[async_trait::async_trait]
+impl HealthProbe for WorkersProbe {
+    fn name(&self) -> &'static str {
+        "workers"
+    }
+
+    fn backend(&self) -> &'static str {
+        "apalis"
+    }
+
+    async fn check(&self) -> Result<()> {
+        match self.leases.lease_expiry(DISPATCH_LEASE).await? {
+            Some(until) if until > self.clock.now() => Ok(()),
+            _ => Err(Error::unavailable(
+                "NO_WORKERS",
+                "no job worker is running (none holds the event dispatch lease)",
+            )),
+        }
+    }
+
+    async fn figures(&self) -> Vec<(&'static str, u64)> {
+        let counts = self.jobs.job_counts().await.unwrap_or_default();
+        let total = |wanted: &str| {
+            (counts.iter())
+                .filter(|(_, status, _)| status == wanted)
+                .map(|(_, _, count)| count)
+                .sum()
+        };
+        vec![("queued", total("pending")), ("running", total("running"))]
+    }
+}
 
 /// Hands outbox events on to their consumers: a batch at once while there are any, then a
 /// look every `poll` until `stop`. Every worker process runs one and the one holding the

@@ -1,6 +1,6 @@
 //! `LeaseStore` on SQL.
 
-use super::{SqlStore, execute, with_pool};
+use super::{SqlStore, database_error, execute, with_pool};
 use crate::domain::error::Result;
 use crate::domain::jobs::LeaseStore;
 use chrono::{DateTime, Utc};
@@ -39,6 +39,16 @@ impl LeaseStore for SqlStore {
                 .bind(holder)
         )
         .map(|_| ())
+    }
+
+    async fn lease_expiry(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT expires_at FROM leases WHERE name = $1")
+                .bind(name)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(database_error)
     }
 }
 

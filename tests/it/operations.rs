@@ -190,9 +190,10 @@ async fn grpc_health(app: &TestApp) -> i32 {
         .status
 }
 
+/// Readiness (`/health/ready`).
 async fn health(app: &TestApp) -> u16 {
     app.http
-        .get(app.url("/health"))
+        .get(app.url("/health/ready"))
         .send()
         .await
         .unwrap()
@@ -240,6 +241,9 @@ async fn keel_rides_out_a_redis_restart() {
     assert_eq!(body["reason"], "CACHE_UNAVAILABLE");
     assert_eq!(health(&app).await, 503);
     assert_eq!(grpc_health(&app).await, ServingStatus::NotServing as i32);
+    // Alive all the same: liveness restarts nothing for an outage of a backing service.
+    let live = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
 
     // Redis comes back empty: Keel reconnects by itself and revocations still hold, since the
     // database is their source of truth.

@@ -20,20 +20,29 @@ crate::backend_tests!(health_reports_the_backends);
 
 async fn health_reports_the_backends(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    // Liveness, at both paths.
+    for path in ["/health", "/api/v1/health"] {
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    }
+
+    // Readiness names what serves each backing service.
+    let response = app.http.get(app.url("/health/ready")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], "ok");
-    assert_eq!(body["checks"]["database"], "ok");
-    assert_eq!(body["checks"]["storage"], "ok");
     let backends = match backend {
-        Backend::Embedded => json!({"database": "sqlite", "storage": "local"}),
+        Backend::Embedded => json!({"database": "sqlite", "cache": "memory", "storage": "local"}),
         Backend::Services => json!({"database": "postgres", "cache": "redis", "storage": "s3"}),
     };
     assert_eq!(body["backends"], backends);
-    if backend == Backend::Services {
-        assert_eq!(body["checks"]["cache"], "ok");
-    }
+    assert_eq!(
+        body["checks"],
+        json!({"database": "ok", "cache": "ok", "storage": "ok"})
+    );
 
     let status = HealthClient::new(app.channel().await)
         .check(HealthCheckRequest {
@@ -44,6 +53,80 @@ async fn health_reports_the_backends(backend: Backend) {
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
+
+    // The original's routes: one service each, with its latency; `celery` is the workers.
+    let component = |path: &'static str| {
+        let http = app.http.clone();
+        let url = app.url(&format!("/api/v1/health/{path}"));
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    for (path, name) in [
+        ("db", "database"),
+        ("redis", "cache"),
+        ("storage", "storage"),
+    ] {
+        let (status, body) = component(path).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["name"], name);
+        assert_eq!(body["status"], "healthy");
+        assert_eq!(body["backend"], backends[name]);
+        assert!(body["latency_ms"].as_f64().is_some(), "{body}");
+    }
+    // The workers take the dispatch lease soon after the start.
+    let mut workers = component("workers").await;
+    for _ in 0..50 {
+        if workers.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        workers = component("workers").await;
+    }
+    let (status, body) = workers;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backend"], "apalis");
+    assert!(body["queued"].as_u64().is_some() && body["running"].as_u64().is_some());
+    assert_eq!(component("celery").await.1["name"], "workers");
+    let (status, body) = component("all").await;
+    assert_eq!(status, 200, "{body}");
+    let mut reported: Vec<&String> = body["checks"].as_object().unwrap().keys().collect();
+    reported.sort();
+    assert_eq!(reported, ["cache", "database", "storage", "workers"]);
+    assert_eq!(component("nothing").await.0, 404);
+}
+
+/// An API-only process (`keel serve --no-workers`) with no worker anywhere: ready all the same
+/// (the API works; events wait in the outbox), but the workers' own check and `all` say 503.
+#[tokio::test]
+async fn health_tells_when_no_worker_runs() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let settings = crate::harness::test_settings(Backend::Embedded, data_dir.path());
+    let config = keel::config::Config::from_settings(&settings).unwrap();
+    let keel = keel::app::Keel::build(&config, Arc::new(SystemClock))
+        .await
+        .unwrap()
+        .without_workers();
+    let url = format!("http://{}", keel.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(keel.serve(async move {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let request = http.get(format!("{url}{path}"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/health/ready").await, 200);
+    assert_eq!(status("/api/v1/health/workers").await, 503);
+    assert_eq!(status("/api/v1/health/all").await, 503);
+    assert_eq!(status("/api/v1/health/db").await, 200);
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 }
 
 #[tokio::test]
@@ -65,7 +148,7 @@ async fn start_fails_naming_an_unreachable_database() {
     assert!(message.contains("KEEL_DATABASE_URL"), "{message}");
 }
 
-/// Dropping the database under a running server turns `/health` to 503 (PostgreSQL only: an
+/// Dropping the database under a running server turns readiness to 503 (PostgreSQL only: an
 /// embedded SQLite file cannot be taken away from an open connection).
 #[tokio::test]
 async fn health_is_503_when_the_database_goes_away() {
@@ -99,10 +182,19 @@ async fn health_is_503_when_the_database_goes_away() {
     )
     .await
     .unwrap();
-    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    let response = app.http.get(app.url("/health/ready")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["database"], "unavailable");
+    let response = app
+        .http
+        .get(app.url("/api/v1/health/db"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "unhealthy");
 }
 
 #[tokio::test]
