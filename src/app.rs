@@ -14,6 +14,7 @@ use crate::domain::cache::Cache;
 use crate::domain::clock::Clock;
 use crate::domain::dependencies::{DependencyService, Registry};
 use crate::domain::files::{FilePorts, FileService, FileSettings, ObjectStore};
+use crate::domain::flags::FeatureFlagService;
 use crate::domain::health::HealthProbe;
 use crate::domain::jobs::{DeadLetterService, JobMonitorService};
 use crate::domain::mail::Mailer;
@@ -79,6 +80,7 @@ pub struct Services {
     /// Where this process learns that events were dispatched (by any process).
     beacon: Beacon,
     dependencies: Arc<DependencyService>,
+    flags: Arc<FeatureFlagService>,
     job_monitor: Arc<JobMonitorService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
@@ -264,6 +266,12 @@ impl Services {
             Arc::new(store.clone()),
             clock.clone(),
         ));
+        let flags = Arc::new(FeatureFlagService::new(
+            Arc::new(store.clone()),
+            access.clone(),
+            cache.clone(),
+            clock.clone(),
+        ));
         let job_monitor = Arc::new(JobMonitorService::new(
             Arc::new(jobs.clone()),
             pages.clone(),
@@ -447,6 +455,7 @@ impl Services {
             hub,
             beacon,
             dependencies,
+            flags,
             job_monitor,
             delivery: Arc::new(delivery),
             redis,
@@ -534,6 +543,7 @@ impl Keel {
             hub: services.hub.clone(),
             dispatcher: services.dispatcher.clone(),
             dependencies: services.dependencies.clone(),
+            flags: services.flags.clone(),
             job_monitor: Arc::new(services.jobs.clone()),
             jobs: services.job_monitor.clone(),
             jwks: services.jwt.jwks().clone(),

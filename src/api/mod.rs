@@ -54,6 +54,7 @@ use pb::keel::auth::v1::auth_service_server::AuthServiceServer;
 use pb::keel::auth::v1::o_auth_service_server::OAuthServiceServer;
 use pb::keel::auth::v1::passkey_service_server::PasskeyServiceServer;
 use pb::keel::file::v1::file_service_server::FileServiceServer;
+use pb::keel::flag::v1::feature_flag_service_server::FeatureFlagServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
 use pb::keel::job::v1::job_service_server::JobServiceServer;
@@ -104,6 +105,7 @@ pub struct ApiDependencies {
     pub hub: Arc<Hub>,
     pub dispatcher: Arc<Dispatcher>,
     pub dependencies: Arc<DependencyService>,
+    pub flags: Arc<crate::domain::flags::FeatureFlagService>,
     pub job_monitor: Arc<dyn JobMonitor>,
     pub jobs: Arc<JobMonitorService>,
     pub jwks: serde_json::Value,
@@ -219,6 +221,9 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(SsoServiceServer::new(grpc::SsoApi::new(
             dependencies.sso.clone(),
+        )))
+        .add(FeatureFlagServiceServer::new(grpc::FeatureFlagApi::new(
+            dependencies.flags.clone(),
         )))
         .add(DeadLetterServiceServer::new(grpc::DeadLetterApi::new(
             dependencies.dead_letters.clone(),

@@ -5,7 +5,9 @@
 //! `/openapi.json`.
 
 use super::contract::{AuthRule, BodyRule, Contract, HttpBinding, Rpc};
-use super::pb::buf::validate::{FieldRules, field_rules, int32_rules, int64_rules, string_rules};
+use super::pb::buf::validate::{
+    FieldRules, double_rules, field_rules, int32_rules, int64_rules, string_rules,
+};
 use super::rest::path_template::Segment;
 use super::validation::field_rules as declared_rules;
 use crate::domain::events::EventKind;
@@ -996,6 +998,14 @@ fn apply_rules(schema: &mut Json, rules: Option<&FieldRules>) {
                 schema["minimum"] = json!(minimum);
             }
             if let Some(int32_rules::LessThan::Lte(maximum)) = int.less_than {
+                schema["maximum"] = json!(maximum);
+            }
+        }
+        Some(field_rules::Type::Double(double)) => {
+            if let Some(double_rules::GreaterThan::Gte(minimum)) = double.greater_than {
+                schema["minimum"] = json!(minimum);
+            }
+            if let Some(double_rules::LessThan::Lte(maximum)) = double.less_than {
                 schema["maximum"] = json!(maximum);
             }
         }

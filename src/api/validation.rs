@@ -10,8 +10,8 @@
 
 use super::contract::Contract;
 use super::pb::buf::validate::{
-    EnumRules, FieldRules, Ignore, Int32Rules, Int64Rules, MessageRules, RepeatedRules,
-    StringRules, field_rules, int32_rules, int64_rules, string_rules,
+    DoubleRules, EnumRules, FieldRules, Ignore, Int32Rules, Int64Rules, MessageRules,
+    RepeatedRules, StringRules, double_rules, field_rules, int32_rules, int64_rules, string_rules,
 };
 use crate::domain::{Error, FieldViolation, Violations};
 use anyhow::{Context, bail};
@@ -256,6 +256,10 @@ fn compile(message: &MessageDescriptor) -> anyhow::Result<MessagePlan> {
                 supported_int64_rules(int).with_context(context)?;
                 None
             }
+            (Some(field_rules::Type::Double(double)), Kind::Double, false) => {
+                supported_double_rules(double).with_context(context)?;
+                None
+            }
             (Some(field_rules::Type::Enum(rules)), Kind::Enum(_), false) => {
                 let only_defined = EnumRules {
                     defined_only: None,
@@ -356,6 +360,22 @@ fn supported_int64_rules(rules: &Int64Rules) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn supported_double_rules(rules: &DoubleRules) -> anyhow::Result<()> {
+    let bounds_only = DoubleRules {
+        greater_than: None,
+        less_than: None,
+        ..rules.clone()
+    } == DoubleRules::default();
+    let inclusive = matches!(
+        rules.greater_than,
+        None | Some(double_rules::GreaterThan::Gte(_))
+    ) && matches!(rules.less_than, None | Some(double_rules::LessThan::Lte(_)));
+    if !(bounds_only && inclusive) {
+        bail!("only gte and lte are supported");
+    }
+    Ok(())
+}
+
 fn supported_repeated_rules(rules: &RepeatedRules) -> anyhow::Result<()> {
     let counts_and_items = RepeatedRules {
         min_items: None,
@@ -430,6 +450,24 @@ fn check_field(message: &DynamicMessage, plan: &FieldPlan, violations: &mut Viol
             };
             check_range(field.name(), "int64", *number, minimum, maximum, violations);
         }
+        (Some(field_rules::Type::Double(double)), Value::F64(number)) => {
+            let minimum = match double.greater_than {
+                Some(double_rules::GreaterThan::Gte(minimum)) => Some(minimum),
+                _ => None,
+            };
+            let maximum = match double.less_than {
+                Some(double_rules::LessThan::Lte(maximum)) => Some(maximum),
+                _ => None,
+            };
+            check_range(
+                field.name(),
+                "double",
+                *number,
+                minimum,
+                maximum,
+                violations,
+            );
+        }
         (Some(field_rules::Type::Enum(rules)), Value::EnumNumber(number)) => {
             let defined =
                 matches!(field.kind(), Kind::Enum(values) if values.get_value(*number).is_some());
@@ -502,16 +540,20 @@ fn check_string(
     }
 }
 
-fn check_range(
+/// A bound is broken by a number past it, or by one that compares with nothing (a NaN).
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     path: &str,
     kind: &str,
-    number: i64,
-    minimum: Option<i64>,
-    maximum: Option<i64>,
+    number: T,
+    minimum: Option<T>,
+    maximum: Option<T>,
     violations: &mut Violations,
 ) {
-    let below = minimum.is_some_and(|minimum| number < minimum);
-    let above = maximum.is_some_and(|maximum| number > maximum);
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let below = minimum
+        .is_some_and(|minimum| !matches!(number.partial_cmp(&minimum), Some(Greater | Equal)));
+    let above =
+        maximum.is_some_and(|maximum| !matches!(number.partial_cmp(&maximum), Some(Less | Equal)));
     if !below && !above {
         return;
     }

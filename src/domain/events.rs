@@ -206,6 +206,12 @@ catalog! {
     ApiKeyCreated = "api_key.created", ApiKeyData, Success,
         "An API key was created; its secret is never part of an event.";
     ApiKeyRevoked = "api_key.revoked", ApiKeyData, Success, "An API key was revoked.";
+    FeatureFlagCreated = "feature_flag.created", FeatureFlagData, Success,
+        "A feature flag was created.";
+    FeatureFlagDeleted = "feature_flag.deleted", FeatureFlagData, Success,
+        "A feature flag was deleted.";
+    FeatureFlagUpdated = "feature_flag.updated", FeatureFlagData, Success,
+        "A feature flag was switched, its rollout or its targeting changed.";
     FileDeleted = "file.deleted", FileData, Success,
         "A file was deleted: no longer listed or served, its bytes released.";
     FileUploaded = "file.uploaded", FileData, Success,
@@ -484,6 +490,22 @@ impl EventData for IdentityData {
     }
     fn user_id(&self) -> Option<Uuid> {
         Some(self.user_id)
+    }
+}
+
+/// A feature flag, as it is after the change.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FeatureFlagData {
+    pub flag_id: Uuid,
+    pub name: String,
+    pub is_enabled: bool,
+    pub rollout_percentage: f64,
+}
+
+impl EventData for FeatureFlagData {
+    const SUBJECT: &'static str = "feature_flag";
+    fn subject_id(&self) -> String {
+        self.flag_id.to_string()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dependencies;
 pub mod error;
 pub mod events;
 pub mod files;
+pub mod flags;
 pub mod health;
 pub mod jobs;
 pub mod mail;

@@ -7,6 +7,7 @@ mod archive;
 mod dead_letters;
 mod dependencies;
 mod events;
+mod feature_flags;
 mod files;
 mod identities;
 mod invitations;

@@ -15,6 +15,7 @@ mod contract;
 mod dead_letters;
 mod dependencies;
 mod device_sessions;
+mod feature_flags;
 mod files;
 mod fuzzing;
 mod hardening;

@@ -56,6 +56,10 @@ pub const CATALOG: &[PermissionInfo] = &[
         "dependency:read",
         "see which of Keel's dependencies have newer releases, and check now",
     ),
+    platform(
+        "feature_flag:manage",
+        "create, change and delete feature flags",
+    ),
     organization("file:create", "upload files"),
     organization("file:delete", "delete files"),
     organization("file:read", "list and download files"),

@@ -1,0 +1,137 @@
+//! `FeatureFlagStore` on SQL.
+
+use super::events::insert_events;
+use super::{BeginWrite, SqlStore, database_error, unique_or, with_pool};
+use crate::domain::error::{Error, Result};
+use crate::domain::events::Event;
+use crate::domain::flags::{FeatureFlag, FeatureFlagStore};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct FlagRow {
+    id: Uuid,
+    name: String,
+    description: String,
+    is_enabled: bool,
+    rollout: f64,
+    targeting: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<FlagRow> for FeatureFlag {
+    type Error = Error;
+
+    fn try_from(row: FlagRow) -> Result<Self> {
+        Ok(FeatureFlag {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+            is_enabled: row.is_enabled,
+            rollout: row.rollout,
+            targeting: serde_json::from_str(&row.targeting).map_err(Error::internal)?,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+fn flag_exists() -> Error {
+    Error::already_exists(
+        "FEATURE_FLAG_EXISTS",
+        "a feature flag with this name exists",
+    )
+}
+
+fn targeting_json(flag: &FeatureFlag) -> Result<String> {
+    serde_json::to_string(&flag.targeting).map_err(Error::internal)
+}
+
+#[async_trait::async_trait]
+impl FeatureFlagStore for SqlStore {
+    async fn insert_flag(&self, flag: &FeatureFlag, events: &[Event]) -> Result<()> {
+        let targeting = targeting_json(flag)?;
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO feature_flags (id, name, description, is_enabled, rollout, targeting, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(flag.id)
+            .bind(&flag.name)
+            .bind(&flag.description)
+            .bind(flag.is_enabled)
+            .bind(flag.rollout)
+            .bind(&targeting)
+            .bind(flag.created_at)
+            .bind(flag.updated_at)
+            .execute(&mut *transaction)
+            .await?;
+            insert_events!(transaction, events);
+            transaction.commit().await
+        }
+        .await)
+        .map_err(unique_or(flag_exists))
+    }
+
+    async fn list_flags(&self) -> Result<Vec<FeatureFlag>> {
+        let rows: Vec<FlagRow> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, name, description, is_enabled, rollout, targeting, created_at, \
+                 updated_at FROM feature_flags",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        rows.into_iter().map(FeatureFlag::try_from).collect()
+    }
+
+    async fn update_flag(&self, flag: &FeatureFlag, events: &[Event]) -> Result<bool> {
+        let targeting = targeting_json(flag)?;
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            let updated = sqlx::query(
+                "UPDATE feature_flags SET description = $2, is_enabled = $3, rollout = $4, \
+                 targeting = $5, updated_at = $6 WHERE id = $1",
+            )
+            .bind(flag.id)
+            .bind(&flag.description)
+            .bind(flag.is_enabled)
+            .bind(flag.rollout)
+            .bind(&targeting)
+            .bind(flag.updated_at)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected()
+                > 0;
+            if updated {
+                insert_events!(transaction, events);
+            }
+            transaction.commit().await?;
+            Ok(updated)
+        }
+        .await)
+        .map_err(database_error)
+    }
+
+    async fn delete_flag(&self, id: Uuid, events: &[Event]) -> Result<bool> {
+        with_pool!(self, pool => async {
+            let mut transaction = pool.begin_write().await?;
+            let deleted = sqlx::query("DELETE FROM feature_flags WHERE id = $1")
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected()
+                > 0;
+            if deleted {
+                insert_events!(transaction, events);
+            }
+            transaction.commit().await?;
+            Ok(deleted)
+        }
+        .await)
+        .map_err(database_error)
+    }
+}
