@@ -554,6 +554,9 @@ async fn start_in_process() -> String {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(data_dir.display().to_string()),
         rate_limit_auth_per_minute: Some("10000000".into()),
+        rate_limit_anonymous_per_minute: Some("10000000".into()),
+        rate_limit_user_per_minute: Some("10000000".into()),
+        rate_limit_organization_per_minute: Some("10000000".into()),
         rate_limit_mail_per_recipient_per_hour: Some("10000000".into()),
         ..Settings::default()
     };

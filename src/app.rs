@@ -3,7 +3,7 @@
 
 use crate::api::client_address::TrustedProxies;
 use crate::api::contract::Contract;
-use crate::api::{self, ApiDependencies, RequestLimits};
+use crate::api::{self, ApiDependencies, CallerPolicy, RequestLimits};
 use crate::cache::{MemoryCache, RedisCache};
 use crate::config::Config;
 use crate::dns::DnsTxt;
@@ -24,9 +24,10 @@ use crate::domain::page::PageTokens;
 use crate::domain::rate::{Budget, RateLimits};
 use crate::domain::realtime::{Announcer, Beacon, Hub};
 use crate::domain::secret::Keyring;
-use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::access::{AccessControl, AccessPorts};
 use crate::domain::tenancy::directory::UserDirectory;
 use crate::domain::tenancy::invitations::{InvitationBudgets, InvitationPorts, InvitationService};
+use crate::domain::tenancy::ip_rules::IpRestrictionService;
 use crate::domain::tenancy::organizations::OrganizationService;
 use crate::domain::tenancy::quotas::{QuotaPorts, QuotaService};
 use crate::domain::tenancy::roles::RoleService;
@@ -81,6 +82,8 @@ pub struct Services {
     beacon: Beacon,
     dependencies: Arc<DependencyService>,
     flags: Arc<FeatureFlagService>,
+    rate_limits: Arc<RateLimits>,
+    ip_restrictions: Arc<IpRestrictionService>,
     job_monitor: Arc<JobMonitorService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
@@ -164,7 +167,18 @@ impl Services {
             None => InstanceKeyring::load_or_create(&config.data_dir.join("instance-secret.key"))?,
         });
         let contract = Arc::new(Contract::load()?);
-        let access = Arc::new(AccessControl::new(Arc::new(store.clone()), cache.clone()));
+        let access = Arc::new(AccessControl::new(AccessPorts {
+            store: Arc::new(store.clone()),
+            cache: cache.clone(),
+            ip_rules: Arc::new(store.clone()),
+            events: Arc::new(store.clone()),
+            clock: clock.clone(),
+        }));
+        let ip_restrictions = Arc::new(IpRestrictionService::new(
+            Arc::new(store.clone()),
+            access.clone(),
+            clock.clone(),
+        ));
         let api_keys = Arc::new(ApiKeyService::new(
             Arc::new(store.clone()),
             keyring.clone(),
@@ -174,18 +188,14 @@ impl Services {
         ));
         let pages = Arc::new(PageTokens::new(keyring.clone()));
         let rate_limits = Arc::new(RateLimits::new(cache.clone(), clock.clone()));
-        let quotas = Arc::new(QuotaService::new(
-            QuotaPorts {
-                store: Arc::new(store.clone()),
-                organizations: Arc::new(store.clone()),
-                cache: cache.clone(),
-                pages: pages.clone(),
-                clock: clock.clone(),
-                rate_limits: rate_limits.clone(),
-                events: Arc::new(store.clone()),
-            },
-            Budget::per_minute(config.rate_limit_member_per_minute),
-        ));
+        let quotas = Arc::new(QuotaService::new(QuotaPorts {
+            store: Arc::new(store.clone()),
+            organizations: Arc::new(store.clone()),
+            cache: cache.clone(),
+            pages: pages.clone(),
+            clock: clock.clone(),
+            events: Arc::new(store.clone()),
+        }));
         let organizations = Arc::new(OrganizationService::new(
             Arc::new(store.clone()),
             Arc::new(store.clone()),
@@ -402,7 +412,7 @@ impl Services {
                     tokens: jwt.clone(),
                     keyring: keyring.clone(),
                     cache,
-                    rate_limits,
+                    rate_limits: rate_limits.clone(),
                     events: Arc::new(store.clone()),
                     clock: clock.clone(),
                 },
@@ -456,6 +466,8 @@ impl Services {
             beacon,
             dependencies,
             flags,
+            rate_limits,
+            ip_restrictions,
             job_monitor,
             delivery: Arc::new(delivery),
             redis,
@@ -544,6 +556,7 @@ impl Keel {
             dispatcher: services.dispatcher.clone(),
             dependencies: services.dependencies.clone(),
             flags: services.flags.clone(),
+            ip_restrictions: services.ip_restrictions.clone(),
             job_monitor: Arc::new(services.jobs.clone()),
             jobs: services.job_monitor.clone(),
             jwks: services.jwt.jwks().clone(),
@@ -556,12 +569,17 @@ impl Keel {
             public_url: config.public_url.clone(),
             max_body_bytes: config.max_body_bytes,
             max_file_bytes: config.max_file_bytes,
+            callers: CallerPolicy {
+                rate_limits: services.rate_limits.clone(),
+                budgets: config.caller_budgets.clone(),
+                denied: config.ip_deny.clone(),
+            },
             request_limits: RequestLimits {
                 max_in_flight: config.max_concurrent_requests,
                 timeout: std::time::Duration::from_secs(config.request_timeout_seconds.into()),
             },
             cors_allowed_origins: config.cors_allowed_origins.clone(),
-            trusted_proxies: TrustedProxies::parse(&config.trusted_proxies)?,
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
             metrics_token: config.metrics_token.clone(),
             password_policy: config.password_policy.clone(),
         })

@@ -5,7 +5,9 @@
 
 use crate::domain::files::ImageSettings;
 use crate::domain::password::PasswordPolicy;
+use crate::domain::rate::{Budget, CallerBudgets};
 use crate::domain::realtime::RealtimeSettings;
+use crate::domain::tenancy::ip_rules::AddressBlock;
 use crate::domain::webhooks::WebhookSettings;
 use crate::jobs::JobSettings;
 use crate::oauth::{ProviderConfig, ProviderSettings};
@@ -170,8 +172,19 @@ settings! {
     rate_limit_mail_per_recipient_per_hour, "KEEL_RATE_LIMIT_MAIL_PER_RECIPIENT_PER_HOUR" = "10";
     /// Invitations (new or resent) each organization may send per hour
     rate_limit_invitations_per_hour, "KEEL_RATE_LIMIT_INVITATIONS_PER_HOUR" = "100";
-    /// Calls per minute each member (and each API key) may make in one organization
-    rate_limit_member_per_minute, "KEEL_RATE_LIMIT_MEMBER_PER_MINUTE" = "1200";
+    /// Calls per minute from one client address without (valid) credentials
+    rate_limit_anonymous_per_minute, "KEEL_RATE_LIMIT_ANONYMOUS_PER_MINUTE" = "600";
+    /// Calls per minute each signed-in user may make
+    rate_limit_user_per_minute, "KEEL_RATE_LIMIT_USER_PER_MINUTE" = "1200";
+    /// Calls per minute each API key may make
+    rate_limit_api_key_per_minute, "KEEL_RATE_LIMIT_API_KEY_PER_MINUTE" = "1200";
+    /// Calls per minute into one organization, all its callers together
+    rate_limit_organization_per_minute, "KEEL_RATE_LIMIT_ORGANIZATION_PER_MINUTE" = "6000";
+    /// Comma-separated `<service or RPC>=<calls per minute>` (`keel.file.v1.FileService=120`,
+    /// `keel.auth.v1.AuthService/Register=10`): a further budget per caller for those RPCs
+    rate_limit_groups, "KEEL_RATE_LIMIT_GROUPS" ~ "none";
+    /// Comma-separated addresses or CIDR blocks refused on every call, whatever the caller
+    ip_deny, "KEEL_IP_DENY" ~ "none";
     /// Comma-separated proxy addresses or CIDR blocks whose X-Forwarded-For is believed
     trusted_proxies, "KEEL_TRUSTED_PROXIES" ~ "none";
     /// Comma-separated browser origins allowed by CORS (https://app.example.com)
@@ -347,6 +360,42 @@ impl<'a> Setting<'a> {
         Ok(value)
     }
 
+    /// `<RPC prefix>=<calls per minute>` items.
+    fn rate_groups(&self) -> anyhow::Result<Vec<(String, Budget)>> {
+        self.list()
+            .iter()
+            .map(|item| {
+                let (prefix, limit) = item
+                    .split_once('=')
+                    .ok_or_else(|| self.invalid(format!("`{item}` is not `<RPC>=<per minute>`")))?;
+                let limit = limit
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|limit| *limit > 0)
+                    .ok_or_else(|| {
+                        self.invalid(format!("`{item}`: the budget must be a positive number"))
+                    })?;
+                Ok((
+                    prefix.trim().trim_start_matches('/').to_owned(),
+                    Budget::per_minute(limit),
+                ))
+            })
+            .collect()
+    }
+
+    fn address_blocks(&self) -> anyhow::Result<Vec<AddressBlock>> {
+        self.list()
+            .iter()
+            .map(|item| {
+                item.parse()
+                    .map_err(|error: crate::domain::tenancy::ip_rules::InvalidBlock| {
+                        self.invalid(error.to_string())
+                    })
+            })
+            .collect()
+    }
+
     /// The non-blank items of a comma-separated setting.
     fn list(&self) -> Vec<String> {
         self.text()
@@ -405,10 +454,11 @@ pub struct Config {
     pub lockout_minutes: u32,
     pub usage_flush_seconds: u32,
     pub rate_limit_auth_per_minute: u32,
-    pub rate_limit_member_per_minute: u32,
+    pub caller_budgets: CallerBudgets,
+    pub ip_deny: Vec<AddressBlock>,
     pub rate_limit_mail_per_recipient_per_hour: u32,
     pub rate_limit_invitations_per_hour: u32,
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<AddressBlock>,
     pub cors_allowed_origins: Vec<String>,
     pub oauth_redirect_allowlist: Vec<String>,
     pub oauth_providers: Vec<(String, ProviderConfig)>,
@@ -624,14 +674,25 @@ impl Config {
             lockout_minutes: settings.lockout_minutes().positive()?,
             usage_flush_seconds: settings.usage_flush_seconds().positive()?,
             rate_limit_auth_per_minute: settings.rate_limit_auth_per_minute().positive()?,
-            rate_limit_member_per_minute: settings.rate_limit_member_per_minute().positive()?,
+            caller_budgets: CallerBudgets {
+                anonymous: Budget::per_minute(
+                    settings.rate_limit_anonymous_per_minute().positive()?,
+                ),
+                user: Budget::per_minute(settings.rate_limit_user_per_minute().positive()?),
+                api_key: Budget::per_minute(settings.rate_limit_api_key_per_minute().positive()?),
+                organization: Budget::per_minute(
+                    settings.rate_limit_organization_per_minute().positive()?,
+                ),
+                groups: settings.rate_limit_groups().rate_groups()?,
+            },
+            ip_deny: settings.ip_deny().address_blocks()?,
             rate_limit_mail_per_recipient_per_hour: settings
                 .rate_limit_mail_per_recipient_per_hour()
                 .positive()?,
             rate_limit_invitations_per_hour: settings
                 .rate_limit_invitations_per_hour()
                 .positive()?,
-            trusted_proxies: settings.trusted_proxies().list(),
+            trusted_proxies: settings.trusted_proxies().address_blocks()?,
             cors_allowed_origins,
             oauth_redirect_allowlist,
             oauth_providers,

@@ -144,7 +144,7 @@ impl FileDoor {
             .ok_or_else(|| bad_form("INTERNAL", "the upload RPC is not in the contract"))?;
         let reply = self.transcoder.call(rpc, &parts, body).await?;
         let file_field = rpc.descriptor.output().get_field_by_name("file");
-        render_reply(rpc, file_field.as_ref(), &reply)
+        render_reply(rpc, file_field.as_ref(), reply)
     }
 }
 

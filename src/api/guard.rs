@@ -7,15 +7,17 @@
 //! in scope (its `organization_id`, or the `x-organization-id` header when that is empty). The
 //! admitted `Access` travels on to the handler.
 
-use super::client_address::client_info;
+use super::client_address::{ClientAddress, client_info};
 use super::contract::{AuthRule, Contract, Owned, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
 use super::validation::RequestValidator;
 use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
-use crate::domain::principal::Principal;
+use crate::domain::principal::{Credential, Principal};
+use crate::domain::rate::{Allowance, Budget, CallerBudgets, RateLimits};
 use crate::domain::tenancy::access::{AccessControl, Scope};
+use crate::domain::tenancy::ip_rules::{self, AddressBlock};
 use crate::domain::tenancy::permissions;
 use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::{Error, ErrorKind};
@@ -46,6 +48,8 @@ struct Rule {
     streamed: bool,
     /// Counted against the monthly API-call quota (everything but organization management).
     metered: bool,
+    /// The further budget of the RPC's group (`KEEL_RATE_LIMIT_GROUPS`), by its prefix.
+    group: Option<(String, Budget)>,
 }
 
 pub struct Guard {
@@ -58,6 +62,17 @@ pub struct Guard {
     limits: RequestLimits,
     /// One permit per RPC in flight.
     in_flight: Arc<Semaphore>,
+    rate_limits: Arc<RateLimits>,
+    budgets: CallerBudgets,
+    /// Addresses refused whatever the call (`KEEL_IP_DENY`).
+    denied: Vec<AddressBlock>,
+}
+
+/// What the guard is told about callers: their budgets and the addresses refused outright.
+pub struct CallerPolicy {
+    pub rate_limits: Arc<RateLimits>,
+    pub budgets: CallerBudgets,
+    pub denied: Vec<AddressBlock>,
 }
 
 /// How much work the server takes on at once, and how long a caller waits for an answer.
@@ -75,8 +90,21 @@ impl Guard {
         quotas: Arc<QuotaService>,
         metrics: Arc<Metrics>,
         limits: RequestLimits,
+        callers: CallerPolicy,
     ) -> anyhow::Result<Self> {
         let validator = RequestValidator::new(contract)?;
+        for (prefix, _) in &callers.budgets.groups {
+            if !contract
+                .rpcs
+                .iter()
+                .any(|rpc| rpc.grpc_path[1..].starts_with(prefix.as_str()))
+            {
+                anyhow::bail!(
+                    "KEEL_RATE_LIMIT_GROUPS: `{prefix}` names no RPC (write a service, \
+                     keel.file.v1.FileService, or an RPC, keel.auth.v1.AuthService/Register)"
+                );
+            }
+        }
         let rules = contract
             .rpcs
             .iter()
@@ -86,6 +114,14 @@ impl Guard {
                     _ => true,
                 };
                 let input = rpc.descriptor.input();
+                // The most specific group: its longest prefix.
+                let group = callers
+                    .budgets
+                    .groups
+                    .iter()
+                    .filter(|(prefix, _)| rpc.grpc_path[1..].starts_with(prefix.as_str()))
+                    .max_by_key(|(prefix, _)| prefix.len())
+                    .cloned();
                 let rule = Rule {
                     auth: rpc.auth.clone(),
                     scope_field: rpc.scope_field.clone(),
@@ -93,6 +129,7 @@ impl Guard {
                     streamed: rpc.descriptor.is_client_streaming(),
                     input,
                     metered,
+                    group,
                 };
                 (rpc.grpc_path.clone(), rule)
             })
@@ -106,24 +143,70 @@ impl Guard {
             metrics,
             limits,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            rate_limits: callers.rate_limits,
+            budgets: callers.budgets,
+            denied: callers.denied,
         })
     }
 
     /// Admits or refuses a request, attaching the `Principal` for non-public RPCs. Paths that are
-    /// not Keel RPCs (reflection, health, unknown methods) pass through to tonic.
-    async fn admit(&self, request: &mut Request<Body>) -> Result<(), Error> {
+    /// not Keel RPCs (reflection, health, unknown methods) pass through to tonic. `tightest`
+    /// ends as the budget the caller has least left of.
+    async fn admit(
+        &self,
+        request: &mut Request<Body>,
+        tightest: &mut Option<Allowance>,
+    ) -> Result<(), Error> {
         let Some(rule) = self.rules.get(request.uri().path()) else {
             return Ok(());
+        };
+        let address = request
+            .extensions()
+            .get::<ClientAddress>()
+            .map(|ClientAddress(address)| *address);
+        if let Some(address) = address
+            && self.denied.iter().any(|block| block.contains(address))
+        {
+            return Err(ip_rules::not_allowed());
+        }
+        let anonymous = || match address {
+            Some(address) => format!("ip:{address}"),
+            None => "ip:unknown".to_owned(),
         };
         // Credentials first: a caller without the right kind learns nothing, not even about
         // field rules.
         let principal = match rule.auth {
             AuthRule::Public => None,
-            _ => Some(Principal {
-                client: client_info(request.extensions(), request.headers()),
-                ..authenticate(&self.auth, presented_credential(request.headers())).await?
-            }),
+            _ => match authenticate(&self.auth, presented_credential(request.headers())).await {
+                Ok(principal) => Some(Principal {
+                    client: client_info(request.extensions(), request.headers()),
+                    ..principal
+                }),
+                // Guessed credentials spend the address's budget.
+                Err(error) => {
+                    self.spend(&anonymous(), self.budgets.anonymous, tightest)
+                        .await?;
+                    return Err(error);
+                }
+            },
         };
+        let (caller, budget) = match &principal {
+            None => (anonymous(), self.budgets.anonymous),
+            Some(Principal {
+                credential: Credential::Session(_),
+                user,
+                ..
+            }) => (format!("user:{}", user.id), self.budgets.user),
+            Some(Principal {
+                credential: Credential::ApiKey { id, .. },
+                ..
+            }) => (format!("key:{id}"), self.budgets.api_key),
+        };
+        self.spend(&caller, budget, tightest).await?;
+        if let Some((group, budget)) = &rule.group {
+            self.spend(&format!("{group}|{caller}"), *budget, tightest)
+                .await?;
+        }
         if let (AuthRule::Session, Some(principal)) = (&rule.auth, &principal) {
             principal.session_id()?;
         }
@@ -145,7 +228,12 @@ impl Guard {
                     .access
                     .authorize(principal.clone(), scope, permission)
                     .await?;
-                self.quotas.admit_caller(&access).await?;
+                self.spend(
+                    &format!("org:{}", access.organization_id),
+                    self.budgets.organization,
+                    tightest,
+                )
+                .await?;
                 if rule.metered {
                     self.quotas.meter_api_call(&access).await?;
                 }
@@ -162,6 +250,69 @@ impl Guard {
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
     }
+}
+
+impl Guard {
+    /// Spends one call of `subject`'s budget, keeping in `tightest` the budget with least left.
+    async fn spend(
+        &self,
+        subject: &str,
+        budget: Budget,
+        tightest: &mut Option<Allowance>,
+    ) -> Result<(), Error> {
+        let allowance = self.rate_limits.spend(subject, budget).await?;
+        if tightest.is_none_or(|tight| {
+            allowance.retry_after.is_some() || allowance.remaining < tight.remaining
+        }) {
+            *tightest = Some(allowance);
+        }
+        match allowance.retry_after {
+            None => Ok(()),
+            Some(_) => Err(allowance.refusal("too many calls lately, try again later")),
+        }
+    }
+}
+
+/// The `RateLimit-*` fields (IETF draft) for `allowance`: the budget, what is left of it, and
+/// the seconds until it is whole again.
+fn rate_limit_fields(allowance: &Allowance) -> http::HeaderMap {
+    let seconds =
+        |duration: std::time::Duration| duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    let mut fields = http::HeaderMap::new();
+    fields.insert("ratelimit-limit", allowance.budget.limit.into());
+    fields.insert("ratelimit-remaining", allowance.remaining.into());
+    fields.insert("ratelimit-reset", seconds(allowance.reset).into());
+    if let Ok(policy) = http::HeaderValue::from_str(&format!(
+        "{};w={}",
+        allowance.budget.limit,
+        allowance.budget.window.as_secs()
+    )) {
+        fields.insert("ratelimit-policy", policy);
+    }
+    fields
+}
+
+/// Adds the rate-limit fields to a reply: to its headers when it is trailers-only (an
+/// error), else to its trailers, where a gRPC client reads call metadata after the message.
+fn with_rate_limit(response: Response<Body>, allowance: Option<Allowance>) -> Response<Body> {
+    let Some(allowance) = allowance else {
+        return response;
+    };
+    let fields = rate_limit_fields(&allowance);
+    if response.headers().contains_key("grpc-status") {
+        let mut response = response;
+        response.headers_mut().extend(fields);
+        return response;
+    }
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                trailers.extend(fields.clone());
+                http_body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        }))
+    })
 }
 
 /// The caller behind `presented`.
@@ -484,10 +635,12 @@ where
                     let admitting = guard.clone();
                     let work = tokio::spawn(async move {
                         let _permit = permit;
-                        match admitting.admit(&mut request).await {
-                            Ok(()) => inner.call(request).await,
-                            Err(error) => Ok(to_status(error).into_http()),
-                        }
+                        let mut tightest = None;
+                        let response = match admitting.admit(&mut request, &mut tightest).await {
+                            Ok(()) => inner.call(request).await?,
+                            Err(error) => to_status(error).into_http(),
+                        };
+                        Ok::<_, Infallible>(with_rate_limit(response, tightest))
                     });
                     let answered = match timeout {
                         Some(timeout) => tokio::time::timeout(timeout, work).await,

@@ -43,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, any, get, on, post};
 use client_address::TrustedProxies;
 use contract::Contract;
-pub use guard::RequestLimits;
+pub use guard::{CallerPolicy, RequestLimits};
 use guard::{Guard, GuardLayer};
 use http::{HeaderName, HeaderValue, Method, header};
 use metrics::Metrics;
@@ -106,6 +106,7 @@ pub struct ApiDependencies {
     pub dispatcher: Arc<Dispatcher>,
     pub dependencies: Arc<DependencyService>,
     pub flags: Arc<crate::domain::flags::FeatureFlagService>,
+    pub ip_restrictions: Arc<crate::domain::tenancy::ip_rules::IpRestrictionService>,
     pub job_monitor: Arc<dyn JobMonitor>,
     pub jobs: Arc<JobMonitorService>,
     pub jwks: serde_json::Value,
@@ -118,6 +119,8 @@ pub struct ApiDependencies {
     /// The largest file anyone may upload (what resumable uploads announce).
     pub max_file_bytes: i64,
     pub request_limits: RequestLimits,
+    /// Callers' budgets and the addresses refused outright.
+    pub callers: CallerPolicy,
     /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
     pub cors_allowed_origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
@@ -202,6 +205,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )))
         .add(OrganizationServiceServer::new(grpc::OrganizationApi::new(
             dependencies.organizations.clone(),
+            dependencies.ip_restrictions.clone(),
         )))
         .add(RoleServiceServer::new(grpc::RoleApi::new(
             dependencies.roles.clone(),
@@ -279,6 +283,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             dependencies.quotas.clone(),
             metrics.clone(),
             dependencies.request_limits,
+            dependencies.callers,
         )?)
         .layer(routes),
     );
@@ -479,6 +484,10 @@ fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
                     "grpc-status-details-bin",
                     "x-request-id",
                     "retry-after",
+                    "ratelimit-limit",
+                    "ratelimit-remaining",
+                    "ratelimit-reset",
+                    "ratelimit-policy",
                 ]
                 .as_slice(),
                 &tus::RESPONSE_HEADERS,

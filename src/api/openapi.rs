@@ -220,11 +220,23 @@ impl Generator {
                 "schema": { "type": "integer", "minimum": 0 }
             }
         });
+        // Of the caller's budget with least left (IETF draft RateLimit header fields).
+        let integer = |description: &str| json!({ "description": description, "schema": { "type": "integer", "minimum": 0 } });
+        let rate_limit = json!({
+            "RateLimit-Limit": integer("Calls the caller's tightest budget allows per window"),
+            "RateLimit-Remaining": integer("Calls left of it"),
+            "RateLimit-Reset": integer("Seconds until it is whole again"),
+            "RateLimit-Policy": {
+                "description": "The budget: `<limit>;w=<window in seconds>`",
+                "schema": { "type": "string" }
+            },
+        });
         let mut responses = Map::new();
         responses.insert(
             rpc.success_status.as_u16().to_string(),
             json!({
                 "description": "OK",
+                "headers": rate_limit.clone(),
                 "content": { "application/json": { "schema": self.response_schema(rpc, binding) } }
             }),
         );
@@ -235,6 +247,12 @@ impl Generator {
             });
             if matches!(status, 429 | 503) {
                 response["headers"] = retry_after.clone();
+            }
+            if status == 429
+                && let (Some(headers), Some(limits)) =
+                    (response["headers"].as_object_mut(), rate_limit.as_object())
+            {
+                headers.extend(limits.clone());
             }
             responses.insert(status.to_string(), response);
         }

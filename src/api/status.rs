@@ -131,8 +131,8 @@ pub struct RestError {
     pub message: String,
     pub details: Vec<serde_json::Value>,
     pub retry_after_seconds: Option<u64>,
-    /// The methods a 405's path takes (RFC 9110 requires `Allow` on every 405).
-    pub allow: Option<String>,
+    /// Further fields of the response: the rate-limit ones, and `Allow` on a 405.
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl RestError {
@@ -162,7 +162,7 @@ impl RestError {
             message: message.into(),
             details: Vec::new(),
             retry_after_seconds: None,
-            allow: None,
+            headers: Vec::new(),
         }
     }
 
@@ -170,7 +170,9 @@ impl RestError {
     pub fn method_not_allowed(method: &http::Method, path: &str, allowed: &[&str]) -> Self {
         let allowed = allowed.join(", ");
         Self {
-            allow: Some(allowed.clone()),
+            headers: HeaderValue::from_str(&allowed)
+                .map(|allow| vec![(http::header::ALLOW, allow)])
+                .unwrap_or_default(),
             ..Self::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 Code::Unimplemented,
@@ -218,9 +220,11 @@ impl RestError {
             if detail.type_url.ends_with("/google.rpc.RetryInfo")
                 && let Ok(retry) = rpc::RetryInfo::decode(detail.value.as_slice())
             {
-                error.retry_after_seconds = retry
-                    .retry_delay
-                    .map(|delay| u64::try_from(delay.seconds).unwrap_or(0).max(1));
+                error.retry_after_seconds = retry.retry_delay.map(|delay| {
+                    // Whole seconds, rounded up: never earlier than the server said.
+                    let seconds = u64::try_from(delay.seconds).unwrap_or(0);
+                    (seconds + u64::from(delay.nanos > 0)).max(1)
+                });
             }
             if let Some(rendered) = render_any(&detail, pool) {
                 error.details.push(rendered);
@@ -253,16 +257,11 @@ impl IntoResponse for RestError {
             "details": self.details,
         });
         let mut response = (self.http_status, axum::Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
         if let Some(seconds) = self.retry_after_seconds {
             response
                 .headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if let Some(allow) = self
-            .allow
-            .and_then(|allow| HeaderValue::from_str(&allow).ok())
-        {
-            response.headers_mut().insert(http::header::ALLOW, allow);
         }
         response
     }

@@ -2,7 +2,7 @@
 //! replica. Past the bound the least useful entries are evicted (TinyLFU), so memory stays flat
 //! however many distinct keys (addresses, sessions, rate-limit windows) pass through.
 
-use crate::domain::cache::Cache;
+use crate::domain::cache::{Cache, Spent, gcra};
 use crate::domain::error::Result;
 use crate::domain::health::HealthProbe;
 use moka::Expiry;
@@ -150,6 +150,36 @@ impl Cache for MemoryCache {
                 }
             });
         Ok(())
+    }
+
+    async fn spend(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        period_ms: i64,
+    ) -> Result<Spent> {
+        let mut spent = None;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|existing| {
+                let tat = existing
+                    .as_ref()
+                    .and_then(|entry| counter(entry.value()))
+                    .and_then(|tat| i64::try_from(tat).ok());
+                let (next, outcome) = gcra(tat, now_ms, interval_ms, period_ms);
+                spent = Some(outcome);
+                if !outcome.admitted {
+                    return Op::Nop;
+                }
+                Op::Put(Stored {
+                    value: next.to_string().as_bytes().into(),
+                    ttl: Some(Duration::from_millis(
+                        u64::try_from(outcome.backlog_ms).unwrap_or(1).max(1),
+                    )),
+                })
+            });
+        spent.ok_or_else(|| crate::domain::Error::internal("the bucket was not computed"))
     }
 
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64> {

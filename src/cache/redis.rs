@@ -1,7 +1,7 @@
 //! The Redis cache (fred): shared by every replica, so a revocation seen by one is seen by all.
 
 use crate::domain::Error;
-use crate::domain::cache::Cache;
+use crate::domain::cache::{Cache, Spent};
 use crate::domain::error::Result;
 use crate::domain::health::HealthProbe;
 use crate::domain::realtime::{Announcer, Beacon};
@@ -182,6 +182,28 @@ impl Cache for RedisCache {
             .map_err(redis_error)
     }
 
+    async fn spend(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        period_ms: i64,
+    ) -> Result<Spent> {
+        let (admitted, backlog_ms) = self
+            .client
+            .eval::<(i64, i64), _, _, _>(
+                SPEND_SCRIPT,
+                vec![self.key(key)],
+                vec![now_ms, interval_ms, period_ms],
+            )
+            .await
+            .map_err(redis_error)?;
+        Ok(Spent {
+            admitted: admitted == 1,
+            backlog_ms,
+        })
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         self.client
             .del::<i64, _>(self.key(key))
@@ -210,6 +232,18 @@ const INCREMENT_BELOW_SCRIPT: &str = "local count = tonumber(redis.call('GET', K
     count = redis.call('INCR', KEYS[1]) \
     if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
     return count";
+
+/// GCRA (as `domain::cache::gcra`): ARGV now, interval and period in milliseconds; answers
+/// {admitted, backlog}. Times are formatted with %d: Lua's default number format would round
+/// a millisecond timestamp.
+const SPEND_SCRIPT: &str = "local now = tonumber(ARGV[1]) \
+    local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1]) \
+    if tat < now then tat = now end \
+    local next = tat + tonumber(ARGV[2]) \
+    local backlog = next - now \
+    if backlog > tonumber(ARGV[3]) then return {0, backlog} end \
+    redis.call('SET', KEYS[1], string.format('%d', next), 'PX', string.format('%d', math.max(backlog, 1))) \
+    return {1, backlog}";
 
 /// DECR of a counter above zero (keeping its expiry); a missing counter is left alone.
 const DECREMENT_SCRIPT: &str = "local count = tonumber(redis.call('GET', KEYS[1]) or '0') \

@@ -21,6 +21,36 @@ pub trait Cache: Send + Sync {
     async fn increment_below(&self, key: &str, limit: u64, ttl: Duration) -> Result<Option<u64>>;
     /// Takes one back from a counter, never below zero; a missing counter stays missing.
     async fn decrement(&self, key: &str) -> Result<()>;
+    /// Spends one event of the GCRA bucket `key` at `now_ms` (Unix milliseconds), atomically:
+    /// the bucket keeps its theoretical arrival time, and the event is admitted (and the time
+    /// pushed `interval_ms` on) when that leaves at most `period_ms` of backlog.
+    async fn spend(
+        &self,
+        key: &str,
+        now_ms: i64,
+        interval_ms: i64,
+        period_ms: i64,
+    ) -> Result<Spent>;
+}
+
+/// What `Cache::spend` found: whether the event was admitted, and the bucket's backlog (how
+/// far its theoretical arrival time is ahead of now) counting this event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    pub admitted: bool,
+    pub backlog_ms: i64,
+}
+
+/// GCRA for the caches that hold the arrival time themselves (`tat_ms`, absent for a new
+/// bucket): the time to store (for `backlog_ms` more) when admitted, and what was spent.
+pub fn gcra(tat_ms: Option<i64>, now_ms: i64, interval_ms: i64, period_ms: i64) -> (i64, Spent) {
+    let next = tat_ms.unwrap_or(now_ms).max(now_ms) + interval_ms;
+    let backlog_ms = next - now_ms;
+    let spent = Spent {
+        admitted: backlog_ms <= period_ms,
+        backlog_ms,
+    };
+    (next, spent)
 }
 
 /// Cached records that a racing reader cannot bring back after they changed.

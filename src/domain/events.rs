@@ -234,6 +234,12 @@ catalog! {
         "An organization was created.";
     OrganizationDeleted = "organization.deleted", OrganizationData, Success,
         "An organization was deleted with everything scoped to it.";
+    OrganizationIpRefused = "organization.ip_refused", IpRefusedData, Failure,
+        "A call into an organization was refused: the caller's address is outside its IP \
+         restrictions.";
+    OrganizationIpRestrictionsUpdated = "organization.ip_restrictions_updated",
+        IpRestrictionsData, Success,
+        "An organization's IP allow or deny list changed (`allow` and `deny` hold the new ones).";
     OrganizationUpdated = "organization.updated", OrganizationData, Success,
         "An organization's name, slug or settings changed.";
     QuotaExceeded = "quota.exceeded", QuotaData, Failure,
@@ -560,6 +566,42 @@ pub struct OrganizationData {
 }
 
 impl EventData for OrganizationData {
+    const SUBJECT: &'static str = "organization";
+    fn subject_id(&self) -> String {
+        self.organization_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+/// An organization's IP restrictions, in network form.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IpRestrictionsData {
+    pub organization_id: Uuid,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl EventData for IpRestrictionsData {
+    const SUBJECT: &'static str = "organization";
+    fn subject_id(&self) -> String {
+        self.organization_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+/// A call an organization's IP restrictions refused.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IpRefusedData {
+    pub organization_id: Uuid,
+    /// The caller's address, as Keel saw it (after trusted proxies).
+    pub address: Option<String>,
+}
+
+impl EventData for IpRefusedData {
     const SUBJECT: &'static str = "organization";
     fn subject_id(&self) -> String {
         self.organization_id.to_string()

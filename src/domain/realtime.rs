@@ -816,15 +816,19 @@ mod tests {
     use crate::cache::MemoryCache;
     use crate::domain::clock::SystemClock;
     use crate::domain::events::{Origin, UserData};
+    use crate::domain::tenancy::access::AccessPorts;
     use crate::store::SqlStore;
 
     async fn hub(queue: usize, max_connections_per_user: usize) -> anyhow::Result<Arc<Hub>> {
         let store = SqlStore::connect("sqlite::memory:").await?;
         store.migrate().await?;
-        let access = Arc::new(AccessControl::new(
-            Arc::new(store.clone()),
-            Arc::new(MemoryCache::new(1 << 20)),
-        ));
+        let access = Arc::new(AccessControl::new(AccessPorts {
+            store: Arc::new(store.clone()),
+            cache: Arc::new(MemoryCache::new(1 << 20)),
+            ip_rules: Arc::new(store.clone()),
+            events: Arc::new(store.clone()),
+            clock: Arc::new(SystemClock),
+        }));
         let settings = RealtimeSettings {
             history_events: 1_000,
             history_age: chrono::Duration::minutes(10),

@@ -11,6 +11,7 @@ mod feature_flags;
 mod files;
 mod identities;
 mod invitations;
+mod ip_rules;
 mod leases;
 mod notifications;
 mod one_time_tokens;

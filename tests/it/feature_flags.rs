@@ -2,7 +2,7 @@
 //! and a change on one replica is seen by the next check on another.
 
 use crate::backend_tests;
-use crate::harness::{Backend, TestApp, grpc_reason, rest_violations, test_settings, with_token};
+use crate::harness::{Backend, TestApp, grpc_reason, rest_violations, with_token};
 use crate::organizations::create_organization;
 use keel::api::pb::keel::flag::v1::feature_flag_service_client::FeatureFlagServiceClient;
 use keel::api::pb::keel::flag::v1::{
@@ -255,15 +255,7 @@ async fn a_change_reaches_every_replica() {
     if !crate::harness::services_available() {
         return;
     }
-    let first_dir = tempfile::tempdir().unwrap();
-    let mut settings = test_settings(Backend::Services, first_dir.path());
-    settings.jwt_hs256_secret = Some("a-test-secret-shared-by-both-replicas".into());
-    settings.secret_key = Some("c2hhcmVkIGJ5IGJvdGggcmVwbGljYXMgaW4gdGhpcyB0ZXN0IQ==".into());
-    let second_dir = tempfile::tempdir().unwrap();
-    let mut second_settings = settings.clone();
-    second_settings.data_dir = Some(second_dir.path().display().to_string());
-    let first = TestApp::spawn_settings(settings, first_dir).await;
-    let second = TestApp::spawn_settings(second_settings, second_dir).await;
+    let (first, second) = TestApp::two_replicas(|_| {}, |_| {}).await;
     first.create_superuser("root@example.com").await;
     let root = first.login("root@example.com").await;
     // Unverified: the verification mail may leave from either replica's workers.

@@ -30,7 +30,6 @@ backend_tests!(
     api_keys_cannot_leave_an_organization,
     sessions_end_at_their_absolute_lifetime,
     a_taken_address_registers_alike_when_verification_is_required,
-    each_caller_has_a_budget_inside_an_organization,
     mail_to_one_address_and_invitations_are_bounded,
     breached_and_short_passwords_are_refused,
     a_superuser_resets_lost_two_factor,
@@ -674,43 +673,6 @@ async fn a_taken_address_registers_alike_when_verification_is_required(backend: 
         )
         .await;
     assert_eq!(response.status(), 409);
-}
-
-async fn each_caller_has_a_budget_inside_an_organization(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |settings| {
-        settings.rate_limit_member_per_minute = Some("5".into());
-    })
-    .await;
-    crate::harness::inside_one_minute().await;
-    let (_, owner) = crate::invitations::verified_user(&app, "budget-owner@example.com").await;
-    let (viewer_id, viewer) = crate::organizations::user(&app, "budget-viewer@example.com").await;
-    let organization_id =
-        crate::organizations::create_organization(&app, &owner.access, "budget").await;
-    crate::organizations::add_member(
-        &app,
-        &owner.access,
-        &organization_id,
-        &viewer_id,
-        json!(["viewer"]),
-    )
-    .await;
-    let teams = format!("/api/v1/organizations/{organization_id}/teams");
-    for _ in 0..5 {
-        let (status, _) = app.rest(Method::GET, &teams, &viewer.access, None).await;
-        assert_eq!(status, 200);
-    }
-    let refused = app.get_with_token(&teams, &viewer.access).await;
-    assert_eq!(refused.status(), 429);
-    assert!(refused.headers().contains_key("retry-after"));
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["reason"], "RATE_LIMITED");
-
-    // The owner's budget is their own: the viewer's spending leaves it whole.
-    let (status, _) = app.rest(Method::GET, &teams, &owner.access, None).await;
-    assert_eq!(status, 200);
-    app.clock.advance(chrono::Duration::minutes(1));
-    let (status, _) = app.rest(Method::GET, &teams, &viewer.access, None).await;
-    assert_eq!(status, 200, "a new minute, a new budget");
 }
 
 async fn mail_to_one_address_and_invitations_are_bounded(backend: Backend) {

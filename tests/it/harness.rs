@@ -114,7 +114,10 @@ pub fn test_settings(backend: Backend, data_dir: &std::path::Path) -> Settings {
         public_url: Some("http://keel.test".into()),
         // Every test signs in from 127.0.0.1; the throttling tests set their own limit.
         rate_limit_auth_per_minute: Some("100000".into()),
-        rate_limit_member_per_minute: Some("100000".into()),
+        rate_limit_anonymous_per_minute: Some("100000".into()),
+        rate_limit_user_per_minute: Some("100000".into()),
+        rate_limit_api_key_per_minute: Some("100000".into()),
+        rate_limit_organization_per_minute: Some("100000".into()),
         rate_limit_mail_per_recipient_per_hour: Some("100000".into()),
         rate_limit_invitations_per_hour: Some("100000".into()),
         job_poll_milliseconds: Some("20".into()),
@@ -181,6 +184,27 @@ impl TestApp {
         let mut settings = test_settings(backend, data_dir.path());
         adjust(&mut settings);
         Self::spawn_settings(settings, data_dir).await
+    }
+
+    /// Two replicas of one deployment on PostgreSQL and Redis, sharing their secrets: `adjust`
+    /// sets both, `adjust_second` the second only.
+    pub async fn two_replicas(
+        adjust: impl FnOnce(&mut Settings),
+        adjust_second: impl FnOnce(&mut Settings),
+    ) -> (Self, Self) {
+        let first_dir = tempfile::tempdir().expect("temporary data dir");
+        let mut settings = test_settings(Backend::Services, first_dir.path());
+        settings.jwt_hs256_secret = Some("a-test-secret-shared-by-both-replicas".into());
+        settings.secret_key = Some("c2hhcmVkIGJ5IGJvdGggcmVwbGljYXMgaW4gdGhpcyB0ZXN0IQ==".into());
+        adjust(&mut settings);
+        let second_dir = tempfile::tempdir().expect("temporary data dir");
+        let mut second_settings = settings.clone();
+        second_settings.data_dir = Some(second_dir.path().display().to_string());
+        adjust_second(&mut second_settings);
+        (
+            Self::spawn_settings(settings, first_dir).await,
+            Self::spawn_settings(second_settings, second_dir).await,
+        )
     }
 
     pub async fn spawn_settings(mut settings: Settings, data_dir: tempfile::TempDir) -> Self {

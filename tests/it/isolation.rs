@@ -54,6 +54,14 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "organization_id": org }),
         ),
         (
+            "keel.organization.v1.OrganizationService/GetIpRestrictions",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.organization.v1.OrganizationService/SetIpRestrictions",
+            json!({ "organization_id": org, "deny": ["0.0.0.0/0", "::/0"] }),
+        ),
+        (
             "keel.organization.v1.OrganizationService/TransferOwnership",
             json!({ "organization_id": org, "user_id": "{attacker}" }),
         ),
@@ -418,6 +426,7 @@ async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -
         format!("/api/v1/webhooks?organization_id={org}"),
         format!("/api/v1/organizations/{org}/sso"),
         format!("/api/v1/organizations/{org}/sso/domains"),
+        format!("/api/v1/organizations/{org}/ip-restrictions"),
         "/api/v1/api-keys".to_owned(),
     ] {
         let (status, body) = app.rest(Method::GET, &path, &owner.access, None).await;

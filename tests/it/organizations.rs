@@ -42,6 +42,23 @@ pub async fn user(app: &TestApp, email: &str) -> (String, Tokens) {
     (registered["id"].as_str().unwrap().to_owned(), tokens)
 }
 
+/// An organization (`slug`) of a verified owner with a verified viewer, `owner@example.com`
+/// and `viewer@example.com`; answers its id and their tokens.
+pub async fn with_viewer(app: &TestApp, slug: &str) -> (String, Tokens, Tokens) {
+    let (_, owner) = crate::invitations::verified_user(app, "owner@example.com").await;
+    let (viewer_id, viewer) = crate::invitations::verified_user(app, "viewer@example.com").await;
+    let organization_id = create_organization(app, &owner.access, slug).await;
+    add_member(
+        app,
+        &owner.access,
+        &organization_id,
+        &viewer_id,
+        json!(["viewer"]),
+    )
+    .await;
+    (organization_id, owner, viewer)
+}
+
 pub async fn add_member(
     app: &TestApp,
     token: &str,

@@ -2,7 +2,7 @@
 //! (reqwest) and gRPC streaming; subscriptions follow the subscriber's rights, revoked
 //! credentials close connections, and a reconnecting client recovers what it missed.
 
-use crate::harness::{Backend, TestApp, Tokens, test_settings, with_token};
+use crate::harness::{Backend, TestApp, Tokens, with_token};
 use crate::organizations::{add_member, create_organization, user};
 use futures_util::{SinkExt, StreamExt};
 use keel::api::pb::keel::realtime::v1::realtime_service_client::RealtimeServiceClient;
@@ -638,19 +638,11 @@ async fn events_reach_subscribers_on_another_replica() {
     if !crate::harness::services_available() {
         return;
     }
-    let first_dir = tempfile::tempdir().unwrap();
-    let mut first_settings = test_settings(Backend::Services, first_dir.path());
-    let shared = |settings: &mut keel::config::Settings| {
-        settings.jwt_hs256_secret = Some("a-test-secret-shared-by-both-replicas".into());
-        settings.secret_key = Some("c2hhcmVkIGJ5IGJvdGggcmVwbGljYXMgaW4gdGhpcyB0ZXN0IQ==".into());
-    };
-    shared(&mut first_settings);
-    let second_dir = tempfile::tempdir().unwrap();
-    let mut second_settings = first_settings.clone();
-    second_settings.data_dir = Some(second_dir.path().display().to_string());
-    second_settings.job_poll_milliseconds = Some("60000".into());
-    let first = TestApp::spawn_settings(first_settings, first_dir).await;
-    let second = TestApp::spawn_settings(second_settings, second_dir).await;
+    let (first, second) = TestApp::two_replicas(
+        |_| {},
+        |second| second.job_poll_milliseconds = Some("60000".into()),
+    )
+    .await;
 
     let root = operator(&first).await;
     let (alice_id, alice): (String, Tokens) = user(&first, "alice@example.com").await;

@@ -4,18 +4,31 @@ use super::{access, count_i32, id, json_to_struct, principal, struct_to_json, ti
 use crate::api::pb::keel::organization::v1::organization_service_server::OrganizationService;
 use crate::api::pb::keel::organization::v1::*;
 use crate::domain::tenancy;
+use crate::domain::tenancy::ip_rules::{AddressBlock, IpRestrictionService};
 use crate::domain::tenancy::organizations::MemberView;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct OrganizationApi {
     organizations: Arc<tenancy::organizations::OrganizationService>,
+    ip_restrictions: Arc<IpRestrictionService>,
 }
 
 impl OrganizationApi {
-    pub fn new(organizations: Arc<tenancy::organizations::OrganizationService>) -> Self {
-        Self { organizations }
+    pub fn new(
+        organizations: Arc<tenancy::organizations::OrganizationService>,
+        ip_restrictions: Arc<IpRestrictionService>,
+    ) -> Self {
+        Self {
+            organizations,
+            ip_restrictions,
+        }
     }
+}
+
+/// Blocks as text, in network form.
+fn blocks(list: &[AddressBlock]) -> Vec<String> {
+    list.iter().map(AddressBlock::to_string).collect()
 }
 
 fn organization_to_proto(organization: tenancy::Organization) -> Organization {
@@ -111,6 +124,33 @@ impl OrganizationService for OrganizationApi {
             .await?;
         Ok(Response::new(UpdateOrganizationResponse {
             organization: Some(organization_to_proto(organization)),
+        }))
+    }
+
+    async fn get_ip_restrictions(
+        &self,
+        request: Request<GetIpRestrictionsRequest>,
+    ) -> Result<Response<GetIpRestrictionsResponse>, Status> {
+        let rules = self.ip_restrictions.get(&access(&request)?).await?;
+        Ok(Response::new(GetIpRestrictionsResponse {
+            allow: blocks(&rules.allow),
+            deny: blocks(&rules.deny),
+        }))
+    }
+
+    async fn set_ip_restrictions(
+        &self,
+        request: Request<SetIpRestrictionsRequest>,
+    ) -> Result<Response<SetIpRestrictionsResponse>, Status> {
+        let access = access(&request)?;
+        let body = request.into_inner();
+        let rules = self
+            .ip_restrictions
+            .set(&access, &body.allow, &body.deny)
+            .await?;
+        Ok(Response::new(SetIpRestrictionsResponse {
+            allow: blocks(&rules.allow),
+            deny: blocks(&rules.deny),
         }))
     }
 

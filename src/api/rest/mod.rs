@@ -164,7 +164,7 @@ impl Transcoder {
             &body,
         )?;
         let reply = self.dispatch(matched.rpc, &parts, message).await?;
-        render_reply(matched.rpc, matched.binding.response_body.as_ref(), &reply)
+        render_reply(matched.rpc, matched.binding.response_body.as_ref(), reply)
     }
 
     async fn read_body(&self, body: axum::body::Body) -> Result<Bytes, RestError> {
@@ -192,7 +192,7 @@ impl Transcoder {
         rpc: &Rpc,
         parts: &http::request::Parts,
         message: DynamicMessage,
-    ) -> Result<Bytes, RestError> {
+    ) -> Result<Reply, RestError> {
         let encoded = message.encode_to_vec();
         let mut framed = BytesMut::with_capacity(encoded.len() + 5);
         framed.put_u8(0);
@@ -209,7 +209,7 @@ impl Transcoder {
         rpc: &Rpc,
         parts: &http::request::Parts,
         body: tonic::body::Body,
-    ) -> Result<Bytes, RestError> {
+    ) -> Result<Reply, RestError> {
         let mut inner = http::Request::builder()
             .method(http::Method::POST)
             .uri(rpc.grpc_path.as_str())
@@ -238,6 +238,14 @@ impl Transcoder {
             .collect()
             .await
             .map_err(|status| RestError::from_status(&status, &self.contract.pool))?;
+        // Call metadata REST passes on: the rate-limit fields.
+        let headers: Vec<(http::HeaderName, HeaderValue)> = response_parts
+            .headers
+            .iter()
+            .chain(collected.trailers().into_iter().flatten())
+            .filter(|(name, _)| name.as_str().starts_with("ratelimit-"))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
         let status = tonic::Status::from_header_map(&response_parts.headers)
             .or_else(|| {
                 collected
@@ -246,13 +254,19 @@ impl Transcoder {
             })
             .ok_or_else(|| internal("the RPC answered without a grpc-status"))?;
         if status.code() != Code::Ok {
-            return Err(RestError::from_status(&status, &self.contract.pool));
+            return Err(RestError {
+                headers,
+                ..RestError::from_status(&status, &self.contract.pool)
+            });
         }
         let data = collected.to_bytes();
         let payload = data
             .get(5..)
             .ok_or_else(|| internal("the RPC answered without a message"))?;
-        Ok(Bytes::copy_from_slice(payload))
+        Ok(Reply {
+            message: Bytes::copy_from_slice(payload),
+            headers,
+        })
     }
 
     /// The contract's RPCs, by gRPC path.
@@ -264,14 +278,22 @@ impl Transcoder {
     }
 }
 
+/// What an RPC answered a REST call.
+pub(in crate::api) struct Reply {
+    /// The reply message, encoded.
+    pub message: Bytes,
+    /// Fields for the HTTP response (the rate-limit ones).
+    pub headers: Vec<(http::HeaderName, HeaderValue)>,
+}
+
 /// A reply as proto3 JSON (`response_body`: one of its fields only), with the RPC's success
 /// status.
 pub(in crate::api) fn render_reply(
     rpc: &Rpc,
     response_body: Option<&prost_reflect::FieldDescriptor>,
-    reply: &[u8],
+    reply: Reply,
 ) -> Result<Response, RestError> {
-    let message = DynamicMessage::decode(rpc.descriptor.output(), reply)
+    let message = DynamicMessage::decode(rpc.descriptor.output(), reply.message)
         .map_err(|error| internal(format!("decoding the reply: {error}")))?;
     let options = SerializeOptions::new()
         .use_proto_field_name(true)
@@ -286,6 +308,7 @@ pub(in crate::api) fn render_reply(
     .map_err(|error| internal(format!("rendering the reply: {error}")))?;
     whole_numbers_as_integers(&mut serialized);
     let mut response = (rpc.success_status, axum::Json(serialized)).into_response();
+    response.headers_mut().extend(reply.headers);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -3,11 +3,13 @@
 //! A member's role keys and the organization's custom roles are cached (one `get_many` per
 //! check) and forgotten on every change, so a role change applies on the next request.
 
+use super::ip_rules::{self, IpRuleStore, IpRules};
 use super::permissions::{PermissionSet, RoleKey, SystemRole};
 use super::{CustomRole, MemberGrants, OrganizationStore};
 use crate::domain::cache::{Cache, generation};
+use crate::domain::clock::Clock;
 use crate::domain::error::{Error, FieldViolation, Missing, Result};
-use crate::domain::events::Origin;
+use crate::domain::events::{Event, EventKind, EventLog, IpRefusedData, Origin};
 use crate::domain::principal::{Credential, Principal};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +74,19 @@ impl Access {
 pub struct AccessControl {
     store: Arc<dyn OrganizationStore>,
     cache: Arc<dyn Cache>,
+    ip_rules: Arc<dyn IpRuleStore>,
+    /// Where refused addresses are recorded.
+    events: Arc<dyn EventLog>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What `AccessControl` works through.
+pub struct AccessPorts {
+    pub store: Arc<dyn OrganizationStore>,
+    pub cache: Arc<dyn Cache>,
+    pub ip_rules: Arc<dyn IpRuleStore>,
+    pub events: Arc<dyn EventLog>,
+    pub clock: Arc<dyn Clock>,
 }
 
 fn member_key(organization_id: Uuid, user_id: Uuid) -> String {
@@ -80,6 +95,10 @@ fn member_key(organization_id: Uuid, user_id: Uuid) -> String {
 
 fn roles_key(organization_id: Uuid) -> String {
     format!("access:roles:{organization_id}")
+}
+
+fn ip_rules_key(organization_id: Uuid) -> String {
+    format!("access:ip-rules:{organization_id}")
 }
 
 fn team_key(team_id: Uuid) -> String {
@@ -121,8 +140,14 @@ fn narrow_to_credential(held: PermissionSet, principal: &Principal) -> Permissio
 }
 
 impl AccessControl {
-    pub fn new(store: Arc<dyn OrganizationStore>, cache: Arc<dyn Cache>) -> Self {
-        Self { store, cache }
+    pub fn new(ports: AccessPorts) -> Self {
+        Self {
+            store: ports.store,
+            cache: ports.cache,
+            ip_rules: ports.ip_rules,
+            events: ports.events,
+            clock: ports.clock,
+        }
     }
 
     /// Admits `principal` to the organization (or team) the request names, for
@@ -169,7 +194,15 @@ impl AccessControl {
         {
             return Err(not_found.into());
         }
-        let (grants, custom_roles) = self.grants(organization_id, principal.user.id).await?;
+        let (grants, custom_roles, ip_rules) =
+            self.grants(organization_id, principal.user.id).await?;
+        // Superusers are exempt: they are the instance's operators, and the way back in.
+        if grants.is_some()
+            && !principal.user.is_superuser
+            && !ip_rules.admits(principal.client.ip_address.as_deref())
+        {
+            return Err(self.refuse_address(&principal, organization_id).await);
+        }
         let held = match (&grants, principal.user.is_superuser) {
             (Some(_), true) => PermissionSet::all(),
             // A superuser acts in any organization, but only in one that exists.
@@ -269,19 +302,27 @@ impl AccessControl {
         &self,
         organization_id: Uuid,
         user_id: Uuid,
-    ) -> Result<(Option<MemberGrants>, Vec<CustomRole>)> {
+    ) -> Result<(Option<MemberGrants>, Vec<CustomRole>, IpRules)> {
         let member = member_key(organization_id, user_id);
         let roles = roles_key(organization_id);
+        let ip_rules = ip_rules_key(organization_id);
         let keys = [
             member.clone(),
             roles.clone(),
+            ip_rules.clone(),
             generation::key(&member),
             generation::key(&roles),
+            generation::key(&ip_rules),
         ];
         let mut cached = self.cache.get_many(&keys).await?.into_iter();
-        let (cached_grants, cached_roles) = (cached.next().flatten(), cached.next().flatten());
+        let (cached_grants, cached_roles, cached_ip_rules) = (
+            cached.next().flatten(),
+            cached.next().flatten(),
+            cached.next().flatten(),
+        );
         let member_generation = generation::parse(cached.next().flatten().as_deref());
         let roles_generation = generation::parse(cached.next().flatten().as_deref());
+        let ip_rules_generation = generation::parse(cached.next().flatten().as_deref());
         let grants = match generation::untag(cached_grants, member_generation)
             .and_then(|bytes| serde_json::from_slice::<Option<MemberGrants>>(&bytes).ok())
         {
@@ -311,7 +352,41 @@ impl AccessControl {
                     .await?
             }
         };
-        Ok((grants, custom_roles))
+        let ip_rules = match generation::untag(cached_ip_rules, ip_rules_generation)
+            .and_then(|bytes| serde_json::from_slice::<IpRules>(&bytes).ok())
+        {
+            Some(rules) => rules,
+            None => {
+                let rules = self.ip_rules.find_ip_rules(organization_id).await?;
+                let encoded = serde_json::to_vec(&rules).map_err(Error::internal)?;
+                self.cache
+                    .set(
+                        &ip_rules,
+                        &generation::tag(ip_rules_generation, &encoded),
+                        CACHE_TTL,
+                    )
+                    .await?;
+                rules
+            }
+        };
+        Ok((grants, custom_roles, ip_rules))
+    }
+
+    /// Records a call refused for its address; answers the refusal.
+    async fn refuse_address(&self, principal: &Principal, organization_id: Uuid) -> Error {
+        let event = Event::new(
+            EventKind::OrganizationIpRefused,
+            &Origin::from(principal),
+            self.clock.as_ref(),
+            &IpRefusedData {
+                organization_id,
+                address: principal.client.ip_address.clone(),
+            },
+        );
+        match self.events.append_events(&[event]).await {
+            Ok(()) => ip_rules::not_allowed(),
+            Err(not_recorded) => not_recorded,
+        }
     }
 
     async fn load_custom_roles(
@@ -455,7 +530,7 @@ impl AccessControl {
         organization_id: Uuid,
         user_id: Uuid,
     ) -> Result<Option<PermissionSet>> {
-        let (grants, custom_roles) = self.grants(organization_id, user_id).await?;
+        let (grants, custom_roles, _) = self.grants(organization_id, user_id).await?;
         Ok(grants.map(|grants| permissions_of(&grants.role_keys, &custom_roles)))
     }
 
@@ -469,6 +544,13 @@ impl AccessControl {
     /// Forgets a deleted team's organization.
     pub async fn forget_team(&self, team_id: Uuid) -> Result<()> {
         self.cache.delete(&team_key(team_id)).await
+    }
+
+    /// Forgets the organization's cached IP restrictions (after a change to them).
+    pub async fn forget_ip_rules(&self, organization_id: Uuid) -> Result<()> {
+        let ip_rules = ip_rules_key(organization_id);
+        generation::bump(self.cache.as_ref(), &ip_rules).await?;
+        self.cache.delete(&ip_rules).await
     }
 
     /// Forgets the organization's cached custom roles (after any change to them).

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod directory;
 pub mod invitations;
+pub mod ip_rules;
 pub mod organizations;
 pub mod permissions;
 pub mod quotas;

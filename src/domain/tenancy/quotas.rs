@@ -11,8 +11,6 @@ use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Missing, Result};
 use crate::domain::events::{Event, EventKind, EventLog, Origin, QuotaData};
 use crate::domain::page::{Page, PageTokens};
-use crate::domain::principal::Credential;
-use crate::domain::rate::{Budget, RateLimits};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -203,10 +201,7 @@ pub struct QuotaService {
     cache: Arc<dyn Cache>,
     pages: Arc<PageTokens>,
     clock: Arc<dyn Clock>,
-    rate_limits: Arc<RateLimits>,
     events: Arc<dyn EventLog>,
-    /// What each caller (a user, or one API key) may call in one organization.
-    caller_budget: Budget,
     /// Counters changed since the last flush.
     touched: Mutex<HashSet<Counter>>,
 }
@@ -226,22 +221,19 @@ pub struct QuotaPorts {
     pub cache: Arc<dyn Cache>,
     pub pages: Arc<PageTokens>,
     pub clock: Arc<dyn Clock>,
-    pub rate_limits: Arc<RateLimits>,
     /// Where refusals (`quota.exceeded`) are recorded.
     pub events: Arc<dyn EventLog>,
 }
 
 impl QuotaService {
-    pub fn new(ports: QuotaPorts, caller_budget: Budget) -> Self {
+    pub fn new(ports: QuotaPorts) -> Self {
         Self {
             store: ports.store,
             organizations: ports.organizations,
             cache: ports.cache,
             pages: ports.pages,
             clock: ports.clock,
-            rate_limits: ports.rate_limits,
             events: ports.events,
-            caller_budget,
             touched: Mutex::new(HashSet::new()),
         }
     }
@@ -407,23 +399,6 @@ impl QuotaService {
                 .await?;
         }
         outcome
-    }
-
-    /// Admits one call of `access`'s caller (a user, or one of their API keys) within the
-    /// per-minute budget every caller has in an organization: no single member or key can
-    /// spend the organization's capacity alone.
-    pub async fn admit_caller(&self, access: &Access) -> Result<()> {
-        let caller = match &access.principal.credential {
-            Credential::ApiKey { id, .. } => format!("key:{id}"),
-            Credential::Session(_) => format!("user:{}", access.user_id()),
-        };
-        self.rate_limits
-            .admit(
-                &format!("org:{}:{caller}", access.organization_id),
-                self.caller_budget,
-                "too many calls from you in this organization this minute, try again shortly",
-            )
-            .await
     }
 
     pub async fn status(&self, access: &Access) -> Result<QuotaStatus> {

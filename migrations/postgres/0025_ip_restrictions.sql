@@ -1,0 +1,8 @@
+-- Organizations' IP restrictions: allow and deny lists of CIDR blocks (JSON arrays of text in
+-- network form). No row: no restriction. The audit log says who changed them when.
+
+CREATE TABLE organization_ip_rules (
+    organization_id UUID PRIMARY KEY REFERENCES organizations (id) ON DELETE CASCADE,
+    allow_blocks TEXT NOT NULL,
+    deny_blocks TEXT NOT NULL
+);
