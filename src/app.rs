@@ -4,7 +4,7 @@
 use crate::api::client_address::TrustedProxies;
 use crate::api::contract::Contract;
 use crate::api::{self, ApiDependencies, CallerPolicy, RequestLimits};
-use crate::cache::{MemoryCache, RedisCache};
+use crate::cache::{Counted, MemoryCache, RedisCache};
 use crate::config::Config;
 use crate::dns::DnsTxt;
 use crate::domain::apikey::ApiKeyService;
@@ -48,7 +48,7 @@ use crate::store::{DirectoryArchive, SqlStore};
 use crate::webhooks::HttpSender;
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -84,6 +84,7 @@ pub struct Services {
     flags: Arc<FeatureFlagService>,
     rate_limits: Arc<RateLimits>,
     ip_restrictions: Arc<IpRestrictionService>,
+    hashing: Arc<dyn HealthProbe>,
     job_monitor: Arc<JobMonitorService>,
     delivery: Arc<Delivery>,
     redis: Option<Arc<RedisCache>>,
@@ -128,11 +129,14 @@ impl Services {
                         .await
                         .context("KEEL_REDIS_URL: connecting to Redis")?,
                 );
-                probes.push(redis.clone());
-                (redis.clone(), Some(redis))
+                let counted = Arc::new(Counted::new(redis.clone()));
+                probes.push(counted.clone());
+                (counted, Some(redis))
             }
             None => {
-                let memory = Arc::new(MemoryCache::new(config.memory_cache_max_bytes));
+                let memory = Arc::new(Counted::new(Arc::new(MemoryCache::new(
+                    config.memory_cache_max_bytes,
+                ))));
                 probes.push(memory.clone());
                 (memory, None)
             }
@@ -404,7 +408,7 @@ impl Services {
                         }
                     },
                     mailer,
-                    hasher,
+                    hasher: hasher.clone(),
                     breaches: match &config.breached_passwords_dir {
                         Some(directory) => Some(Arc::new(RangeFiles::open(directory.clone())?)),
                         None => None,
@@ -468,6 +472,7 @@ impl Services {
             flags,
             rate_limits,
             ip_restrictions,
+            hashing: hasher.clone(),
             job_monitor,
             delivery: Arc::new(delivery),
             redis,
@@ -527,13 +532,19 @@ pub struct Keel {
     sqlite_wal_max_bytes: u64,
     /// How often the hub looks for dispatched events it was not told of.
     realtime_poll: std::time::Duration,
+    /// Set at shutdown: readiness turns 503 / NOT_SERVING.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// How long requests, streams and jobs get to finish at shutdown.
+    shutdown_timeout: std::time::Duration,
 }
 
 impl Keel {
     pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let services = Services::build(config, clock).await?;
         let workers = Some(services.workers(config)?);
+        let (draining, draining_watch) = tokio::sync::watch::channel(false);
         let router = api::router(ApiDependencies {
+            draining: draining_watch,
             contract: services.contract.clone(),
             auth: services.auth.clone(),
             api_keys: services.api_keys.clone(),
@@ -561,6 +572,7 @@ impl Keel {
             jobs: services.job_monitor.clone(),
             jwks: services.jwt.jwks().clone(),
             probes: services.probes.clone(),
+            hashing: services.hashing.clone(),
             workers_probe: Arc::new(WorkersProbe {
                 leases: Arc::new(services.store.clone()),
                 jobs: Arc::new(services.jobs.clone()),
@@ -602,6 +614,8 @@ impl Keel {
             usage_flush_interval: std::time::Duration::from_secs(config.usage_flush_seconds.into()),
             sqlite_wal_max_bytes: config.sqlite_wal_max_bytes,
             realtime_poll: config.jobs.poll_interval,
+            draining,
+            shutdown_timeout: config.jobs.shutdown_timeout,
         })
     }
 
@@ -615,7 +629,11 @@ impl Keel {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    /// Serves until `shutdown` resolves. Then, at once: readiness turns 503 (gRPC health
+    /// NOT_SERVING), the listener stops accepting, realtime connections are closed and the
+    /// workers take no new jobs; requests, streams and running jobs get the shutdown timeout
+    /// to finish (past it, they are dropped: a job is picked up again once its heartbeat
+    /// lapses). Last, the usage counters are written and the pools closed.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -639,16 +657,21 @@ impl Keel {
             flushing_stopped,
         ));
         // Realtime connections last until closed: at shutdown the hub closes them, or the
-        // graceful shutdown below would wait for them forever.
+        // graceful shutdown below would wait for them.
         let (closing, closed) = tokio::sync::watch::channel(false);
         let hub = tokio::spawn(self.services.hub.clone().run(
             self.services.beacon.watch(),
             self.realtime_poll,
             closed,
         ));
+        let draining = self.draining;
+        let mut signalled = stopping.clone();
         let shutdown = async move {
             shutdown.await;
+            tracing::info!("shutting down: draining requests and jobs");
+            draining.send_replace(true);
             let _ = closing.send(true);
+            let _ = stop.send(true);
         };
         let service = self
             .router
@@ -660,15 +683,25 @@ impl Keel {
                 tracing::debug!(%error, "setting TCP_NODELAY on a connection failed");
             }
         });
-        // In order: stop accepting and let requests in flight finish (axum), let a flush under
-        // way finish (aborting it would lose the counts it took), write what is left, close.
-        axum::serve(listener, service)
+        let serving = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown)
-            .await?;
-        let _ = stop.send(true);
+            .into_future();
+        let timeout = self.shutdown_timeout;
+        let deadline = async move {
+            let _ = signalled.wait_for(|stop| *stop).await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = deadline => tracing::warn!(
+                timeout_seconds = timeout.as_secs(),
+                "requests were still in flight at the shutdown timeout; they are dropped"
+            ),
+        }
         if let Err(error) = hub.await {
             tracing::warn!(%error, "the realtime hub panicked");
         }
+        // The workers have the same timeout of their own, from the same moment.
         if let Some(workers) = workers {
             match workers.await {
                 Ok(Err(error)) => tracing::warn!(%error, "the job workers failed"),
@@ -676,6 +709,8 @@ impl Keel {
                 Ok(Ok(())) => {}
             }
         }
+        // In order: let a flush under way finish (aborting it would lose the counts it took),
+        // write what is left, close.
         wal.abort();
         let _ = stop_flushing.send(());
         if let Err(error) = flush.await {
@@ -685,6 +720,7 @@ impl Keel {
             tracing::warn!(%error, "writing usage counters at shutdown failed");
         }
         self.services.close().await;
+        tracing::info!("stopped");
         Ok(())
     }
 }

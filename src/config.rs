@@ -205,6 +205,9 @@ settings! {
     /// Seconds an RPC may take before its caller is answered 503 / UNAVAILABLE
     /// `REQUEST_TIMEOUT` (the work itself still completes)
     request_timeout_seconds, "KEEL_REQUEST_TIMEOUT_SECONDS" = "30";
+    /// Seconds a stopping server (SIGTERM, SIGINT) gives requests, streams and running jobs to
+    /// finish; readiness answers 503 from the signal on
+    shutdown_timeout_seconds, "KEEL_SHUTDOWN_TIMEOUT_SECONDS" = "30";
     /// Largest accepted REST request body in bytes
     max_body_bytes, "KEEL_MAX_BODY_BYTES" = "1048576";
     /// Bound on SQLite's write-ahead log in bytes: past it, the log is checkpointed and emptied
@@ -716,6 +719,7 @@ impl Config {
                 ),
                 cleanup_schedule: settings.cleanup_schedule().parse()?,
                 dependency_check_schedule: settings.dependency_check_schedule().parse()?,
+                shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds().parse()?),
             },
             dependency_registry_url: match settings.dependency_registry_url().text() {
                 Some(url) if url.trim() == "off" => None,

@@ -16,7 +16,7 @@ use crate::domain::apikey::looks_like_api_key;
 use crate::domain::auth::AuthService;
 use crate::domain::principal::{Credential, Principal};
 use crate::domain::rate::{Allowance, Budget, CallerBudgets, RateLimits};
-use crate::domain::tenancy::access::{AccessControl, Scope};
+use crate::domain::tenancy::access::{Access, AccessControl, Scope};
 use crate::domain::tenancy::ip_rules::{self, AddressBlock};
 use crate::domain::tenancy::permissions;
 use crate::domain::tenancy::quotas::QuotaService;
@@ -184,27 +184,27 @@ impl Guard {
                 }),
                 // Guessed credentials spend the address's budget.
                 Err(error) => {
-                    self.spend(&anonymous(), self.budgets.anonymous, tightest)
+                    self.spend("anonymous", &anonymous(), self.budgets.anonymous, tightest)
                         .await?;
                     return Err(error);
                 }
             },
         };
-        let (caller, budget) = match &principal {
-            None => (anonymous(), self.budgets.anonymous),
+        let (class, caller, budget) = match &principal {
+            None => ("anonymous", anonymous(), self.budgets.anonymous),
             Some(Principal {
                 credential: Credential::Session(_),
                 user,
                 ..
-            }) => (format!("user:{}", user.id), self.budgets.user),
+            }) => ("user", format!("user:{}", user.id), self.budgets.user),
             Some(Principal {
                 credential: Credential::ApiKey { id, .. },
                 ..
-            }) => (format!("key:{id}"), self.budgets.api_key),
+            }) => ("api_key", format!("key:{id}"), self.budgets.api_key),
         };
-        self.spend(&caller, budget, tightest).await?;
+        self.spend(class, &caller, budget, tightest).await?;
         if let Some((group, budget)) = &rule.group {
-            self.spend(&format!("{group}|{caller}"), *budget, tightest)
+            self.spend("group", &format!("{group}|{caller}"), *budget, tightest)
                 .await?;
         }
         if let (AuthRule::Session, Some(principal)) = (&rule.auth, &principal) {
@@ -229,6 +229,7 @@ impl Guard {
                     .authorize(principal.clone(), scope, permission)
                     .await?;
                 self.spend(
+                    "organization",
                     &format!("org:{}", access.organization_id),
                     self.budgets.organization,
                     tightest,
@@ -250,12 +251,12 @@ impl Guard {
         request.extensions_mut().insert::<Principal>(principal);
         Ok(())
     }
-}
 
-impl Guard {
-    /// Spends one call of `subject`'s budget, keeping in `tightest` the budget with least left.
+    /// Spends one call of `subject`'s budget (of `class`, for the metrics), keeping in
+    /// `tightest` the budget with least left.
     async fn spend(
         &self,
+        class: &'static str,
         subject: &str,
         budget: Budget,
         tightest: &mut Option<Allowance>,
@@ -268,7 +269,10 @@ impl Guard {
         }
         match allowance.retry_after {
             None => Ok(()),
-            Some(_) => Err(allowance.refusal("too many calls lately, try again later")),
+            Some(_) => {
+                self.metrics.rate_limited(class);
+                Err(allowance.refusal("too many calls lately, try again later"))
+            }
         }
     }
 }
@@ -313,6 +317,58 @@ fn with_rate_limit(response: Response<Body>, allowance: Option<Allowance>) -> Re
             Err(frame) => frame,
         }))
     })
+}
+
+/// A call's log line (`keel::rpc`, at info): who called what, and how it went. Ids only:
+/// never a credential, a token or a message's contents.
+struct CallLog {
+    request_id: Option<String>,
+    client: Option<std::net::IpAddr>,
+    user_id: Option<Uuid>,
+    api_key_id: Option<Uuid>,
+    organization_id: Option<Uuid>,
+}
+
+impl CallLog {
+    /// What the guard learned of the caller while admitting (or refusing) `request`.
+    fn of(request: &Request<Body>) -> Self {
+        let principal = request.extensions().get::<Principal>();
+        Self {
+            request_id: request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            client: request
+                .extensions()
+                .get::<ClientAddress>()
+                .map(|ClientAddress(address)| *address),
+            user_id: principal.map(|principal| principal.user.id),
+            api_key_id: principal.and_then(|principal| match &principal.credential {
+                Credential::ApiKey { id, .. } => Some(*id),
+                Credential::Session(_) => None,
+            }),
+            organization_id: request
+                .extensions()
+                .get::<Access>()
+                .map(|access| access.organization_id),
+        }
+    }
+
+    fn write(&self, rpc: &str, code: Code, latency: std::time::Duration) {
+        tracing::info!(
+            target: "keel::rpc",
+            request_id = self.request_id.as_deref(),
+            rpc = rpc.trim_start_matches('/'),
+            code = ?code,
+            latency_ms = latency.as_secs_f64() * 1000.0,
+            client = self.client.map(tracing::field::display),
+            user_id = self.user_id.map(tracing::field::display),
+            api_key_id = self.api_key_id.map(tracing::field::display),
+            organization_id = self.organization_id.map(tracing::field::display),
+            "rpc"
+        );
+    }
 }
 
 /// The caller behind `presented`.
@@ -633,13 +689,19 @@ where
                 Err(_) => to_status(server_busy()).into_http(),
                 Ok(permit) => {
                     let admitting = guard.clone();
+                    let rpc = method.clone();
                     let work = tokio::spawn(async move {
                         let _permit = permit;
                         let mut tightest = None;
-                        let response = match admitting.admit(&mut request, &mut tightest).await {
+                        let admitted = admitting.admit(&mut request, &mut tightest).await;
+                        let call = CallLog::of(&request);
+                        let response = match admitted {
                             Ok(()) => inner.call(request).await?,
                             Err(error) => to_status(error).into_http(),
                         };
+                        if admitting.rules.contains_key(&rpc) {
+                            call.write(&rpc, reply_code(&response), started.elapsed());
+                        }
                         Ok::<_, Infallible>(with_rate_limit(response, tightest))
                     });
                     let answered = match timeout {

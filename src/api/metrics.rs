@@ -24,9 +24,20 @@ struct Series {
 pub struct Metrics {
     /// By gRPC method path, then status code.
     series: Mutex<BTreeMap<String, BTreeMap<i32, Series>>>,
+    /// Calls refused by a rate limit, by the budget's class.
+    rate_limited: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
+    pub fn rate_limited(&self, class: &'static str) {
+        *self
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(class)
+            .or_default() += 1;
+    }
+
     pub fn record(&self, method: &str, code: Code, elapsed: Duration) {
         let seconds = elapsed.as_secs_f64();
         let bucket = BUCKETS
@@ -99,6 +110,19 @@ impl Metrics {
                  keel_rpc_duration_seconds_count{{method=\"{method}\"}} {}",
                 stats.count, stats.seconds_sum, stats.count
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keel_rate_limited_total Calls refused by a rate limit, by the budget's class.\n\
+             # TYPE keel_rate_limited_total counter"
+        );
+        for (class, count) in self
+            .rate_limited
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "keel_rate_limited_total{{class=\"{class}\"}} {count}");
         }
         out
     }

@@ -114,6 +114,8 @@ pub struct ApiDependencies {
     pub probes: Vec<Arc<dyn HealthProbe>>,
     /// The job workers, wherever they run (reported, not part of readiness).
     pub workers_probe: Arc<dyn HealthProbe>,
+    /// The password hashing threads (their figures, in /metrics).
+    pub hashing: Arc<dyn HealthProbe>,
     pub public_url: String,
     pub max_body_bytes: usize,
     /// The largest file anyone may upload (what resumable uploads announce).
@@ -121,6 +123,8 @@ pub struct ApiDependencies {
     pub request_limits: RequestLimits,
     /// Callers' budgets and the addresses refused outright.
     pub callers: CallerPolicy,
+    /// Turns true when the server starts shutting down.
+    pub draining: tokio::sync::watch::Receiver<bool>,
     /// Browser origins allowed to call the API (CORS); empty allows none but the same origin.
     pub cors_allowed_origins: Vec<String>,
     pub trusted_proxies: TrustedProxies,
@@ -253,15 +257,23 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         )));
     keel_services.cover(&contract)?;
 
+    // /metrics reports the figures of the backing services and of the hashing threads.
+    let figures: Vec<Arc<dyn HealthProbe>> = (dependencies.probes.iter().cloned())
+        .chain([dependencies.hashing.clone()])
+        .collect();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health = Arc::new(web::Health::new(
         dependencies.probes,
         dependencies.workers_probe,
         health_reporter,
         keel_services.names,
+        dependencies.draining.clone(),
     ));
     health.check().await;
-    tokio::spawn(web::Health::watch(Arc::downgrade(&health)));
+    tokio::spawn(web::Health::watch(
+        Arc::downgrade(&health),
+        dependencies.draining,
+    ));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -382,6 +394,7 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
                 dispatcher: dependencies.dispatcher.clone(),
                 webhooks: dependencies.webhooks.clone(),
                 hub: dependencies.hub.clone(),
+                figures,
                 token: dependencies.metrics_token.clone(),
             })),
         )

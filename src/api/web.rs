@@ -16,6 +16,7 @@ use std::fmt::Write;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -33,6 +34,8 @@ pub struct Health {
     workers: Arc<dyn HealthProbe>,
     reporter: HealthReporter,
     services: Vec<&'static str>,
+    /// True once the server is shutting down: never ready again.
+    draining: watch::Receiver<bool>,
 }
 
 /// One probe's answer.
@@ -63,13 +66,19 @@ impl Health {
         workers: Arc<dyn HealthProbe>,
         reporter: HealthReporter,
         services: Vec<&'static str>,
+        draining: watch::Receiver<bool>,
     ) -> Self {
         Self {
             readiness,
             workers,
             reporter,
             services,
+            draining,
         }
+    }
+
+    fn draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     async fn run(probe: &Arc<dyn HealthProbe>) -> Checked {
@@ -91,10 +100,11 @@ impl Health {
         }
     }
 
-    /// Runs the readiness probes (at once) and tells gRPC health the outcome.
+    /// Runs the readiness probes (at once) and tells gRPC health the outcome: not ready while
+    /// shutting down, whatever they say.
     async fn ready(&self) -> (bool, Vec<Checked>) {
         let checked = futures_util::future::join_all(self.readiness.iter().map(Self::run)).await;
-        let healthy = checked.iter().all(|check| check.healthy);
+        let healthy = !self.draining() && checked.iter().all(|check| check.healthy);
         let status = if healthy {
             ServingStatus::Serving
         } else {
@@ -111,14 +121,21 @@ impl Health {
         self.ready().await;
     }
 
-    /// Keeps gRPC health current while the server lives.
-    pub async fn watch(health: Weak<Health>) {
+    /// Keeps gRPC health current while the server lives, and says NOT_SERVING as soon as it
+    /// starts shutting down.
+    pub async fn watch(health: Weak<Health>, mut draining: watch::Receiver<bool>) {
         loop {
-            tokio::time::sleep(WATCH_INTERVAL).await;
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = draining.wait_for(|draining| *draining) => {}
+            }
             let Some(health) = health.upgrade() else {
                 return;
             };
             health.check().await;
+            if health.draining() {
+                return;
+            }
         }
     }
 }
@@ -149,6 +166,7 @@ pub async fn ready(State(health): State<Arc<Health>>) -> Response {
     };
     let body = json!({
         "status": label(healthy),
+        "shutting_down": health.draining(),
         "checks": per_probe(&|check| label(check.healthy)),
         "backends": per_probe(&|check| json!(check.probe.backend())),
     });
@@ -259,6 +277,8 @@ pub struct MetricsEndpoint {
     pub dispatcher: Arc<Dispatcher>,
     pub webhooks: Arc<WebhookService>,
     pub hub: Arc<Hub>,
+    /// Whose figures are reported as `keel_<name>_<figure>`.
+    pub figures: Vec<Arc<dyn HealthProbe>>,
     /// When set, scrapers present it as a bearer token.
     pub token: Option<String>,
 }
@@ -349,5 +369,22 @@ pub async fn metrics(State(endpoint): State<Arc<MetricsEndpoint>>, headers: Head
          # TYPE keel_realtime_connections gauge\nkeel_realtime_connections {}",
         endpoint.hub.connections()
     );
+    // Counters end in `_total`, as Prometheus names them; the rest are gauges.
+    for probe in &endpoint.figures {
+        for (figure, value) in probe.figures().await {
+            let name = format!("keel_{}_{figure}", probe.name());
+            let kind = if figure.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(
+                text,
+                "# HELP {name} {figure} of the {} ({}).\n# TYPE {name} {kind}\n{name} {value}",
+                probe.name(),
+                probe.backend()
+            );
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -78,6 +78,15 @@ impl HealthProbe for MemoryCache {
     async fn check(&self) -> Result<()> {
         Ok(())
     }
+
+    async fn figures(&self) -> Vec<(&'static str, u64)> {
+        // moka settles its counts lazily.
+        self.entries.run_pending_tasks();
+        vec![
+            ("entries", self.entries.entry_count()),
+            ("bytes", self.entries.weighted_size()),
+        ]
+    }
 }
 
 #[async_trait::async_trait]

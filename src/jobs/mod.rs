@@ -47,8 +47,6 @@ use uuid::Uuid;
 const MAIL_CONCURRENCY: usize = 4;
 /// The longest wait between two attempts, however many came before.
 const LONGEST_RETRY_WAIT: Duration = Duration::from_secs(3600);
-/// How long a worker finishes the jobs in hand once asked to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct JobSettings {
@@ -62,6 +60,9 @@ pub struct JobSettings {
     pub dispatch_poll_interval: Duration,
     pub cleanup_schedule: cron::Schedule,
     pub dependency_check_schedule: cron::Schedule,
+    /// How long a worker finishes the jobs in hand once asked to stop; past it they are left
+    /// to be picked up again once their heartbeat lapses.
+    pub shutdown_timeout: Duration,
 }
 
 /// Where jobs are kept.
@@ -777,7 +778,7 @@ impl Workers {
         let loops_context = context.clone();
         let cleanup_context = context.clone();
         let mut monitor = Monitor::new()
-            .shutdown_timeout(SHUTDOWN_GRACE)
+            .shutdown_timeout(settings.shutdown_timeout)
             .register(move |run| {
                 WorkerBuilder::new(format!("keel-cleanup-{boot}-{run}"))
                     .backend(CronScheduler::new(schedule.clone()))

@@ -3,13 +3,14 @@
 use crate::domain::Error;
 use crate::domain::ErrorKind;
 use crate::domain::error::Result;
+use crate::domain::health::HealthProbe;
 use crate::domain::password::{PasswordCheck, PasswordHasher};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{self, Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use crossbeam_channel::{RecvTimeoutError, TrySendError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Argon2Settings {
@@ -34,6 +35,11 @@ pub struct Argon2Hasher {
     /// Hashes waiting for a thread, for the early check of `admit`.
     waiting: Arc<AtomicUsize>,
     queue_limit: usize,
+    /// Hashes (and verifications) done, and the time the threads spent on them.
+    done: Arc<AtomicU64>,
+    busy_micros: Arc<AtomicU64>,
+    /// Calls turned away because the queue was full.
+    refused: AtomicU64,
 }
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
@@ -82,6 +88,9 @@ impl Argon2Hasher {
             jobs,
             waiting,
             queue_limit,
+            done: Arc::new(AtomicU64::new(0)),
+            busy_micros: Arc::new(AtomicU64::new(0)),
+            refused: AtomicU64::new(0),
         })
     }
 
@@ -91,14 +100,20 @@ impl Argon2Hasher {
         work: impl FnOnce(&mut Vec<Block>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let (done, busy_micros) = (self.done.clone(), self.busy_micros.clone());
         let job: Job = Box::new(move |memory| {
-            let _ = reply.send(work(memory));
+            let started = std::time::Instant::now();
+            let outcome = work(memory);
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            busy_micros.fetch_add(micros, Ordering::Relaxed);
+            done.fetch_add(1, Ordering::Relaxed);
+            let _ = reply.send(outcome);
         });
         self.waiting.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = self.jobs.try_send(job) {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             return Err(match error {
-                TrySendError::Full(_) => busy(),
+                TrySendError::Full(_) => self.busy(),
                 TrySendError::Disconnected(_) => Error::internal("the hashing threads stopped"),
             });
         }
@@ -139,6 +154,42 @@ fn yield_to_request_threads() {
 
 #[cfg(target_os = "linux")]
 const HASHING_NICENESS: libc::c_int = 10;
+
+impl Argon2Hasher {
+    /// The refusal of a call when the queue is full, counted.
+    fn busy(&self) -> Error {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        busy()
+    }
+}
+
+/// The hashing threads, as `/metrics` reports them: always up while the process is.
+#[async_trait::async_trait]
+impl HealthProbe for Argon2Hasher {
+    fn name(&self) -> &'static str {
+        "password_hashing"
+    }
+
+    fn backend(&self) -> &'static str {
+        "argon2id"
+    }
+
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn figures(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("waiting", self.waiting.load(Ordering::Relaxed) as u64),
+            ("done_total", self.done.load(Ordering::Relaxed)),
+            (
+                "busy_microseconds_total",
+                self.busy_micros.load(Ordering::Relaxed),
+            ),
+            ("refused_total", self.refused.load(Ordering::Relaxed)),
+        ]
+    }
+}
 
 fn busy() -> Error {
     Error {
@@ -188,7 +239,7 @@ fn argon2_output(
 impl PasswordHasher for Argon2Hasher {
     fn admit(&self) -> Result<()> {
         if self.waiting.load(Ordering::Relaxed) >= self.queue_limit {
-            return Err(busy());
+            return Err(self.busy());
         }
         Ok(())
     }

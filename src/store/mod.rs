@@ -239,6 +239,27 @@ impl HealthProbe for SqlStore {
             .map(|_| ())
             .map_err(database_error)
     }
+
+    /// The pool's connections, and the sessions open now (by the wall clock: a gauge for
+    /// operators, not a decision).
+    async fn figures(&self) -> Vec<(&'static str, u64)> {
+        let (connections, idle) =
+            with_pool!(self, pool => (u64::from(pool.size()), pool.num_idle() as u64));
+        let mut figures = vec![("connections", connections), ("idle_connections", idle)];
+        let sessions: sqlx::Result<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > $1",
+            )
+            .bind(chrono::Utc::now())
+            .fetch_one(pool)
+            .await
+        });
+        match sessions {
+            Ok(count) => figures.push(("active_sessions", u64::try_from(count).unwrap_or(0))),
+            Err(error) => tracing::warn!(%error, "counting active sessions failed"),
+        }
+        figures
+    }
 }
 
 /// A pooled PostgreSQL connection idle this long is pinged before it serves a query.

@@ -16,13 +16,53 @@ crate::backend_tests!(
     cleanup_deletes_what_has_outlived_its_use
 );
 
+/// A `keel` process, killed when dropped: a test that fails leaves none behind (one would hold
+/// the test's output open, and the test run would never end).
+pub struct Process(Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `keel <args>` on `settings`'s database, mailing to `smtp_url`; answers the process and, for
 /// `serve`, the address it listens on.
 pub fn start_keel(
     settings: &keel::config::Settings,
     smtp_url: &str,
     args: &[&str],
-) -> (Child, Option<String>) {
+) -> (Process, Option<String>) {
+    let (child, address, _) = start_keel_logged(settings, smtp_url, args, &[]);
+    (child, address)
+}
+
+/// As `start_keel`, with more environment variables, answering also the process's log lines
+/// (those after the one that says it started).
+pub fn start_keel_logged(
+    settings: &keel::config::Settings,
+    smtp_url: &str,
+    args: &[&str],
+    environment: &[(&str, &str)],
+) -> (Process, Option<String>, std::sync::mpsc::Receiver<String>) {
+    // reqwest is built without a default TLS provider: the process uses aws-lc-rs throughout.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut command = Command::new(env!("CARGO_BIN_EXE_keel"));
     command
         .env_clear()
@@ -34,12 +74,16 @@ pub fn start_keel(
         .env("KEEL_JOB_POLL_MILLISECONDS", "20")
         .env("KEEL_DEPENDENCY_REGISTRY_URL", "off")
         .env("RUST_LOG", "info")
+        .envs(environment.iter().copied())
         .args(args)
         .stdout(Stdio::piped());
     if let Some(url) = &settings.database_url {
         command.env("KEEL_DATABASE_URL", url);
     }
-    let mut child = command.spawn().expect("keel starts");
+    if let Some(timeout) = &settings.shutdown_timeout_seconds {
+        command.env("KEEL_SHUTDOWN_TIMEOUT_SECONDS", timeout);
+    }
+    let mut child = Process(command.spawn().expect("keel starts"));
     let stdout = child.stdout.take().unwrap();
     let (lines_out, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -50,7 +94,7 @@ pub fn start_keel(
     let ready = if args.first() == Some(&"worker") {
         "job workers started"
     } else {
-        "address="
+        "keel listening"
     };
     let line = loop {
         let line = lines
@@ -60,11 +104,15 @@ pub fn start_keel(
             break line;
         }
     };
-    let address = line
-        .split("address=")
-        .nth(1)
-        .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
-    (child, address)
+    // `address=…` in text, `"address":"…"` in JSON.
+    let address = match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(json) => json["fields"]["address"].as_str().map(str::to_owned),
+        Err(_) => line
+            .split("address=")
+            .nth(1)
+            .map(|rest| rest.split_whitespace().next().unwrap().to_owned()),
+    };
+    (child, address, lines)
 }
 
 /// The API answers once the message is stored: killed (SIGKILL) before any worker ran, it

@@ -72,6 +72,14 @@ async fn anonymous_callers_are_limited_per_address(backend: Backend) {
         assert_eq!(figures(&response), (401, Some(3), Some(remaining)));
     }
     assert_limited(anonymous_call(&app, "203.0.113.10").await).await;
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("keel_rate_limited_total{class=\"anonymous\"} 1\n")
+    );
     // Another address has its own budget.
     let response = anonymous_call(&app, "203.0.113.11").await;
     assert_eq!(figures(&response), (401, Some(3), Some(2)));

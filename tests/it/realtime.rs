@@ -27,13 +27,19 @@ const WAIT: Duration = Duration::from_secs(10);
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-fn ws_url(app: &TestApp) -> String {
-    format!("{}/api/v1/ws", app.base_url.replacen("http://", "ws://", 1))
+/// The WebSocket endpoint of the server at `base_url` (`http://host:port`).
+fn ws_url(base_url: &str) -> String {
+    format!("{}/api/v1/ws", base_url.replacen("http://", "ws://", 1))
 }
 
 /// A WebSocket with the access token in the `authorization` header, past `connected`.
 pub async fn socket(app: &TestApp, token: &str) -> Socket {
-    let mut request = ws_url(app).into_client_request().unwrap();
+    socket_at(&app.base_url, token).await
+}
+
+/// As `socket`, to the server at `base_url` (`http://host:port`).
+pub async fn socket_at(base_url: &str, token: &str) -> Socket {
+    let mut request = ws_url(base_url).into_client_request().unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -202,7 +208,7 @@ async fn websocket_speaks_the_protocol_and_streams_my_notifications(backend: Bac
 
     // A credential may also come as a subprotocol (browsers) or as `?token=`; a bad one closes
     // the socket with 1008.
-    let mut request = ws_url(&app).into_client_request().unwrap();
+    let mut request = ws_url(&app.base_url).into_client_request().unwrap();
     request.headers_mut().insert(
         "sec-websocket-protocol",
         format!("keel.realtime.v1, bearer.{}", alice.access)
@@ -215,13 +221,13 @@ async fn websocket_speaks_the_protocol_and_streams_my_notifications(backend: Bac
         "keel.realtime.v1"
     );
     assert_eq!(receive(&mut by_protocol).await["type"], "connected");
-    let by_query = format!("{}?token={}", ws_url(&app), alice.access);
+    let by_query = format!("{}?token={}", ws_url(&app.base_url), alice.access);
     let (mut by_query, _) = tokio_tungstenite::connect_async(by_query).await.unwrap();
     assert_eq!(receive(&mut by_query).await["type"], "connected");
-    let forged = format!("{}?token={}x", ws_url(&app), alice.access);
+    let forged = format!("{}?token={}x", ws_url(&app.base_url), alice.access);
     let (mut forged, _) = tokio_tungstenite::connect_async(forged).await.unwrap();
     assert_eq!(closed(&mut forged).await.0, CloseCode::Policy);
-    let (mut anonymous, _) = tokio_tungstenite::connect_async(ws_url(&app))
+    let (mut anonymous, _) = tokio_tungstenite::connect_async(ws_url(&app.base_url))
         .await
         .unwrap();
     assert_eq!(closed(&mut anonymous).await.0, CloseCode::Policy);
@@ -229,7 +235,7 @@ async fn websocket_speaks_the_protocol_and_streams_my_notifications(backend: Bac
     // A plain GET is told to use a WebSocket client.
     let response = app
         .http
-        .get(ws_url(&app).replacen("ws://", "http://", 1))
+        .get(ws_url(&app.base_url).replacen("ws://", "http://", 1))
         .send()
         .await
         .unwrap();
@@ -380,7 +386,7 @@ async fn ended_credentials_close_their_connections(backend: Backend) {
         )
         .await;
     assert_eq!(status, 201, "{key}");
-    let mut request = ws_url(&app).into_client_request().unwrap();
+    let mut request = ws_url(&app.base_url).into_client_request().unwrap();
     request
         .headers_mut()
         .insert("x-api-key", key["key"].as_str().unwrap().parse().unwrap());
@@ -674,10 +680,13 @@ async fn connections_are_pinged_limited_and_closed_when_silent(backend: Backend)
     );
 
     // A third connection of the same user is refused, on every door.
-    let (mut third, _) =
-        tokio_tungstenite::connect_async(format!("{}?token={}", ws_url(&app), alice.access))
-            .await
-            .unwrap();
+    let (mut third, _) = tokio_tungstenite::connect_async(format!(
+        "{}?token={}",
+        ws_url(&app.base_url),
+        alice.access
+    ))
+    .await
+    .unwrap();
     let (code, reason) = closed(&mut third).await;
     assert_eq!(code, CloseCode::Again, "{reason}");
     let (status, body) = app
@@ -711,9 +720,12 @@ async fn connections_are_pinged_limited_and_closed_when_silent(backend: Backend)
     assert_eq!(code, CloseCode::Away, "{reason}");
     assert!(reason.contains("nothing heard"), "{reason}");
     // Its place is free again.
-    let (mut again, _) =
-        tokio_tungstenite::connect_async(format!("{}?token={}", ws_url(&app), alice.access))
-            .await
-            .unwrap();
+    let (mut again, _) = tokio_tungstenite::connect_async(format!(
+        "{}?token={}",
+        ws_url(&app.base_url),
+        alice.access
+    ))
+    .await
+    .unwrap();
     assert_eq!(receive(&mut again).await["type"], "connected");
 }

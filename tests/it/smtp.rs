@@ -12,6 +12,10 @@ pub struct Mailbox {
     messages: Arc<Mutex<Vec<String>>>,
     /// Messages still to refuse with a transient error (451) before accepting.
     refusals: Arc<AtomicUsize>,
+    /// Messages whose data arrived, answered or not.
+    received: Arc<AtomicUsize>,
+    /// How long the server takes to answer a message's data, in milliseconds.
+    answer_delay_ms: Arc<AtomicUsize>,
 }
 
 impl Mailbox {
@@ -54,6 +58,9 @@ impl Mailbox {
                     message.push_str(&data);
                     message.push_str("\r\n");
                 }
+                self.received.fetch_add(1, Ordering::SeqCst);
+                let delay = self.answer_delay_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(delay as u64)).await;
                 let refuse = self
                     .refusals
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -74,6 +81,23 @@ impl Mailbox {
             }
         }
         Ok(())
+    }
+
+    /// Takes `delay` to answer each message's data from now on: a sender is busy with it.
+    pub fn answer_after(&self, delay: Duration) {
+        let millis = usize::try_from(delay.as_millis()).unwrap_or(usize::MAX);
+        self.answer_delay_ms.store(millis, Ordering::SeqCst);
+    }
+
+    /// Waits until the data of `count` messages arrived (answered or not).
+    pub async fn wait_received(&self, count: usize) {
+        for _ in 0..400 {
+            if self.received.load(Ordering::SeqCst) >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the data of {count} messages never arrived");
     }
 
     /// Refuses the next `count` messages with a transient error.

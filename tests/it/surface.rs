@@ -521,6 +521,50 @@ async fn metrics_count_every_door_in_one_place() {
     assert!(text.contains(
         r#"keel_rpc_requests_total{method="/keel.auth.v1.AuthService/Register",code="Ok"} 1"#
     ));
+    // The backing services' and the hashing threads' figures.
+    let figure = |name: &str| -> u64 {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(text.contains("# TYPE keel_cache_hits_total counter"));
+    assert!(text.contains("# TYPE keel_database_connections gauge"));
+    assert!(figure("keel_database_connections") >= 1);
+    assert_eq!(figure("keel_database_active_sessions"), 1);
+    assert!(figure("keel_cache_hits_total") + figure("keel_cache_misses_total") > 0);
+    assert!(figure("keel_cache_entries") > 0);
+    // A registration's hash and a sign-in's verification.
+    assert!(figure("keel_password_hashing_done_total") >= 2);
+    assert!(figure("keel_password_hashing_busy_microseconds_total") > 0);
+    assert_eq!(figure("keel_password_hashing_waiting"), 0);
+    assert_eq!(figure("keel_password_hashing_refused_total"), 0);
+
+    // The Grafana dashboard asks only for series Keel exports.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/grafana/keel-dashboard.json"
+    ))
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let names = regex::Regex::new(r"keel_[a-z_]+").unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for target in panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+    {
+        let expression = target["expr"].as_str().unwrap();
+        for name in names.find_iter(expression) {
+            assert!(
+                text.contains(&format!("# TYPE {} ", name.as_str()))
+                    || text.contains(&format!("\n{}", name.as_str())),
+                "the dashboard asks for {}, which /metrics does not export",
+                name.as_str()
+            );
+        }
+    }
 }
 
 #[tokio::test]
