@@ -101,3 +101,41 @@ pub mod generation {
         (u64::from_le_bytes(*tagged) == generation).then(|| value.to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::gcra;
+
+    /// 3 events a minute: a burst of 3, then one every 20 s; a refusal changes nothing.
+    #[test]
+    fn gcra_allows_a_burst_then_one_event_per_interval() {
+        let (interval, period) = (20_000, 60_000);
+        let mut tat = None;
+        let mut spend = |now: i64| {
+            let (next, spent) = gcra(tat, now, interval, period);
+            if spent.admitted {
+                tat = Some(next);
+            }
+            spent
+        };
+        let backlogs: Vec<(bool, i64)> = [0, 1, 2, 3]
+            .map(&mut spend)
+            .iter()
+            .map(|spent| (spent.admitted, spent.backlog_ms))
+            .collect();
+        assert_eq!(
+            backlogs,
+            [
+                (true, 20_000),
+                (true, 39_999),
+                (true, 59_998),
+                (false, 79_997)
+            ]
+        );
+        // The refused event spent nothing: 20 s after the first, one more fits, not two.
+        assert!(spend(20_000).admitted);
+        assert!(!spend(20_001).admitted);
+        // Idle long enough, the whole burst is back.
+        assert_eq!(spend(200_000).backlog_ms, 20_000);
+    }
+}

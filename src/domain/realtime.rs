@@ -577,6 +577,12 @@ impl Hub {
                     self.recheck(|channel, _| channel == organization_id).await;
                 }
             }
+            EventKind::OrganizationIpRestrictionsUpdated => {
+                if let Some(organization_id) = organization {
+                    self.forget(self.access.forget_ip_rules(organization_id).await);
+                    self.recheck(|channel, _| channel == organization_id).await;
+                }
+            }
             _ => {}
         }
     }

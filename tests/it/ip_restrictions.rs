@@ -7,6 +7,7 @@ use crate::backend_tests;
 use crate::harness::{Backend, TestApp, grpc_reason, rest_violations};
 use crate::invitations::verified_user;
 use crate::organizations::{create_organization, with_viewer};
+use crate::realtime::{receive_until, socket_with, subscribe};
 use keel::api::pb::keel::organization::v1::ListMembersRequest;
 use keel::api::pb::keel::organization::v1::organization_service_client::OrganizationServiceClient;
 use reqwest::Method;
@@ -230,6 +231,29 @@ async fn organizations_admit_callers_by_address(backend: Backend) {
             .iter()
             .any(|entry| entry["action"] == "organization.ip_restrictions_updated")
     );
+
+    // A realtime subscriber from an address the lists now refuse loses the channel.
+    let channel = format!("organization:{organization_id}");
+    let mut outside = socket_with(
+        &app.base_url,
+        &owner.access,
+        &[("x-forwarded-for", "203.0.113.77")],
+    )
+    .await;
+    assert_eq!(
+        subscribe(&mut outside, &channel).await["type"],
+        "subscribed"
+    );
+    let (status, _) = put_rules(
+        &app,
+        &organization_id,
+        &owner.access,
+        json!({ "allow": ["127.0.0.1", "203.0.113.0/24"], "deny": ["203.0.113.64/26"] }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ended = receive_until(&mut outside, |message| message["type"] == "unsubscribed").await;
+    assert_eq!(ended.last().unwrap()["channel"], channel.as_str());
 
     // Empty lists lift the restrictions.
     let (status, _) = put_rules(&app, &organization_id, &owner.access, json!({})).await;

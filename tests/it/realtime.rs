@@ -39,10 +39,18 @@ pub async fn socket(app: &TestApp, token: &str) -> Socket {
 
 /// As `socket`, to the server at `base_url` (`http://host:port`).
 pub async fn socket_at(base_url: &str, token: &str) -> Socket {
+    socket_with(base_url, token, &[]).await
+}
+
+/// As `socket_at`, with more request headers (`x-forwarded-for`).
+pub async fn socket_with(base_url: &str, token: &str, headers: &[(&'static str, &str)]) -> Socket {
     let mut request = ws_url(base_url).into_client_request().unwrap();
     request
         .headers_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let connected = receive(&mut socket).await;
     assert_eq!(connected["type"], "connected", "{connected}");
@@ -101,7 +109,7 @@ async fn closed(socket: &mut Socket) -> (CloseCode, String) {
     }
 }
 
-async fn subscribe(socket: &mut Socket, channel: &str) -> Value {
+pub async fn subscribe(socket: &mut Socket, channel: &str) -> Value {
     send(socket, json!({ "type": "subscribe", "channel": channel })).await;
     receive_until(socket, |message| message["type"] != "event")
         .await
