@@ -13,10 +13,14 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
-/// Where a request came from: the address `attach` worked out and the user agent (at most 512
-/// characters).
+/// Where a request came from: the address `attach` worked out, the user agent (at most 512
+/// characters) and the request id (at most 128).
 pub fn client_info(extensions: &http::Extensions, headers: &http::HeaderMap) -> ClientInfo {
     ClientInfo {
+        request_id: headers
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(|id| id.chars().take(128).collect()),
         ip_address: extensions
             .get::<ClientAddress>()
             .map(|ClientAddress(address)| address.to_string()),

@@ -54,7 +54,10 @@ impl AuditEntry {
             action: event.kind.name().to_owned(),
             outcome: event.kind.outcome().as_str().to_owned(),
             actor: event.origin.actor,
-            client: event.origin.client.clone(),
+            client: ClientInfo {
+                request_id: None,
+                ..event.origin.client.clone()
+            },
             organization_id: event.organization_id,
             target_type: event.subject_type.to_owned(),
             target_id: event.subject_id.clone(),

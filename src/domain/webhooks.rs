@@ -115,6 +115,8 @@ pub struct Delivery {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_attempt_at: Option<DateTime<Utc>>,
+    /// The id of the request that wrote the event, sent as `x-request-id`.
+    pub request_id: Option<String>,
 }
 
 /// One attempt of a delivery, as it went.
@@ -131,20 +133,15 @@ pub struct DeliveryAttempt {
 }
 
 impl Delivery {
-    fn new(
-        webhook: &Webhook,
-        event_id: Uuid,
-        event_type: &str,
-        payload: String,
-        now: DateTime<Utc>,
-    ) -> Self {
+    fn new(webhook: &Webhook, event: &Event, now: DateTime<Utc>) -> Self {
         Self {
             id: Uuid::now_v7(),
             webhook_id: webhook.id,
             organization_id: webhook.organization_id,
-            event_id,
-            event_type: event_type.to_owned(),
-            payload,
+            event_id: event.id,
+            event_type: event.kind.name().to_owned(),
+            payload: payload(event),
+            request_id: event.origin.client.request_id.clone(),
             status: DeliveryStatus::Pending,
             attempts: 0,
             next_attempt_at: Some(now),
@@ -210,6 +207,8 @@ pub struct Outgoing<'a> {
     pub url: &'a str,
     pub message_id: Uuid,
     pub body: &'a str,
+    /// The request that wrote the event, passed on for tracing.
+    pub request_id: Option<&'a str>,
     /// Raw secrets that each sign it (the current one, and the previous during its grace).
     pub secrets: &'a [Vec<u8>],
 }
@@ -618,13 +617,7 @@ impl WebhookService {
             self.clock.as_ref(),
             &data,
         );
-        let delivery = Delivery::new(
-            &webhook,
-            event.id,
-            event.kind.name(),
-            payload(&event),
-            truncate_to_micros(self.clock.now()),
-        );
+        let delivery = Delivery::new(&webhook, &event, truncate_to_micros(self.clock.now()));
         self.store
             .insert_deliveries(std::slice::from_ref(&delivery))
             .await?;
@@ -760,7 +753,7 @@ impl WebhookService {
                 .iter()
                 .filter(|webhook| webhook.created_at < event.occurred_at && webhook.wants(kind));
             for webhook in receiving {
-                deliveries.push(Delivery::new(webhook, event.id, kind, payload(event), now));
+                deliveries.push(Delivery::new(webhook, event, now));
             }
         }
         Ok(deliveries)
@@ -836,6 +829,7 @@ impl WebhookService {
                 url: &webhook.url,
                 message_id: delivery.event_id,
                 body: &delivery.payload,
+                request_id: delivery.request_id.as_deref(),
                 secrets: &secrets,
             })
             .await;

@@ -23,20 +23,20 @@ pub(super) trait EventSql: sqlx::Database {
 
 const EVENT_COLUMNS: &str = "id, event_type, occurred_at, organization_id, user_id, \
      actor_type, actor_user_id, actor_api_key_id, ip_address, user_agent, subject_type, \
-     subject_id, data";
+     subject_id, data, request_id";
 
 impl EventSql for sqlx::Sqlite {
     const INSERT_EVENT: &'static str = "INSERT INTO events (id, event_type, occurred_at, \
          organization_id, user_id, actor_type, actor_user_id, actor_api_key_id, ip_address, \
-         user_agent, subject_type, subject_id, data) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+         user_agent, subject_type, subject_id, data, request_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 }
 
 impl EventSql for sqlx::Postgres {
     const INSERT_EVENT: &'static str = "INSERT INTO events (id, event_type, occurred_at, \
          organization_id, user_id, actor_type, actor_user_id, actor_api_key_id, ip_address, \
-         user_agent, subject_type, subject_id, data) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 FROM (SELECT CASE \
+         user_agent, subject_type, subject_id, data, request_id) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 FROM (SELECT CASE \
          WHEN $4::uuid IS NULL THEN NULL \
          ELSE pg_advisory_xact_lock(hashtextextended($4::uuid::text, 0)) END) AS ordered";
 }
@@ -55,7 +55,7 @@ pub(super) fn with_events_sql(change: &str) -> String {
          SELECT {EVENT_COLUMNS} FROM jsonb_to_recordset(${events}) AS event (id uuid, \
          event_type text, occurred_at timestamptz, organization_id uuid, user_id uuid, actor_type text, \
          actor_user_id uuid, actor_api_key_id uuid, ip_address text, user_agent text, \
-         subject_type text, subject_id text, data text) \
+         subject_type text, subject_id text, data text, request_id text) \
          CROSS JOIN LATERAL (SELECT CASE WHEN event.organization_id IS NULL THEN NULL \
          ELSE pg_advisory_xact_lock(hashtextextended(event.organization_id::text, 0)) END) \
          AS ordered WHERE EXISTS (SELECT 1 FROM changed)) \
@@ -91,6 +91,7 @@ pub(super) struct EventRecord<'a> {
     subject_type: &'static str,
     subject_id: &'a str,
     data: &'a str,
+    request_id: Option<&'a str>,
 }
 
 pub(super) fn event_records(events: &[Event]) -> sqlx::types::Json<Vec<EventRecord<'_>>> {
@@ -111,6 +112,7 @@ pub(super) fn event_records(events: &[Event]) -> sqlx::types::Json<Vec<EventReco
                 subject_type: event.subject_type,
                 subject_id: &event.subject_id,
                 data: &event.data,
+                request_id: event.origin.client.request_id.as_deref(),
             })
             .collect(),
     )
@@ -139,6 +141,7 @@ macro_rules! insert_events {
                 .bind(event.subject_type)
                 .bind(&event.subject_id)
                 .bind(&event.data)
+                .bind(origin.client.request_id.as_deref())
                 .execute(&mut *$transaction)
                 .await?;
         }
@@ -207,6 +210,7 @@ struct EventRow {
     subject_type: String,
     subject_id: String,
     data: String,
+    request_id: Option<String>,
 }
 
 impl TryFrom<EventRow> for StoredEvent {
@@ -233,6 +237,7 @@ impl TryFrom<EventRow> for StoredEvent {
                     client: ClientInfo {
                         ip_address: row.ip_address,
                         user_agent: row.user_agent,
+                        request_id: row.request_id,
                     },
                 },
                 subject_type: subject_type(&row.subject_type),
@@ -308,6 +313,7 @@ impl From<AuditRow> for AuditEntry {
             client: ClientInfo {
                 ip_address: row.ip_address,
                 user_agent: row.user_agent,
+                request_id: None,
             },
             organization_id: row.organization_id,
             target_type: row.target_type,

@@ -70,6 +70,7 @@ struct DeliveryRow {
     error: Option<String>,
     created_at: DateTime<Utc>,
     last_attempt_at: Option<DateTime<Utc>>,
+    request_id: Option<String>,
 }
 
 impl TryFrom<DeliveryRow> for Delivery {
@@ -96,13 +97,14 @@ impl TryFrom<DeliveryRow> for Delivery {
             error: row.error,
             created_at: row.created_at,
             last_attempt_at: row.last_attempt_at,
+            request_id: row.request_id,
         })
     }
 }
 
 const DELIVERY_COLUMNS: &str = "id, webhook_id, organization_id, event_id, event_type, payload, \
      status, attempts, next_attempt_at, response_status, response_excerpt, latency_ms, error, \
-     created_at, last_attempt_at";
+     created_at, last_attempt_at, request_id";
 
 fn deliveries(rows: Vec<DeliveryRow>) -> Result<Vec<Delivery>> {
     rows.into_iter().map(Delivery::try_from).collect()
@@ -118,8 +120,8 @@ macro_rules! insert_deliveries {
         for delivery in $deliveries {
             sqlx::query(
                 "INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, \
-                 event_type, payload, status, attempts, next_attempt_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 event_type, payload, status, attempts, next_attempt_at, created_at, request_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             )
             .bind(delivery.id)
             .bind(delivery.webhook_id)
@@ -131,6 +133,7 @@ macro_rules! insert_deliveries {
             .bind(i32::try_from(delivery.attempts).unwrap_or(i32::MAX))
             .bind(delivery.next_attempt_at)
             .bind(delivery.created_at)
+            .bind(delivery.request_id.as_deref())
             .execute(&mut *$transaction)
             .await?;
         }

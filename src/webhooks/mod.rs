@@ -89,9 +89,11 @@ impl WebhookSender for HttpSender {
         let message_id = outgoing.message_id.to_string();
         let timestamp = chrono::Utc::now().timestamp();
         let started = Instant::now();
-        let sent = self
-            .client
-            .post(url)
+        let mut request = self.client.post(url);
+        if let Some(request_id) = outgoing.request_id {
+            request = request.header("x-request-id", request_id);
+        }
+        let sent = request
             .header("content-type", "application/json")
             .header("webhook-id", &message_id)
             .header("webhook-timestamp", timestamp.to_string())

@@ -32,6 +32,8 @@ struct Received {
     id: String,
     timestamp: String,
     signature: String,
+    /// `x-request-id`: the request that wrote the event.
+    request_id: String,
     body: String,
 }
 
@@ -59,6 +61,7 @@ async fn receive(
         id: header("webhook-id"),
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
+        request_id: header("x-request-id"),
         body,
     });
     let status = receiver.answers.lock().unwrap().pop_front().unwrap_or(200);
@@ -210,8 +213,18 @@ async fn events_reach_subscribed_endpoints_signed_and_retried(backend: Backend) 
     );
     assert!(fetched.get("secret").is_none(), "the secret is shown once");
 
-    // Subscribed events arrive signed; others (team.created) do not.
-    rename(&app, &alice.access, &organization_id, "Acme 2").await;
+    // Subscribed events arrive signed; others (team.created) do not. Each carries the id of
+    // the request that wrote it.
+    let renamed = app
+        .http
+        .put(app.url(&format!("/api/v1/organizations/{organization_id}")))
+        .bearer_auth(&alice.access)
+        .header("x-request-id", "rename-acme-2")
+        .json(&json!({ "name": "Acme 2" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), 200);
     let (status, _) = app
         .rest(
             Method::POST,
@@ -236,6 +249,8 @@ async fn events_reach_subscribed_endpoints_signed_and_retried(backend: Backend) 
     for message in &received {
         assert_eq!(verified_by(message, &secret), 1, "{message:?}");
     }
+    assert_eq!(updated.request_id, "rename-acme-2");
+    assert_eq!(added_message.request_id.len(), 36, "{added_message:?}");
     let added = body(&added_message);
     assert_eq!(added["data"]["user_id"], bob_id.as_str());
     assert_eq!(added["data"]["organization_id"], organization_id.as_str());

@@ -31,11 +31,15 @@ pub struct RefreshTokenRecord {
     pub spent: bool,
 }
 
-/// Where the client signed in from.
+/// Where a request came from: the client's address and agent, and the request's id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientInfo {
     pub ip_address: Option<String>,
     pub user_agent: Option<String>,
+    /// `X-Request-ID` (the client's, or one Keel made up), carried into the events the request
+    /// wrote and their webhook deliveries; not part of the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 #[async_trait::async_trait]
