@@ -59,6 +59,10 @@ B_TOKEN=$(post /api/v1/auth/login -d '{"email":"b@example.com","password":"B3e!P
 post /api/v1/invitations/accept -H "authorization: Bearer $B_TOKEN" \
   -d "{\"token\":\"$(link_token b@example.com /accept-invitation)\"}"
 curl -s --fail-with-body -w '\n' "$URL/api/v1/organizations/$ORG/members" -H "authorization: Bearer $TOKEN"
+# Integrations: an outside system (a CRM) sends the organization events with its key
+CRM_KEY=$(post /api/v1/integrations -H "authorization: Bearer $TOKEN" \
+  -d "{\"organization_id\":\"$ORG\",\"name\":\"CRM\",\"integration_type\":\"crm\"}" | field '["secret"]')
+post /api/v1/webhooks/crm -H "authorization: Bearer $CRM_KEY" -H 'webhook-id: deal-17' -d '{"deal":"won"}'
 post /api/v1/auth/logout -H "authorization: Bearer $TOKEN"
 
 # Forgotten password: a mailed link; a reset signs out every session and revokes every key

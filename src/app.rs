@@ -16,7 +16,9 @@ use crate::domain::dependencies::{DependencyService, Registry};
 use crate::domain::files::{FilePorts, FileService, FileSettings, ObjectStore};
 use crate::domain::flags::FeatureFlagService;
 use crate::domain::health::HealthProbe;
+use crate::domain::integrations::{IntegrationPorts, IntegrationService};
 use crate::domain::jobs::{DeadLetterService, JobMonitorService};
+use crate::domain::llm::{LlmPorts, LlmService};
 use crate::domain::mail::Mailer;
 use crate::domain::mail::Outbox;
 use crate::domain::notifications::{NotificationService, SecurityNotices};
@@ -75,6 +77,8 @@ pub struct Services {
     pub audit: Arc<AuditService>,
     dispatcher: Arc<Dispatcher>,
     webhooks: Arc<WebhookService>,
+    integrations: Arc<IntegrationService>,
+    llm: Arc<LlmService>,
     notifications: Arc<NotificationService>,
     files: Arc<FileService>,
     hub: Arc<Hub>,
@@ -255,6 +259,28 @@ impl Services {
                 clock: clock.clone(),
             },
             config.webhooks.clone(),
+        ));
+        let integrations = Arc::new(IntegrationService::new(
+            IntegrationPorts {
+                store: Arc::new(store.clone()),
+                keyring: keyring.clone(),
+                pages: pages.clone(),
+                clock: clock.clone(),
+            },
+            config.integration_max_payload_bytes,
+        ));
+        let llm = Arc::new(LlmService::new(
+            LlmPorts {
+                store: Arc::new(store.clone()),
+                client: Arc::new(crate::llm::HttpLlmClient::new(
+                    config.llm_allow_private_endpoints,
+                    config.llm_timeout,
+                )?),
+                quotas: quotas.clone(),
+                keyring: keyring.clone(),
+                clock: clock.clone(),
+            },
+            config.llm_instance.clone(),
         ));
         let notifications = Arc::new(NotificationService::new(
             Arc::new(store.clone()),
@@ -464,6 +490,8 @@ impl Services {
             audit,
             dispatcher,
             webhooks,
+            integrations,
+            llm,
             notifications,
             files,
             hub,
@@ -503,6 +531,7 @@ impl Services {
                 dispatcher: self.dispatcher.clone(),
                 leases: Arc::new(self.store.clone()),
                 webhooks: self.webhooks.clone(),
+                integrations: self.integrations.clone(),
                 files: self.files.clone(),
                 audit: self.audit.clone(),
                 audit_retention: config.audit_retention,
@@ -561,6 +590,8 @@ impl Keel {
             dead_letters: services.dead_letters.clone(),
             audit: services.audit.clone(),
             webhooks: services.webhooks.clone(),
+            integrations: services.integrations.clone(),
+            llm: services.llm.clone(),
             notifications: services.notifications.clone(),
             files: services.files.clone(),
             hub: services.hub.clone(),

@@ -240,6 +240,9 @@ settings! {
     webhook_disable_after_failures, "KEEL_WEBHOOK_DISABLE_AFTER_FAILURES" = "100";
     /// Hours a rotated-out webhook secret still signs, beside the new one
     webhook_secret_grace_hours, "KEEL_WEBHOOK_SECRET_GRACE_HOURS" = "24";
+    /// The largest message an integration may send (`POST /api/v1/integrations/{id}/events`,
+    /// `POST /api/v1/webhooks/{type}`), in KiB, at most 3072
+    integration_max_payload_kib, "KEEL_INTEGRATION_MAX_PAYLOAD_KIB" = "1024";
     /// Deliver webhooks to loopback and private addresses too (development and tests only:
     /// an endpoint could otherwise reach services inside your network)
     webhook_allow_private_targets, "KEEL_WEBHOOK_ALLOW_PRIVATE_TARGETS" = "false";
@@ -285,6 +288,19 @@ settings! {
     s3_secret_key, "KEEL_S3_SECRET_KEY" ~ "none", secret;
     /// Region signed into S3 requests
     s3_region, "KEEL_S3_REGION" = "us-east-1";
+    /// http(s)://… of the instance's OpenAI-compatible API (`https://api.openai.com/v1`, a
+    /// vLLM or Ollama server): the LLM gateway's provider for organizations without their own
+    llm_openai_base_url, "KEEL_LLM_OPENAI_BASE_URL" ~ "none: organizations configure their own";
+    /// The API key sent to `KEEL_LLM_OPENAI_BASE_URL`
+    llm_openai_api_key, "KEEL_LLM_OPENAI_API_KEY" ~ "none", secret;
+    /// The model of `KEEL_LLM_OPENAI_BASE_URL` used when a request names none
+    llm_openai_model, "KEEL_LLM_OPENAI_MODEL" ~ "none: requests name their model";
+    /// Seconds an LLM provider may take to answer (a whole completion; for a stream, between
+    /// two chunks)
+    llm_timeout_seconds, "KEEL_LLM_TIMEOUT_SECONDS" = "120";
+    /// Let organizations' LLM providers be on loopback and private addresses (development and
+    /// tests only: a provider URL could otherwise reach services inside your network)
+    llm_allow_private_endpoints, "KEEL_LLM_ALLOW_PRIVATE_ENDPOINTS" = "false";
     /// Apply pending database migrations at start
     migrate_on_start, "KEEL_MIGRATE_ON_START" = "true";
     /// Bearer token that `/metrics` requires; unset, `/metrics` is open
@@ -492,6 +508,11 @@ pub struct Config {
     pub s3: Option<S3Settings>,
     pub webhook_timeout: Duration,
     pub webhook_allow_private_targets: bool,
+    pub integration_max_payload_bytes: usize,
+    /// The instance's LLM provider; `None` leaves organizations to configure their own.
+    pub llm_instance: Option<crate::domain::llm::InstanceProvider>,
+    pub llm_timeout: Duration,
+    pub llm_allow_private_endpoints: bool,
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
@@ -757,6 +778,18 @@ impl Config {
             },
             webhook_timeout: Duration::from_secs(settings.webhook_timeout_seconds().positive()?),
             webhook_allow_private_targets: settings.webhook_allow_private_targets().parse()?,
+            integration_max_payload_bytes: match settings
+                .integration_max_payload_kib()
+                .positive::<usize>()?
+            {
+                // A gRPC message is at most 4 MiB with the request's other fields.
+                kib @ 1..=3072 => kib * 1024,
+                _ => {
+                    return Err(settings
+                        .integration_max_payload_kib()
+                        .invalid("must be 1 to 3072"));
+                }
+            },
             realtime: RealtimeSettings {
                 history_events: settings.realtime_history_events().positive()?,
                 history_age: chrono::Duration::seconds(
@@ -812,6 +845,19 @@ impl Config {
                 }
                 sizes
             },
+            llm_instance: (settings.llm_openai_base_url())
+                .url(&["http://", "https://"])?
+                .map(|base_url| crate::domain::llm::InstanceProvider {
+                    base_url,
+                    api_key: (settings.llm_openai_api_key().text())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    default_model: (settings.llm_openai_model().text())
+                        .unwrap_or_default()
+                        .to_owned(),
+                }),
+            llm_timeout: Duration::from_secs(settings.llm_timeout_seconds().positive()?),
+            llm_allow_private_endpoints: settings.llm_allow_private_endpoints().parse()?,
             s3: match settings.s3_endpoint().url(&["http://", "https://"])? {
                 None => None,
                 Some(endpoint) => Some(S3Settings {

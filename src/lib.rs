@@ -10,6 +10,7 @@ pub mod config;
 pub mod dns;
 pub mod domain;
 pub mod jobs;
+pub mod llm;
 pub mod mail;
 pub mod oauth;
 pub mod objects;

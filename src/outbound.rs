@@ -70,6 +70,18 @@ pub fn check_literal(url: &reqwest::Url) -> Result<(), PrivateTarget> {
     }
 }
 
+/// Whether a failed request failed on the guard (never worth retrying).
+pub fn refused_by_guard(error: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(refused) = current.downcast_ref::<PrivateTarget>() {
+            return Some(refused.to_string());
+        }
+        source = current.source();
+    }
+    None
+}
+
 /// Whether `ip` is an address on the public internet: not loopback, private, link-local,
 /// shared (CGNAT), multicast, documentation, benchmarking or reserved, including IPv4
 /// addresses carried in IPv6 (mapped, NAT64, 6to4).

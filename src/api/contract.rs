@@ -4,6 +4,7 @@
 
 use super::pb::FILE_DESCRIPTOR_SET;
 use super::rest::path_template::PathTemplate;
+use crate::domain::tenancy::access::Owned;
 use crate::domain::tenancy::permissions;
 use anyhow::{Context, bail};
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, MethodDescriptor, Value};
@@ -34,14 +35,12 @@ pub enum ScopeField {
     Team(FieldDescriptor),
 }
 
-/// A resource that names its organization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owned {
-    /// `invitation_id`
-    Invitation,
-    /// `webhook_id`
-    Webhook,
-}
+/// The fields that name a resource whose organization is in scope.
+const OWNED_FIELDS: [(&str, Owned); 3] = [
+    ("invitation_id", Owned::Invitation),
+    ("webhook_id", Owned::Webhook),
+    ("integration_id", Owned::Integration),
+];
 
 /// What part of the request message the HTTP body carries.
 #[derive(Debug, Clone)]
@@ -161,9 +160,9 @@ fn read_rpc(pool: &DescriptorPool, method: MethodDescriptor) -> anyhow::Result<R
                 let field = string_field("organization_id")
                     .map(|field| ScopeField::Organization {
                         field,
-                        owned: string_field("invitation_id")
-                            .map(|owner| (owner, Owned::Invitation))
-                            .or_else(|| string_field("webhook_id").map(|owner| (owner, Owned::Webhook))),
+                        owned: OWNED_FIELDS.iter().find_map(|(name, owned)| {
+                            string_field(name).map(|owner| (owner, *owned))
+                        }),
                     })
                     .or_else(|| string_field("team_id").map(ScopeField::Team))
                     .with_context(|| {

@@ -8,14 +8,14 @@
 
 use super::contract::Contract;
 use super::pb::keel::file::v1::{UploadFileRequest, UploadHeader, upload_file_request};
-use super::rest::{Transcoder, render_reply};
+use super::rest::{Transcoder, grpc_frame, render_reply};
 use super::status::RestError;
 use crate::domain::files::{Download, FileService, SignedDownload};
 use crate::objects::content_disposition;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
@@ -46,12 +46,7 @@ fn bad_form(reason: &str, message: impl Into<String>) -> RestError {
 
 /// One message of a gRPC stream, framed.
 fn frame(part: upload_file_request::Part) -> Bytes {
-    let encoded = UploadFileRequest { part: Some(part) }.encode_to_vec();
-    let mut framed = BytesMut::with_capacity(encoded.len() + 5);
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
-    framed.put_slice(&encoded);
-    framed.freeze()
+    grpc_frame(&UploadFileRequest { part: Some(part) }.encode_to_vec())
 }
 
 async fn text(mut field: multer::Field<'static>) -> Result<String, RestError> {

@@ -8,7 +8,7 @@
 //! admitted `Access` travels on to the handler.
 
 use super::client_address::{ClientAddress, client_info};
-use super::contract::{AuthRule, Contract, Owned, ScopeField};
+use super::contract::{AuthRule, Contract, ScopeField};
 use super::metrics::Metrics;
 use super::status::to_status;
 use super::validation::RequestValidator;
@@ -545,10 +545,7 @@ fn scope_of(
                 _ => None,
             };
             let owner = match owned {
-                Some((owner, kind)) => named(owner)?.map(|id| match kind {
-                    Owned::Invitation => Scope::Invitation(id),
-                    Owned::Webhook => Scope::Webhook(id),
-                }),
+                Some((owner, owned)) => named(owner)?.map(|id| Scope::Owned(*owned, id)),
                 None => None,
             };
             match (named(field)?, header, owner) {

@@ -6,6 +6,8 @@ pub mod contract;
 mod files;
 mod grpc;
 mod guard;
+mod integrations;
+mod llm;
 mod metrics;
 pub mod openapi;
 pub mod pb;
@@ -22,7 +24,9 @@ use crate::domain::auth::AuthService;
 use crate::domain::dependencies::DependencyService;
 use crate::domain::files::FileService;
 use crate::domain::health::HealthProbe;
+use crate::domain::integrations::IntegrationService;
 use crate::domain::jobs::{DeadLetterService, JobMonitor, JobMonitorService};
+use crate::domain::llm::LlmService;
 use crate::domain::mail::Outbox;
 use crate::domain::notifications::NotificationService;
 use crate::domain::password::PasswordPolicy;
@@ -55,9 +59,11 @@ use pb::keel::auth::v1::o_auth_service_server::OAuthServiceServer;
 use pb::keel::auth::v1::passkey_service_server::PasskeyServiceServer;
 use pb::keel::file::v1::file_service_server::FileServiceServer;
 use pb::keel::flag::v1::feature_flag_service_server::FeatureFlagServiceServer;
+use pb::keel::integration::v1::integration_service_server::IntegrationServiceServer;
 use pb::keel::invitation::v1::invitation_service_server::InvitationServiceServer;
 use pb::keel::job::v1::dead_letter_service_server::DeadLetterServiceServer;
 use pb::keel::job::v1::job_service_server::JobServiceServer;
+use pb::keel::llm::v1::llm_service_server::LlmServiceServer;
 use pb::keel::notification::v1::notification_service_server::NotificationServiceServer;
 use pb::keel::organization::v1::organization_service_server::OrganizationServiceServer;
 use pb::keel::quota::v1::quota_service_server::QuotaServiceServer;
@@ -100,6 +106,8 @@ pub struct ApiDependencies {
     pub dead_letters: Arc<DeadLetterService>,
     pub audit: Arc<AuditService>,
     pub webhooks: Arc<WebhookService>,
+    pub integrations: Arc<IntegrationService>,
+    pub llm: Arc<LlmService>,
     pub notifications: Arc<NotificationService>,
     pub files: Arc<FileService>,
     pub hub: Arc<Hub>,
@@ -245,6 +253,12 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         .add(WebhookServiceServer::new(grpc::WebhookApi::new(
             dependencies.webhooks.clone(),
         )))
+        .add(IntegrationServiceServer::new(grpc::IntegrationApi::new(
+            dependencies.integrations.clone(),
+        )))
+        .add(LlmServiceServer::new(grpc::LlmApi::new(
+            dependencies.llm.clone(),
+        )))
         .add(NotificationServiceServer::new(grpc::NotificationApi::new(
             dependencies.notifications.clone(),
         )))
@@ -310,6 +324,8 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
             ("/api/v1/files/*/content", "GET"),
             ("/api/v1/ws", "GET"),
             ("/api/v1/events/stream", "GET"),
+            ("/api/v1/integrations/*/events", "POST"),
+            ("/api/v1/webhooks/*", "POST"),
         ],
     ));
     let openapi = openapi::document(
@@ -339,10 +355,33 @@ pub async fn router(dependencies: ApiDependencies) -> anyhow::Result<Router> {
         public_url: dependencies.public_url.clone(),
         max_file_bytes: dependencies.max_file_bytes,
     });
+    let integration_door = Arc::new(integrations::IntegrationDoor {
+        transcoder: transcoder.clone(),
+        max_payload_bytes: dependencies.integrations.max_payload_bytes(),
+    });
     let router = Router::new()
         .route(
             "/api/{*path}",
             any(rest::handle).with_state(transcoder.clone()),
+        )
+        .route(
+            "/api/v1/llm/chat/completions",
+            post(llm::chat_completions).with_state(transcoder.clone()),
+        )
+        // Inbound messages beside the transcoded routes on the same paths.
+        .route(
+            "/api/v1/integrations/{integration_id}/events",
+            post(integrations::receive_by_id)
+                .with_state(integration_door.clone())
+                .fallback(rest::handle)
+                .with_state(transcoder.clone()),
+        )
+        .route(
+            "/api/v1/webhooks/{integration_type}",
+            post(integrations::receive_by_type)
+                .with_state(integration_door)
+                .fallback(rest::handle)
+                .with_state(transcoder.clone()),
         )
         .route(
             "/api/v1/files/upload",

@@ -72,6 +72,7 @@ pub fn document(contract: &Contract, public_url: &str, password_policy: &Passwor
     }
     let mut hand_written = realtime_operations().to_vec();
     hand_written.extend(generator.file_operations(contract));
+    hand_written.extend(generator.inbound_operations(contract));
     hand_written.extend(resumable_operations());
     for (path, method, operation) in hand_written {
         paths
@@ -768,6 +769,106 @@ impl Generator {
         vec![
             ("/api/v1/files/upload", "post", upload),
             ("/api/v1/files/{file_id}/content", "get", content),
+        ]
+    }
+}
+
+impl Generator {
+    /// The inbound doors of integrations: the body as sent, authenticated by a Standard
+    /// Webhooks signature or the integration's key (the `ReceiveIntegrationEvent` RPC).
+    fn inbound_operations(
+        &mut self,
+        contract: &Contract,
+    ) -> Vec<(&'static str, &'static str, Json)> {
+        let reply = contract
+            .rpcs
+            .iter()
+            .find(|rpc| {
+                rpc.grpc_path == "/keel.integration.v1.IntegrationService/ReceiveIntegrationEvent"
+            })
+            .map(|rpc| rpc.descriptor.output());
+        let Some(reply) = reply else {
+            return Vec::new();
+        };
+        let reply = self.message_ref(&reply, Direction::Response);
+        let header = |name: &str, schema: Json, description: &str| json!({ "name": name, "in": "header", "required": false, "schema": schema, "description": description });
+        let headers = [
+            header(
+                "webhook-id",
+                json!({ "type": "string", "maxLength": 200 }),
+                "The message's id, the same on every retry (required with a signature)",
+            ),
+            header(
+                "webhook-timestamp",
+                json!({ "type": "integer", "format": "int64" }),
+                "Unix seconds, within 5 minutes of Keel's clock",
+            ),
+            header(
+                "webhook-signature",
+                json!({ "type": "string", "maxLength": 2000 }),
+                "`v1,<base64 HMAC-SHA256 of \"id.timestamp.body\">` under the integration's secret",
+            ),
+        ];
+        let operation = |id: &str, summary: &str, path_parameter: Json| {
+            let mut parameters = vec![path_parameter];
+            parameters.extend(headers.iter().cloned());
+            json!({
+                "operationId": id,
+                "tags": ["IntegrationService"],
+                "summary": summary,
+                "description": "The body is taken as sent (JSON, or other UTF-8 text, up to \
+                    `KEEL_INTEGRATION_MAX_PAYLOAD_KIB`) and published as \
+                    `integration.event_received`. A message id is received once: a repeat \
+                    answers 202 with `duplicate: true`.",
+                "x-grpc-method": "/keel.integration.v1.IntegrationService/ReceiveIntegrationEvent",
+                "security": [{}, { "bearerAuth": [] }, { "apiKeyHeader": [] }],
+                "parameters": parameters,
+                "requestBody": {
+                    "required": false,
+                    "content": {
+                        "application/json": { "schema": {} },
+                        "text/plain": { "schema": { "type": "string" } }
+                    }
+                },
+                "responses": {
+                    "202": {
+                        "description": "Received (or received before)",
+                        "content": { "application/json": { "schema": reply } }
+                    },
+                    "400": error_response("A stale timestamp, a missing message id, or a body that is not what its type says"),
+                    "401": error_response("No such integration, or a wrong key or signature"),
+                    "409": error_response("The integration is turned off"),
+                    "413": error_response("Larger than KEEL_INTEGRATION_MAX_PAYLOAD_KIB"),
+                    "429": error_response("Too many calls from this address"),
+                    "default": error_response("Any other error: the HTTP status follows the gRPC code")
+                }
+            })
+        };
+        let by_id = operation(
+            "IntegrationService_ReceiveIntegrationEvent",
+            "Receives a message from an integration, signed or with its key",
+            json!({ "name": "integration_id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } }),
+        );
+        // The path is the webhooks' (`{webhook_id}`): OpenAPI allows one template per place,
+        // and here the segment is the integration's type.
+        let by_type = operation(
+            "IntegrationService_ReceiveIntegrationEventByType",
+            "Receives a message from an integration with its key (the original's route)",
+            json!({
+                "name": "webhook_id",
+                "in": "path",
+                "required": true,
+                "description": "The integration's type (`stripe`, `crm`…)",
+                "schema": { "type": "string", "pattern": "^[a-z][a-z0-9_-]{0,39}$" }
+            }),
+        );
+        vec![
+            (
+                "/api/v1/integrations/{integration_id}/events",
+                "post",
+                by_id,
+            ),
+            ("/api/v1/webhooks/{webhook_id}", "post", by_type),
         ]
     }
 }

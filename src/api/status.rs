@@ -248,14 +248,25 @@ fn render_any(detail: &prost_types::Any, pool: &DescriptorPool) -> Option<serde_
     Some(rendered)
 }
 
-impl IntoResponse for RestError {
-    fn into_response(self) -> Response {
-        let body = json!({
+impl RestError {
+    /// The error's body: `{code, message, reason, details}`.
+    pub fn json(&self) -> String {
+        self.body().to_string()
+    }
+
+    fn body(&self) -> serde_json::Value {
+        json!({
             "code": self.code as i32,
             "message": self.message,
             "reason": self.reason,
             "details": self.details,
-        });
+        })
+    }
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut response = (self.http_status, axum::Json(body)).into_response();
         response.headers_mut().extend(self.headers);
         if let Some(seconds) = self.retry_after_seconds {

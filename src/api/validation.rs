@@ -81,8 +81,8 @@ struct MessagePlan {
     fields: Vec<FieldPlan>,
     /// `(buf.validate.message).oneof`: at most one of these fields set (exactly one if required).
     oneofs: Vec<(Vec<FieldDescriptor>, bool)>,
-    /// Message fields whose own fields have rules, checked when set (violations are named
-    /// `outer.inner`).
+    /// Message fields (or lists of messages) whose own fields have rules, checked when set
+    /// (violations are named `outer.inner`, `outer[2].inner`).
     nested: Vec<(FieldDescriptor, MessagePlan)>,
 }
 
@@ -169,21 +169,31 @@ fn check_message(plan: &MessagePlan, message: &DynamicMessage, violations: &mut 
         check_field(message, plan, violations);
     }
     for (field, inner_plan) in &plan.nested {
-        let Some(inner) = message
-            .has_field(field)
-            .then(|| message.get_field(field))
-            .and_then(|value| value.as_message().cloned())
-        else {
+        if !message.has_field(field) {
             continue;
+        }
+        let value = message.get_field(field);
+        let inner: Vec<(String, &DynamicMessage)> = match value.as_ref() {
+            Value::List(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(index, item)| {
+                    Some((format!("{}[{index}]", field.name()), item.as_message()?))
+                })
+                .collect(),
+            Value::Message(inner) => vec![(field.name().to_owned(), inner)],
+            _ => Vec::new(),
         };
-        let mut inner_violations = Violations::default();
-        check_message(inner_plan, &inner, &mut inner_violations);
-        if let Err(error) = inner_violations.finish() {
-            for violation in error.violations {
-                violations.push(FieldViolation {
-                    field: format!("{}.{}", field.name(), violation.field),
-                    ..violation
-                });
+        for (path, inner) in inner {
+            let mut inner_violations = Violations::default();
+            check_message(inner_plan, inner, &mut inner_violations);
+            if let Err(error) = inner_violations.finish() {
+                for violation in error.violations {
+                    violations.push(FieldViolation {
+                        field: format!("{path}.{}", violation.field),
+                        ..violation
+                    });
+                }
             }
         }
     }
@@ -215,9 +225,9 @@ fn compile(message: &MessageDescriptor) -> anyhow::Result<MessagePlan> {
             let inner_plan = compile(&inner)
                 .with_context(|| format!("the nested message {}", inner.full_name()))?;
             if !inner_plan.is_empty() {
-                if field.is_list() || field.is_map() {
+                if field.is_map() {
                     bail!(
-                        "rules inside the repeated message {} are not supported",
+                        "rules inside the map values {} are not supported",
                         inner.full_name()
                     );
                 }
@@ -268,6 +278,12 @@ fn compile(message: &MessageDescriptor) -> anyhow::Result<MessagePlan> {
                 if !only_defined {
                     bail!("only defined_only is supported ({})", context());
                 }
+                None
+            }
+            (Some(field_rules::Type::Repeated(repeated)), Kind::Message(_), true)
+                if repeated.items.is_none() =>
+            {
+                supported_repeated_rules(repeated).with_context(context)?;
                 None
             }
             (Some(field_rules::Type::Repeated(repeated)), Kind::String, true) => {

@@ -170,6 +170,8 @@ pub enum Missing {
     Team,
     TeamMember,
     Invitation,
+    Integration,
+    LlmProvider,
     Role,
     DeadLetter,
     AuditEntry,
@@ -193,6 +195,14 @@ impl From<Missing> for Error {
             Missing::Team => ("TEAM_NOT_FOUND", "no such team"),
             Missing::TeamMember => ("TEAM_MEMBER_NOT_FOUND", "no such member in this team"),
             Missing::Invitation => ("INVITATION_NOT_FOUND", "no such invitation"),
+            Missing::LlmProvider => (
+                "LLM_PROVIDER_NOT_FOUND",
+                "no such LLM provider in this organization",
+            ),
+            Missing::Integration => (
+                "INTEGRATION_NOT_FOUND",
+                "no such integration in this organization",
+            ),
             Missing::Role => ("ROLE_NOT_FOUND", "no such role in this organization"),
             Missing::DeadLetter => ("DEAD_LETTER_NOT_FOUND", "no such dead letter"),
             Missing::AuditEntry => ("AUDIT_LOG_NOT_FOUND", "no such audit log entry"),

@@ -216,12 +216,27 @@ catalog! {
         "A file was deleted: no longer listed or served, its bytes released.";
     FileUploaded = "file.uploaded", FileData, Success,
         "A file was uploaded (personal, or an organization's).";
+    IntegrationCreated = "integration.created", IntegrationData, Success,
+        "An integration was created; its secret is never part of an event.";
+    IntegrationDeleted = "integration.deleted", IntegrationData, Success,
+        "An integration was deleted with the messages it sent.";
+    IntegrationEventReceived = "integration.event_received", IntegrationMessageData, Success,
+        "An integration sent a message, authenticated by its signature or key (`payload`: the \
+         body, as JSON when it was sent as JSON, else as text).";
+    IntegrationSecretRegenerated = "integration.secret_regenerated", IntegrationData, Success,
+        "An integration's secret was replaced; the old one stopped working.";
+    IntegrationUpdated = "integration.updated", IntegrationData, Success,
+        "An integration's name or description changed, or it was turned on or off.";
     InvitationAccepted = "invitation.accepted", InvitationData, Success,
         "An invitation was accepted: its invitee is now a member.";
     InvitationCreated = "invitation.created", InvitationData, Success,
         "Someone was invited to an organization by email.";
     InvitationRevoked = "invitation.revoked", InvitationData, Success,
         "A pending invitation was revoked.";
+    LlmProviderDeleted = "llm.provider_deleted", LlmProviderData, Success,
+        "An organization removed an LLM provider.";
+    LlmProviderSet = "llm.provider_set", LlmProviderData, Success,
+        "An organization added or changed an LLM provider; its key is never part of an event.";
     MemberAdded = "member.added", MemberData, Success,
         "A user became a member of an organization.";
     MemberRemoved = "member.removed", MemberData, Success,
@@ -831,6 +846,95 @@ impl EventData for WebhookData {
     const SUBJECT: &'static str = "webhook";
     fn subject_id(&self) -> String {
         self.webhook_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IntegrationData {
+    pub integration_id: Uuid,
+    pub organization_id: Uuid,
+    pub name: String,
+    pub integration_type: String,
+    pub is_active: bool,
+}
+
+impl From<&super::integrations::Integration> for IntegrationData {
+    fn from(integration: &super::integrations::Integration) -> Self {
+        Self {
+            integration_id: integration.id,
+            organization_id: integration.organization_id,
+            name: integration.name.clone(),
+            integration_type: integration.integration_type.clone(),
+            is_active: integration.is_active,
+        }
+    }
+}
+
+impl EventData for IntegrationData {
+    const SUBJECT: &'static str = "integration";
+    fn subject_id(&self) -> String {
+        self.integration_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+/// A message an integration sent.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct IntegrationMessageData {
+    pub integration_id: Uuid,
+    pub organization_id: Uuid,
+    pub integration_type: String,
+    /// The sender's message id (`webhook-id`), or one Keel gave it.
+    pub message_id: String,
+    pub content_type: String,
+    /// `signature` or `key`.
+    pub authenticated_by: String,
+    /// The body: as JSON when it was sent as JSON, else as text.
+    pub payload: serde_json::Value,
+}
+
+impl EventData for IntegrationMessageData {
+    const SUBJECT: &'static str = "integration";
+    fn subject_id(&self) -> String {
+        self.integration_id.to_string()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct LlmProviderData {
+    pub organization_id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub models: Vec<String>,
+    pub is_default: bool,
+}
+
+impl From<&super::llm::LlmProvider> for LlmProviderData {
+    fn from(provider: &super::llm::LlmProvider) -> Self {
+        Self {
+            organization_id: provider.organization_id,
+            name: provider.name.clone(),
+            kind: provider.kind.as_str().to_owned(),
+            base_url: provider.base_url.clone(),
+            models: provider.models.clone(),
+            is_default: provider.is_default,
+        }
+    }
+}
+
+impl EventData for LlmProviderData {
+    const SUBJECT: &'static str = "llm_provider";
+    fn subject_id(&self) -> String {
+        self.name.clone()
     }
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)

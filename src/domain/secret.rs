@@ -16,6 +16,21 @@ pub fn generate() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// What a Standard Webhooks secret starts with.
+pub const SIGNING_SECRET_PREFIX: &str = "whsec_";
+
+/// A new Standard Webhooks secret (webhooks', integrations'): what its holder is shown once
+/// (`whsec_<base64>`), and the raw key that signs.
+pub fn signing_secret() -> (String, Vec<u8>) {
+    let mut raw = vec![0u8; 24];
+    rand::rng().fill_bytes(&mut raw);
+    let shown = format!(
+        "{SIGNING_SECRET_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(&raw)
+    );
+    (shown, raw)
+}
+
 /// Keyed digests under the instance's secret key, for values stored where a database copy
 /// alone must not be enough to test guesses against them.
 pub trait Keyring: Send + Sync {

@@ -1,6 +1,7 @@
 //! Display text from callers (names, descriptions): trimmed of ASCII white space, at most so
 //! many characters, and no control characters but line feeds. The protos state the same rule
-//! as `buf.validate` patterns, so the contract and the domain agree on every input.
+//! as `buf.validate` patterns, so the contract and the domain agree on every input. Also the
+//! URLs of endpoints callers name (webhooks, LLM providers).
 
 use super::error::FieldViolation;
 use std::borrow::Cow;
@@ -34,9 +35,41 @@ pub fn bounded_text(
     Ok(text.to_owned())
 }
 
+/// An http(s) URL in ASCII, as the contract's pattern states it: the host of letters,
+/// digits and `._~%:[]-` (no `user:password@`), then anything printable.
+pub fn http_url(field: &str, raw: &str) -> std::result::Result<String, FieldViolation> {
+    let url = raw.trim();
+    let invalid = || {
+        FieldViolation::new(
+            field,
+            "INVALID_URL",
+            "must be an http:// or https:// URL in ASCII (a punycode host), without user:password@",
+        )
+    };
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("http://") {
+        &url[7..]
+    } else {
+        return Err(invalid());
+    };
+    let host_length = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, tail) = rest.split_at(host_length);
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"._~%:[]-".contains(&byte));
+    let tail_ok = tail.bytes().all(|byte| (b'!'..=b'~').contains(&byte));
+    if !host_ok || !tail_ok || url.len() > 2000 {
+        return Err(invalid());
+    }
+    Ok(url.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Blank, bounded_text};
+    use super::{Blank, bounded_text, http_url};
 
     #[test]
     fn text_is_trimmed_bounded_and_free_of_control_characters() {
@@ -49,5 +82,20 @@ mod tests {
         }
         let optional = bounded_text("description", "INVALID_DESCRIPTION", " ", 5, Blank::Allowed);
         assert_eq!(optional, Ok(String::new()));
+    }
+
+    #[test]
+    fn urls_are_http_with_a_host() {
+        assert!(http_url("url", " https://hooks.example.com/keel ").is_ok());
+        assert!(http_url("url", "http://127.0.0.1:9000/x").is_ok());
+        for bad in [
+            "ftp://example.com",
+            "https://",
+            "https://user:pass@example.com/",
+            "example.com/hook",
+            "https://exa mple.com",
+        ] {
+            assert!(http_url("url", bad).is_err(), "{bad}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::domain::dependencies::DependencyService;
 use crate::domain::error::{Error, Result};
 use crate::domain::files::FileService;
 use crate::domain::health::HealthProbe;
+use crate::domain::integrations::IntegrationService;
 use crate::domain::jobs::{
     DeadLetterService, JobMonitor, JobQueue, JobSummary, Lease, LeaseStore, MAIL_JOB,
 };
@@ -404,6 +405,7 @@ pub struct JobContext {
     /// Where the dispatcher's lease is kept.
     pub leases: Arc<dyn LeaseStore>,
     pub webhooks: Arc<WebhookService>,
+    pub integrations: Arc<IntegrationService>,
     pub files: Arc<FileService>,
     pub audit: Arc<AuditService>,
     /// `None` keeps the audit log forever.
@@ -534,7 +536,8 @@ impl PollStrategy for Every {
     }
 }
 
-/// Ended sessions stay listable (`include_inactive`), and ended invitations listed, this long.
+/// Ended sessions stay listable (`include_inactive`), ended invitations listed, and finished
+/// webhook deliveries and messages received from integrations kept, this long.
 const ENDED_RETENTION_DAYS: i64 = 30;
 /// Finished jobs stay in the job store this long (`keel_jobs` in /metrics counts them).
 const FINISHED_JOB_RETENTION_DAYS: i64 = 7;
@@ -568,6 +571,10 @@ async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynErr
     let purged = context.webhooks.purge_finished(finished).await?;
     if purged > 0 {
         tracing::info!(purged, "finished webhook deliveries purged");
+    }
+    let purged = context.integrations.purge_received(finished).await?;
+    if purged > 0 {
+        tracing::info!(purged, "messages received from integrations purged");
     }
     let expired = context.files.expire_uploads().await?;
     if expired > 0 {

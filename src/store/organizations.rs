@@ -6,6 +6,7 @@ use super::events::{execute_with_events, insert_events};
 use super::{BeginWrite, SqlStore, database_error, insert_member_roles, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::events::Event;
+use crate::domain::tenancy::access::Owned;
 use crate::domain::tenancy::permissions::{PermissionSet, RoleKey, SystemRole};
 use crate::domain::tenancy::quotas::members_full;
 use crate::domain::tenancy::{
@@ -633,23 +634,14 @@ impl OrganizationStore for SqlStore {
         Ok(found.map(|(organization_id,)| organization_id))
     }
 
-    async fn find_invitation_organization(&self, invitation_id: Uuid) -> Result<Option<Uuid>> {
+    async fn find_owning_organization(&self, owned: Owned, id: Uuid) -> Result<Option<Uuid>> {
+        let sql = match owned {
+            Owned::Invitation => "SELECT organization_id FROM invitations WHERE id = $1",
+            Owned::Webhook => "SELECT organization_id FROM webhooks WHERE id = $1",
+            Owned::Integration => "SELECT organization_id FROM integrations WHERE id = $1",
+        };
         let found: Option<(Uuid,)> = with_pool!(self, pool => {
-            sqlx::query_as("SELECT organization_id FROM invitations WHERE id = $1")
-                .bind(invitation_id)
-                .fetch_optional(pool)
-                .await
-        })
-        .map_err(database_error)?;
-        Ok(found.map(|(organization_id,)| organization_id))
-    }
-
-    async fn find_webhook_organization(&self, webhook_id: Uuid) -> Result<Option<Uuid>> {
-        let found: Option<(Uuid,)> = with_pool!(self, pool => {
-            sqlx::query_as("SELECT organization_id FROM webhooks WHERE id = $1")
-                .bind(webhook_id)
-                .fetch_optional(pool)
-                .await
+            sqlx::query_as(sql).bind(id).fetch_optional(pool).await
         })
         .map_err(database_error)?;
         Ok(found.map(|(organization_id,)| organization_id))

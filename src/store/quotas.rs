@@ -13,6 +13,7 @@ struct LimitsRow {
     max_api_calls_per_month: i64,
     max_file_uploads_per_day: i64,
     max_file_size_bytes: i64,
+    max_llm_tokens_per_month: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -36,7 +37,7 @@ impl QuotaStore for SqlStore {
         let row: Option<LimitsRow> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT max_users, max_storage_bytes, max_api_calls_per_month, \
-                 max_file_uploads_per_day, max_file_size_bytes \
+                 max_file_uploads_per_day, max_file_size_bytes, max_llm_tokens_per_month \
                  FROM organization_quotas WHERE organization_id = $1",
             )
             .bind(organization_id)
@@ -50,6 +51,7 @@ impl QuotaStore for SqlStore {
             max_api_calls_per_month: row.max_api_calls_per_month,
             max_file_uploads_per_day: row.max_file_uploads_per_day,
             max_file_size_bytes: row.max_file_size_bytes,
+            max_llm_tokens_per_month: row.max_llm_tokens_per_month,
         }))
     }
 
@@ -63,12 +65,13 @@ impl QuotaStore for SqlStore {
             sqlx::query(
                 "INSERT INTO organization_quotas (organization_id, max_users, max_storage_bytes, \
                  max_api_calls_per_month, max_file_uploads_per_day, max_file_size_bytes, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 max_llm_tokens_per_month, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
                  ON CONFLICT (organization_id) DO UPDATE SET max_users = excluded.max_users, \
                  max_storage_bytes = excluded.max_storage_bytes, \
                  max_api_calls_per_month = excluded.max_api_calls_per_month, \
                  max_file_uploads_per_day = excluded.max_file_uploads_per_day, \
                  max_file_size_bytes = excluded.max_file_size_bytes, \
+                 max_llm_tokens_per_month = excluded.max_llm_tokens_per_month, \
                  updated_at = excluded.updated_at",
             )
             .bind(organization_id)
@@ -77,6 +80,7 @@ impl QuotaStore for SqlStore {
             .bind(limits.max_api_calls_per_month)
             .bind(limits.max_file_uploads_per_day)
             .bind(limits.max_file_size_bytes)
+            .bind(limits.max_llm_tokens_per_month)
             .bind(now)
             .execute(pool)
             .await

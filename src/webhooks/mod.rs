@@ -7,7 +7,7 @@
 //! sending, names in the resolver. `allow_private` lifts the guard for development and tests.
 
 use crate::domain::webhooks::{Answer, EXCERPT_BYTES, Outgoing, SendFailure, WebhookSender};
-use crate::outbound::{GuardedResolver, PrivateTarget, check_literal};
+use crate::outbound::{GuardedResolver, check_literal, refused_by_guard};
 use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -68,18 +68,6 @@ pub fn signatures(message_id: &str, timestamp: i64, body: &str, secrets: &[Vec<u
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Whether a failed request failed on the guard (never worth retrying).
-fn refused_by_guard(error: &reqwest::Error) -> Option<String> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if let Some(refused) = current.downcast_ref::<PrivateTarget>() {
-            return Some(refused.to_string());
-        }
-        source = current.source();
-    }
-    None
 }
 
 #[async_trait::async_trait]

@@ -95,6 +95,14 @@ headers = {{ Authorization = "Bearer {other}" }}
 include-name-regex = "^(POST /api/v1/auth/(verify-email|reset-password|magic-link/verify)|POST /api/v1/totp/(enable|disable|backup-codes)|PUT /api/v1/users/me/password)$"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 
+# The fuzzing instance has no LLM provider: a well-formed completion is refused as a
+# precondition (409 NO_LLM_PROVIDER). Too many messages can make a body longer than the
+# server takes (413) before its fields are read.
+[[operations]]
+include-name = "POST /api/v1/llm/chat/completions"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+checks.negative_data_rejection.expected-statuses = ["400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"]
+
 # Random bytes are rarely a type Keel accepts, a download URL is signed by the server, and the
 # thumbnail sizes are the server's configuration: a well-formed upload may be refused by its
 # contents (415), a well-formed URL by its signature, a well-formed size as not configured.

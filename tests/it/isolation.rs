@@ -134,6 +134,54 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "webhook_id": "{webhook}" }),
         ),
         (
+            "keel.integration.v1.IntegrationService/CreateIntegration",
+            json!({ "organization_id": org, "name": "evil", "integration_type": "evil" }),
+        ),
+        (
+            "keel.integration.v1.IntegrationService/ListIntegrations",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.integration.v1.IntegrationService/GetIntegration",
+            json!({ "integration_id": "{integration}" }),
+        ),
+        (
+            "keel.integration.v1.IntegrationService/UpdateIntegration",
+            json!({ "integration_id": "{integration}", "is_active": false }),
+        ),
+        (
+            "keel.integration.v1.IntegrationService/DeleteIntegration",
+            json!({ "integration_id": "{integration}" }),
+        ),
+        (
+            "keel.integration.v1.IntegrationService/RegenerateIntegrationSecret",
+            json!({ "integration_id": "{integration}" }),
+        ),
+        (
+            "keel.integration.v1.IntegrationService/ListIntegrationEvents",
+            json!({ "integration_id": "{integration}" }),
+        ),
+        (
+            "keel.llm.v1.LlmService/CreateChatCompletion",
+            json!({ "organization_id": org, "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
+        (
+            "keel.llm.v1.LlmService/StreamChatCompletion",
+            json!({ "organization_id": org, "messages": [{ "role": "user", "content": "hi" }] }),
+        ),
+        (
+            "keel.llm.v1.LlmService/ListLlmProviders",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.llm.v1.LlmService/SetLlmProvider",
+            json!({ "organization_id": org, "name": "evil", "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-evil" }),
+        ),
+        (
+            "keel.llm.v1.LlmService/DeleteLlmProvider",
+            json!({ "organization_id": org, "name": "main" }),
+        ),
+        (
             "keel.audit.v1.AuditLogService/ListOrganizationAuditLogs",
             json!({ "organization_id": org }),
         ),
@@ -343,8 +391,14 @@ async fn call_grpc(
     }
 }
 
-/// The REST status of every route of the RPC (its aliases too), which must all agree.
-async fn call_rest(app: &TestApp, rpc: &Rpc, body: &Value, credential: &Credential<'_>) -> u16 {
+/// The REST status of every route of the RPC (its aliases too), which must all agree; `None`
+/// for an RPC without routes (a stream served over REST by its own door).
+async fn call_rest(
+    app: &TestApp,
+    rpc: &Rpc,
+    body: &Value,
+    credential: &Credential<'_>,
+) -> Option<u16> {
     let mut statuses = Vec::new();
     for binding in &rpc.bindings {
         statuses.push((
@@ -352,13 +406,13 @@ async fn call_rest(app: &TestApp, rpc: &Rpc, body: &Value, credential: &Credenti
             call_route(app, binding, body, credential).await,
         ));
     }
-    let first = statuses[0].1;
+    let first = statuses.first()?.1;
     assert!(
         statuses.iter().all(|(_, status)| *status == first),
         "{}: {statuses:?}",
         rpc.grpc_path
     );
-    first
+    Some(first)
 }
 
 async fn call_route(
@@ -424,6 +478,8 @@ async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -
         format!("/api/v1/organizations/{org}/teams"),
         format!("/api/v1/teams/{team}/members"),
         format!("/api/v1/webhooks?organization_id={org}"),
+        format!("/api/v1/integrations?organization_id={org}"),
+        format!("/api/v1/organizations/{org}/llm/providers"),
         format!("/api/v1/organizations/{org}/sso"),
         format!("/api/v1/organizations/{org}/sso/domains"),
         format!("/api/v1/organizations/{org}/ip-restrictions"),
@@ -539,6 +595,30 @@ async fn no_tenant_reaches_another(backend: Backend) {
         )
         .await;
     assert_eq!(status, 201, "{domain}");
+    let (status, integration) = app
+        .rest(
+            Method::POST,
+            "/api/v1/integrations",
+            &alice.access,
+            Some(json!({ "organization_id": org_a, "name": "CRM", "integration_type": "crm" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{integration}");
+    let integration_a = integration["integration"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, provider) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/v1/organizations/{org_a}/llm/providers/main"),
+            &alice.access,
+            Some(
+                json!({ "kind": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-a" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{provider}");
     // Last, so that no event of the setup is delivered (to a port that discards it anyway).
     let (status, webhook) = app
         .rest(
@@ -561,6 +641,7 @@ async fn no_tenant_reaches_another(backend: Backend) {
         ("role", role_a.clone()),
         ("invitation", invitation_a.clone()),
         ("webhook", webhook_a.clone()),
+        ("integration", integration_a.clone()),
         ("owner", alice_id.clone()),
         ("attacker", mallory_id.clone()),
     ]);
@@ -585,19 +666,23 @@ async fn no_tenant_reaches_another(backend: Backend) {
                 Code::NotFound,
                 "gRPC {name}"
             );
-            assert_eq!(
-                call_rest(&app, rpc, &victim, &credential).await,
-                404,
-                "REST {name}"
-            );
+            if let Some(status) = call_rest(&app, rpc, &victim, &credential).await {
+                assert_eq!(status, 404, "REST {name}");
+            }
         }
         // A's roles, invitations and members addressed through B's own organization id:
         // every query filters by the organization, so they are not found there.
         let text = template.to_string();
         if template.get("organization_id").is_some()
-            && ["{role}", "{invitation}", "{owner}", "{webhook}"]
-                .iter()
-                .any(|id| text.contains(id))
+            && [
+                "{role}",
+                "{invitation}",
+                "{owner}",
+                "{webhook}",
+                "{integration}",
+            ]
+            .iter()
+            .any(|id| text.contains(id))
         {
             let mut confused = victim.clone();
             confused["organization_id"] = json!(org_b);
@@ -607,11 +692,9 @@ async fn no_tenant_reaches_another(backend: Backend) {
                 Code::NotFound,
                 "gRPC {name} through B"
             );
-            assert_eq!(
-                call_rest(&app, rpc, &confused, &owner_b).await,
-                404,
-                "REST {name} through B"
-            );
+            if let Some(status) = call_rest(&app, rpc, &confused, &owner_b).await {
+                assert_eq!(status, 404, "REST {name} through B");
+            }
         }
         // A's viewer, for everything beyond reading.
         let permission = match &rpc.auth {
@@ -625,11 +708,9 @@ async fn no_tenant_reaches_another(backend: Backend) {
                 Code::PermissionDenied,
                 "gRPC {name} by a viewer"
             );
-            assert_eq!(
-                call_rest(&app, rpc, &victim, &credential).await,
-                403,
-                "REST {name} by a viewer"
-            );
+            if let Some(status) = call_rest(&app, rpc, &victim, &credential).await {
+                assert_eq!(status, 403, "REST {name} by a viewer");
+            }
         }
         tried += 1;
     }

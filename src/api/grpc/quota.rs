@@ -24,6 +24,7 @@ fn limits_to_proto(limits: quotas::QuotaLimits) -> QuotaLimits {
         max_api_calls_per_month: limits.max_api_calls_per_month,
         max_file_uploads_per_day: limits.max_file_uploads_per_day,
         max_file_size_bytes: limits.max_file_size_bytes,
+        max_llm_tokens_per_month: limits.max_llm_tokens_per_month,
     }
 }
 
@@ -63,6 +64,7 @@ impl QuotaService for QuotaApi {
             max_api_calls_per_month: body.max_api_calls_per_month,
             max_file_uploads_per_day: body.max_file_uploads_per_day,
             max_file_size_bytes: body.max_file_size_bytes,
+            max_llm_tokens_per_month: body.max_llm_tokens_per_month,
         };
         let limits = self
             .quotas

@@ -47,8 +47,8 @@ pub struct Transcoder {
     contract: Arc<Contract>,
     grpc: GrpcStack,
     max_body_bytes: usize,
-    /// Routes under `/api/` served by hand (streams, uploads), for `OPTIONS`: a path with `*`
-    /// for one segment, and its methods.
+    /// Routes under `/api/` served by hand (streams, uploads, inbound messages), for `Allow`:
+    /// a path with `*` for one segment, and a method.
     doors: Vec<(&'static str, &'static str)>,
 }
 
@@ -91,31 +91,74 @@ impl Transcoder {
         Err(RestError::method_not_allowed(
             method,
             path,
-            &allowed_methods(&best),
+            &self.allowed_methods(path, &best),
         ))
+    }
+
+    /// The methods `path` answers: those of the most specific templates matching it (literal
+    /// segments win over variables), whether bindings or doors served by hand.
+    fn allowed_methods<'a>(&'a self, path: &str, matches: &[Matched<'a>]) -> Vec<&'a str> {
+        let binding_score = matches
+            .first()
+            .and_then(|matched| matched.binding.template.matches(path))
+            .map(|(score, _)| score);
+        let doors = self.matching_doors(path);
+        let best = doors
+            .iter()
+            .map(|(score, _)| score)
+            .chain(&binding_score)
+            .max();
+        let mut allowed: Vec<&str> = doors
+            .iter()
+            .filter(|(score, _)| Some(score) == best)
+            .map(|(_, method)| *method)
+            .collect();
+        if binding_score.as_ref() == best {
+            allowed.extend(
+                matches
+                    .iter()
+                    .map(|matched| matched.binding.method.as_str()),
+            );
+        }
+        allowed.sort_unstable();
+        allowed.dedup();
+        allowed
+    }
+
+    /// The doors whose pattern matches `path`, with their scores (a literal segment, true, wins
+    /// over `*`), as templates are scored.
+    fn matching_doors(&self, path: &str) -> Vec<(Vec<bool>, &'static str)> {
+        let segments = |text: &'static str| text.split('/');
+        self.doors
+            .iter()
+            .filter(|(pattern, _)| {
+                segments(pattern).count() == path.split('/').count()
+                    && segments(pattern)
+                        .zip(path.split('/'))
+                        .all(|(expected, actual)| expected == "*" || expected == actual)
+            })
+            .map(|(pattern, method)| {
+                // Scored past the leading empty segment, as templates are.
+                let score = segments(pattern).skip(1).map(|segment| segment != "*");
+                (score.collect(), *method)
+            })
+            .collect()
+    }
+
+    /// Whether a binding more specific than `method`'s door serves `path` (`GET
+    /// /api/v1/webhooks/events` beside the door `POST /api/v1/webhooks/*`): the door then
+    /// leaves the path to the transcoder.
+    pub(in crate::api) fn outranks_door(&self, method: &str, path: &str) -> bool {
+        let matches = self.best_matches(path);
+        !self.allowed_methods(path, &matches).contains(&method)
     }
 
     /// A plain `OPTIONS` (not a CORS preflight): 204 with the path's methods in `Allow`.
     pub fn options(&self, path: &str) -> Response {
-        let segments = |text: &'static str| text.split('/');
-        let door = self.doors.iter().find(|(pattern, _)| {
-            segments(pattern).count() == path.split('/').count()
-                && segments(pattern)
-                    .zip(path.split('/'))
-                    .all(|(expected, actual)| expected == "*" || expected == actual)
-        });
-        if let Some((_, methods)) = door {
-            return (
-                StatusCode::NO_CONTENT,
-                [(header::ALLOW, format!("{methods}, OPTIONS"))],
-            )
-                .into_response();
-        }
-        let best = self.best_matches(path);
-        if best.is_empty() {
+        let mut allowed = self.allowed_methods(path, &self.best_matches(path));
+        if allowed.is_empty() {
             return RestError::not_found_route(path).into_response();
         }
-        let mut allowed = allowed_methods(&best);
         allowed.push("OPTIONS");
         (
             StatusCode::NO_CONTENT,
@@ -153,21 +196,52 @@ impl Transcoder {
 
     async fn handle(&self, request: axum::extract::Request) -> Result<Response, RestError> {
         let (parts, body) = request.into_parts();
-        let matched = self.route(&parts.method, parts.uri.path())?;
         let body = self.read_body(body).await?;
+        self.answer(&parts, &body).await
+    }
+
+    /// Answers a request whose body was read.
+    pub(in crate::api) async fn answer(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Response, RestError> {
+        let (matched, message) = self.request_message(parts, body)?;
+        let reply = self.dispatch(matched.rpc, parts, message).await?;
+        render_reply(matched.rpc, matched.binding.response_body.as_ref(), reply)
+    }
+
+    /// The binding a request matches and the RPC's request message it makes.
+    fn request_message(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<(Matched<'_>, DynamicMessage), RestError> {
+        let matched = self.route(&parts.method, parts.uri.path())?;
         let message = request::build_message(
             &matched.rpc.descriptor.input(),
             matched.binding,
             &matched.captures,
             parts.uri.query().unwrap_or(""),
             parts.headers.get(header::CONTENT_TYPE),
-            &body,
+            body,
         )?;
-        let reply = self.dispatch(matched.rpc, &parts, message).await?;
-        render_reply(matched.rpc, matched.binding.response_body.as_ref(), reply)
+        Ok((matched, message))
     }
 
-    async fn read_body(&self, body: axum::body::Body) -> Result<Bytes, RestError> {
+    /// The request message the binding of `parts` makes of `body`, encoded.
+    pub(in crate::api) fn encoded_message(
+        &self,
+        parts: &http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Vec<u8>, RestError> {
+        Ok(self.request_message(parts, body)?.1.encode_to_vec())
+    }
+
+    pub(in crate::api) async fn read_body(
+        &self,
+        body: axum::body::Body,
+    ) -> Result<Bytes, RestError> {
         match Limited::new(body, self.max_body_bytes).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
@@ -193,23 +267,18 @@ impl Transcoder {
         parts: &http::request::Parts,
         message: DynamicMessage,
     ) -> Result<Reply, RestError> {
-        let encoded = message.encode_to_vec();
-        let mut framed = BytesMut::with_capacity(encoded.len() + 5);
-        framed.put_u8(0);
-        framed.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
-        framed.put_slice(&encoded);
-        let body = tonic::body::Body::new(Full::new(framed.freeze()));
+        let body = tonic::body::Body::new(Full::new(grpc_frame(&message.encode_to_vec())));
         self.call(rpc, parts, body).await
     }
 
-    /// Calls `rpc` with a body of gRPC frames, as a gRPC client would, through the guarded
-    /// stack; answers the reply's one message.
-    pub(in crate::api) async fn call(
+    /// `rpc` called with a body of gRPC frames, as a gRPC client would call it through the
+    /// guarded stack, with the headers REST passes on.
+    async fn send(
         &self,
         rpc: &Rpc,
         parts: &http::request::Parts,
         body: tonic::body::Body,
-    ) -> Result<Reply, RestError> {
+    ) -> Result<http::Response<tonic::body::Body>, RestError> {
         let mut inner = http::Request::builder()
             .method(http::Method::POST)
             .uri(rpc.grpc_path.as_str())
@@ -231,8 +300,43 @@ impl Transcoder {
         let inner = inner
             .body(body)
             .map_err(|error| internal(format!("building the inner request: {error}")))?;
-
         let Ok(response) = self.grpc.clone().oneshot(inner).await;
+        Ok(response)
+    }
+
+    /// Calls a server-streaming `rpc`; answers its messages as they come, or the error it
+    /// answered at once.
+    pub(in crate::api) async fn call_streaming<M: prost::Message + Default + Send + 'static>(
+        &self,
+        rpc: &Rpc,
+        parts: &http::request::Parts,
+        body: tonic::body::Body,
+    ) -> Result<tonic::Streaming<M>, RestError> {
+        let response = self.send(rpc, parts, body).await?;
+        if let Some(status) = tonic::Status::from_header_map(response.headers())
+            && status.code() != Code::Ok
+        {
+            return Err(RestError::from_status(&status, &self.contract.pool));
+        }
+        let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<M, M>::default());
+        Ok(tonic::Streaming::new_response(
+            decoder,
+            response.into_body(),
+            StatusCode::OK,
+            None,
+            None,
+        ))
+    }
+
+    /// Calls `rpc` with a body of gRPC frames through the guarded stack; answers the reply's
+    /// one message.
+    pub(in crate::api) async fn call(
+        &self,
+        rpc: &Rpc,
+        parts: &http::request::Parts,
+        body: tonic::body::Body,
+    ) -> Result<Reply, RestError> {
+        let response = self.send(rpc, parts, body).await?;
         let (response_parts, body) = response.into_parts();
         let collected = body
             .collect()
@@ -269,6 +373,11 @@ impl Transcoder {
         })
     }
 
+    /// The contract's descriptors, for rendering errors.
+    pub(in crate::api) fn pool(&self) -> &prost_reflect::DescriptorPool {
+        &self.contract.pool
+    }
+
     /// The contract's RPCs, by gRPC path.
     pub(in crate::api) fn rpc(&self, grpc_path: &str) -> Option<&Rpc> {
         self.contract
@@ -276,6 +385,15 @@ impl Transcoder {
             .iter()
             .find(|rpc| rpc.grpc_path == grpc_path)
     }
+}
+
+/// One encoded message as a gRPC frame: uncompressed, length-prefixed.
+pub(in crate::api) fn grpc_frame(encoded: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(encoded.len() + 5);
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(encoded.len()).unwrap_or(u32::MAX));
+    framed.put_slice(encoded);
+    framed.freeze()
 }
 
 /// What an RPC answered a REST call.
@@ -295,24 +413,33 @@ pub(in crate::api) fn render_reply(
 ) -> Result<Response, RestError> {
     let message = DynamicMessage::decode(rpc.descriptor.output(), reply.message)
         .map_err(|error| internal(format!("decoding the reply: {error}")))?;
-    let options = SerializeOptions::new()
-        .use_proto_field_name(true)
-        .skip_default_fields(false);
-    let mut serialized = match response_body {
+    let serialized = match response_body {
         Some(field) => match message.get_field(field).as_message() {
-            Some(inner) => inner.serialize_with_options(serde_json::value::Serializer, &options),
-            None => Ok(serde_json::Value::Null),
+            Some(inner) => message_json(inner)?,
+            None => serde_json::Value::Null,
         },
-        None => message.serialize_with_options(serde_json::value::Serializer, &options),
-    }
-    .map_err(|error| internal(format!("rendering the reply: {error}")))?;
-    whole_numbers_as_integers(&mut serialized);
+        None => message_json(&message)?,
+    };
     let mut response = (rpc.success_status, axum::Json(serialized)).into_response();
     response.headers_mut().extend(reply.headers);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// A message as proto3 JSON, as every REST reply renders it.
+pub(in crate::api) fn message_json(
+    message: &DynamicMessage,
+) -> Result<serde_json::Value, RestError> {
+    let options = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
+    let mut serialized = message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|error| internal(format!("rendering the reply: {error}")))?;
+    whole_numbers_as_integers(&mut serialized);
+    Ok(serialized)
 }
 
 /// prost-reflect prints every double with a fraction (`-7.0`); Keel prints whole ones as
@@ -341,17 +468,6 @@ fn internal(message: impl Into<String>) -> RestError {
         "INTERNAL",
         "internal error",
     )
-}
-
-/// The methods of the matching routes, for `Allow`.
-fn allowed_methods<'a>(matches: &[Matched<'a>]) -> Vec<&'a str> {
-    let mut allowed: Vec<&str> = matches
-        .iter()
-        .map(|matched| matched.binding.method.as_str())
-        .collect();
-    allowed.sort_unstable();
-    allowed.dedup();
-    allowed
 }
 
 /// Answers a plain `OPTIONS` on a REST path before the CORS layer, which takes every `OPTIONS`

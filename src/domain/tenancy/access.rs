@@ -22,10 +22,28 @@ const CACHE_TTL: Duration = Duration::from_secs(300);
 pub enum Scope {
     Organization(Uuid),
     Team(Uuid),
-    /// The organization of an invitation (the original's `/api/v1/invitations/{id}` routes).
-    Invitation(Uuid),
-    /// The organization of a webhook (`/api/v1/webhooks/{id}`).
-    Webhook(Uuid),
+    /// The organization of a resource the request names by id alone (the original's
+    /// `/api/v1/invitations/{id}`, `/api/v1/webhooks/{id}`, `/api/v1/integrations/{id}`).
+    Owned(Owned, Uuid),
+}
+
+/// A resource that belongs to one organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owned {
+    Invitation,
+    Webhook,
+    Integration,
+}
+
+impl Owned {
+    /// The answer when the resource is not there (or not the caller's to see).
+    pub fn missing(self) -> Missing {
+        match self {
+            Self::Invitation => Missing::Invitation,
+            Self::Webhook => Missing::Webhook,
+            Self::Integration => Missing::Integration,
+        }
+    }
 }
 
 /// A caller admitted to an organization (or one of its teams).
@@ -169,21 +187,13 @@ impl AccessControl {
                     .ok_or(Missing::Team)?;
                 (organization_id, Some(team_id), Missing::Team)
             }
-            Scope::Invitation(invitation_id) => {
+            Scope::Owned(owned, id) => {
                 let organization_id = self
                     .store
-                    .find_invitation_organization(invitation_id)
+                    .find_owning_organization(owned, id)
                     .await?
-                    .ok_or(Missing::Invitation)?;
-                (organization_id, None, Missing::Invitation)
-            }
-            Scope::Webhook(webhook_id) => {
-                let organization_id = self
-                    .store
-                    .find_webhook_organization(webhook_id)
-                    .await?
-                    .ok_or(Missing::Webhook)?;
-                (organization_id, None, Missing::Webhook)
+                    .ok_or(owned.missing())?;
+                (organization_id, None, owned.missing())
             }
         };
         if let Credential::ApiKey {

@@ -164,8 +164,12 @@ pub trait OrganizationStore: Send + Sync {
     async fn list_custom_roles(&self, organization_id: Uuid) -> Result<Vec<CustomRole>>;
     /// The organization a team belongs to.
     async fn find_team_organization(&self, team_id: Uuid) -> Result<Option<Uuid>>;
-    async fn find_invitation_organization(&self, invitation_id: Uuid) -> Result<Option<Uuid>>;
-    async fn find_webhook_organization(&self, webhook_id: Uuid) -> Result<Option<Uuid>>;
+    /// The organization a resource belongs to.
+    async fn find_owning_organization(
+        &self,
+        owned: access::Owned,
+        id: Uuid,
+    ) -> Result<Option<Uuid>>;
     /// Fails with `ROLE_NAME_TAKEN`.
     async fn insert_role(&self, role: &CustomRole, events: &[Event]) -> Result<()>;
     /// Fails with `ROLE_NAME_TAKEN`.

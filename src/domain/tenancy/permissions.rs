@@ -64,6 +64,19 @@ pub const CATALOG: &[PermissionInfo] = &[
     organization("file:delete", "delete files"),
     organization("file:read", "list and download files"),
     organization(
+        "integration:create",
+        "create integrations (outside systems that send events)",
+    ),
+    organization("integration:delete", "delete integrations"),
+    organization(
+        "integration:read",
+        "list integrations and the messages they sent",
+    ),
+    organization(
+        "integration:update",
+        "change integrations and regenerate their secrets",
+    ),
+    organization(
         "invitation:create",
         "invite people by email and resend invitations",
     ),
@@ -79,6 +92,14 @@ pub const CATALOG: &[PermissionInfo] = &[
     platform(
         "job:update",
         "retry, resolve or ignore failed background jobs",
+    ),
+    organization(
+        "llm:manage",
+        "add, change and remove the organization's LLM providers",
+    ),
+    organization(
+        "llm:use",
+        "ask the LLM gateway for chat completions (tokens count against the quota)",
     ),
     platform("mail:read", "read the development mail outbox"),
     management("member:create", "add users as members"),
@@ -269,6 +290,7 @@ pub enum SystemRole {
 
 const VIEWER_PERMISSIONS: &[&str] = &[
     "file:read",
+    "integration:read",
     "member:read",
     "organization:read",
     "quota:read",
@@ -277,7 +299,8 @@ const VIEWER_PERMISSIONS: &[&str] = &[
     "webhook:read",
 ];
 
-const MEMBER_EXTRA_PERMISSIONS: &[&str] = &["api_key:create", "file:create", "file:delete"];
+const MEMBER_EXTRA_PERMISSIONS: &[&str] =
+    &["api_key:create", "file:create", "file:delete", "llm:use"];
 
 const OWNER_ONLY_PERMISSIONS: &[&str] = &["organization:delete", "organization:transfer"];
 

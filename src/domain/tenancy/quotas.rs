@@ -26,6 +26,8 @@ pub struct QuotaLimits {
     pub max_api_calls_per_month: i64,
     pub max_file_uploads_per_day: i64,
     pub max_file_size_bytes: i64,
+    /// Prompt and completion tokens of the LLM gateway, per month.
+    pub max_llm_tokens_per_month: i64,
 }
 
 impl Default for QuotaLimits {
@@ -36,6 +38,7 @@ impl Default for QuotaLimits {
             max_api_calls_per_month: 10_000,
             max_file_uploads_per_day: 100,
             max_file_size_bytes: 10 * 1024 * 1024,
+            max_llm_tokens_per_month: 1_000_000,
         }
     }
 }
@@ -48,6 +51,7 @@ pub struct LimitChanges {
     pub max_api_calls_per_month: Option<i64>,
     pub max_file_uploads_per_day: Option<i64>,
     pub max_file_size_bytes: Option<i64>,
+    pub max_llm_tokens_per_month: Option<i64>,
 }
 
 /// A resource counted per calendar window (UTC).
@@ -57,6 +61,8 @@ pub enum Metric {
     ApiCalls,
     /// Files uploaded, per day.
     FileUploads,
+    /// Prompt and completion tokens of the LLM gateway, per month.
+    LlmTokens,
 }
 
 impl Metric {
@@ -64,6 +70,7 @@ impl Metric {
         match self {
             Self::ApiCalls => "api_calls",
             Self::FileUploads => "file_uploads",
+            Self::LlmTokens => "llm_tokens",
         }
     }
 
@@ -75,7 +82,7 @@ impl Metric {
                 .unwrap_or(now)
         };
         match self {
-            Self::ApiCalls => {
+            Self::ApiCalls | Self::LlmTokens => {
                 let start = day(now.year(), now.month(), 1);
                 let end = if now.month() == 12 {
                     day(now.year() + 1, 1, 1)
@@ -361,6 +368,38 @@ impl QuotaService {
         Ok(())
     }
 
+    /// Refuses an LLM call when the organization has used its month's tokens (a call's
+    /// tokens are known only after it, so the last call of a month may go past the limit).
+    pub async fn check_llm_tokens(&self, access: &Access) -> Result<()> {
+        let limit = (self.limits(access.organization_id).await?).max_llm_tokens_per_month;
+        let counter = self.counter(access.organization_id, Metric::LlmTokens);
+        let used = i64::try_from(self.count(counter, 0).await?).unwrap_or(i64::MAX);
+        if used < limit {
+            return Ok(());
+        }
+        if used == limit {
+            self.record_exceeded(
+                &access.origin(),
+                access.organization_id,
+                "llm_tokens",
+                limit,
+            )
+            .await?;
+        }
+        Err(Error {
+            retry_after: (counter.window_end - self.clock.now()).to_std().ok(),
+            ..quota_exceeded(format!(
+                "the organization used its {limit} LLM tokens of this month; the count resets on the 1st (UTC)"
+            ))
+        })
+    }
+
+    /// Counts the tokens an LLM call used.
+    pub async fn count_llm_tokens(&self, access: &Access, tokens: u64) -> Result<()> {
+        let counter = self.counter(access.organization_id, Metric::LlmTokens);
+        self.count(counter, tokens).await.map(|_| ())
+    }
+
     /// Bytes of live files counted against an owner.
     pub async fn storage_used(&self, owner_id: Uuid) -> Result<i64> {
         self.store.storage_used(owner_id).await
@@ -422,6 +461,7 @@ impl QuotaService {
         for (metric, limit) in [
             (Metric::ApiCalls, limits.max_api_calls_per_month),
             (Metric::FileUploads, limits.max_file_uploads_per_day),
+            (Metric::LlmTokens, limits.max_llm_tokens_per_month),
         ] {
             let counter = self.counter(organization_id, metric);
             let used = self.count(counter, 0).await?;
@@ -468,6 +508,11 @@ impl QuotaService {
                 "max_file_size_bytes",
                 changes.max_file_size_bytes,
                 &mut limits.max_file_size_bytes,
+            ),
+            (
+                "max_llm_tokens_per_month",
+                changes.max_llm_tokens_per_month,
+                &mut limits.max_llm_tokens_per_month,
             ),
         ] {
             match change {
