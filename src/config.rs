@@ -307,6 +307,9 @@ settings! {
     metrics_token, "KEEL_METRICS_TOKEN" ~ "none", secret;
     /// Log format: text or json
     log_format, "KEEL_LOG_FORMAT" = "text";
+    /// http(s)://… of an OpenTelemetry collector's OTLP/gRPC endpoint (port 4317): spans of
+    /// every RPC, database statement, cache call and job are exported there
+    otlp_endpoint, "KEEL_OTLP_ENDPOINT" ~ "none: no traces are exported";
 }
 
 impl Settings {
@@ -516,6 +519,8 @@ pub struct Config {
     pub migrate_on_start: bool,
     pub metrics_token: Option<String>,
     pub log_format: LogFormat,
+    /// Where traces go; `None` exports none.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Who passkeys are for.
@@ -871,6 +876,7 @@ impl Config {
             migrate_on_start: settings.migrate_on_start().parse()?,
             metrics_token,
             log_format,
+            otlp_endpoint: settings.otlp_endpoint().url(&["http://", "https://"])?,
             data_dir,
         })
     }

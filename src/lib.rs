@@ -18,4 +18,5 @@ pub mod outbound;
 pub mod registry;
 pub mod security;
 pub mod store;
+pub mod telemetry;
 pub mod webhooks;

@@ -8,6 +8,8 @@ use keel::domain::audit::Verification;
 use keel::domain::auth::Registration;
 use keel::domain::clock::SystemClock;
 use keel::oauth;
+use keel::telemetry;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -71,16 +73,38 @@ enum AuditTask {
     Verify,
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// Logs to stdout as text or JSON (`RUST_LOG` filters them); with an OTLP endpoint, traces
+/// too. The trace spans stay out of the logs.
+fn init_tracing(format: LogFormat, traces: Option<&SdkTracerProvider>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    // Traced, Keel's spans pass whatever the logs' level; untraced they cost nothing.
+    let spans = match traces {
+        Some(_) => [
+            format!("{}=debug", telemetry::TRACE_TARGET),
+            format!("{}=info", telemetry::JOBS_TARGET),
+        ],
+        None => [format!("{}=off", telemetry::TRACE_TARGET), String::new()],
+    };
+    for directive in spans.iter().filter(|directive| !directive.is_empty()) {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
     }
+    let logs = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs.with_filter(telemetry::PerUse(telemetry::logged())))
+        .with(traces.map(telemetry::layer))
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -126,9 +150,21 @@ async fn run() -> anyhow::Result<()> {
         ..cli.settings
     };
     let config = Config::from_settings(&environment.over(file_settings))?;
-    init_tracing(config.log_format);
+    let traces = (config.otlp_endpoint.as_deref())
+        .map(telemetry::tracer_provider)
+        .transpose()
+        .context("KEEL_OTLP_ENDPOINT")?;
+    init_tracing(config.log_format, traces.as_ref());
+    let outcome = run_command(cli.command, config).await;
+    if let Some(traces) = traces {
+        // The last batch goes out before the process ends; the SDK blocks while it does.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+    outcome
+}
 
-    match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
+async fn run_command(command: Option<Command>, config: Config) -> anyhow::Result<()> {
+    match command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Serve { no_workers } => {
             let keel = Keel::build(&config, Arc::new(SystemClock)).await?;
             let keel = if no_workers {

@@ -21,6 +21,7 @@ use crate::domain::tenancy::ip_rules::{self, AddressBlock};
 use crate::domain::tenancy::permissions;
 use crate::domain::tenancy::quotas::QuotaService;
 use crate::domain::{Error, ErrorKind};
+use crate::telemetry::{self, TRACE_TARGET};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -33,6 +34,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 use tonic::Code;
 use tonic::body::Body;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// The largest request message the guard reads (tonic's own limit).
@@ -334,11 +336,7 @@ impl CallLog {
     fn of(request: &Request<Body>) -> Self {
         let principal = request.extensions().get::<Principal>();
         Self {
-            request_id: request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
+            request_id: telemetry::request_id().filter(|id| !id.is_empty()),
             client: request
                 .extensions()
                 .get::<ClientAddress>()
@@ -369,6 +367,13 @@ impl CallLog {
             "rpc"
         );
     }
+}
+
+/// A header's value as text, if it is.
+fn header_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    (headers.get(name))
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// The caller behind `presented`.
@@ -682,12 +687,25 @@ where
                 Some(rule) if rule.streamed => None,
                 _ => Some(guard.limits.timeout),
             };
+            let request_id = header_text(request.headers(), "x-request-id").unwrap_or_default();
+            let traceparent = header_text(request.headers(), "traceparent");
+            let span = tracing::info_span!(
+                target: TRACE_TARGET,
+                "rpc",
+                otel.name = method.trim_start_matches('/'),
+                otel.kind = "server",
+                otel.status_code = tracing::field::Empty,
+                rpc.system = "grpc",
+                rpc.grpc.status_code = tracing::field::Empty,
+                request_id = request_id.as_str(),
+            );
+            telemetry::adopt_traceparent(&span, traceparent.as_deref());
             let response = match guard.in_flight.clone().try_acquire_owned() {
                 Err(_) => to_status(server_busy()).into_http(),
                 Ok(permit) => {
                     let admitting = guard.clone();
                     let rpc = method.clone();
-                    let work = tokio::spawn(async move {
+                    let work = async move {
                         let _permit = permit;
                         let mut tightest = None;
                         let admitted = admitting.admit(&mut request, &mut tightest).await;
@@ -700,7 +718,10 @@ where
                             call.write(&rpc, reply_code(&response), started.elapsed());
                         }
                         Ok::<_, Infallible>(with_rate_limit(response, tightest))
-                    });
+                    };
+                    let work = tokio::spawn(
+                        telemetry::with_request_id(request_id, work).instrument(span.clone()),
+                    );
                     let answered = match timeout {
                         Some(timeout) => tokio::time::timeout(timeout, work).await,
                         None => Ok(work.await),
@@ -716,10 +737,13 @@ where
                     }
                 }
             };
+            let code = reply_code(&response);
+            span.record("rpc.grpc.status_code", code as i32);
+            if code != Code::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
             if guard.rules.contains_key(&method) {
-                guard
-                    .metrics
-                    .record(&method, reply_code(&response), started.elapsed());
+                guard.metrics.record(&method, code, started.elapsed());
             }
             Ok(response)
         })

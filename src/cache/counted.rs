@@ -1,5 +1,6 @@
-//! Hit and miss counts of a cache (for its health figures, and so for `/metrics`): a read of a
-//! key that is there is a hit, of one that is not a miss.
+//! What a cache does, observed: hit and miss counts (for its health figures, and so for
+//! `/metrics`: a read of a key that is there is a hit, of one that is not a miss), and a trace
+//! span per call.
 
 use crate::domain::cache::{Cache, Spent};
 use crate::domain::error::Result;
@@ -7,6 +8,12 @@ use crate::domain::health::HealthProbe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument;
+
+/// The span of one cache call, within a traced RPC or job.
+fn span(operation: &'static str) -> tracing::Span {
+    crate::child_span!("cache", db.operation = operation)
+}
 
 pub struct Counted<C> {
     inner: Arc<C>,
@@ -58,39 +65,55 @@ impl<C: HealthProbe> HealthProbe for Counted<C> {
 #[async_trait::async_trait]
 impl<C: Cache> Cache for Counted<C> {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let found = self.inner.get(key).await?;
+        let found = self.inner.get(key).instrument(span("get")).await?;
         self.count(&found);
         Ok(found)
     }
 
     async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
-        let found = self.inner.get_many(keys).await?;
+        let found = self
+            .inner
+            .get_many(keys)
+            .instrument(span("get_many"))
+            .await?;
         found.iter().for_each(|value| self.count(value));
         Ok(found)
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        self.inner.set(key, value, ttl).await
+        self.inner
+            .set(key, value, ttl)
+            .instrument(span("set"))
+            .await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.delete(key).await
+        self.inner.delete(key).instrument(span("delete")).await
     }
 
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.inner.take(key).await
+        self.inner.take(key).instrument(span("take")).await
     }
 
     async fn increment(&self, key: &str, by: u64, ttl: Duration) -> Result<u64> {
-        self.inner.increment(key, by, ttl).await
+        self.inner
+            .increment(key, by, ttl)
+            .instrument(span("increment"))
+            .await
     }
 
     async fn increment_below(&self, key: &str, limit: u64, ttl: Duration) -> Result<Option<u64>> {
-        self.inner.increment_below(key, limit, ttl).await
+        self.inner
+            .increment_below(key, limit, ttl)
+            .instrument(span("increment_below"))
+            .await
     }
 
     async fn decrement(&self, key: &str) -> Result<()> {
-        self.inner.decrement(key).await
+        self.inner
+            .decrement(key)
+            .instrument(span("decrement"))
+            .await
     }
 
     async fn spend(
@@ -100,6 +123,9 @@ impl<C: Cache> Cache for Counted<C> {
         interval_ms: i64,
         period_ms: i64,
     ) -> Result<Spent> {
-        self.inner.spend(key, now_ms, interval_ms, period_ms).await
+        self.inner
+            .spend(key, now_ms, interval_ms, period_ms)
+            .instrument(span("spend"))
+            .await
     }
 }

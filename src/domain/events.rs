@@ -210,6 +210,10 @@ catalog! {
         "A feature flag was created.";
     FeatureFlagDeleted = "feature_flag.deleted", FeatureFlagData, Success,
         "A feature flag was deleted.";
+    FeatureFlagOverrideDeleted = "feature_flag.override_deleted", FeatureFlagOverrideData,
+        Success, "An organization removed its override of a feature flag.";
+    FeatureFlagOverrideSet = "feature_flag.override_set", FeatureFlagOverrideData, Success,
+        "An organization turned a feature flag on or off for checks made within it.";
     FeatureFlagUpdated = "feature_flag.updated", FeatureFlagData, Success,
         "A feature flag was switched, its rollout or its targeting changed.";
     FileDeleted = "file.deleted", FileData, Success,
@@ -935,6 +939,24 @@ impl EventData for LlmProviderData {
     const SUBJECT: &'static str = "llm_provider";
     fn subject_id(&self) -> String {
         self.name.clone()
+    }
+    fn organization_id(&self) -> Option<Uuid> {
+        Some(self.organization_id)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct FeatureFlagOverrideData {
+    pub flag_id: Uuid,
+    pub name: String,
+    pub organization_id: Uuid,
+    pub is_enabled: bool,
+}
+
+impl EventData for FeatureFlagOverrideData {
+    const SUBJECT: &'static str = "feature_flag";
+    fn subject_id(&self) -> String {
+        self.flag_id.to_string()
     }
     fn organization_id(&self) -> Option<Uuid> {
         Some(self.organization_id)

@@ -6,13 +6,16 @@
 //! any replica reloads. A user's share of a rollout is a hash of the flag's name and the user's
 //! id: the same answer on every replica and after every restart, and a user inside 10% stays
 //! inside at 20%.
+//!
+//! An organization's admins can override a flag for checks made within their organization
+//! (on or off, whatever its targeting and rollout); a flag switched off stays off.
 
 use crate::domain::cache::{Cache, generation};
 use crate::domain::clock::{Clock, truncate_to_micros};
 use crate::domain::error::{Error, ErrorKind, FieldViolation, Result};
-use crate::domain::events::{Event, EventKind, FeatureFlagData, Origin};
+use crate::domain::events::{Event, EventKind, FeatureFlagData, FeatureFlagOverrideData, Origin};
 use crate::domain::principal::{Credential, Principal};
-use crate::domain::tenancy::access::AccessControl;
+use crate::domain::tenancy::access::{Access, AccessControl};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -109,6 +112,15 @@ pub struct FlagChange {
     pub targeting: Option<Targeting>,
 }
 
+/// An organization's decision about a flag, for checks made within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagOverride {
+    pub flag_id: Uuid,
+    pub organization_id: Uuid,
+    pub is_enabled: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
 #[async_trait::async_trait]
 pub trait FeatureFlagStore: Send + Sync {
     /// `FEATURE_FLAG_EXISTS` when the name is taken.
@@ -117,12 +129,28 @@ pub trait FeatureFlagStore: Send + Sync {
     /// False when there is no such flag.
     async fn update_flag(&self, flag: &FeatureFlag, events: &[Event]) -> Result<bool>;
     async fn delete_flag(&self, id: Uuid, events: &[Event]) -> Result<bool>;
+    async fn list_flag_overrides(&self) -> Result<Vec<FlagOverride>>;
+    /// Inserts or replaces it; false when its flag is gone.
+    async fn set_flag_override(&self, flag: &FlagOverride, events: &[Event]) -> Result<bool>;
+    async fn delete_flag_override(
+        &self,
+        flag_id: Uuid,
+        organization_id: Uuid,
+        events: &[Event],
+    ) -> Result<bool>;
 }
 
 const GENERATION: &str = "feature-flags";
 
 fn not_found() -> Error {
     Error::not_found("FEATURE_FLAG_NOT_FOUND", "no such feature flag")
+}
+
+fn override_not_found() -> Error {
+    Error::not_found(
+        "FEATURE_FLAG_OVERRIDE_NOT_FOUND",
+        "the organization has not overridden this flag",
+    )
 }
 
 fn check_rollout(rollout: f64) -> Result<f64> {
@@ -136,10 +164,19 @@ fn check_rollout(rollout: f64) -> Result<f64> {
     )]))
 }
 
-/// The flags as evaluated: a snapshot by name, and the generation it was loaded at.
+/// The flags as evaluated: a snapshot by name with the organizations' overrides, and the
+/// generation it was loaded at.
 struct Snapshot {
     generation: u64,
     by_name: HashMap<String, FeatureFlag>,
+    /// By flag and organization.
+    overrides: HashMap<(Uuid, Uuid), FlagOverride>,
+}
+
+impl Snapshot {
+    fn flag(&self, name: &str) -> Result<&FeatureFlag> {
+        self.by_name.get(name).ok_or_else(not_found)
+    }
 }
 
 pub struct FeatureFlagService {
@@ -258,13 +295,90 @@ impl FeatureFlagService {
             email: &caller.user.email,
             organization_id,
         };
+        let overridden = |flag: &FeatureFlag| {
+            let organization_id = organization_id?;
+            let decided = snapshot.overrides.get(&(flag.id, organization_id))?;
+            Some(decided.is_enabled)
+        };
         Ok(names
             .iter()
             .map(|name| {
-                let on = (snapshot.by_name.get(name)).is_some_and(|flag| flag.is_on_for(&subject));
+                let on = snapshot.by_name.get(name).is_some_and(|flag| {
+                    flag.is_enabled && overridden(flag).unwrap_or_else(|| flag.is_on_for(&subject))
+                });
                 (name.clone(), on)
             })
             .collect())
+    }
+
+    /// The organization's overrides, by flag name.
+    pub async fn overrides(&self, access: &Access) -> Result<Vec<(String, FlagOverride)>> {
+        let snapshot = self.snapshot().await?;
+        let mut overrides: Vec<(String, FlagOverride)> = (snapshot.by_name.values())
+            .filter_map(|flag| {
+                let decided = snapshot.overrides.get(&(flag.id, access.organization_id))?;
+                Some((flag.name.clone(), *decided))
+            })
+            .collect();
+        overrides.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(overrides)
+    }
+
+    /// Turns flag `name` on or off for checks made within the caller's organization.
+    pub async fn set_override(
+        &self,
+        access: &Access,
+        name: &str,
+        is_enabled: bool,
+    ) -> Result<FlagOverride> {
+        let snapshot = self.snapshot().await?;
+        let flag = snapshot.flag(name)?;
+        let decided = FlagOverride {
+            flag_id: flag.id,
+            organization_id: access.organization_id,
+            is_enabled,
+            updated_at: truncate_to_micros(self.clock.now()),
+        };
+        let event = self.override_event(EventKind::FeatureFlagOverrideSet, access, flag, &decided);
+        if !self.store.set_flag_override(&decided, &[event]).await? {
+            return Err(not_found());
+        }
+        self.changed().await?;
+        Ok(decided)
+    }
+
+    /// Lets flag `name`'s own rules decide again within the caller's organization.
+    pub async fn delete_override(&self, access: &Access, name: &str) -> Result<()> {
+        let snapshot = self.snapshot().await?;
+        let flag = snapshot.flag(name)?;
+        let decided = (snapshot.overrides.get(&(flag.id, access.organization_id)))
+            .ok_or_else(override_not_found)?;
+        let event =
+            self.override_event(EventKind::FeatureFlagOverrideDeleted, access, flag, decided);
+        if !self
+            .store
+            .delete_flag_override(flag.id, access.organization_id, &[event])
+            .await?
+        {
+            return Err(override_not_found());
+        }
+        self.changed().await
+    }
+
+    fn override_event(
+        &self,
+        kind: EventKind,
+        access: &Access,
+        flag: &FeatureFlag,
+        decided: &FlagOverride,
+    ) -> Event {
+        let data = FeatureFlagOverrideData {
+            flag_id: flag.id,
+            name: flag.name.clone(),
+            organization_id: decided.organization_id,
+            is_enabled: decided.is_enabled,
+        };
+        Event::new(kind, &access.origin(), self.clock.as_ref(), &data)
     }
 
     async fn require_member(&self, caller: &Principal, organization_id: Uuid) -> Result<()> {
@@ -301,9 +415,13 @@ impl FeatureFlagService {
         let by_name = (self.store.list_flags().await?.into_iter())
             .map(|flag| (flag.name.clone(), flag))
             .collect();
+        let overrides = (self.store.list_flag_overrides().await?.into_iter())
+            .map(|decided| ((decided.flag_id, decided.organization_id), decided))
+            .collect();
         let fresh = Arc::new(Snapshot {
             generation: current,
             by_name,
+            overrides,
         });
         *(self.snapshot.write()).unwrap_or_else(|poisoned| poisoned.into_inner()) =
             Some(fresh.clone());

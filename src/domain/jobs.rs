@@ -4,7 +4,7 @@
 
 use super::clock::{Clock, truncate_to_micros};
 use super::error::{Error, ErrorKind, Missing, Result};
-use super::mail::MailJob;
+use super::mail::{MailJob, QueuedMail};
 use super::page::{Page, PageTokens};
 use super::principal::Principal;
 use chrono::{DateTime, Utc};
@@ -67,7 +67,7 @@ impl DeadLetter {
     /// The payload as operators see it: a mail's body is left out (its links are credentials;
     /// a retry sends it as it was).
     pub fn payload_shown(&self) -> String {
-        match serde_json::from_str::<MailJob>(&self.payload) {
+        match serde_json::from_str::<QueuedMail>(&self.payload).map(|queued| queued.job) {
             Ok(MailJob::Rendered(mail)) if self.job_type == MAIL_JOB => {
                 serde_json::json!({ "Rendered": { "to": mail.to, "subject": mail.subject } })
                     .to_string()

@@ -30,6 +30,21 @@ pub enum MailJob {
     },
 }
 
+/// A mail job as it is queued: the job, and the request that queued it (to follow the request
+/// into its jobs). Stored as the job's fields beside `request_id` and `traceparent`, so jobs
+/// queued before these existed read as well.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMail {
+    #[serde(flatten)]
+    pub job: MailJob,
+    /// The `X-Request-ID` of the request that queued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The W3C `traceparent` of the span that queued it, when traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
 /// Queues mail durably: once `send_later` answers, the message goes out even if this process
 /// dies; delivery is retried in the background and never blocks the caller.
 #[async_trait::async_trait]
@@ -146,6 +161,31 @@ fn escape_html(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Jobs queued before they carried their origin read as well, and the origin rides beside
+    /// the job's own fields.
+    #[test]
+    fn queued_mail_reads_with_or_without_its_origin() {
+        let old = r#"{"RegistrationAttempt":{"email":"a@example.com"}}"#;
+        let queued: QueuedMail = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            queued.job,
+            MailJob::RegistrationAttempt {
+                email: "a@example.com".into()
+            }
+        );
+        assert_eq!((&queued.request_id, &queued.traceparent), (&None, &None));
+        let traced = QueuedMail {
+            request_id: Some("req-1".into()),
+            ..queued
+        };
+        let text = serde_json::to_string(&traced).unwrap();
+        assert_eq!(
+            text,
+            r#"{"RegistrationAttempt":{"email":"a@example.com"},"request_id":"req-1"}"#
+        );
+        assert_eq!(serde_json::from_str::<QueuedMail>(&text).unwrap(), traced);
+    }
+
     use super::*;
 
     #[test]

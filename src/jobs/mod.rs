@@ -19,10 +19,11 @@ use crate::domain::integrations::IntegrationService;
 use crate::domain::jobs::{
     DeadLetterService, JobMonitor, JobQueue, JobSummary, Lease, LeaseStore, MAIL_JOB,
 };
-use crate::domain::mail::{MailJob, Mailer};
+use crate::domain::mail::{MailJob, Mailer, QueuedMail};
 use crate::domain::tenancy::invitations::InvitationService;
 use crate::domain::webhooks::{DeliveryRound, GivenUpDelivery, WEBHOOK_JOB, WebhookService};
 use crate::mail::{Delivery, DeliveryError};
+use crate::telemetry::JOBS_TARGET;
 use anyhow::Context;
 use apalis::layers::retry::HasherRng;
 use apalis::layers::retry::backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
@@ -41,6 +42,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
+use tracing::Instrument;
 use ulid::Ulid;
 use uuid::Uuid;
 
@@ -288,10 +290,10 @@ impl<T> Queue<T> {
     }
 }
 
-impl Queue<MailJob> {
+impl Queue<QueuedMail> {
     /// Stores `job` as job `id`; a job of that id stored already stays as it is (queuing one
     /// job twice queues it once).
-    async fn push(&self, job: MailJob, id: Uuid, max_attempts: u32) -> Result<()> {
+    async fn push(&self, job: QueuedMail, id: Uuid, max_attempts: u32) -> Result<()> {
         let task = TaskBuilder::new(job)
             .task_id(TaskId::from_ulid(Ulid::from(id.as_u128())))
             .max_attempts(max_attempts as usize)
@@ -341,7 +343,7 @@ fn derived_job_id(parent: Uuid, step: &str) -> Uuid {
 /// Every queue Keel pushes to.
 #[derive(Clone)]
 pub struct Queues {
-    mail: Queue<MailJob>,
+    mail: Queue<QueuedMail>,
     max_attempts: u32,
 }
 
@@ -358,7 +360,14 @@ impl Queues {
 #[async_trait::async_trait]
 impl Mailer for Queues {
     async fn send_later(&self, job: MailJob) -> Result<()> {
-        self.mail.push(job, Uuid::now_v7(), self.max_attempts).await
+        let queued = QueuedMail {
+            job,
+            request_id: crate::telemetry::request_id(),
+            traceparent: crate::telemetry::traceparent(),
+        };
+        self.mail
+            .push(queued, Uuid::now_v7(), self.max_attempts)
+            .await
     }
 }
 
@@ -373,7 +382,7 @@ impl JobQueue for Requeue {
     async fn requeue(&self, job_type: &str, payload: &str, id: Uuid) -> Result<()> {
         match job_type {
             MAIL_JOB => {
-                let job: MailJob = serde_json::from_str(payload).map_err(Error::internal)?;
+                let job: QueuedMail = serde_json::from_str(payload).map_err(Error::internal)?;
                 self.queues
                     .mail
                     .push(job, id, self.queues.max_attempts)
@@ -416,19 +425,37 @@ pub struct JobContext {
 }
 
 async fn send_mail(
-    job: MailJob,
+    job: QueuedMail,
     context: Data<JobContext>,
     attempt: Attempt,
     id: TaskId,
 ) -> Result<(), BoxDynError> {
     let id = job_id(&id)?;
-    // A job runs at least once: one whose worker was lost before it acknowledged runs again.
-    if context.dead_letters.has_finished(id).await? {
-        tracing::info!(job_id = %id, "job already done; not run again");
-        return Ok(());
+    // In the trace of the request that queued it, and logged with its request id.
+    // A root: the job's trace is the request's, not that of whatever polled for it.
+    let span = tracing::info_span!(
+        target: JOBS_TARGET,
+        parent: None,
+        "job",
+        otel.name = "job mail",
+        job.queue = MAIL_JOB,
+        job.id = %id,
+        job.attempt = attempt.current(),
+        request_id = job.request_id.as_deref(),
+    );
+    crate::telemetry::adopt_traceparent(&span, job.traceparent.as_deref());
+    async {
+        // A job runs at least once: one whose worker was lost before it acknowledged runs
+        // again.
+        if context.dead_letters.has_finished(id).await? {
+            tracing::info!(job_id = %id, "job already done; not run again");
+            return Ok(());
+        }
+        let outcome = mail(&context, &job, id).await;
+        settle(&context, MAIL_JOB, id, &job, attempt.current(), outcome).await
     }
-    let outcome = mail(&context, job.clone(), id).await;
-    settle(&context, MAIL_JOB, id, &job, attempt.current(), outcome).await
+    .instrument(span)
+    .await
 }
 
 fn job_id(id: &TaskId) -> Result<Uuid, BoxDynError> {
@@ -438,9 +465,9 @@ fn job_id(id: &TaskId) -> Result<Uuid, BoxDynError> {
     }
 }
 
-async fn mail(context: &JobContext, job: MailJob, id: Uuid) -> Result<(), DeliveryError> {
+async fn mail(context: &JobContext, queued: &QueuedMail, id: Uuid) -> Result<(), DeliveryError> {
     let transient = |error: Error| DeliveryError::Transient(error.to_string());
-    let mail = match job {
+    let mail = match queued.job.clone() {
         MailJob::Rendered(mail) => mail,
         decided => {
             // Decided once, then queued as rendered: a retry sends this message again rather
@@ -455,7 +482,10 @@ async fn mail(context: &JobContext, job: MailJob, id: Uuid) -> Result<(), Delive
                     .queues
                     .mail
                     .push(
-                        MailJob::Rendered(mail),
+                        QueuedMail {
+                            job: MailJob::Rendered(mail),
+                            ..queued.clone()
+                        },
                         derived_job_id(id, "rendered"),
                         context.queues.max_attempts,
                     )
@@ -547,6 +577,12 @@ const DISPATCHED_EVENT_RETENTION_DAYS: i64 = 7;
 /// Deletes what has outlived its use; every step is idempotent, so replicas running it at the
 /// same tick do no harm.
 async fn cleanup(_tick: Tick, context: Data<JobContext>) -> Result<(), BoxDynError> {
+    let span =
+        tracing::info_span!(target: JOBS_TARGET, parent: None, "job", otel.name = "job cleanup");
+    clean_up(&context).instrument(span).await
+}
+
+async fn clean_up(context: &JobContext) -> Result<(), BoxDynError> {
     let ended = chrono::Duration::days(ENDED_RETENTION_DAYS);
     context.auth.record_expired_sessions().await?;
     context.auth.purge_ended_sessions(ended).await?;
@@ -769,7 +805,7 @@ impl Workers {
         let retries = settings.max_attempts.saturating_sub(1) as usize;
         let backoff = backoff(settings)?;
         let poll = settings.poll_interval;
-        let queue = Queue::<MailJob>::open(store, MAIL_JOB);
+        let queue = Queue::<QueuedMail>::open(store, MAIL_JOB);
         macro_rules! mail_worker {
             ($storage:expr, $run:expr) => {
                 WorkerBuilder::new(format!("keel-mail-{boot}-{}", $run))
@@ -872,13 +908,17 @@ mod tests {
         let directory = tempfile::tempdir()?;
         let store = JobStore::connect("sqlite::memory:", directory.path()).await?;
         store.migrate().await?;
-        let queue = Queue::<MailJob>::open(&store, MAIL_JOB);
-        let job = MailJob::Rendered(OutgoingMail {
-            to: "someone@example.com".into(),
-            subject: "Hello".into(),
-            text: "Hello".into(),
-            html: "<p>Hello</p>".into(),
-        });
+        let queue = Queue::<QueuedMail>::open(&store, MAIL_JOB);
+        let job = QueuedMail {
+            job: MailJob::Rendered(OutgoingMail {
+                to: "someone@example.com".into(),
+                subject: "Hello".into(),
+                text: "Hello".into(),
+                html: "<p>Hello</p>".into(),
+            }),
+            request_id: None,
+            traceparent: None,
+        };
         let id = Uuid::now_v7();
         queue.push(job.clone(), id, 3).await?;
         queue.push(job.clone(), id, 3).await?;

@@ -163,7 +163,7 @@ macro_rules! execute_with_events {
         )
     };
     ($store:expr, $events:expr, sqlx::query($sql:expr $(,)?) $(.bind($arg:expr))*, $map_error:expr) => {
-        match &$store.pool {
+        tracing::Instrument::instrument(async { match &$store.pool {
             crate::store::Pool::Sqlite(pool) => async {
                 let mut transaction = crate::store::BeginWrite::begin_write(pool).await?;
                 let affected = sqlx::query($sql)
@@ -188,7 +188,8 @@ macro_rules! execute_with_events {
                     .await
                     .map(|affected| u64::try_from(affected).unwrap_or_default())
             }
-        }
+        } }, crate::store::statement_span(&$store.pool, module_path!()))
+        .await
         .map_err($map_error)
     };
 }

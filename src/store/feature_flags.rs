@@ -1,10 +1,10 @@
 //! `FeatureFlagStore` on SQL.
 
-use super::events::insert_events;
+use super::events::{execute_with_events, insert_events};
 use super::{BeginWrite, SqlStore, database_error, unique_or, with_pool};
 use crate::domain::error::{Error, Result};
 use crate::domain::events::Event;
-use crate::domain::flags::{FeatureFlag, FeatureFlagStore};
+use crate::domain::flags::{FeatureFlag, FeatureFlagStore, FlagOverride};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -133,5 +133,66 @@ impl FeatureFlagStore for SqlStore {
         }
         .await)
         .map_err(database_error)
+    }
+
+    async fn list_flag_overrides(&self) -> Result<Vec<FlagOverride>> {
+        type Row = (Uuid, Uuid, bool, DateTime<Utc>);
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT flag_id, organization_id, is_enabled, updated_at \
+                 FROM feature_flag_overrides",
+            )
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(database_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(flag_id, organization_id, is_enabled, updated_at)| FlagOverride {
+                    flag_id,
+                    organization_id,
+                    is_enabled,
+                    updated_at,
+                },
+            )
+            .collect())
+    }
+
+    async fn set_flag_override(&self, flag: &FlagOverride, events: &[Event]) -> Result<bool> {
+        execute_with_events!(
+            self,
+            events,
+            sqlx::query(
+                "INSERT INTO feature_flag_overrides (flag_id, organization_id, is_enabled, \
+                 updated_at) SELECT $1, $2, $3, $4 WHERE EXISTS \
+                 (SELECT 1 FROM feature_flags WHERE id = $1) \
+                 ON CONFLICT (flag_id, organization_id) DO UPDATE SET \
+                 is_enabled = excluded.is_enabled, updated_at = excluded.updated_at",
+            )
+            .bind(flag.flag_id)
+            .bind(flag.organization_id)
+            .bind(flag.is_enabled)
+            .bind(flag.updated_at)
+        )
+        .map(|written| written > 0)
+    }
+
+    async fn delete_flag_override(
+        &self,
+        flag_id: Uuid,
+        organization_id: Uuid,
+        events: &[Event],
+    ) -> Result<bool> {
+        execute_with_events!(
+            self,
+            events,
+            sqlx::query(
+                "DELETE FROM feature_flag_overrides WHERE flag_id = $1 AND organization_id = $2",
+            )
+            .bind(flag_id)
+            .bind(organization_id)
+        )
+        .map(|deleted| deleted > 0)
     }
 }

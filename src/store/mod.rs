@@ -49,16 +49,32 @@ enum Pool {
     Postgres(PgPool),
 }
 
-/// Runs `$body` with `$pool` bound to the concrete pool of either backend.
+/// Runs `$body` with `$pool` bound to the concrete pool of either backend, in a span of its
+/// own (a trace shows each statement under the call that made it).
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
-        match &$store.pool {
-            crate::store::Pool::Sqlite($pool) => $body,
-            crate::store::Pool::Postgres($pool) => $body,
-        }
+        tracing::Instrument::instrument(
+            async {
+                match &$store.pool {
+                    crate::store::Pool::Sqlite($pool) => $body,
+                    crate::store::Pool::Postgres($pool) => $body,
+                }
+            },
+            crate::store::statement_span(&$store.pool, module_path!()),
+        )
+        .await
     };
 }
 use with_pool;
+
+/// The span of a database call made in `module`, within a traced RPC or job.
+fn statement_span(pool: &Pool, module: &'static str) -> tracing::Span {
+    let system = match pool {
+        Pool::Sqlite(_) => "sqlite",
+        Pool::Postgres(_) => "postgresql",
+    };
+    crate::child_span!("db", db.system = system, code.namespace = module)
+}
 
 /// Starts a transaction that writes. On SQLite it takes the write lock at once (`BEGIN
 /// IMMEDIATE`), waiting up to the busy timeout for it: a deferred transaction that reads

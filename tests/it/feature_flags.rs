@@ -1,5 +1,6 @@
 //! Feature flags through both doors: superusers manage them, everyone checks for themselves,
-//! and a change on one replica is seen by the next check on another.
+//! organizations' admins override them for checks made within their organization, and a
+//! change on one replica is seen by the next check on another.
 
 use crate::backend_tests;
 use crate::harness::{Backend, TestApp, grpc_reason, rest_violations, with_token};
@@ -13,7 +14,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tonic::Code;
 
-backend_tests!(flags_are_managed_by_superusers_and_checked_by_everyone);
+backend_tests!(
+    flags_are_managed_by_superusers_and_checked_by_everyone,
+    organizations_override_flags_for_their_own_checks
+);
 
 async fn check(app: &TestApp, token: &str, flag: &str) -> bool {
     let (status, answer) = app
@@ -283,4 +287,144 @@ async fn a_change_reaches_every_replica() {
         .await;
     assert_eq!(status, 200);
     assert!(!check(&second, &ada.access, "dark-mode").await);
+}
+
+async fn check_in(app: &TestApp, token: &str, flag: &str, organization_id: &str) -> bool {
+    let (status, answer) = app
+        .rest(
+            Method::POST,
+            "/api/v1/feature-flags/check",
+            token,
+            Some(json!({ "flag_name": flag, "organization_id": organization_id })),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer["is_enabled"].as_bool().unwrap()
+}
+
+async fn organizations_override_flags_for_their_own_checks(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.create_superuser("root@example.com").await;
+    let root = app.login("root@example.com").await;
+    let (organization_id, owner, viewer) = crate::organizations::with_viewer(&app, "acme").await;
+    let other_organization = create_organization(&app, &owner.access, "other").await;
+    // On for nobody but targeted users: no rollout.
+    let (status, created) = app
+        .rest(
+            Method::POST,
+            "/api/v1/feature-flags",
+            &root.access,
+            Some(json!({ "name": "new-editor", "is_enabled": true, "rollout_percentage": 0 })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert!(!check_in(&app, &viewer.access, "new-editor", &organization_id).await);
+
+    let path = format!("/api/v1/organizations/{organization_id}/feature-flags/new-editor");
+    // Viewers may not override; unknown flags are not found.
+    let (status, _) = app
+        .rest(
+            Method::PUT,
+            &path,
+            &viewer.access,
+            Some(json!({ "is_enabled": true })),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, missing) = app
+        .rest(
+            Method::PUT,
+            &format!("/api/v1/organizations/{organization_id}/feature-flags/nope"),
+            &owner.access,
+            Some(json!({ "is_enabled": true })),
+        )
+        .await;
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing["reason"], "FEATURE_FLAG_NOT_FOUND");
+
+    let (status, set) = app
+        .rest(
+            Method::PUT,
+            &path,
+            &owner.access,
+            Some(json!({ "is_enabled": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    assert_eq!(set["flag_name"], "new-editor");
+    assert_eq!(set["is_enabled"], true);
+    // On within the organization only: not in another, not without one.
+    assert!(check_in(&app, &viewer.access, "new-editor", &organization_id).await);
+    assert!(!check_in(&app, &owner.access, "new-editor", &other_organization).await);
+    assert!(!check(&app, &viewer.access, "new-editor").await);
+    let (status, listed) = app
+        .rest(
+            Method::GET,
+            &format!("/api/v1/organizations/{organization_id}/feature-flags"),
+            &owner.access,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["overrides"][0]["flag_name"], "new-editor");
+
+    // A flag switched off stays off, overridden or not.
+    let flag_path = format!("/api/v1/feature-flags/{}", created["id"].as_str().unwrap());
+    let (status, _): (_, Value) = app
+        .rest(
+            Method::PATCH,
+            &flag_path,
+            &root.access,
+            Some(json!({ "is_enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!check_in(&app, &viewer.access, "new-editor", &organization_id).await);
+    let (status, _): (_, Value) = app
+        .rest(
+            Method::PATCH,
+            &flag_path,
+            &root.access,
+            Some(json!({ "is_enabled": true, "rollout_percentage": 1 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Off within the organization while on for everyone else.
+    let (status, _) = app
+        .rest(
+            Method::PUT,
+            &path,
+            &owner.access,
+            Some(json!({ "is_enabled": false })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(!check_in(&app, &viewer.access, "new-editor", &organization_id).await);
+    assert!(check(&app, &viewer.access, "new-editor").await);
+
+    // Removed: the flag's own rules decide again; removing twice is not found.
+    let (status, _) = app.rest(Method::DELETE, &path, &owner.access, None).await;
+    assert_eq!(status, 200);
+    assert!(check_in(&app, &viewer.access, "new-editor", &organization_id).await);
+    let (status, gone) = app.rest(Method::DELETE, &path, &owner.access, None).await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(gone["reason"], "FEATURE_FLAG_OVERRIDE_NOT_FOUND");
+    let entries = crate::audit::wait_for_entries(
+        &app,
+        &owner.access,
+        &format!("/api/v1/organizations/{organization_id}/audit-logs?page_size=100"),
+        |entries| {
+            entries
+                .iter()
+                .any(|entry| entry["action"] == "feature_flag.override_deleted")
+        },
+    )
+    .await;
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|entry| entry["action"] == "feature_flag.override_set")
+            .count(),
+        2
+    );
 }

@@ -134,6 +134,18 @@ fn templates() -> BTreeMap<&'static str, Value> {
             json!({ "webhook_id": "{webhook}" }),
         ),
         (
+            "keel.flag.v1.FeatureFlagService/ListFeatureFlagOverrides",
+            json!({ "organization_id": org }),
+        ),
+        (
+            "keel.flag.v1.FeatureFlagService/SetFeatureFlagOverride",
+            json!({ "organization_id": org, "flag_name": "isolation", "is_enabled": false }),
+        ),
+        (
+            "keel.flag.v1.FeatureFlagService/DeleteFeatureFlagOverride",
+            json!({ "organization_id": org, "flag_name": "isolation" }),
+        ),
+        (
             "keel.integration.v1.IntegrationService/CreateIntegration",
             json!({ "organization_id": org, "name": "evil", "integration_type": "evil" }),
         ),
@@ -480,6 +492,7 @@ async fn snapshot(app: &TestApp, owner: &Tokens, ids: &BTreeMap<&str, String>) -
         format!("/api/v1/webhooks?organization_id={org}"),
         format!("/api/v1/integrations?organization_id={org}"),
         format!("/api/v1/organizations/{org}/llm/providers"),
+        format!("/api/v1/organizations/{org}/feature-flags"),
         format!("/api/v1/organizations/{org}/sso"),
         format!("/api/v1/organizations/{org}/sso/domains"),
         format!("/api/v1/organizations/{org}/ip-restrictions"),

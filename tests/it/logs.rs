@@ -1,6 +1,7 @@
 //! The logs of a whole flow, as `KEEL_LOG_FORMAT=json` writes them from a real process at
 //! debug level: one JSON object a line, a line per RPC with its request id, caller and
-//! outcome, and never a password, a token, a key or a mailed link's secret.
+//! outcome, the jobs a request queued under its request id, and never a password, a token, a
+//! key or a mailed link's secret.
 
 use crate::backend_tests;
 use crate::harness::{Backend, PASSWORD, test_settings};
@@ -94,13 +95,13 @@ async fn a_flow_logs_who_did_what_and_no_secret(backend: Backend) {
         .unwrap();
     assert_eq!(me.status(), 200);
     let me: Value = me.json().await.unwrap();
-    let requested = post(
-        "/api/v1/auth/request-password-reset",
-        None,
-        json!({ "email": email }),
-    )
-    .await
-    .unwrap();
+    let requested = http
+        .post(format!("{base}/api/v1/auth/request-password-reset"))
+        .header("x-request-id", "flow-reset-1")
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(requested.status(), 200);
     let reset = mailbox.link_token(email, "reset-password").await;
     let done = post(
@@ -203,6 +204,14 @@ async fn a_flow_logs_who_did_what_and_no_secret(backend: Backend) {
     let listed = rpc("keel.organization.v1.OrganizationService/ListMembers");
     assert_eq!(listed[0]["organization_id"], organization_id.as_str());
     assert_eq!(listed[0]["user_id"], me["id"]);
+    // The jobs a request queued log under its request id.
+    assert!(
+        entries.iter().any(|entry| {
+            (entry["spans"].as_array().into_iter().flatten())
+                .any(|span| span["name"] == "job" && span["request_id"] == "flow-reset-1")
+        }),
+        "no line of the reset mail's job carries the request's id"
+    );
     // Every request has an id, generated when the client sent none.
     assert!(
         rpc("keel.auth.v1.AuthService/Register")[0]["request_id"]

@@ -45,6 +45,7 @@ mod surface;
 mod teams;
 mod throttling;
 mod totp;
+mod traces;
 mod users;
 mod validation;
 mod webhooks;

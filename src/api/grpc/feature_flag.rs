@@ -1,6 +1,6 @@
 //! `keel.flag.v1.FeatureFlagService`.
 
-use super::{id, principal, timestamp};
+use super::{access, id, principal, timestamp};
 use crate::api::pb::keel::flag::v1::feature_flag_service_server::FeatureFlagService;
 use crate::api::pb::keel::flag::v1::*;
 use crate::domain::flags::{self, FlagChange};
@@ -184,5 +184,53 @@ impl FeatureFlagService for FeatureFlagApi {
         Ok(Response::new(CheckFeatureFlagsResponse {
             flags: checked.into_iter().collect(),
         }))
+    }
+
+    async fn list_feature_flag_overrides(
+        &self,
+        request: Request<ListFeatureFlagOverridesRequest>,
+    ) -> Result<Response<ListFeatureFlagOverridesResponse>, Status> {
+        let access = access(&request)?;
+        let overrides = self.flags.overrides(&access).await?;
+        Ok(Response::new(ListFeatureFlagOverridesResponse {
+            overrides: overrides
+                .into_iter()
+                .map(|(name, decided)| override_to_proto(name, decided))
+                .collect(),
+        }))
+    }
+
+    async fn set_feature_flag_override(
+        &self,
+        request: Request<SetFeatureFlagOverrideRequest>,
+    ) -> Result<Response<SetFeatureFlagOverrideResponse>, Status> {
+        let access = access(&request)?;
+        let body = request.into_inner();
+        let decided = self
+            .flags
+            .set_override(&access, &body.flag_name, body.is_enabled)
+            .await?;
+        Ok(Response::new(SetFeatureFlagOverrideResponse {
+            r#override: Some(override_to_proto(body.flag_name, decided)),
+        }))
+    }
+
+    async fn delete_feature_flag_override(
+        &self,
+        request: Request<DeleteFeatureFlagOverrideRequest>,
+    ) -> Result<Response<DeleteFeatureFlagOverrideResponse>, Status> {
+        let access = access(&request)?;
+        self.flags
+            .delete_override(&access, &request.get_ref().flag_name)
+            .await?;
+        Ok(Response::new(DeleteFeatureFlagOverrideResponse {}))
+    }
+}
+
+fn override_to_proto(flag_name: String, decided: flags::FlagOverride) -> FeatureFlagOverride {
+    FeatureFlagOverride {
+        flag_name,
+        is_enabled: decided.is_enabled,
+        updated_at: Some(timestamp(decided.updated_at)),
     }
 }

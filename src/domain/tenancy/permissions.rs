@@ -64,6 +64,10 @@ pub const CATALOG: &[PermissionInfo] = &[
     organization("file:delete", "delete files"),
     organization("file:read", "list and download files"),
     organization(
+        "flag:manage",
+        "turn feature flags on or off for checks made within the organization",
+    ),
+    organization(
         "integration:create",
         "create integrations (outside systems that send events)",
     ),
