@@ -40,9 +40,11 @@ impl From<IntegrationRow> for Integration {
     }
 }
 
+/// The last message's time is its newest row's (ids are time-ordered), one step down the
+/// index on (integration, id) however many messages the integration sent.
 const INTEGRATION_COLUMNS: &str = "id, organization_id, name, integration_type, description, \
-     is_active, created_at, updated_at, (SELECT MAX(received_at) FROM integration_events \
-     WHERE integration_id = integrations.id) AS last_event_at";
+     is_active, created_at, updated_at, (SELECT received_at FROM integration_events \
+     WHERE integration_id = integrations.id ORDER BY id DESC LIMIT 1) AS last_event_at";
 
 #[derive(sqlx::FromRow)]
 struct SecretRow {
